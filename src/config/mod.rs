@@ -1,0 +1,93 @@
+//! Settings: the checked, resolved configuration every role reads.
+//!
+//! Built from the command line (a config file and environment variables come later,
+//! with the command line winning). Everything a user can get wrong is checked here,
+//! before any socket is bound or process forked, and reported as one line naming the
+//! flag.
+
+mod app;
+mod bind;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use app::AppSpec;
+pub use bind::BindAddr;
+
+use crate::cli::ServeArgs;
+
+/// A user's mistake in the configuration: which setting, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    /// The flag (as the user wrote it) that is wrong.
+    pub setting: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about `setting`.
+    pub fn new(setting: &'static str, message: impl Into<String>) -> ConfigError {
+        ConfigError { setting, message: message.into() }
+    }
+}
+
+/// The resolved settings of `rwsgi serve`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to listen.
+    pub binds: Vec<BindAddr>,
+    /// How many worker processes.
+    pub workers: usize,
+    /// Directory to change to before loading the app.
+    pub chdir: Option<PathBuf>,
+    /// Extra directories for sys.path, in order.
+    pub pythonpath: Vec<PathBuf>,
+    /// Import the app in the master before forking.
+    pub preload: bool,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub graceful_timeout: Duration,
+    /// The application to load.
+    pub app: AppSpec,
+    /// Request bodies larger than this are spooled to a temporary file.
+    pub body_memory_limit: usize,
+    /// Requests that may wait for a free worker before new ones get 503.
+    pub max_queue: usize,
+}
+
+impl Settings {
+    /// Checks and resolves the command line of `rwsgi serve`.
+    pub fn from_args(args: &ServeArgs) -> Result<Settings, ConfigError> {
+        let binds = if args.bind.is_empty() {
+            vec![BindAddr::parse("127.0.0.1:8000")?]
+        } else {
+            args.bind.iter().map(|b| BindAddr::parse(b)).collect::<Result<_, _>>()?
+        };
+        let workers = match args.workers {
+            Some(0) => return Err(ConfigError::new("--workers", "must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        };
+        if let Some(dir) = &args.chdir
+            && !dir.is_dir()
+        {
+            return Err(ConfigError::new("--chdir", format!("{} is not a directory", dir.display())));
+        }
+        if !(args.graceful_timeout.is_finite() && args.graceful_timeout >= 0.0) {
+            return Err(ConfigError::new("--graceful-timeout", "must be a number of seconds >= 0"));
+        }
+        let app = AppSpec::parse(&args.app, args.chdir.as_deref())?;
+        Ok(Settings {
+            binds,
+            workers,
+            chdir: args.chdir.clone(),
+            pythonpath: args.pythonpath.clone(),
+            preload: args.preload,
+            graceful_timeout: Duration::from_secs_f64(args.graceful_timeout),
+            app,
+            body_memory_limit: 1 << 20,
+            max_queue: 4096,
+        })
+    }
+}

@@ -1,0 +1,160 @@
+//! Bodies in the front tier: request bodies buffered whole before dispatch (memory up
+//! to a threshold, then a temporary file), and the response body fed by a worker.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::channel::{Event, Failure, WorkerConn};
+
+/// A request body, complete.
+pub enum RequestBody {
+    /// Held in memory.
+    Memory(Bytes),
+    /// Spooled to a temporary file of `length` bytes.
+    File { file: tempfile::NamedTempFile, length: u64 },
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The client sent a malformed body or went away.
+    #[error("reading the request body: {0}")]
+    Client(hyper::Error),
+    /// The spool file could not be written (our side).
+    #[error("spooling the request body: {0}")]
+    Spool(std::io::Error),
+}
+
+/// Reads the whole body: in memory up to `memory_limit` bytes, then into a temporary
+/// file in the system's temporary directory.
+pub async fn buffer(mut body: Incoming, memory_limit: usize) -> Result<RequestBody, BodyError> {
+    let mut memory = BytesMut::new();
+    let mut spool: Option<(tempfile::NamedTempFile, tokio::fs::File)> = None;
+    let mut length: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Client)?;
+        let Ok(data) = frame.into_data() else { continue };
+        length += data.len() as u64;
+        if let Some((_, file)) = &mut spool {
+            file.write_all(&data).await.map_err(BodyError::Spool)?;
+        } else if memory.len() + data.len() <= memory_limit {
+            if memory.is_empty() && body.is_end_stream() {
+                // The common case of a body in one piece: no copy.
+                return Ok(RequestBody::Memory(data));
+            }
+            memory.extend_from_slice(&data);
+        } else {
+            let named = tempfile::Builder::new().prefix("rwsgi-body-").tempfile().map_err(BodyError::Spool)?;
+            let mut file = tokio::fs::File::from_std(named.as_file().try_clone().map_err(BodyError::Spool)?);
+            file.write_all(&memory).await.map_err(BodyError::Spool)?;
+            file.write_all(&data).await.map_err(BodyError::Spool)?;
+            memory = BytesMut::new();
+            spool = Some((named, file));
+        }
+    }
+    match spool {
+        Some((named, mut file)) => {
+            file.flush().await.map_err(BodyError::Spool)?;
+            Ok(RequestBody::File { file: named, length })
+        }
+        None => Ok(RequestBody::Memory(memory.freeze())),
+    }
+}
+
+/// A response body: either made by the front tier itself, or streamed from a worker.
+pub enum ResponseBody {
+    /// A whole body known up front (error pages).
+    Full(Option<Bytes>),
+    /// Chunks arriving from a worker's stream.
+    Worker(WorkerBody),
+}
+
+impl ResponseBody {
+    /// A body of these bytes.
+    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+}
+
+/// The body of a worker's response. Dropped before the worker ended the stream (the
+/// client went away), it tells the worker to stop.
+pub struct WorkerBody {
+    events: mpsc::UnboundedReceiver<Event>,
+    conn: Arc<WorkerConn>,
+    stream: u32,
+    finished: bool,
+}
+
+impl WorkerBody {
+    /// The rest of stream `stream` of `conn`, after its head.
+    pub fn new(events: mpsc::UnboundedReceiver<Event>, conn: Arc<WorkerConn>, stream: u32) -> WorkerBody {
+        WorkerBody { events, conn, stream, finished: false }
+    }
+}
+
+impl Drop for WorkerBody {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.abort_stream(self.stream);
+        }
+    }
+}
+
+/// The response could not be completed; hyper resets the connection or stream.
+#[derive(Debug, thiserror::Error)]
+#[error("response aborted: {0:?}")]
+pub struct ResponseAborted(pub Failure);
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = ResponseAborted;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Worker(body) => match body.events.poll_recv(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Event::Data(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Poll::Ready(Some(Event::End)) => {
+                    body.finished = true;
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Event::Failed(failure))) => {
+                    body.finished = true;
+                    Poll::Ready(Some(Err(ResponseAborted(failure))))
+                }
+                Poll::Ready(Some(Event::Head(_))) => {
+                    body.finished = true;
+                    Poll::Ready(Some(Err(ResponseAborted(Failure::Aborted("a second response head".into())))))
+                }
+                Poll::Ready(None) => {
+                    body.finished = true;
+                    Poll::Ready(Some(Err(ResponseAborted(Failure::WorkerDied))))
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(bytes) => bytes.is_none(),
+            ResponseBody::Worker(body) => body.finished,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Worker(_) => SizeHint::default(),
+        }
+    }
+}

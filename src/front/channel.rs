@@ -1,0 +1,222 @@
+//! The front tier's end of one worker's channel.
+//!
+//! A reader task decodes the worker's frames and routes them to the stream they belong
+//! to, reading eagerly so that a slow client never holds a worker (DESIGN.md §5). When
+//! the channel closes, every open stream learns at once that its worker died; no other
+//! worker's streams are touched.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::pool::{Lease, Pool};
+use crate::protocol::{Decoder, Frame, Hello, Kind, ProtocolError, ResponseHead, encode_frame};
+
+/// What happens on a stream, as the request's task sees it.
+#[derive(Debug)]
+pub enum Event {
+    /// The response status and headers.
+    Head(ResponseHead),
+    /// A chunk of the response body.
+    Data(Bytes),
+    /// The response is complete.
+    End,
+    /// The response cannot be completed.
+    Failed(Failure),
+}
+
+/// Why a stream failed.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// The worker's channel closed (the worker died or broke the protocol).
+    WorkerDied,
+    /// The worker abandoned the response (the app failed after sending headers).
+    Aborted(String),
+}
+
+/// Things held for as long as a stream is open: the worker slot and any spooled body.
+pub struct StreamHold {
+    /// The worker slot; dropping it frees the slot.
+    pub lease: Lease,
+    /// The request body's temporary file, which the worker may still be reading.
+    pub spool: Option<tempfile::NamedTempFile>,
+}
+
+struct Stream {
+    events: mpsc::UnboundedSender<Event>,
+    _hold: StreamHold,
+}
+
+struct Streams {
+    open: HashMap<u32, Stream>,
+    /// False once the channel closed; no stream may be opened after that.
+    alive: bool,
+}
+
+/// One worker, as the front tier knows it.
+pub struct WorkerConn {
+    /// The master's id for the worker.
+    pub id: u32,
+    /// The worker's pid, from its Hello.
+    pub pid: u32,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    streams: Mutex<Streams>,
+    next_stream: AtomicU32,
+}
+
+impl WorkerConn {
+    fn streams(&self) -> MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Opens a stream: registers it, then writes `frames` (built by `encode` for the new
+    /// stream id) to the worker. Events for the stream arrive on the returned receiver.
+    pub async fn open_stream(
+        self: &Arc<Self>,
+        hold: StreamHold,
+        encode: impl FnOnce(u32, &mut Vec<u8>) -> Result<(), ProtocolError>,
+    ) -> Result<(u32, mpsc::UnboundedReceiver<Event>), Failure> {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let mut frames = Vec::new();
+        if let Err(err) = encode(id, &mut frames) {
+            warn!("cannot encode a request for worker {}: {err}", self.pid);
+            return Err(Failure::Aborted(err.to_string()));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut streams = self.streams();
+            if !streams.alive {
+                return Err(Failure::WorkerDied);
+            }
+            streams.open.insert(id, Stream { events: tx, _hold: hold });
+        }
+        let written = self.writer.lock().await.write_all(&frames).await;
+        if written.is_err() {
+            self.streams().open.remove(&id);
+            return Err(Failure::WorkerDied);
+        }
+        Ok((id, rx))
+    }
+
+    /// Tells the worker that the client of `stream` went away. The stream stays open
+    /// (its slot busy) until the worker ends it.
+    pub fn abort_stream(self: &Arc<Self>, stream: u32) {
+        if !self.streams().open.contains_key(&stream) {
+            return;
+        }
+        let conn = self.clone();
+        tokio::spawn(async move {
+            let mut frame = Vec::new();
+            encode_frame(&mut frame, Kind::Abort, stream, b"client went away");
+            let _ = conn.writer.lock().await.write_all(&frame).await;
+        });
+    }
+
+    fn route(&self, frame: Frame) -> Result<(), ProtocolError> {
+        let event = match frame.kind {
+            Kind::ResponseHead => Event::Head(ResponseHead::decode(frame.payload)?),
+            Kind::Body => Event::Data(frame.payload),
+            Kind::End => Event::End,
+            Kind::Abort => Event::Failed(Failure::Aborted(String::from_utf8_lossy(&frame.payload).into_owned())),
+            _ => return Err(ProtocolError::Invalid("frame kind from a worker")),
+        };
+        let finished = matches!(event, Event::End | Event::Failed(_));
+        let mut streams = self.streams();
+        if finished {
+            // Removing the stream drops its hold, which frees the worker's slot.
+            if let Some(stream) = streams.open.remove(&frame.stream) {
+                drop(streams);
+                let _ = stream.events.send(event);
+            }
+        } else if let Some(stream) = streams.open.get(&frame.stream) {
+            // The receiver may be gone (client left): the data is discarded, the worker
+            // carries on until it ends the stream.
+            let _ = stream.events.send(event);
+        }
+        Ok(())
+    }
+
+    fn close(&self) {
+        let open = {
+            let mut streams = self.streams();
+            streams.alive = false;
+            std::mem::take(&mut streams.open)
+        };
+        for (_, stream) in open {
+            let _ = stream.events.send(Event::Failed(Failure::WorkerDied));
+        }
+    }
+}
+
+/// Takes over a worker's channel: waits for its Hello, adds it to the pool, then routes
+/// its frames until the channel closes.
+pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
+    tokio::spawn(async move {
+        let (mut reader, writer) = stream.into_split();
+        let mut decoder = Decoder::new();
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let hello = match read_frame(&mut reader, &mut decoder, &mut buf).await {
+            Ok(Some(frame)) if frame.kind == Kind::Hello => Hello::decode(frame.payload),
+            Ok(Some(_)) => Err(ProtocolError::Invalid("first frame is not Hello")),
+            Ok(None) => return debug!("worker {id} closed its channel before it was ready"),
+            Err(err) => Err(err),
+        };
+        let hello = match hello {
+            Ok(hello) => hello,
+            Err(err) => return warn!("worker {id} spoke badly on its channel: {err}"),
+        };
+        let conn = Arc::new(WorkerConn {
+            id,
+            pid: hello.pid,
+            writer: tokio::sync::Mutex::new(writer),
+            streams: Mutex::new(Streams { open: HashMap::new(), alive: true }),
+            next_stream: AtomicU32::new(1),
+        });
+        pool.add(conn.clone(), hello.capacity as usize);
+        debug!("worker {} (pid {}) is ready", id, hello.pid);
+        loop {
+            match read_frame(&mut reader, &mut decoder, &mut buf).await {
+                Ok(Some(frame)) => {
+                    if let Err(err) = conn.route(frame) {
+                        warn!("worker {} broke the channel protocol: {err}", hello.pid);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    warn!("worker {} broke the channel protocol: {err}", hello.pid);
+                    break;
+                }
+            }
+        }
+        pool.remove(id);
+        conn.close();
+    });
+}
+
+/// Reads until one whole frame is buffered; `Ok(None)` at a clean end of the channel.
+async fn read_frame(
+    reader: &mut tokio::net::unix::OwnedReadHalf,
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+) -> Result<Option<Frame>, ProtocolError> {
+    loop {
+        if let Some(frame) = decoder.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match reader.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The front tier's side of the control socket: receiving each new worker's channel
+//! from the master (SCM_RIGHTS). The master's side is `master::control`.
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tracing::warn;
+
+use super::channel;
+use super::pool::Pool;
+use crate::protocol::control::{AddWorker, MESSAGE_LEN};
+
+
+/// Receives workers until the master closes the control socket (the master is gone).
+pub async fn receive(control: OwnedFd, pool: Arc<Pool>) {
+    let control = match AsyncFd::try_with_interest(control, Interest::READABLE).map_err(|e| e.into_parts().1) {
+        Ok(fd) => fd,
+        Err(err) => return warn!("cannot watch the control socket: {err}"),
+    };
+    loop {
+        let received = control
+            .async_io(Interest::READABLE, |fd| {
+                let mut message = [0u8; MESSAGE_LEN];
+                let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+                let mut iov = [IoSliceMut::new(&mut message)];
+                let msg = recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC)
+                    .map_err(std::io::Error::from)?;
+                let mut fds = Vec::new();
+                for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+                    if let ControlMessageOwned::ScmRights(received) = cmsg {
+                        // SAFETY: the kernel just installed these descriptors for us; each
+                        // is owned by nothing else in this process.
+                        fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    }
+                }
+                Ok((msg.bytes, message, fds))
+            })
+            .await;
+        let (length, message, mut fds) = match received {
+            Ok(received) => received,
+            Err(err) => return warn!("control socket failed: {err}"),
+        };
+        if length == 0 {
+            return; // The master closed its end.
+        }
+        let (Some(worker), Some(fd), true) = (AddWorker::decode(message.get(..length).unwrap_or(&[])), fds.pop(), fds.is_empty()) else {
+            warn!("ignoring a malformed control message ({length} bytes)");
+            continue;
+        };
+        let id = worker.id;
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        match stream.set_nonblocking(true).and_then(|_| tokio::net::UnixStream::from_std(stream)) {
+            Ok(stream) => channel::start(id, stream, pool.clone()),
+            Err(err) => warn!("cannot use worker {id}'s channel: {err}"),
+        }
+    }
+}

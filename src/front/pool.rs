@@ -1,0 +1,129 @@
+//! The scheduler: which worker gets the next request.
+//!
+//! Each worker has a number of free slots (1 for a sync worker). A request takes a
+//! [`Lease`] on the least-loaded worker with a free slot, or waits in a bounded FIFO
+//! queue. Dropping the lease frees the slot (the channel drops it when the worker ends
+//! the stream); a lease of a worker that has died frees nothing.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+use super::channel::WorkerConn;
+
+/// No worker could take the request: the queue is full or the server is stopping.
+#[derive(Debug)]
+pub struct Busy;
+
+/// The workers known to the front tier and the requests waiting for one.
+pub struct Pool {
+    inner: Mutex<Inner>,
+    max_queue: usize,
+}
+
+struct Slot {
+    conn: Arc<WorkerConn>,
+    free: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    workers: Vec<Slot>,
+    waiters: VecDeque<oneshot::Sender<Lease>>,
+}
+
+impl Pool {
+    /// An empty pool whose queue holds at most `max_queue` waiting requests.
+    pub fn new(max_queue: usize) -> Arc<Pool> {
+        Arc::new(Pool { inner: Mutex::new(Inner::default()), max_queue })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the counts half-updated in a way
+        // that matters more than stopping service, so poisoning is ignored.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A free slot on the least-loaded worker, waiting for one if all are busy.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Busy> {
+        let waiter = {
+            let mut inner = self.lock();
+            let best = inner.workers.iter_mut().filter(|s| s.free > 0).max_by_key(|s| s.free);
+            if let Some(slot) = best {
+                slot.free -= 1;
+                return Ok(Lease { pool: self.clone(), conn: slot.conn.clone(), armed: true });
+            }
+            if inner.waiters.len() >= self.max_queue {
+                return Err(Busy);
+            }
+            let (tx, rx) = oneshot::channel();
+            inner.waiters.push_back(tx);
+            rx
+        };
+        waiter.await.map_err(|_| Busy)
+    }
+
+    /// Adds a worker that has said Hello, with `capacity` slots.
+    pub fn add(self: &Arc<Self>, conn: Arc<WorkerConn>, capacity: usize) {
+        let mut inner = self.lock();
+        inner.workers.push(Slot { conn, free: capacity });
+        let index = inner.workers.len() - 1;
+        self.hand_out(&mut inner, index);
+    }
+
+    /// Forgets a worker whose channel has closed.
+    pub fn remove(&self, id: u32) {
+        self.lock().workers.retain(|slot| slot.conn.id != id);
+    }
+
+    /// Requests waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.lock().waiters.len()
+    }
+
+    fn release(self: &Arc<Self>, conn: Arc<WorkerConn>) {
+        let mut inner = self.lock();
+        if let Some(index) = inner.workers.iter().position(|s| Arc::ptr_eq(&s.conn, &conn)) {
+            inner.workers[index].free += 1;
+            self.hand_out(&mut inner, index);
+        }
+    }
+
+    /// Gives the free slots of worker `index` to waiting requests, oldest first.
+    fn hand_out(self: &Arc<Self>, inner: &mut Inner, index: usize) {
+        while inner.workers[index].free > 0 {
+            let Some(waiter) = inner.waiters.pop_front() else { return };
+            let conn = inner.workers[index].conn.clone();
+            inner.workers[index].free -= 1;
+            if let Err(mut lease) = waiter.send(Lease { pool: self.clone(), conn, armed: true }) {
+                // That request gave up waiting: the slot stays free for the next one.
+                lease.armed = false;
+                inner.workers[index].free += 1;
+            }
+        }
+    }
+}
+
+/// One slot of one worker, held from dispatch until the worker ends the stream.
+pub struct Lease {
+    pool: Arc<Pool>,
+    conn: Arc<WorkerConn>,
+    /// False once the slot has been accounted for elsewhere.
+    armed: bool,
+}
+
+impl Lease {
+    /// The worker this lease is on.
+    pub fn conn(&self) -> &Arc<WorkerConn> {
+        &self.conn
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.release(self.conn.clone());
+        }
+    }
+}

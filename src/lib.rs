@@ -1,0 +1,31 @@
+//! rwsgi: a front tier (TLS, HTTP/1.1 and HTTP/2, buffering) and pre-forked workers
+//! embedding CPython to run WSGI applications, managed by a single-threaded master.
+//!
+//! Roles are separate processes and separate modules: [`master`] forks [`front`] and
+//! [`worker`] processes; they speak the channel [`protocol`]. Only [`python`] and
+//! [`worker`] touch the interpreter; only [`front`] runs tokio.
+
+pub mod cli;
+pub mod config;
+pub mod front;
+pub mod log;
+pub mod master;
+pub mod protocol;
+pub mod python;
+pub mod worker;
+
+use cli::{Cli, Command};
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    log::init();
+    match cli.command {
+        Command::Serve(args) => match config::Settings::from_args(&args) {
+            Ok(settings) => master::run(settings),
+            Err(err) => {
+                eprintln!("rwsgi: error: {err}");
+                2
+            }
+        },
+    }
+}

@@ -1,0 +1,307 @@
+//! The master (arbiter): binds the listeners, forks the front tier and the workers,
+//! replaces children that die and carries out stop signals.
+//!
+//! It must never run a thread, a runtime or a watcher (DESIGN.md §1): `fork()` of a
+//! multi-threaded process is unsafe. All its work happens in one loop woken by signals
+//! (through a self-pipe) or by a one-second tick.
+
+mod control;
+pub mod listeners;
+mod signals;
+mod spawn;
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tracing::{error, info, warn};
+
+use crate::config::Settings;
+use crate::protocol::control::AddWorker;
+use listeners::Listener;
+use signals::SignalPipe;
+use spawn::{Forked, fork_child};
+
+/// gunicorn's exit code for a worker that failed to boot.
+pub const WORKER_BOOT_ERROR: i32 = 3;
+/// gunicorn's exit code for an application that failed to load.
+pub const APP_LOAD_ERROR: i32 = 4;
+
+/// How long a fast stop (INT, QUIT) waits before killing children outright.
+const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the server until it is stopped; returns the exit code.
+pub fn run(settings: Settings) -> i32 {
+    if settings.preload
+        && let Err(code) = crate::python::preload(&settings)
+    {
+        return code;
+    }
+    let listeners = match listeners::bind_all(&settings.binds) {
+        Ok(listeners) => listeners,
+        Err(message) => {
+            error!("{message}");
+            return 1;
+        }
+    };
+    let pid = std::process::id();
+    info!("Starting rwsgi {}", env!("CARGO_PKG_VERSION"));
+    for listener in &listeners {
+        info!("Listening at: {} ({pid})", listener.addr);
+    }
+    let signals = match SignalPipe::install() {
+        Ok(signals) => signals,
+        Err(err) => {
+            error!("cannot install signal handlers: {err}");
+            return 1;
+        }
+    };
+    let mut arbiter = Arbiter {
+        settings,
+        listeners,
+        signals,
+        front: None,
+        workers: BTreeMap::new(),
+        next_worker_id: 0,
+        stop: None,
+        exit_code: 0,
+    };
+    let code = arbiter.run();
+    listeners::unlink_unix(&arbiter.listeners);
+    info!("Shutting down: Master");
+    code
+}
+
+struct FrontChild {
+    pid: Pid,
+    /// The master's end of the control socket.
+    control: OwnedFd,
+}
+
+struct WorkerChild {
+    id: u32,
+}
+
+struct Stop {
+    graceful: bool,
+    deadline: Instant,
+    workers_told: bool,
+    killed: bool,
+}
+
+struct Arbiter {
+    settings: Settings,
+    listeners: Vec<Listener>,
+    signals: SignalPipe,
+    front: Option<FrontChild>,
+    workers: BTreeMap<Pid, WorkerChild>,
+    next_worker_id: u32,
+    stop: Option<Stop>,
+    exit_code: i32,
+}
+
+impl Arbiter {
+    fn run(&mut self) -> i32 {
+        loop {
+            if self.stop.is_none() {
+                if self.front.is_none() && !self.spawn_front() {
+                    self.halt(1, "cannot start the front tier");
+                }
+                self.manage_workers();
+            }
+            for signal in self.signals.wait(Duration::from_secs(1)) {
+                match signal {
+                    Signal::SIGCHLD => {}
+                    Signal::SIGTERM => self.begin_stop(true),
+                    Signal::SIGINT | Signal::SIGQUIT => self.begin_stop(false),
+                    other => info!("Ignoring signal {other} (not handled yet)"),
+                }
+            }
+            self.reap();
+            if let Some(stop) = &mut self.stop {
+                if self.front.is_none() && self.workers.is_empty() {
+                    return self.exit_code;
+                }
+                if stop.graceful && self.front.is_none() && !stop.workers_told {
+                    // The front tier has drained: workers finish what they hold and exit.
+                    stop.workers_told = true;
+                    signal_all(self.workers.keys().copied(), Signal::SIGTERM);
+                }
+                if Instant::now() >= stop.deadline && !stop.killed {
+                    stop.killed = true;
+                    warn!("Children still running after the stop timeout: killing them");
+                    let front = self.front.as_ref().map(|f| f.pid);
+                    signal_all(front.into_iter().chain(self.workers.keys().copied()), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Starts a graceful (TERM) or fast (INT, QUIT) stop; a fast stop overrides a graceful one.
+    fn begin_stop(&mut self, graceful: bool) {
+        if let Some(stop) = &self.stop
+            && (!stop.graceful || graceful)
+        {
+            return;
+        }
+        let front = self.front.as_ref().map(|f| f.pid);
+        if graceful {
+            info!("Handling signal: term");
+            signal_all(front, Signal::SIGTERM);
+            // The front tier waits graceful_timeout for its requests; allow a little more
+            // for the last responses to leave the workers before anything is killed.
+            let deadline = Instant::now() + self.settings.graceful_timeout + Duration::from_secs(2);
+            self.stop = Some(Stop { graceful, deadline, workers_told: false, killed: false });
+        } else {
+            info!("Handling signal: quit");
+            signal_all(front.into_iter().chain(self.workers.keys().copied()), Signal::SIGQUIT);
+            let deadline = Instant::now() + FAST_STOP_GRACE;
+            self.stop = Some(Stop { graceful, deadline, workers_told: true, killed: false });
+        }
+    }
+
+    /// Stops everything because of an unrecoverable error; the master exits with `code`.
+    fn halt(&mut self, code: i32, reason: &str) {
+        error!("Shutting down: {reason}");
+        self.exit_code = code;
+        self.begin_stop(false);
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(status) => status,
+            };
+            let (pid, code, signal) = match status {
+                WaitStatus::Exited(pid, code) => (pid, Some(code), None),
+                WaitStatus::Signaled(pid, signal, _) => (pid, None, Some(signal)),
+                _ => continue,
+            };
+            let how = match (code, signal) {
+                (Some(code), _) => format!("exited with code {code}"),
+                (_, Some(signal)) => format!("was killed by {signal}"),
+                _ => unreachable!("one of code or signal is set"),
+            };
+            let stopping = self.stop.is_some();
+            if self.front.as_ref().is_some_and(|f| f.pid == pid) {
+                self.front = None;
+                if stopping {
+                    info!("Front tier (pid: {pid}) {how}");
+                } else {
+                    error!("Front tier (pid: {pid}) {how}; restarting it and its workers");
+                    // Their channels went with the old front tier; they exit on EOF, and
+                    // are told to in case one is busy.
+                    signal_all(self.workers.keys().copied(), Signal::SIGTERM);
+                }
+            } else if let Some(worker) = self.workers.remove(&pid) {
+                match (code, signal, stopping) {
+                    (Some(0), _, true) | (_, Some(Signal::SIGTERM), true) => {
+                        info!("Worker exiting (pid: {pid})")
+                    }
+                    (_, Some(Signal::SIGKILL), _) => {
+                        error!("Worker (pid: {pid}, id: {}) was sent SIGKILL! Perhaps out of memory?", worker.id)
+                    }
+                    _ => warn!("Worker (pid: {pid}, id: {}) {how}", worker.id),
+                }
+                match code {
+                    Some(APP_LOAD_ERROR) => self.halt(APP_LOAD_ERROR, "App failed to load."),
+                    Some(WORKER_BOOT_ERROR) => self.halt(WORKER_BOOT_ERROR, "Worker failed to boot."),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The descriptors no child but the front tier may keep.
+    fn master_fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self.signals.raw_fds().to_vec();
+        fds.extend(self.front.as_ref().map(|f| f.control.as_raw_fd()));
+        fds
+    }
+
+    fn spawn_front(&mut self) -> bool {
+        let (master_end, front_end) =
+            match socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC) {
+                Ok(pair) => pair,
+                Err(err) => {
+                    error!("cannot create the control socket: {err}");
+                    return false;
+                }
+            };
+        let mut close = self.master_fds();
+        close.push(master_end.as_raw_fd());
+        match fork_child("front", self.settings.preload, &close) {
+            Ok(Forked::Child) => {
+                let listeners: Vec<_> = self.listeners.iter().map(|l| (l.raw(), l.addr.clone())).collect();
+                let code = crate::front::run(&self.settings, listeners, front_end);
+                std::process::exit(code);
+            }
+            Ok(Forked::Parent(pid)) => {
+                info!("Booting front tier with pid: {pid}");
+                self.front = Some(FrontChild { pid, control: master_end });
+                true
+            }
+            Err(err) => {
+                error!("cannot fork the front tier: {err}");
+                false
+            }
+        }
+    }
+
+    fn manage_workers(&mut self) {
+        while self.workers.len() < self.settings.workers && self.front.is_some() {
+            if !self.spawn_worker() {
+                return;
+            }
+        }
+    }
+
+    fn spawn_worker(&mut self) -> bool {
+        let Some(front) = &self.front else { return false };
+        let (front_end, worker_end) =
+            match socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC) {
+                Ok(pair) => pair,
+                Err(err) => {
+                    error!("cannot create a worker channel: {err}");
+                    return false;
+                }
+            };
+        let id = self.next_worker_id;
+        self.next_worker_id = self.next_worker_id.wrapping_add(1);
+        let mut close = self.master_fds();
+        close.extend(self.listeners.iter().map(Listener::raw));
+        close.push(front_end.as_raw_fd());
+        match fork_child("worker", self.settings.preload, &close) {
+            Ok(Forked::Child) => {
+                let code = crate::worker::run(&self.settings, worker_end, id);
+                std::process::exit(code);
+            }
+            Ok(Forked::Parent(pid)) => {
+                drop(worker_end);
+                info!("Booting worker with pid: {pid}");
+                if let Err(err) = control::send_worker(&front.control, AddWorker { id, pid: pid.as_raw() as u32 }, front_end.as_raw_fd()) {
+                    // The front tier is gone; its death will be reaped and everything restarted.
+                    warn!("cannot hand worker {pid} to the front tier: {err}");
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
+                self.workers.insert(pid, WorkerChild { id });
+                true
+            }
+            Err(err) => {
+                error!("cannot fork a worker: {err}");
+                false
+            }
+        }
+    }
+}
+
+fn signal_all(pids: impl IntoIterator<Item = Pid>, signal: Signal) {
+    for pid in pids {
+        let _ = kill(pid, signal);
+    }
+}

@@ -1,0 +1,132 @@
+//! The worker channel: framed, multiplexed messages between the front tier and a worker.
+//!
+//! This module is the specification of the channel; both sides use it and nothing else
+//! speaks it. It must never panic or allocate more than a checked bound, whatever bytes
+//! arrive (the worker may be running arbitrary application code that corrupts memory or
+//! writes to the wrong file descriptor).
+//!
+//! # Byte layout
+//!
+//! Every frame is a 10-byte header followed by its payload:
+//!
+//! ```text
+//! +----------------+--------+--------+----------------+------------------+
+//! | length: u32 BE | kind:u8| flags:u8| stream: u32 BE | payload (length) |
+//! +----------------+--------+--------+----------------+------------------+
+//! ```
+//!
+//! `length` counts the payload only and is at most [`MAX_PAYLOAD`]; a longer frame is a
+//! protocol error, detected before anything is allocated. Integers are big-endian.
+//!
+//! The conversation:
+//!
+//! 1. The worker opens with one [`Kind::Hello`] frame on stream 0 (magic, protocol
+//!    version, pid, capacity). The front tier refuses a worker whose version differs.
+//! 2. The front tier opens a stream with [`Kind::RequestHead`], then sends the body as
+//!    [`Kind::Body`] frames or one [`Kind::BodyFile`] frame (a spooled body), then
+//!    [`Kind::End`]. A stream id is never reused while the stream is open.
+//! 3. The worker answers with [`Kind::ResponseHead`], [`Kind::Body`] frames and
+//!    [`Kind::End`], or [`Kind::Abort`] when the response cannot be completed (the front
+//!    tier then resets the client's connection or stream instead of sending a truncated
+//!    response as if it were whole).
+//! 4. Either side may send [`Kind::Abort`] for a stream: from the front tier it means the
+//!    client went away. The worker still finishes such a stream with `End` or `Abort`,
+//!    because only that frees its slot.
+//!
+//! Payload fields inside heads are encoded with [`FieldWriter`] and read with
+//! [`FieldReader`]: fixed-width integers and `u32`-length-prefixed byte strings.
+
+pub mod control;
+mod codec;
+mod fields;
+mod messages;
+
+pub use codec::{Decoder, Frame, HEADER_LEN, encode_frame, encode_frame_header};
+pub use fields::{FieldReader, FieldWriter};
+pub use messages::{BodyFile, Hello, RequestHead, RequestHeadRef, ResponseHead, Scheme};
+
+/// The protocol version spoken by this build; both sides must agree.
+pub const VERSION: u16 = 1;
+
+/// Magic bytes opening the Hello payload, so a stray writer is detected at once.
+pub const MAGIC: &[u8; 4] = b"RWSG";
+
+/// The largest payload one frame may carry. Bodies are split into frames this size.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// The most headers one head may carry (a request's are bounded far lower by the front tier).
+pub const MAX_HEADERS: usize = 10_000;
+
+/// What a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Worker → front, stream 0, first frame: who the worker is.
+    Hello = 1,
+    /// Front → worker: opens a stream with the parsed request head.
+    RequestHead = 2,
+    /// Either way: a chunk of the stream's body.
+    Body = 3,
+    /// Front → worker: the whole request body is in this file.
+    BodyFile = 4,
+    /// Either way: the sender has sent all of the stream.
+    End = 5,
+    /// Worker → front: the response status and headers.
+    ResponseHead = 6,
+    /// Either way: the stream is abandoned (payload: a reason, UTF-8).
+    Abort = 7,
+}
+
+impl Kind {
+    /// The kind for a wire byte, if it names one.
+    pub fn from_u8(byte: u8) -> Option<Kind> {
+        Some(match byte {
+            1 => Kind::Hello,
+            2 => Kind::RequestHead,
+            3 => Kind::Body,
+            4 => Kind::BodyFile,
+            5 => Kind::End,
+            6 => Kind::ResponseHead,
+            7 => Kind::Abort,
+            _ => return None,
+        })
+    }
+}
+
+/// Everything that can be wrong with bytes received on the channel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("frame payload of {0} bytes exceeds the limit of {MAX_PAYLOAD}")]
+    FrameTooLarge(u32),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    #[error("{0} has {1} trailing bytes")]
+    TrailingBytes(&'static str, usize),
+    #[error("too many headers ({0})")]
+    TooManyHeaders(u32),
+    #[error("bad magic in hello")]
+    BadMagic,
+    #[error("protocol version {0} is not {VERSION}")]
+    Version(u16),
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The fuzzing entry point: decodes frames and every typed payload from arbitrary bytes.
+/// It must return for any input; a panic or an abort is a bug.
+pub fn fuzz_decode(data: &[u8]) {
+    let mut decoder = Decoder::new();
+    let mut buf = bytes::BytesMut::from(data);
+    while let Ok(Some(frame)) = decoder.decode(&mut buf) {
+        let payload = frame.payload;
+        let _ = Hello::decode(payload.clone());
+        let _ = RequestHead::decode(payload.clone());
+        let _ = ResponseHead::decode(payload.clone());
+        let _ = BodyFile::decode(payload);
+    }
+}

@@ -1,0 +1,146 @@
+//! Building the WSGI `environ` (PEP 3333) from a request head.
+//!
+//! Constant entries are made once into a template dict that each request copies; keys
+//! are interned; header keys (`HTTP_...`) are cached by header name.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::{ffi, intern};
+
+use super::errors::ErrorStream;
+use super::input::WsgiInput;
+use super::response::FileWrapper;
+use crate::protocol::RequestHead;
+
+/// How many distinct header names are remembered (attacker-chosen names must not grow
+/// the cache without bound).
+const HEADER_KEY_CACHE: usize = 512;
+
+/// A Python `str` of the bytes read as Latin-1, as PEP 3333 wants for native strings.
+pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.is_ascii() => PyString::new(py, text),
+        _ => {
+            // SAFETY: the pointer and length describe a live slice; Latin-1 decoding
+            // cannot fail for any byte, so a null result only means out of memory.
+            let raw = unsafe { ffi::PyUnicode_DecodeLatin1(bytes.as_ptr().cast(), bytes.len() as ffi::Py_ssize_t, std::ptr::null()) };
+            // SAFETY: a non-null result is a new reference to a str.
+            match unsafe { Bound::from_owned_ptr_or_err(py, raw) } {
+                Ok(obj) => obj.cast_into::<PyString>().unwrap_or_else(|_| PyString::new(py, "")),
+                Err(_) => PyString::new(py, ""),
+            }
+        }
+    }
+}
+
+/// Per-worker environ state: the template and the header key cache.
+pub struct EnvironBuilder {
+    template: Py<PyDict>,
+    header_keys: HashMap<Bytes, Py<PyString>>,
+    script_name: Vec<u8>,
+}
+
+impl EnvironBuilder {
+    /// The template for a worker serving with `multiprocess` and `multithread` set so.
+    pub fn new(py: Python<'_>, multiprocess: bool, multithread: bool) -> PyResult<EnvironBuilder> {
+        let template = PyDict::new(py);
+        template.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
+        template.set_item(intern!(py, "wsgi.multithread"), multithread)?;
+        template.set_item(intern!(py, "wsgi.multiprocess"), multiprocess)?;
+        template.set_item(intern!(py, "wsgi.run_once"), false)?;
+        template.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+        template.set_item(intern!(py, "wsgi.errors"), Bound::new(py, ErrorStream)?)?;
+        template.set_item(intern!(py, "wsgi.file_wrapper"), py.get_type::<FileWrapper>())?;
+        template.set_item(intern!(py, "SERVER_SOFTWARE"), concat!("rwsgi/", env!("CARGO_PKG_VERSION")))?;
+        let script_name = std::env::var("SCRIPT_NAME").unwrap_or_default().trim_end_matches('/').to_string();
+        template.set_item(intern!(py, "SCRIPT_NAME"), &script_name)?;
+        Ok(EnvironBuilder { template: template.unbind(), header_keys: HashMap::new(), script_name: script_name.into_bytes() })
+    }
+
+    fn header_key<'py>(&mut self, py: Python<'py>, name: &Bytes) -> Bound<'py, PyString> {
+        if let Some(key) = self.header_keys.get(name) {
+            return key.bind(py).clone();
+        }
+        let mut key = String::with_capacity(name.len() + 5);
+        key.push_str("HTTP_");
+        key.extend(name.iter().map(|&b| if b == b'-' { '_' } else { (b as char).to_ascii_uppercase() }));
+        let key = PyString::intern(py, &key);
+        if self.header_keys.len() < HEADER_KEY_CACHE {
+            self.header_keys.insert(name.clone(), key.clone().unbind());
+        }
+        key
+    }
+
+    /// The environ for one request.
+    pub fn build<'py>(&mut self, py: Python<'py>, head: &RequestHead, input: WsgiInput) -> PyResult<Bound<'py, PyDict>> {
+        let environ = self.template.bind(py).copy()?;
+        environ.set_item(intern!(py, "REQUEST_METHOD"), PyString::intern(py, &String::from_utf8_lossy(&head.method)))?;
+        environ.set_item(intern!(py, "SERVER_PROTOCOL"), PyString::intern(py, head.protocol()))?;
+        environ.set_item(intern!(py, "wsgi.url_scheme"), PyString::intern(py, head.scheme.as_str()))?;
+        environ.set_item(intern!(py, "RAW_URI"), latin1(py, &head.raw_uri))?;
+        environ.set_item(intern!(py, "QUERY_STRING"), latin1(py, &head.query))?;
+        // PATH_INFO is the path below SCRIPT_NAME, percent-decoded to bytes and carried
+        // as Latin-1 (PEP 3333: "native strings" hold bytes one to one).
+        let path = match head.path.strip_prefix(&self.script_name[..]) {
+            Some(rest) if !self.script_name.is_empty() && (rest.is_empty() || rest.starts_with(b"/")) => rest,
+            _ => &head.path[..],
+        };
+        let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode(path).into();
+        environ.set_item(intern!(py, "PATH_INFO"), latin1(py, &decoded))?;
+        environ.set_item(intern!(py, "REMOTE_ADDR"), latin1(py, &head.remote_addr))?;
+        if let Some(port) = head.remote_port {
+            environ.set_item(intern!(py, "REMOTE_PORT"), port.to_string())?;
+        }
+        let (mut server_name, mut server_port) = (latin1(py, &head.server_name), latin1(py, &head.server_port));
+        for (name, value) in &head.headers {
+            let key = match &name[..] {
+                b"content-type" => intern!(py, "CONTENT_TYPE").clone(),
+                b"content-length" => intern!(py, "CONTENT_LENGTH").clone(),
+                // An underscore would let "X_Forwarded_For" pose as "X-Forwarded-For".
+                n if n.contains(&b'_') => continue,
+                _ => self.header_key(py, name),
+            };
+            if &name[..] == b"host" {
+                if head.remote_port.is_none() {
+                    // A Unix socket has no port of its own: the Host header names the server.
+                    let host = String::from_utf8_lossy(value);
+                    let (name, port) = split_host(&host, head.scheme.as_str());
+                    server_name = PyString::new(py, name);
+                    server_port = PyString::new(py, &port);
+                }
+            }
+            let value = latin1(py, value);
+            match environ.get_item(&key)? {
+                Some(previous) => {
+                    let separator = if &name[..] == b"cookie" { "; " } else { "," };
+                    let joined = format!("{}{separator}{}", previous.extract::<&str>()?, value.to_str()?);
+                    environ.set_item(&key, joined)?;
+                }
+                None => environ.set_item(&key, value)?,
+            }
+        }
+        environ.set_item(intern!(py, "SERVER_NAME"), server_name)?;
+        environ.set_item(intern!(py, "SERVER_PORT"), server_port)?;
+        environ.set_item(intern!(py, "wsgi.input"), Bound::new(py, input)?)?;
+        Ok(environ)
+    }
+}
+
+/// Splits a Host header into name and port, with the scheme's default port.
+fn split_host<'a>(host: &'a str, scheme: &str) -> (&'a str, String) {
+    let default = if scheme == "https" { "443" } else { "80" };
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        if let Some((addr, after)) = rest.split_once(']') {
+            let port = after.strip_prefix(':').unwrap_or(default);
+            return (&host[..addr.len() + 2], port.to_string());
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) => (name, port.to_string()),
+        None => (host, default.to_string()),
+    }
+}

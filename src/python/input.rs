@@ -1,0 +1,134 @@
+//! `wsgi.input`: the request body, complete before the app is called (the front tier
+//! buffered it), read from memory or from the spool file.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+
+use bytes::Bytes;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+enum Source {
+    Memory(Bytes),
+    File(BufReader<File>),
+}
+
+/// The `wsgi.input` stream: read, readline, readlines and iteration (PEP 3333).
+#[pyclass(module = "rwsgi")]
+pub struct WsgiInput {
+    source: Source,
+    position: u64,
+    length: u64,
+}
+
+impl WsgiInput {
+    /// A body held in memory.
+    pub fn memory(bytes: Bytes) -> WsgiInput {
+        let length = bytes.len() as u64;
+        WsgiInput { source: Source::Memory(bytes), position: 0, length }
+    }
+
+    /// A body spooled to `file`, of `length` bytes.
+    pub fn file(file: File, length: u64) -> WsgiInput {
+        WsgiInput { source: Source::File(BufReader::with_capacity(64 * 1024, file)), position: 0, length }
+    }
+
+    fn remaining(&self) -> u64 {
+        self.length - self.position
+    }
+
+    /// How many bytes a read of `size` (negative or None: all) returns.
+    fn clamp(&self, size: Option<i64>) -> usize {
+        match size {
+            Some(n) if n >= 0 => (n as u64).min(self.remaining()) as usize,
+            _ => self.remaining() as usize,
+        }
+    }
+
+    fn take<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyBytes>> {
+        let start = self.position as usize;
+        let bytes = match &mut self.source {
+            Source::Memory(bytes) => PyBytes::new(py, &bytes[start..start + n]),
+            Source::File(reader) => PyBytes::new_with(py, n, |buf| {
+                reader.read_exact(buf).map_err(|e| pyo3::exceptions::PyIOError::new_err(e.to_string()))
+            })?,
+        };
+        self.position += n as u64;
+        Ok(bytes)
+    }
+
+    /// The length of the next line (through `\n`), at most `limit` bytes.
+    fn line_length(&mut self, limit: usize) -> PyResult<usize> {
+        let start = self.position as usize;
+        match &mut self.source {
+            Source::Memory(bytes) => {
+                let window = &bytes[start..start + limit];
+                Ok(window.iter().position(|&b| b == b'\n').map_or(limit, |i| i + 1))
+            }
+            Source::File(reader) => {
+                let buffered = reader.fill_buf().map_err(|e| pyo3::exceptions::PyIOError::new_err(e.to_string()))?;
+                let window = &buffered[..buffered.len().min(limit)];
+                Ok(window.iter().position(|&b| b == b'\n').map_or(window.len(), |i| i + 1))
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl WsgiInput {
+    /// Reads `size` bytes (all that remain when `size` is omitted or negative).
+    #[pyo3(signature = (size = None))]
+    fn read<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        let n = self.clamp(size);
+        self.take(py, n)
+    }
+
+    /// Reads one line, through its `\n`, or at most `size` bytes.
+    #[pyo3(signature = (size = None))]
+    fn readline<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        let mut limit = self.clamp(size);
+        let mut parts: Vec<Bound<'py, PyBytes>> = Vec::new();
+        // A spooled line may span several buffer fills.
+        loop {
+            let n = self.line_length(limit)?;
+            let part = self.take(py, n)?;
+            let ends_line = part.as_bytes().last() == Some(&b'\n');
+            limit -= n;
+            if parts.is_empty() && (ends_line || limit == 0 || n == 0) {
+                return Ok(part);
+            }
+            parts.push(part);
+            if ends_line || limit == 0 || n == 0 {
+                let joined: Vec<u8> = parts.iter().flat_map(|p| p.as_bytes().iter().copied()).collect();
+                return Ok(PyBytes::new(py, &joined));
+            }
+        }
+    }
+
+    /// Reads lines until the end, or until about `hint` bytes have been read.
+    #[pyo3(signature = (hint = None))]
+    fn readlines<'py>(&mut self, py: Python<'py>, hint: Option<i64>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let mut lines = Vec::new();
+        let mut total = 0i64;
+        loop {
+            let line = self.readline(py, None)?;
+            if line.as_bytes().is_empty() {
+                return Ok(lines);
+            }
+            total += line.as_bytes().len() as i64;
+            lines.push(line);
+            if matches!(hint, Some(h) if h > 0 && total >= h) {
+                return Ok(lines);
+            }
+        }
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let line = self.readline(py, None)?;
+        Ok((!line.as_bytes().is_empty()).then_some(line))
+    }
+}

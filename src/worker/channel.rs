@@ -1,0 +1,258 @@
+//! The worker's end of its channel: blocking reads of request frames (called with the
+//! GIL released) and buffered writes of response frames.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use nix::sys::socket::{MsgFlags, recv};
+
+use crate::protocol::{BodyFile, Decoder, Frame, Hello, Kind, MAX_PAYLOAD, ProtocolError, RequestHead, ResponseHead, encode_frame};
+use crate::python::ResponseSink;
+
+/// Why the channel cannot be used any more.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("channel I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("channel protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+}
+
+/// A request body as it arrived on the channel.
+pub enum Body {
+    /// The bytes.
+    Memory(Bytes),
+    /// The front tier's spool file.
+    File { path: PathBuf, length: u64 },
+}
+
+/// One whole request: head and body.
+pub struct Request {
+    /// Its stream id.
+    pub stream: u32,
+    /// The parsed head.
+    pub head: RequestHead,
+    /// The body.
+    pub body: Body,
+}
+
+struct Reader {
+    socket: UnixStream,
+    buf: BytesMut,
+    decoder: Decoder,
+    /// Frames read while checking for an abort, not yet consumed.
+    pending: VecDeque<Frame>,
+}
+
+struct Writer {
+    socket: UnixStream,
+    buf: Vec<u8>,
+}
+
+/// Both directions of the channel.
+pub struct Channel {
+    reader: Mutex<Reader>,
+    writer: Mutex<Writer>,
+}
+
+/// How often a blocked read wakes to check whether the worker was told to stop.
+const STOP_CHECK: Duration = Duration::from_secs(1);
+
+/// Output buffered beyond this is written at once, even mid-response.
+const WRITE_HIGH_WATER: usize = 1 << 20;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Channel {
+    /// Wraps the worker's end of the channel.
+    pub fn new(fd: OwnedFd) -> io::Result<Arc<Channel>> {
+        let socket = UnixStream::from(fd);
+        socket.set_read_timeout(Some(STOP_CHECK))?;
+        let writer = socket.try_clone()?;
+        Ok(Arc::new(Channel {
+            reader: Mutex::new(Reader { socket, buf: BytesMut::with_capacity(64 * 1024), decoder: Decoder::new(), pending: VecDeque::new() }),
+            writer: Mutex::new(Writer { socket: writer, buf: Vec::with_capacity(64 * 1024) }),
+        }))
+    }
+
+    /// Announces the worker: it is ready for `capacity` requests at once.
+    pub fn hello(&self, capacity: u16) -> io::Result<()> {
+        let mut writer = lock(&self.writer);
+        Hello { pid: std::process::id(), capacity }.encode(&mut writer.buf);
+        writer.flush()
+    }
+
+    /// Waits for the next whole request. `Ok(None)`: the front tier closed the channel,
+    /// or `stop` was set while no request was under way.
+    pub fn next_request(&self, stop: &AtomicBool) -> Result<Option<Request>, ChannelError> {
+        let mut reader = lock(&self.reader);
+        let mut current: Option<(u32, RequestHead, Vec<Bytes>, Option<BodyFile>)> = None;
+        loop {
+            let Some(frame) = reader.next_frame(stop, current.is_none())? else { return Ok(None) };
+            let ours = current.as_ref().is_some_and(|(stream, ..)| *stream == frame.stream);
+            match frame.kind {
+                Kind::RequestHead if current.is_none() => {
+                    current = Some((frame.stream, RequestHead::decode(frame.payload)?, Vec::new(), None));
+                }
+                Kind::Body if ours => {
+                    if let Some((_, _, chunks, _)) = &mut current {
+                        chunks.push(frame.payload);
+                    }
+                }
+                Kind::BodyFile if ours => {
+                    if let Some((_, _, _, file)) = &mut current {
+                        *file = Some(BodyFile::decode(frame.payload)?);
+                    }
+                }
+                Kind::End if ours => {
+                    let Some((stream, head, chunks, file)) = current.take() else { continue };
+                    let body = match file {
+                        Some(file) => {
+                            use std::os::unix::ffi::OsStrExt;
+                            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&file.path));
+                            Body::File { path, length: file.length }
+                        }
+                        None if chunks.len() == 1 => Body::Memory(chunks.into_iter().next().unwrap_or_default()),
+                        None => Body::Memory(chunks.concat().into()),
+                    };
+                    return Ok(Some(Request { stream, head, body }));
+                }
+                Kind::Abort if ours => current = None,
+                // An abort for a stream already answered: nothing to do.
+                Kind::Abort => {}
+                _ => return Err(ProtocolError::Invalid("frame out of order on a sync worker").into()),
+            }
+        }
+    }
+
+    /// Whether the front tier has aborted `stream` (its client went away). Never blocks.
+    pub fn aborted(&self, stream: u32) -> bool {
+        let mut reader = lock(&self.reader);
+        let reader = &mut *reader;
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = recv(reader.socket.as_raw_fd(), &mut chunk, MsgFlags::MSG_DONTWAIT) {
+            reader.buf.extend_from_slice(&chunk[..n]);
+        }
+        while let Ok(Some(frame)) = reader.decoder.decode(&mut reader.buf) {
+            reader.pending.push_back(frame);
+        }
+        let before = reader.pending.len();
+        reader.pending.retain(|f| !(f.kind == Kind::Abort && f.stream == stream));
+        reader.pending.len() != before
+    }
+}
+
+impl Reader {
+    /// The next frame; `None` at the end of the channel, or when idle and told to stop.
+    fn next_frame(&mut self, stop: &AtomicBool, idle: bool) -> Result<Option<Frame>, ChannelError> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(Some(frame));
+        }
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if idle && self.buf.is_empty() && stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let start = self.buf.len();
+            self.buf.resize(start + 64 * 1024, 0);
+            match self.socket.read(&mut self.buf[start..]) {
+                Ok(0) => {
+                    self.buf.truncate(start);
+                    return Ok(None);
+                }
+                Ok(n) => self.buf.truncate(start + n),
+                Err(err) => {
+                    self.buf.truncate(start);
+                    match err.kind() {
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {}
+                        _ => return Err(err.into()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Writer {
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self.socket.write_all(&self.buf);
+        self.buf.clear();
+        result
+    }
+}
+
+/// A response's way back to the front tier: one stream of the channel.
+pub struct StreamSink {
+    channel: Arc<Channel>,
+    stream: u32,
+}
+
+impl StreamSink {
+    /// The sink for `stream`.
+    pub fn new(channel: Arc<Channel>, stream: u32) -> StreamSink {
+        StreamSink { channel, stream }
+    }
+
+    fn queue(&self, fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
+        let mut writer = lock(&self.channel.writer);
+        fill(&mut writer.buf)?;
+        if writer.buf.len() >= WRITE_HIGH_WATER {
+            writer.flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl ResponseSink for StreamSink {
+    fn head(&self, status: u16, reason: &[u8], close: bool, headers: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+        let headers = headers.iter().map(|(n, v)| (&n[..], &v[..]));
+        self.queue(|buf| {
+            ResponseHead::encode_parts(buf, self.stream, status, reason, close, headers).map_err(io::Error::other)
+        })
+    }
+
+    fn body(&self, chunk: &[u8]) -> io::Result<()> {
+        self.queue(|buf| {
+            for piece in chunk.chunks(MAX_PAYLOAD) {
+                encode_frame(buf, Kind::Body, self.stream, piece);
+            }
+            Ok(())
+        })
+    }
+
+    fn end(&self) -> io::Result<()> {
+        self.queue(|buf| {
+            encode_frame(buf, Kind::End, self.stream, b"");
+            Ok(())
+        })
+    }
+
+    fn abort(&self, why: &str) -> io::Result<()> {
+        self.queue(|buf| {
+            encode_frame(buf, Kind::Abort, self.stream, why.as_bytes());
+            Ok(())
+        })
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        lock(&self.channel.writer).flush()
+    }
+
+    fn client_gone(&self) -> bool {
+        self.channel.aborted(self.stream)
+    }
+}

@@ -1,0 +1,96 @@
+//! A worker process: embeds CPython, loads the application and serves the requests the
+//! front tier sends down its channel, one at a time (the sync worker).
+//!
+//! The loop is Rust: read frames with the GIL released, build the environ, call the
+//! app, send the response frames. A worker never parses HTTP and never touches a
+//! client socket.
+
+mod channel;
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use pyo3::Python;
+use tracing::{error, info};
+
+use crate::config::Settings;
+use crate::master::WORKER_BOOT_ERROR;
+use crate::python::{self, App, Outcome};
+use channel::{Body, Channel, StreamSink};
+
+/// Set by SIGTERM: finish the request under way, then exit.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+extern "C" fn on_quit(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe; a fast stop abandons the request under way.
+    unsafe { libc::_exit(0) }
+}
+
+fn install_signals() -> nix::Result<()> {
+    // No SA_RESTART: a blocked channel read returns EINTR and sees the stop at once.
+    let term = SigAction::new(SigHandler::Handler(on_term), SaFlags::empty(), SigSet::empty());
+    let quit = SigAction::new(SigHandler::Handler(on_quit), SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handlers only store an atomic or call _exit, both async-signal-safe.
+    unsafe {
+        sigaction(Signal::SIGTERM, &term)?;
+        sigaction(Signal::SIGINT, &quit)?;
+        sigaction(Signal::SIGQUIT, &quit)?;
+    }
+    Ok(())
+}
+
+/// Runs a worker on its end of the channel until told to stop; returns the exit code.
+pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
+    let mut app = match App::boot(settings) {
+        Ok(app) => app,
+        Err(code) => return code,
+    };
+    if let Err(err) = install_signals() {
+        error!("cannot install the worker's signal handlers: {err}");
+        return WORKER_BOOT_ERROR;
+    }
+    let channel = match Channel::new(channel).and_then(|c| c.hello(1).map(|_| c)) {
+        Ok(channel) => channel,
+        // The front tier is already gone; the master will start everything anew.
+        Err(_) => return 0,
+    };
+    Python::attach(|py| {
+        loop {
+            let request = py.detach(|| channel.next_request(&STOP));
+            let request = match request {
+                Ok(Some(request)) => request,
+                Ok(None) => break,
+                Err(err) => {
+                    error!("worker {id}: {err}");
+                    break;
+                }
+            };
+            let body = match request.body {
+                Body::Memory(bytes) => python::Body::Memory(bytes),
+                Body::File { path, length } => match std::fs::File::open(&path) {
+                    Ok(file) => python::Body::File { file, length },
+                    Err(err) => {
+                        error!("cannot open the spooled request body {}: {err}", path.display());
+                        python::Body::Memory(bytes::Bytes::new())
+                    }
+                },
+            };
+            let sink = Arc::new(StreamSink::new(channel.clone(), request.stream));
+            if app.handle(py, &request.head, body, sink) == Outcome::ChannelBroken {
+                break;
+            }
+            if STOP.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+    });
+    info!("Worker exiting (pid: {})", std::process::id());
+    python::shutdown();
+    0
+}
