@@ -21,7 +21,15 @@ pub fn run(cli: Cli) -> i32 {
     log::init();
     match cli.command {
         Command::Serve(args) => match config::Settings::from_args(&args) {
-            Ok(settings) => master::run(settings),
+            Ok(settings) => {
+                if let Some(dir) = &settings.chdir
+                    && let Err(err) = std::env::set_current_dir(dir)
+                {
+                    eprintln!("rwsgi: error: --chdir: {}: {err}", dir.display());
+                    return 2;
+                }
+                master::run(settings)
+            }
             Err(err) => {
                 eprintln!("rwsgi: error: {err}");
                 2

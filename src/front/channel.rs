@@ -42,6 +42,8 @@ pub enum Failure {
 }
 
 /// Things held for as long as a stream is open: the worker slot and any spooled body.
+/// Nothing reads them; dropping them when the stream ends is their whole job.
+#[allow(dead_code)]
 pub struct StreamHold {
     /// The worker slot; dropping it frees the slot.
     pub lease: Lease,

@@ -17,7 +17,10 @@ use crate::protocol::control::{AddWorker, MESSAGE_LEN};
 
 /// Receives workers until the master closes the control socket (the master is gone).
 pub async fn receive(control: OwnedFd, pool: Arc<Pool>) {
-    let control = match AsyncFd::try_with_interest(control, Interest::READABLE).map_err(|e| e.into_parts().1) {
+    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same
+    // for the AsyncFd's whole life.
+    let registered = unsafe { AsyncFd::register_with_interest(control, Interest::READABLE) };
+    let control = match registered.map_err(|e| e.into_parts().1) {
         Ok(fd) => fd,
         Err(err) => return warn!("cannot watch the control socket: {err}"),
     };

@@ -77,11 +77,6 @@ impl Pool {
         self.lock().workers.retain(|slot| slot.conn.id != id);
     }
 
-    /// Requests waiting for a worker.
-    pub fn queued(&self) -> usize {
-        self.lock().waiters.len()
-    }
-
     fn release(self: &Arc<Self>, conn: Arc<WorkerConn>) {
         let mut inner = self.lock();
         if let Some(index) = inner.workers.iter().position(|s| Arc::ptr_eq(&s.conn, &conn)) {

@@ -67,13 +67,6 @@ impl SignalPipe {
         signals
     }
 
-    /// In a freshly forked child: back to default dispositions, and the pipe closed.
-    pub fn forget_in_child(self) {
-        WAKE_FD.store(-1, Ordering::Relaxed);
-        reset_dispositions();
-        drop(self);
-    }
-
     /// The pipe's descriptors, which a child must not keep.
     pub fn raw_fds(&self) -> [i32; 2] {
         [self.read.as_raw_fd(), self.write.as_raw_fd()]
