@@ -43,7 +43,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let level = match *event.metadata().level() {
             Level::ERROR => "ERROR",
             Level::WARN => "WARNING",
@@ -51,7 +56,13 @@ where
             Level::DEBUG => "DEBUG",
             Level::TRACE => "TRACE",
         };
-        write!(writer, "[{}] [{}] [{}] ", Timestamp::now(), std::process::id(), level)?;
+        write!(
+            writer,
+            "[{}] [{}] [{}] ",
+            Timestamp::now(),
+            std::process::id(),
+            level
+        )?;
         if let Some(role) = ROLE.get() {
             write!(writer, "[{role}] ")?;
         }
@@ -66,7 +77,12 @@ pub struct Timestamp(u64);
 impl Timestamp {
     /// The current time.
     pub fn now() -> Timestamp {
-        Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+        Timestamp(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        )
     }
 }
 
@@ -101,7 +117,13 @@ mod tests {
     #[test]
     fn timestamps() {
         assert_eq!(Timestamp(0).to_string(), "1970-01-01 00:00:00 +0000");
-        assert_eq!(Timestamp(1_795_000_000).to_string(), "2026-11-18 11:06:40 +0000");
-        assert_eq!(Timestamp(951_782_400).to_string(), "2000-02-29 00:00:00 +0000");
+        assert_eq!(
+            Timestamp(1_795_000_000).to_string(),
+            "2026-11-18 11:06:40 +0000"
+        );
+        assert_eq!(
+            Timestamp(951_782_400).to_string(),
+            "2000-02-29 00:00:00 +0000"
+        );
     }
 }

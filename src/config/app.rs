@@ -39,7 +39,11 @@ impl AppSpec {
         };
         let (dir, module) = match location.rsplit_once('/') {
             Some((dir, module)) => {
-                let dir = if dir.is_empty() { PathBuf::from("/") } else { PathBuf::from(dir) };
+                let dir = if dir.is_empty() {
+                    PathBuf::from("/")
+                } else {
+                    PathBuf::from(dir)
+                };
                 let resolved = match chdir {
                     Some(base) if dir.is_relative() => base.join(&dir),
                     _ => dir.clone(),
@@ -52,7 +56,9 @@ impl AppSpec {
             None => (None, location),
         };
         if !is_dotted_identifier(module) {
-            return Err(bad("the module must be a dotted Python name, like package.module"));
+            return Err(bad(
+                "the module must be a dotted Python name, like package.module",
+            ));
         }
         let (callable, factory_args) = match object.split_once('(') {
             Some((name, rest)) => match rest.strip_suffix(')') {
@@ -62,7 +68,9 @@ impl AppSpec {
             None => (object, None),
         };
         if !is_dotted_identifier(callable) {
-            return Err(bad("the callable must be a Python name, like app or create_app()"));
+            return Err(bad(
+                "the callable must be a Python name, like app or create_app()",
+            ));
         }
         Ok(AppSpec {
             text: text.to_string(),
@@ -81,18 +89,42 @@ mod tests {
     #[test]
     fn forms() {
         let s = AppSpec::parse("hello:app", None).unwrap();
-        assert_eq!((s.module.as_str(), s.callable.as_str(), s.dir, s.factory_args), ("hello", "app", None, None));
+        assert_eq!(
+            (
+                s.module.as_str(),
+                s.callable.as_str(),
+                s.dir,
+                s.factory_args
+            ),
+            ("hello", "app", None, None)
+        );
         let s = AppSpec::parse("pkg.mod", None).unwrap();
-        assert_eq!((s.module.as_str(), s.callable.as_str()), ("pkg.mod", "application"));
+        assert_eq!(
+            (s.module.as_str(), s.callable.as_str()),
+            ("pkg.mod", "application")
+        );
         let s = AppSpec::parse("src:create_app()", None).unwrap();
-        assert_eq!((s.callable.as_str(), s.factory_args.as_deref()), ("create_app", Some("")));
+        assert_eq!(
+            (s.callable.as_str(), s.factory_args.as_deref()),
+            ("create_app", Some(""))
+        );
         let s = AppSpec::parse("src/hello:app", None).unwrap();
-        assert_eq!((s.dir.unwrap(), s.module.as_str()), (PathBuf::from("src"), "hello"));
+        assert_eq!(
+            (s.dir.unwrap(), s.module.as_str()),
+            (PathBuf::from("src"), "hello")
+        );
     }
 
     #[test]
     fn mistakes_are_named() {
-        for bad in ["", "1abc:app", "hello:", "hello:app(", "no/such/dir/m:app", "a-b:app"] {
+        for bad in [
+            "",
+            "1abc:app",
+            "hello:",
+            "hello:app(",
+            "no/such/dir/m:app",
+            "a-b:app",
+        ] {
             let err = AppSpec::parse(bad, None).unwrap_err();
             assert_eq!(err.setting, "APP", "{bad}");
         }

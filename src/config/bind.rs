@@ -34,7 +34,10 @@ impl BindAddr {
             text.to_string()
         };
         match with_port.to_socket_addrs() {
-            Ok(mut addrs) => addrs.next().map(BindAddr::Tcp).ok_or_else(|| bad("no address found")),
+            Ok(mut addrs) => addrs
+                .next()
+                .map(BindAddr::Tcp)
+                .ok_or_else(|| bad("no address found")),
             Err(err) => Err(bad(&err.to_string())),
         }
     }
@@ -55,10 +58,22 @@ mod tests {
 
     #[test]
     fn forms() {
-        assert_eq!(BindAddr::parse("127.0.0.1:0").unwrap(), BindAddr::Tcp("127.0.0.1:0".parse().unwrap()));
-        assert_eq!(BindAddr::parse("[::1]:80").unwrap(), BindAddr::Tcp("[::1]:80".parse().unwrap()));
-        assert_eq!(BindAddr::parse("127.0.0.1").unwrap(), BindAddr::Tcp("127.0.0.1:8000".parse().unwrap()));
-        assert_eq!(BindAddr::parse("unix:/tmp/s").unwrap(), BindAddr::Unix("/tmp/s".into()));
+        assert_eq!(
+            BindAddr::parse("127.0.0.1:0").unwrap(),
+            BindAddr::Tcp("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(
+            BindAddr::parse("[::1]:80").unwrap(),
+            BindAddr::Tcp("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            BindAddr::parse("127.0.0.1").unwrap(),
+            BindAddr::Tcp("127.0.0.1:8000".parse().unwrap())
+        );
+        assert_eq!(
+            BindAddr::parse("unix:/tmp/s").unwrap(),
+            BindAddr::Unix("/tmp/s".into())
+        );
         assert!(BindAddr::parse("unix:").is_err());
         assert!(BindAddr::parse("127.0.0.1:notaport").is_err());
     }

@@ -29,7 +29,10 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error about `setting`.
     pub fn new(setting: &'static str, message: impl Into<String>) -> ConfigError {
-        ConfigError { setting, message: message.into() }
+        ConfigError {
+            setting,
+            message: message.into(),
+        }
     }
 }
 
@@ -62,20 +65,31 @@ impl Settings {
         let binds = if args.bind.is_empty() {
             vec![BindAddr::parse("127.0.0.1:8000")?]
         } else {
-            args.bind.iter().map(|b| BindAddr::parse(b)).collect::<Result<_, _>>()?
+            args.bind
+                .iter()
+                .map(|b| BindAddr::parse(b))
+                .collect::<Result<_, _>>()?
         };
         let workers = match args.workers {
             Some(0) => return Err(ConfigError::new("--workers", "must be at least 1")),
             Some(n) => n,
-            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         };
         if let Some(dir) = &args.chdir
             && !dir.is_dir()
         {
-            return Err(ConfigError::new("--chdir", format!("{} is not a directory", dir.display())));
+            return Err(ConfigError::new(
+                "--chdir",
+                format!("{} is not a directory", dir.display()),
+            ));
         }
         if !(args.graceful_timeout.is_finite() && args.graceful_timeout >= 0.0) {
-            return Err(ConfigError::new("--graceful-timeout", "must be a number of seconds >= 0"));
+            return Err(ConfigError::new(
+                "--graceful-timeout",
+                "must be a number of seconds >= 0",
+            ));
         }
         let app = AppSpec::parse(&args.app, args.chdir.as_deref())?;
         Ok(Settings {

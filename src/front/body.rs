@@ -19,7 +19,10 @@ pub enum RequestBody {
     /// Held in memory.
     Memory(Bytes),
     /// Spooled to a temporary file of `length` bytes.
-    File { file: tempfile::NamedTempFile, length: u64 },
+    File {
+        file: tempfile::NamedTempFile,
+        length: u64,
+    },
 }
 
 /// Why a request body could not be read.
@@ -41,7 +44,9 @@ pub async fn buffer(mut body: Incoming, memory_limit: usize) -> Result<RequestBo
     let mut length: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(BodyError::Client)?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         length += data.len() as u64;
         if let Some((_, file)) = &mut spool {
             file.write_all(&data).await.map_err(BodyError::Spool)?;
@@ -52,8 +57,12 @@ pub async fn buffer(mut body: Incoming, memory_limit: usize) -> Result<RequestBo
             }
             memory.extend_from_slice(&data);
         } else {
-            let named = tempfile::Builder::new().prefix("rwsgi-body-").tempfile().map_err(BodyError::Spool)?;
-            let mut file = tokio::fs::File::from_std(named.as_file().try_clone().map_err(BodyError::Spool)?);
+            let named = tempfile::Builder::new()
+                .prefix("rwsgi-body-")
+                .tempfile()
+                .map_err(BodyError::Spool)?;
+            let mut file =
+                tokio::fs::File::from_std(named.as_file().try_clone().map_err(BodyError::Spool)?);
             file.write_all(&memory).await.map_err(BodyError::Spool)?;
             file.write_all(&data).await.map_err(BodyError::Spool)?;
             memory = BytesMut::new();
@@ -63,7 +72,10 @@ pub async fn buffer(mut body: Incoming, memory_limit: usize) -> Result<RequestBo
     match spool {
         Some((named, mut file)) => {
             file.flush().await.map_err(BodyError::Spool)?;
-            Ok(RequestBody::File { file: named, length })
+            Ok(RequestBody::File {
+                file: named,
+                length,
+            })
         }
         None => Ok(RequestBody::Memory(memory.freeze())),
     }
@@ -95,8 +107,17 @@ pub struct WorkerBody {
 
 impl WorkerBody {
     /// The rest of stream `stream` of `conn`, after its head.
-    pub fn new(events: mpsc::UnboundedReceiver<Event>, conn: Arc<WorkerConn>, stream: u32) -> WorkerBody {
-        WorkerBody { events, conn, stream, finished: false }
+    pub fn new(
+        events: mpsc::UnboundedReceiver<Event>,
+        conn: Arc<WorkerConn>,
+        stream: u32,
+    ) -> WorkerBody {
+        WorkerBody {
+            events,
+            conn,
+            stream,
+            finished: false,
+        }
     }
 }
 
@@ -117,7 +138,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = ResponseAborted;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Worker(body) => match body.events.poll_recv(cx) {
@@ -133,7 +157,9 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(Some(Event::Head(_))) => {
                     body.finished = true;
-                    Poll::Ready(Some(Err(ResponseAborted(Failure::Aborted("a second response head".into())))))
+                    Poll::Ready(Some(Err(ResponseAborted(Failure::Aborted(
+                        "a second response head".into(),
+                    )))))
                 }
                 Poll::Ready(None) => {
                     body.finished = true;

@@ -75,7 +75,9 @@ pub struct WorkerConn {
 
 impl WorkerConn {
     fn streams(&self) -> MutexGuard<'_, Streams> {
-        self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Opens a stream: registers it, then writes `frames` (built by `encode` for the new
@@ -97,7 +99,13 @@ impl WorkerConn {
             if !streams.alive {
                 return Err(Failure::WorkerDied);
             }
-            streams.open.insert(id, Stream { events: tx, _hold: hold });
+            streams.open.insert(
+                id,
+                Stream {
+                    events: tx,
+                    _hold: hold,
+                },
+            );
         }
         let written = self.writer.lock().await.write_all(&frames).await;
         if written.is_err() {
@@ -126,7 +134,9 @@ impl WorkerConn {
             Kind::ResponseHead => Event::Head(ResponseHead::decode(frame.payload)?),
             Kind::Body => Event::Data(frame.payload),
             Kind::End => Event::End,
-            Kind::Abort => Event::Failed(Failure::Aborted(String::from_utf8_lossy(&frame.payload).into_owned())),
+            Kind::Abort => Event::Failed(Failure::Aborted(
+                String::from_utf8_lossy(&frame.payload).into_owned(),
+            )),
             _ => return Err(ProtocolError::Invalid("frame kind from a worker")),
         };
         let finished = matches!(event, Event::End | Event::Failed(_));
@@ -178,7 +188,10 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
             id,
             pid: hello.pid,
             writer: tokio::sync::Mutex::new(writer),
-            streams: Mutex::new(Streams { open: HashMap::new(), alive: true }),
+            streams: Mutex::new(Streams {
+                open: HashMap::new(),
+                alive: true,
+            }),
             next_stream: AtomicU32::new(1),
         });
         pool.add(conn.clone(), hello.capacity as usize);

@@ -14,7 +14,6 @@ use super::channel;
 use super::pool::Pool;
 use crate::protocol::control::{AddWorker, MESSAGE_LEN};
 
-
 /// Receives workers until the master closes the control socket (the master is gone).
 pub async fn receive(control: OwnedFd, pool: Arc<Pool>) {
     // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same
@@ -30,14 +29,23 @@ pub async fn receive(control: OwnedFd, pool: Arc<Pool>) {
                 let mut message = [0u8; MESSAGE_LEN];
                 let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
                 let mut iov = [IoSliceMut::new(&mut message)];
-                let msg = recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC)
-                    .map_err(std::io::Error::from)?;
+                let msg = recvmsg::<()>(
+                    fd.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+                )
+                .map_err(std::io::Error::from)?;
                 let mut fds = Vec::new();
                 for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
                     if let ControlMessageOwned::ScmRights(received) = cmsg {
                         // SAFETY: the kernel just installed these descriptors for us; each
                         // is owned by nothing else in this process.
-                        fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                        fds.extend(
+                            received
+                                .into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
                     }
                 }
                 Ok((msg.bytes, message, fds))
@@ -50,13 +58,20 @@ pub async fn receive(control: OwnedFd, pool: Arc<Pool>) {
         if length == 0 {
             return; // The master closed its end.
         }
-        let (Some(worker), Some(fd), true) = (AddWorker::decode(message.get(..length).unwrap_or(&[])), fds.pop(), fds.is_empty()) else {
+        let (Some(worker), Some(fd), true) = (
+            AddWorker::decode(message.get(..length).unwrap_or(&[])),
+            fds.pop(),
+            fds.is_empty(),
+        ) else {
             warn!("ignoring a malformed control message ({length} bytes)");
             continue;
         };
         let id = worker.id;
         let stream = std::os::unix::net::UnixStream::from(fd);
-        match stream.set_nonblocking(true).and_then(|_| tokio::net::UnixStream::from_std(stream)) {
+        match stream
+            .set_nonblocking(true)
+            .and_then(|_| tokio::net::UnixStream::from_std(stream))
+        {
             Ok(stream) => channel::start(id, stream, pool.clone()),
             Err(err) => warn!("cannot use worker {id}'s channel: {err}"),
         }

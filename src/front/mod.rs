@@ -18,7 +18,8 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -28,8 +29,14 @@ use service::{ConnInfo, Shared};
 
 /// Runs the front tier until it is told to stop; returns the process exit code.
 pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: OwnedFd) -> i32 {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             error!("cannot start the front tier's runtime: {err}");
@@ -67,10 +74,15 @@ fn adopt(fd: RawFd, addr: BindAddr) -> std::io::Result<Accepting> {
 
 async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: OwnedFd) -> i32 {
     let pool = pool::Pool::new(settings.max_queue);
-    let shared = Arc::new(Shared { pool: pool.clone(), body_memory_limit: settings.body_memory_limit });
-    let (Ok(mut term), Ok(mut quit), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::quit()), signal(SignalKind::interrupt()))
-    else {
+    let shared = Arc::new(Shared {
+        pool: pool.clone(),
+        body_memory_limit: settings.body_memory_limit,
+    });
+    let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::quit()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error!("cannot install the front tier's signal handlers");
         return crate::master::WORKER_BOOT_ERROR;
     };
@@ -78,7 +90,11 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
     let mut accept_tasks = Vec::new();
     for (fd, addr) in listeners {
         match adopt(fd, addr) {
-            Ok(listener) => accept_tasks.push(tokio::spawn(accept_loop(listener, shared.clone(), graceful.clone()))),
+            Ok(listener) => accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                shared.clone(),
+                graceful.clone(),
+            ))),
             Err(err) => {
                 error!("cannot use an inherited listener: {err}");
                 return crate::master::WORKER_BOOT_ERROR;
@@ -109,8 +125,14 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
         error!("the graceful shutdown handle is still shared; stopping now");
         return 0;
     };
-    info!("Stopping gracefully: finishing {} open connections", graceful.count());
-    if tokio::time::timeout(settings.graceful_timeout, graceful.shutdown()).await.is_err() {
+    info!(
+        "Stopping gracefully: finishing {} open connections",
+        graceful.count()
+    );
+    if tokio::time::timeout(settings.graceful_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!("graceful timeout passed with connections still open");
     }
     0
@@ -118,7 +140,10 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
 
 fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new());
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     builder
 }
@@ -132,7 +157,9 @@ async fn accept_loop(listener: Accepting, shared: Arc<Shared>, graceful: Arc<Gra
                 let local = stream.local_addr().ok();
                 let info = ConnInfo {
                     remote: Some(peer),
-                    server_name: local.map(|a| a.ip().to_string()).unwrap_or_else(|| addr.to_string()),
+                    server_name: local
+                        .map(|a| a.ip().to_string())
+                        .unwrap_or_else(|| addr.to_string()),
                     server_port: local.map(|a| a.port().to_string()).unwrap_or_default(),
                 };
                 (Connection::Tcp(stream), info)
@@ -142,7 +169,14 @@ async fn accept_loop(listener: Accepting, shared: Arc<Shared>, graceful: Arc<Gra
                     BindAddr::Unix(path) => path.display().to_string(),
                     BindAddr::Tcp(_) => String::new(),
                 };
-                (Connection::Unix(stream), ConnInfo { remote: None, server_name: path, server_port: String::new() })
+                (
+                    Connection::Unix(stream),
+                    ConnInfo {
+                        remote: None,
+                        server_name: path,
+                        server_port: String::new(),
+                    },
+                )
             }),
         };
         let (connection, info) = match accepted {
@@ -156,23 +190,34 @@ async fn accept_loop(listener: Accepting, shared: Arc<Shared>, graceful: Arc<Gra
             }
         };
         let info = Arc::new(info);
-        let shared = shared.clone();
-        let service = service_fn(move |request| service::handle(shared.clone(), info.clone(), request));
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let result = match connection {
-                Connection::Tcp(stream) => {
-                    watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
-                }
-                Connection::Unix(stream) => {
-                    watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
-                }
-            };
-            if let Err(err) = result {
-                tracing::debug!("connection ended with an error: {err}");
+        let (builder, watcher, shared) = (builder.clone(), graceful.watcher(), shared.clone());
+        match connection {
+            Connection::Tcp(stream) => {
+                tokio::spawn(serve_connection(stream, builder, watcher, shared, info))
             }
-        });
+            Connection::Unix(stream) => {
+                tokio::spawn(serve_connection(stream, builder, watcher, shared, info))
+            }
+        };
+    }
+}
+
+/// Serves one accepted connection until it closes or a graceful stop ends it.
+async fn serve_connection<S>(
+    stream: S,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| service::handle(shared.clone(), info.clone(), request));
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    if let Err(err) = watcher.watch(connection).await {
+        tracing::debug!("connection ended with an error: {err}");
     }
 }
 

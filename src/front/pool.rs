@@ -36,23 +36,36 @@ struct Inner {
 impl Pool {
     /// An empty pool whose queue holds at most `max_queue` waiting requests.
     pub fn new(max_queue: usize) -> Arc<Pool> {
-        Arc::new(Pool { inner: Mutex::new(Inner::default()), max_queue })
+        Arc::new(Pool {
+            inner: Mutex::new(Inner::default()),
+            max_queue,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the counts half-updated in a way
         // that matters more than stopping service, so poisoning is ignored.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A free slot on the least-loaded worker, waiting for one if all are busy.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Busy> {
         let waiter = {
             let mut inner = self.lock();
-            let best = inner.workers.iter_mut().filter(|s| s.free > 0).max_by_key(|s| s.free);
+            let best = inner
+                .workers
+                .iter_mut()
+                .filter(|s| s.free > 0)
+                .max_by_key(|s| s.free);
             if let Some(slot) = best {
                 slot.free -= 1;
-                return Ok(Lease { pool: self.clone(), conn: slot.conn.clone(), armed: true });
+                return Ok(Lease {
+                    pool: self.clone(),
+                    conn: slot.conn.clone(),
+                    armed: true,
+                });
             }
             if inner.waiters.len() >= self.max_queue {
                 return Err(Busy);
@@ -67,7 +80,10 @@ impl Pool {
     /// Adds a worker that has said Hello, with `capacity` slots.
     pub fn add(self: &Arc<Self>, conn: Arc<WorkerConn>, capacity: usize) {
         let mut inner = self.lock();
-        inner.workers.push(Slot { conn, free: capacity });
+        inner.workers.push(Slot {
+            conn,
+            free: capacity,
+        });
         let index = inner.workers.len() - 1;
         self.hand_out(&mut inner, index);
     }
@@ -79,7 +95,11 @@ impl Pool {
 
     fn release(self: &Arc<Self>, conn: Arc<WorkerConn>) {
         let mut inner = self.lock();
-        if let Some(index) = inner.workers.iter().position(|s| Arc::ptr_eq(&s.conn, &conn)) {
+        if let Some(index) = inner
+            .workers
+            .iter()
+            .position(|s| Arc::ptr_eq(&s.conn, &conn))
+        {
             inner.workers[index].free += 1;
             self.hand_out(&mut inner, index);
         }
@@ -88,10 +108,16 @@ impl Pool {
     /// Gives the free slots of worker `index` to waiting requests, oldest first.
     fn hand_out(self: &Arc<Self>, inner: &mut Inner, index: usize) {
         while inner.workers[index].free > 0 {
-            let Some(waiter) = inner.waiters.pop_front() else { return };
+            let Some(waiter) = inner.waiters.pop_front() else {
+                return;
+            };
             let conn = inner.workers[index].conn.clone();
             inner.workers[index].free -= 1;
-            if let Err(mut lease) = waiter.send(Lease { pool: self.clone(), conn, armed: true }) {
+            if let Err(mut lease) = waiter.send(Lease {
+                pool: self.clone(),
+                conn,
+                armed: true,
+            }) {
                 // That request gave up waiting: the slot stays free for the next one.
                 lease.armed = false;
                 inner.workers[index].free += 1;

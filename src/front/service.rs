@@ -9,14 +9,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::header::{
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, RETRY_AFTER,
+};
 use hyper::{Request, Response, StatusCode, Version};
 use tracing::{error, warn};
 
 use super::body::{self, RequestBody, ResponseBody, WorkerBody};
 use super::channel::{Event, Failure, StreamHold};
 use super::pool::Pool;
-use crate::protocol::{BodyFile, Kind, MAX_PAYLOAD, ProtocolError, RequestHeadRef, ResponseHead, Scheme, encode_frame};
+use crate::protocol::{
+    BodyFile, Kind, MAX_PAYLOAD, ProtocolError, RequestHeadRef, ResponseHead, Scheme, encode_frame,
+};
 
 /// What every request of one connection shares.
 pub struct ConnInfo {
@@ -70,11 +74,17 @@ async fn dispatch(
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<ResponseBody>, RequestError> {
     let (parts, incoming) = request.into_parts();
-    let body = body::buffer(incoming, shared.body_memory_limit).await.map_err(|err| match err {
-        body::BodyError::Client(_) => RequestError::BadRequest(err),
-        body::BodyError::Spool(io) => RequestError::Internal(io.to_string()),
-    })?;
-    let lease = shared.pool.acquire().await.map_err(|_| RequestError::Busy)?;
+    let body = body::buffer(incoming, shared.body_memory_limit)
+        .await
+        .map_err(|err| match err {
+            body::BodyError::Client(_) => RequestError::BadRequest(err),
+            body::BodyError::Spool(io) => RequestError::Internal(io.to_string()),
+        })?;
+    let lease = shared
+        .pool
+        .acquire()
+        .await
+        .map_err(|_| RequestError::Busy)?;
     let worker = lease.conn().clone();
     let (body, spool) = match body {
         RequestBody::Memory(bytes) => (Some(bytes), None),
@@ -84,16 +94,36 @@ async fn dispatch(
         path: Bytes::copy_from_slice(file.path().as_os_str().as_encoded_bytes()),
         length: *length,
     });
-    let hold = StreamHold { lease, spool: spool.map(|(file, _)| file) };
-    let encode = |stream: u32, out: &mut Vec<u8>| encode_request(&parts, conn, stream, body.as_ref(), spool_path.as_ref(), out);
-    let (stream, mut events) = worker.open_stream(hold, encode).await.map_err(|failure| match failure {
-        Failure::Aborted(why) => RequestError::Internal(why),
-        died => RequestError::Worker(died),
-    })?;
+    let hold = StreamHold {
+        lease,
+        spool: spool.map(|(file, _)| file),
+    };
+    let encode = |stream: u32, out: &mut Vec<u8>| {
+        encode_request(
+            &parts,
+            conn,
+            stream,
+            body.as_ref(),
+            spool_path.as_ref(),
+            out,
+        )
+    };
+    let (stream, mut events) =
+        worker
+            .open_stream(hold, encode)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Aborted(why) => RequestError::Internal(why),
+                died => RequestError::Worker(died),
+            })?;
     let head = match events.recv().await {
         Some(Event::Head(head)) => head,
         Some(Event::Failed(failure)) => return Err(RequestError::Worker(failure)),
-        Some(other) => return Err(RequestError::BadResponse(format!("{other:?} before the response head"))),
+        Some(other) => {
+            return Err(RequestError::BadResponse(format!(
+                "{other:?} before the response head"
+            )));
+        }
         None => return Err(RequestError::Worker(Failure::WorkerDied)),
     };
     let body = WorkerBody::new(events, worker, stream);
@@ -134,7 +164,12 @@ fn encode_request(
     {
         headers.push((b"host", authority.as_str().as_bytes()));
     }
-    headers.extend(parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())));
+    headers.extend(
+        parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+    );
     RequestHeadRef {
         method: parts.method.as_str().as_bytes(),
         scheme: Scheme::Http,
@@ -165,13 +200,16 @@ fn build_response(
     body: ResponseBody,
     version: Version,
 ) -> Result<Response<ResponseBody>, RequestError> {
-    let status = StatusCode::from_u16(head.status).map_err(|e| RequestError::BadResponse(e.to_string()))?;
+    let status =
+        StatusCode::from_u16(head.status).map_err(|e| RequestError::BadResponse(e.to_string()))?;
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
     for (name, value) in &head.headers {
-        let name = HeaderName::from_bytes(name).map_err(|e| RequestError::BadResponse(e.to_string()))?;
-        let value = HeaderValue::from_bytes(value).map_err(|e| RequestError::BadResponse(e.to_string()))?;
+        let name =
+            HeaderName::from_bytes(name).map_err(|e| RequestError::BadResponse(e.to_string()))?;
+        let value =
+            HeaderValue::from_bytes(value).map_err(|e| RequestError::BadResponse(e.to_string()))?;
         headers.append(name, value);
     }
     if version != Version::HTTP_2 {
@@ -197,9 +235,15 @@ fn error_response(err: RequestError, version: Version) -> Response<ResponseBody>
     match &err {
         RequestError::BadRequest(e) => warn!("bad request: {e}"),
         RequestError::Busy => warn!("no worker free and the queue is full: 503"),
-        RequestError::Worker(Failure::WorkerDied) => error!("worker died while handling a request: 502"),
-        RequestError::Worker(Failure::Aborted(why)) => error!("worker abandoned a request ({why}): 502"),
-        RequestError::BadResponse(why) => error!("worker sent a response HTTP cannot carry ({why}): 502"),
+        RequestError::Worker(Failure::WorkerDied) => {
+            error!("worker died while handling a request: 502")
+        }
+        RequestError::Worker(Failure::Aborted(why)) => {
+            error!("worker abandoned a request ({why}): 502")
+        }
+        RequestError::BadResponse(why) => {
+            error!("worker sent a response HTTP cannot carry ({why}): 502")
+        }
         RequestError::Internal(why) => error!("internal error: {why}"),
     }
     let reason = status.canonical_reason().unwrap_or("Error");
@@ -211,13 +255,20 @@ fn error_response(err: RequestError, version: Version) -> Response<ResponseBody>
     let mut response = Response::new(ResponseBody::full(page));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     if status == StatusCode::BAD_REQUEST && version != Version::HTTP_2 {
-        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }

@@ -51,7 +51,10 @@ fn bind(addr: &BindAddr) -> io::Result<Listener> {
             // A socket file left by an earlier run is replaced; any other file is not.
             if let Ok(meta) = std::fs::symlink_metadata(path) {
                 if !meta.file_type().is_socket() {
-                    return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "a file that is not a socket is in the way",
+                    ));
                 }
                 std::fs::remove_file(path)?;
             }
@@ -69,7 +72,10 @@ fn bind(addr: &BindAddr) -> io::Result<Listener> {
             .ok_or_else(|| io::Error::other("bound address is not an IP address"))?,
         BindAddr::Unix(path) => BindAddr::Unix(path.clone()),
     };
-    Ok(Listener { fd: socket.into(), addr: bound })
+    Ok(Listener {
+        fd: socket.into(),
+        addr: bound,
+    })
 }
 
 /// Removes the socket files of Unix listeners (at the master's exit).

@@ -7,6 +7,7 @@
 
 mod control;
 pub mod listeners;
+pub mod scoreboard;
 mod signals;
 mod spawn;
 
@@ -48,6 +49,9 @@ pub fn run(settings: Settings) -> i32 {
             return 1;
         }
     };
+    if let Err(err) = scoreboard::create() {
+        warn!("cannot map the shared scoreboard page: {err}");
+    }
     let pid = std::process::id();
     info!("Starting rwsgi {}", env!("CARGO_PKG_VERSION"));
     for listener in &listeners {
@@ -116,8 +120,17 @@ impl Arbiter {
             for signal in self.signals.wait(Duration::from_secs(1)) {
                 match signal {
                     Signal::SIGCHLD => {}
-                    Signal::SIGTERM => self.begin_stop(true),
-                    Signal::SIGINT | Signal::SIGQUIT => self.begin_stop(false),
+                    Signal::SIGTERM => {
+                        info!("Handling signal: term");
+                        self.begin_stop(true)
+                    }
+                    Signal::SIGINT | Signal::SIGQUIT => {
+                        info!(
+                            "Handling signal: {}",
+                            signal.as_str().trim_start_matches("SIG").to_lowercase()
+                        );
+                        self.begin_stop(false)
+                    }
                     other => info!("Ignoring signal {other} (not handled yet)"),
                 }
             }
@@ -135,7 +148,10 @@ impl Arbiter {
                     stop.killed = true;
                     warn!("Children still running after the stop timeout: killing them");
                     let front = self.front.as_ref().map(|f| f.pid);
-                    signal_all(front.into_iter().chain(self.workers.keys().copied()), Signal::SIGKILL);
+                    signal_all(
+                        front.into_iter().chain(self.workers.keys().copied()),
+                        Signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -150,17 +166,28 @@ impl Arbiter {
         }
         let front = self.front.as_ref().map(|f| f.pid);
         if graceful {
-            info!("Handling signal: term");
             signal_all(front, Signal::SIGTERM);
             // The front tier waits graceful_timeout for its requests; allow a little more
             // for the last responses to leave the workers before anything is killed.
             let deadline = Instant::now() + self.settings.graceful_timeout + Duration::from_secs(2);
-            self.stop = Some(Stop { graceful, deadline, workers_told: false, killed: false });
+            self.stop = Some(Stop {
+                graceful,
+                deadline,
+                workers_told: false,
+                killed: false,
+            });
         } else {
-            info!("Handling signal: quit");
-            signal_all(front.into_iter().chain(self.workers.keys().copied()), Signal::SIGQUIT);
+            signal_all(
+                front.into_iter().chain(self.workers.keys().copied()),
+                Signal::SIGQUIT,
+            );
             let deadline = Instant::now() + FAST_STOP_GRACE;
-            self.stop = Some(Stop { graceful, deadline, workers_told: true, killed: false });
+            self.stop = Some(Stop {
+                graceful,
+                deadline,
+                workers_told: true,
+                killed: false,
+            });
         }
     }
 
@@ -200,17 +227,20 @@ impl Arbiter {
                 }
             } else if let Some(worker) = self.workers.remove(&pid) {
                 match (code, signal, stopping) {
-                    (Some(0), _, true) | (_, Some(Signal::SIGTERM), true) => {
-                        info!("Worker exiting (pid: {pid})")
-                    }
+                    (_, _, true) => info!("Worker exiting (pid: {pid}): {how}"),
                     (_, Some(Signal::SIGKILL), _) => {
-                        error!("Worker (pid: {pid}, id: {}) was sent SIGKILL! Perhaps out of memory?", worker.id)
+                        error!(
+                            "Worker (pid: {pid}, id: {}) was sent SIGKILL! Perhaps out of memory?",
+                            worker.id
+                        )
                     }
                     _ => warn!("Worker (pid: {pid}, id: {}) {how}", worker.id),
                 }
                 match code {
                     Some(APP_LOAD_ERROR) => self.halt(APP_LOAD_ERROR, "App failed to load."),
-                    Some(WORKER_BOOT_ERROR) => self.halt(WORKER_BOOT_ERROR, "Worker failed to boot."),
+                    Some(WORKER_BOOT_ERROR) => {
+                        self.halt(WORKER_BOOT_ERROR, "Worker failed to boot.")
+                    }
                     _ => {}
                 }
             }
@@ -225,25 +255,36 @@ impl Arbiter {
     }
 
     fn spawn_front(&mut self) -> bool {
-        let (master_end, front_end) =
-            match socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC) {
-                Ok(pair) => pair,
-                Err(err) => {
-                    error!("cannot create the control socket: {err}");
-                    return false;
-                }
-            };
+        let (master_end, front_end) = match socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        ) {
+            Ok(pair) => pair,
+            Err(err) => {
+                error!("cannot create the control socket: {err}");
+                return false;
+            }
+        };
         let mut close = self.master_fds();
         close.push(master_end.as_raw_fd());
         match fork_child("front", self.settings.preload, &close) {
             Ok(Forked::Child) => {
-                let listeners: Vec<_> = self.listeners.iter().map(|l| (l.raw(), l.addr.clone())).collect();
+                let listeners: Vec<_> = self
+                    .listeners
+                    .iter()
+                    .map(|l| (l.raw(), l.addr.clone()))
+                    .collect();
                 let code = crate::front::run(&self.settings, listeners, front_end);
                 std::process::exit(code);
             }
             Ok(Forked::Parent(pid)) => {
                 info!("Booting front tier with pid: {pid}");
-                self.front = Some(FrontChild { pid, control: master_end });
+                self.front = Some(FrontChild {
+                    pid,
+                    control: master_end,
+                });
                 true
             }
             Err(err) => {
@@ -262,15 +303,21 @@ impl Arbiter {
     }
 
     fn spawn_worker(&mut self) -> bool {
-        let Some(front) = &self.front else { return false };
-        let (front_end, worker_end) =
-            match socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC) {
-                Ok(pair) => pair,
-                Err(err) => {
-                    error!("cannot create a worker channel: {err}");
-                    return false;
-                }
-            };
+        let Some(front) = &self.front else {
+            return false;
+        };
+        let (front_end, worker_end) = match socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        ) {
+            Ok(pair) => pair,
+            Err(err) => {
+                error!("cannot create a worker channel: {err}");
+                return false;
+            }
+        };
         let id = self.next_worker_id;
         self.next_worker_id = self.next_worker_id.wrapping_add(1);
         let mut close = self.master_fds();
@@ -284,7 +331,14 @@ impl Arbiter {
             Ok(Forked::Parent(pid)) => {
                 drop(worker_end);
                 info!("Booting worker with pid: {pid}");
-                if let Err(err) = control::send_worker(&front.control, AddWorker { id, pid: pid.as_raw() as u32 }, front_end.as_raw_fd()) {
+                if let Err(err) = control::send_worker(
+                    &front.control,
+                    AddWorker {
+                        id,
+                        pid: pid.as_raw() as u32,
+                    },
+                    front_end.as_raw_fd(),
+                ) {
                     // The front tier is gone; its death will be reaped and everything restarted.
                     warn!("cannot hand worker {pid} to the front tier: {err}");
                     let _ = kill(pid, Signal::SIGTERM);

@@ -46,7 +46,11 @@ impl SignalPipe {
     pub fn install() -> nix::Result<SignalPipe> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
         WAKE_FD.store(write.as_raw_fd(), Ordering::Relaxed);
-        let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
         for signal in HANDLED {
             // SAFETY: the handler only performs an async-signal-safe write.
             unsafe { sigaction(signal, &action) }?;
@@ -58,11 +62,18 @@ impl SignalPipe {
     pub fn wait(&self, timeout: Duration) -> Vec<Signal> {
         let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
         let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let _ = poll(&mut fds, PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX));
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
+        );
         let mut signals = Vec::new();
         let mut buf = [0u8; 64];
         while let Ok(n @ 1..) = nix::unistd::read(&self.read, &mut buf) {
-            signals.extend(buf[..n].iter().filter_map(|&b| Signal::try_from(b as i32).ok()));
+            signals.extend(
+                buf[..n]
+                    .iter()
+                    .filter_map(|&b| Signal::try_from(b as i32).ok()),
+            );
         }
         signals
     }

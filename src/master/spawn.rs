@@ -22,7 +22,11 @@ pub enum Forked {
 /// With a preloaded interpreter the fork is bracketed by CPython's own before/after
 /// hooks, as `os.fork()` does, so the child's interpreter state (locks, thread states)
 /// is consistent.
-pub fn fork_child(role: &'static str, preloaded: bool, close_in_child: &[RawFd]) -> nix::Result<Forked> {
+pub fn fork_child(
+    role: &'static str,
+    preloaded: bool,
+    close_in_child: &[RawFd],
+) -> nix::Result<Forked> {
     let master = nix::unistd::getpid();
     if preloaded {
         python::before_fork();

@@ -53,7 +53,12 @@ impl Decoder {
         let stream = u32::from_be_bytes([buf[6], buf[7], buf[8], buf[9]]);
         buf.advance(HEADER_LEN);
         let payload = buf.split_to(length as usize).freeze();
-        Ok(Some(Frame { kind, flags, stream, payload }))
+        Ok(Some(Frame {
+            kind,
+            flags,
+            stream,
+            payload,
+        }))
     }
 }
 

@@ -29,11 +29,18 @@ impl AddWorker {
 
     /// Reads a message; `None` if it is not a well-formed AddWorker.
     pub fn decode(message: &[u8]) -> Option<AddWorker> {
-        let word = |i: usize| message.get(i..i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let word = |i: usize| {
+            message
+                .get(i..i + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
         if message.len() != MESSAGE_LEN || word(0)? != ADD_WORKER {
             return None;
         }
-        Some(AddWorker { id: word(4)?, pid: word(8)? })
+        Some(AddWorker {
+            id: word(4)?,
+            pid: word(8)?,
+        })
     }
 }
 

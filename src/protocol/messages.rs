@@ -19,7 +19,9 @@ fn encode_with(
     let length = out.len() - start - HEADER_LEN;
     if length > MAX_PAYLOAD {
         out.truncate(start);
-        return Err(ProtocolError::FrameTooLarge(length.min(u32::MAX as usize) as u32));
+        return Err(ProtocolError::FrameTooLarge(
+            length.min(u32::MAX as usize) as u32
+        ));
     }
     out[start..start + 4].copy_from_slice(&(length as u32).to_be_bytes());
     Ok(())
@@ -64,7 +66,10 @@ impl Hello {
     /// Appends the Hello frame.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let fits = encode_with(out, Kind::Hello, 0, |w| {
-            w.u32(u32::from_be_bytes(*MAGIC)).u16(VERSION).u32(self.pid).u16(self.capacity);
+            w.u32(u32::from_be_bytes(*MAGIC))
+                .u16(VERSION)
+                .u32(self.pid)
+                .u16(self.capacity);
         });
         debug_assert!(fits.is_ok());
     }
@@ -79,7 +84,10 @@ impl Hello {
         if version != VERSION {
             return Err(ProtocolError::Version(version));
         }
-        let hello = Hello { pid: reader.u32()?, capacity: reader.u16()? };
+        let hello = Hello {
+            pid: reader.u32()?,
+            capacity: reader.u16()?,
+        };
         reader.finish()?;
         if hello.capacity == 0 {
             return Err(ProtocolError::Invalid("capacity 0"));
@@ -275,7 +283,12 @@ impl ResponseHead {
         let close = r.u8()? != 0;
         let headers = read_headers(&mut r)?;
         r.finish()?;
-        Ok(ResponseHead { status, reason, close, headers })
+        Ok(ResponseHead {
+            status,
+            reason,
+            close,
+            headers,
+        })
     }
 
     /// Appends a ResponseHead frame built from borrowed parts.
@@ -320,7 +333,10 @@ impl BodyFile {
     /// Reads a BodyFile payload.
     pub fn decode(payload: Bytes) -> Result<BodyFile, ProtocolError> {
         let mut r = FieldReader::new(payload, "body file");
-        let file = BodyFile { path: r.bytes()?, length: r.u64()? };
+        let file = BodyFile {
+            path: r.bytes()?,
+            length: r.u64()?,
+        };
         r.finish()?;
         Ok(file)
     }

@@ -36,8 +36,8 @@
 //! Payload fields inside heads are encoded with [`FieldWriter`] and read with
 //! [`FieldReader`]: fixed-width integers and `u32`-length-prefixed byte strings.
 
-pub mod control;
 mod codec;
+pub mod control;
 mod fields;
 mod messages;
 

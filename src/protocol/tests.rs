@@ -18,7 +18,10 @@ fn sample_request() -> RequestHead {
         server_name: Bytes::from_static(b"127.0.0.1"),
         server_port: Bytes::from_static(b"8000"),
         headers: vec![
-            (Bytes::from_static(b"host"), Bytes::from_static(b"localhost")),
+            (
+                Bytes::from_static(b"host"),
+                Bytes::from_static(b"localhost"),
+            ),
             (Bytes::from_static(b"x-a"), Bytes::from_static(b"1")),
             (Bytes::from_static(b"x-a"), Bytes::from_static(b"")),
         ],
@@ -30,17 +33,29 @@ fn sample_response() -> ResponseHead {
         status: 404,
         reason: Bytes::from_static(b"Not Here"),
         close: true,
-        headers: vec![(Bytes::from_static(b"Content-Type"), Bytes::from_static(b"text/plain"))],
+        headers: vec![(
+            Bytes::from_static(b"Content-Type"),
+            Bytes::from_static(b"text/plain"),
+        )],
     }
 }
 
 /// A stream with one frame of every kind, and the frames it must decode to.
 fn conversation() -> (Vec<u8>, Vec<(Kind, u32)>) {
     let mut out = Vec::new();
-    Hello { pid: 42, capacity: 1 }.encode(&mut out);
+    Hello {
+        pid: 42,
+        capacity: 1,
+    }
+    .encode(&mut out);
     sample_request().encode(&mut out, 7).unwrap();
     encode_frame(&mut out, Kind::Body, 7, b"hello body");
-    BodyFile { path: Bytes::from_static(b"/tmp/x"), length: 99 }.encode(&mut out, 8).unwrap();
+    BodyFile {
+        path: Bytes::from_static(b"/tmp/x"),
+        length: 99,
+    }
+    .encode(&mut out, 8)
+    .unwrap();
     encode_frame(&mut out, Kind::End, 7, b"");
     sample_response().encode(&mut out, 7).unwrap();
     encode_frame(&mut out, Kind::Abort, 9, b"client went away");
@@ -76,13 +91,25 @@ fn every_kind_round_trips() {
     let frames = decode_all(&[&bytes]).unwrap();
     let kinds: Vec<_> = frames.iter().map(|f| (f.kind, f.stream)).collect();
     assert_eq!(kinds, expected);
-    assert_eq!(Hello::decode(frames[0].payload.clone()).unwrap(), Hello { pid: 42, capacity: 1 });
-    assert_eq!(RequestHead::decode(frames[1].payload.clone()).unwrap(), sample_request());
+    assert_eq!(
+        Hello::decode(frames[0].payload.clone()).unwrap(),
+        Hello {
+            pid: 42,
+            capacity: 1
+        }
+    );
+    assert_eq!(
+        RequestHead::decode(frames[1].payload.clone()).unwrap(),
+        sample_request()
+    );
     assert_eq!(&frames[2].payload[..], b"hello body");
     let file = BodyFile::decode(frames[3].payload.clone()).unwrap();
     assert_eq!((&file.path[..], file.length), (&b"/tmp/x"[..], 99));
     assert!(frames[4].payload.is_empty());
-    assert_eq!(ResponseHead::decode(frames[5].payload.clone()).unwrap(), sample_response());
+    assert_eq!(
+        ResponseHead::decode(frames[5].payload.clone()).unwrap(),
+        sample_response()
+    );
     assert_eq!(&frames[6].payload[..], b"client went away");
 }
 
@@ -103,28 +130,48 @@ fn every_split_point_decodes_the_same() {
 fn oversized_length_is_refused_before_allocating() {
     let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 3, 0, 0, 0, 0, 1][..]);
     let capacity = buf.capacity();
-    assert_eq!(Decoder::new().decode(&mut buf), Err(ProtocolError::FrameTooLarge(u32::MAX)));
+    assert_eq!(
+        Decoder::new().decode(&mut buf),
+        Err(ProtocolError::FrameTooLarge(u32::MAX))
+    );
     assert_eq!(buf.capacity(), capacity);
 }
 
 #[test]
 fn unknown_kind_is_refused() {
     let mut buf = BytesMut::from(&[0, 0, 0, 0, 99, 0, 0, 0, 0, 1][..]);
-    assert_eq!(Decoder::new().decode(&mut buf), Err(ProtocolError::UnknownKind(99)));
+    assert_eq!(
+        Decoder::new().decode(&mut buf),
+        Err(ProtocolError::UnknownKind(99))
+    );
 }
 
 #[test]
 fn hello_checks_magic_version_and_capacity() {
     let mut out = Vec::new();
-    Hello { pid: 1, capacity: 4 }.encode(&mut out);
+    Hello {
+        pid: 1,
+        capacity: 4,
+    }
+    .encode(&mut out);
     let mut payload = out[HEADER_LEN..].to_vec();
     assert!(Hello::decode(Bytes::from(payload.clone())).is_ok());
     payload[5] = 99;
-    assert_eq!(Hello::decode(Bytes::from(payload.clone())), Err(ProtocolError::Version(99)));
+    assert_eq!(
+        Hello::decode(Bytes::from(payload.clone())),
+        Err(ProtocolError::Version(99))
+    );
     payload[0] = b'X';
-    assert_eq!(Hello::decode(Bytes::from(payload)), Err(ProtocolError::BadMagic));
+    assert_eq!(
+        Hello::decode(Bytes::from(payload)),
+        Err(ProtocolError::BadMagic)
+    );
     let mut zero = Vec::new();
-    Hello { pid: 1, capacity: 0 }.encode(&mut zero);
+    Hello {
+        pid: 1,
+        capacity: 0,
+    }
+    .encode(&mut zero);
     assert!(Hello::decode(Bytes::copy_from_slice(&zero[HEADER_LEN..])).is_err());
 }
 
@@ -134,7 +181,10 @@ fn every_truncation_of_a_head_is_an_error() {
     sample_request().encode(&mut out, 1).unwrap();
     let payload = &out[HEADER_LEN..];
     for cut in 0..payload.len() {
-        assert!(RequestHead::decode(Bytes::copy_from_slice(&payload[..cut])).is_err(), "cut {cut}");
+        assert!(
+            RequestHead::decode(Bytes::copy_from_slice(&payload[..cut])).is_err(),
+            "cut {cut}"
+        );
     }
     let mut longer = payload.to_vec();
     longer.push(0);
@@ -148,7 +198,11 @@ fn every_truncation_of_a_head_is_an_error() {
 fn hostile_header_count_is_refused_without_allocating() {
     // A response head claiming four billion headers in a few bytes.
     let mut payload = Vec::new();
-    FieldWriter::new(&mut payload).u16(200).bytes(b"OK").u8(0).u32(u32::MAX);
+    FieldWriter::new(&mut payload)
+        .u16(200)
+        .bytes(b"OK")
+        .u8(0)
+        .u32(u32::MAX);
     assert_eq!(
         ResponseHead::decode(Bytes::from(payload)),
         Err(ProtocolError::TooManyHeaders(u32::MAX))
@@ -158,7 +212,10 @@ fn hostile_header_count_is_refused_without_allocating() {
 #[test]
 fn a_head_larger_than_a_frame_is_an_error_not_a_corrupt_frame() {
     let mut head = sample_request();
-    head.headers.push((Bytes::from_static(b"x-big"), Bytes::from(vec![b'a'; MAX_PAYLOAD])));
+    head.headers.push((
+        Bytes::from_static(b"x-big"),
+        Bytes::from(vec![b'a'; MAX_PAYLOAD]),
+    ));
     let mut out = vec![1, 2, 3];
     assert!(head.encode(&mut out, 1).is_err());
     assert_eq!(out, vec![1, 2, 3], "nothing half-written");

@@ -24,7 +24,10 @@ pub fn extend_sys_path(py: Python<'_>, settings: &Settings) -> PyResult<()> {
 }
 
 fn absolute(path: &Path) -> String {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// Imports the module and finds the callable (calling it if it is a factory).
@@ -45,7 +48,9 @@ pub fn load<'py>(py: Python<'py>, spec: &AppSpec) -> PyResult<Bound<'py, PyAny>>
         } else {
             // Only literals, as gunicorn allows: no code from the command line runs.
             let literal = py.import("ast")?.getattr("literal_eval")?;
-            literal.call1((format!("({args},)"),))?.cast_into::<PyTuple>()?
+            literal
+                .call1((format!("({args},)"),))?
+                .cast_into::<PyTuple>()?
         };
         object = object.call1(args)?;
     }

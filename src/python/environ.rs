@@ -26,10 +26,18 @@ pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
         _ => {
             // SAFETY: the pointer and length describe a live slice; Latin-1 decoding
             // cannot fail for any byte, so a null result only means out of memory.
-            let raw = unsafe { ffi::PyUnicode_DecodeLatin1(bytes.as_ptr().cast(), bytes.len() as ffi::Py_ssize_t, std::ptr::null()) };
+            let raw = unsafe {
+                ffi::PyUnicode_DecodeLatin1(
+                    bytes.as_ptr().cast(),
+                    bytes.len() as ffi::Py_ssize_t,
+                    std::ptr::null(),
+                )
+            };
             // SAFETY: a non-null result is a new reference to a str.
             match unsafe { Bound::from_owned_ptr_or_err(py, raw) } {
-                Ok(obj) => obj.cast_into::<PyString>().unwrap_or_else(|_| PyString::new(py, "")),
+                Ok(obj) => obj
+                    .cast_into::<PyString>()
+                    .unwrap_or_else(|_| PyString::new(py, "")),
                 Err(_) => PyString::new(py, ""),
             }
         }
@@ -53,11 +61,24 @@ impl EnvironBuilder {
         template.set_item(intern!(py, "wsgi.run_once"), false)?;
         template.set_item(intern!(py, "wsgi.input_terminated"), true)?;
         template.set_item(intern!(py, "wsgi.errors"), Bound::new(py, ErrorStream)?)?;
-        template.set_item(intern!(py, "wsgi.file_wrapper"), py.get_type::<FileWrapper>())?;
-        template.set_item(intern!(py, "SERVER_SOFTWARE"), concat!("rwsgi/", env!("CARGO_PKG_VERSION")))?;
-        let script_name = std::env::var("SCRIPT_NAME").unwrap_or_default().trim_end_matches('/').to_string();
+        template.set_item(
+            intern!(py, "wsgi.file_wrapper"),
+            py.get_type::<FileWrapper>(),
+        )?;
+        template.set_item(
+            intern!(py, "SERVER_SOFTWARE"),
+            concat!("rwsgi/", env!("CARGO_PKG_VERSION")),
+        )?;
+        let script_name = std::env::var("SCRIPT_NAME")
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_string();
         template.set_item(intern!(py, "SCRIPT_NAME"), &script_name)?;
-        Ok(EnvironBuilder { template: template.unbind(), header_keys: HashMap::new(), script_name: script_name.into_bytes() })
+        Ok(EnvironBuilder {
+            template: template.unbind(),
+            header_keys: HashMap::new(),
+            script_name: script_name.into_bytes(),
+        })
     }
 
     fn header_key<'py>(&mut self, py: Python<'py>, name: &Bytes) -> Bound<'py, PyString> {
@@ -66,7 +87,13 @@ impl EnvironBuilder {
         }
         let mut key = String::with_capacity(name.len() + 5);
         key.push_str("HTTP_");
-        key.extend(name.iter().map(|&b| if b == b'-' { '_' } else { (b as char).to_ascii_uppercase() }));
+        key.extend(name.iter().map(|&b| {
+            if b == b'-' {
+                '_'
+            } else {
+                (b as char).to_ascii_uppercase()
+            }
+        }));
         let key = PyString::intern(py, &key);
         if self.header_keys.len() < HEADER_KEY_CACHE {
             self.header_keys.insert(name.clone(), key.clone().unbind());
@@ -75,17 +102,35 @@ impl EnvironBuilder {
     }
 
     /// The environ for one request.
-    pub fn build<'py>(&mut self, py: Python<'py>, head: &RequestHead, input: WsgiInput) -> PyResult<Bound<'py, PyDict>> {
+    pub fn build<'py>(
+        &mut self,
+        py: Python<'py>,
+        head: &RequestHead,
+        input: WsgiInput,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let environ = self.template.bind(py).copy()?;
-        environ.set_item(intern!(py, "REQUEST_METHOD"), PyString::intern(py, &String::from_utf8_lossy(&head.method)))?;
-        environ.set_item(intern!(py, "SERVER_PROTOCOL"), PyString::intern(py, head.protocol()))?;
-        environ.set_item(intern!(py, "wsgi.url_scheme"), PyString::intern(py, head.scheme.as_str()))?;
+        environ.set_item(
+            intern!(py, "REQUEST_METHOD"),
+            PyString::intern(py, &String::from_utf8_lossy(&head.method)),
+        )?;
+        environ.set_item(
+            intern!(py, "SERVER_PROTOCOL"),
+            PyString::intern(py, head.protocol()),
+        )?;
+        environ.set_item(
+            intern!(py, "wsgi.url_scheme"),
+            PyString::intern(py, head.scheme.as_str()),
+        )?;
         environ.set_item(intern!(py, "RAW_URI"), latin1(py, &head.raw_uri))?;
         environ.set_item(intern!(py, "QUERY_STRING"), latin1(py, &head.query))?;
         // PATH_INFO is the path below SCRIPT_NAME, percent-decoded to bytes and carried
         // as Latin-1 (PEP 3333: "native strings" hold bytes one to one).
         let path = match head.path.strip_prefix(&self.script_name[..]) {
-            Some(rest) if !self.script_name.is_empty() && (rest.is_empty() || rest.starts_with(b"/")) => rest,
+            Some(rest)
+                if !self.script_name.is_empty() && (rest.is_empty() || rest.starts_with(b"/")) =>
+            {
+                rest
+            }
             _ => &head.path[..],
         };
         let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode(path).into();
@@ -94,7 +139,8 @@ impl EnvironBuilder {
         if let Some(port) = head.remote_port {
             environ.set_item(intern!(py, "REMOTE_PORT"), port.to_string())?;
         }
-        let (mut server_name, mut server_port) = (latin1(py, &head.server_name), latin1(py, &head.server_port));
+        let (mut server_name, mut server_port) =
+            (latin1(py, &head.server_name), latin1(py, &head.server_port));
         for (name, value) in &head.headers {
             let key = match &name[..] {
                 b"content-type" => intern!(py, "CONTENT_TYPE").clone(),
@@ -103,20 +149,22 @@ impl EnvironBuilder {
                 n if n.contains(&b'_') => continue,
                 _ => self.header_key(py, name),
             };
-            if &name[..] == b"host" {
-                if head.remote_port.is_none() {
-                    // A Unix socket has no port of its own: the Host header names the server.
-                    let host = String::from_utf8_lossy(value);
-                    let (name, port) = split_host(&host, head.scheme.as_str());
-                    server_name = PyString::new(py, name);
-                    server_port = PyString::new(py, &port);
-                }
+            if &name[..] == b"host" && head.remote_port.is_none() {
+                // A Unix socket has no port of its own: the Host header names the server.
+                let host = String::from_utf8_lossy(value);
+                let (name, port) = split_host(&host, head.scheme.as_str());
+                server_name = PyString::new(py, name);
+                server_port = PyString::new(py, &port);
             }
             let value = latin1(py, value);
             match environ.get_item(&key)? {
                 Some(previous) => {
                     let separator = if &name[..] == b"cookie" { "; " } else { "," };
-                    let joined = format!("{}{separator}{}", previous.extract::<&str>()?, value.to_str()?);
+                    let joined = format!(
+                        "{}{separator}{}",
+                        previous.extract::<&str>()?,
+                        value.to_str()?
+                    );
                     environ.set_item(&key, joined)?;
                 }
                 None => environ.set_item(&key, value)?,

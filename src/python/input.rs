@@ -25,12 +25,20 @@ impl WsgiInput {
     /// A body held in memory.
     pub fn memory(bytes: Bytes) -> WsgiInput {
         let length = bytes.len() as u64;
-        WsgiInput { source: Source::Memory(bytes), position: 0, length }
+        WsgiInput {
+            source: Source::Memory(bytes),
+            position: 0,
+            length,
+        }
     }
 
     /// A body spooled to `file`, of `length` bytes.
     pub fn file(file: File, length: u64) -> WsgiInput {
-        WsgiInput { source: Source::File(BufReader::with_capacity(64 * 1024, file)), position: 0, length }
+        WsgiInput {
+            source: Source::File(BufReader::with_capacity(64 * 1024, file)),
+            position: 0,
+            length,
+        }
     }
 
     fn remaining(&self) -> u64 {
@@ -50,7 +58,9 @@ impl WsgiInput {
         let bytes = match &mut self.source {
             Source::Memory(bytes) => PyBytes::new(py, &bytes[start..start + n]),
             Source::File(reader) => PyBytes::new_with(py, n, |buf| {
-                reader.read_exact(buf).map_err(|e| pyo3::exceptions::PyIOError::new_err(e.to_string()))
+                reader
+                    .read_exact(buf)
+                    .map_err(|e| pyo3::exceptions::PyIOError::new_err(e.to_string()))
             })?,
         };
         self.position += n as u64;
@@ -63,12 +73,20 @@ impl WsgiInput {
         match &mut self.source {
             Source::Memory(bytes) => {
                 let window = &bytes[start..start + limit];
-                Ok(window.iter().position(|&b| b == b'\n').map_or(limit, |i| i + 1))
+                Ok(window
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(limit, |i| i + 1))
             }
             Source::File(reader) => {
-                let buffered = reader.fill_buf().map_err(|e| pyo3::exceptions::PyIOError::new_err(e.to_string()))?;
+                let buffered = reader
+                    .fill_buf()
+                    .map_err(|e| pyo3::exceptions::PyIOError::new_err(e.to_string()))?;
                 let window = &buffered[..buffered.len().min(limit)];
-                Ok(window.iter().position(|&b| b == b'\n').map_or(window.len(), |i| i + 1))
+                Ok(window
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(window.len(), |i| i + 1))
             }
         }
     }
@@ -85,7 +103,11 @@ impl WsgiInput {
 
     /// Reads one line, through its `\n`, or at most `size` bytes.
     #[pyo3(signature = (size = None))]
-    fn readline<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+    fn readline<'py>(
+        &mut self,
+        py: Python<'py>,
+        size: Option<i64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let mut limit = self.clamp(size);
         let mut parts: Vec<Bound<'py, PyBytes>> = Vec::new();
         // A spooled line may span several buffer fills.
@@ -99,7 +121,10 @@ impl WsgiInput {
             }
             parts.push(part);
             if ends_line || limit == 0 || n == 0 {
-                let joined: Vec<u8> = parts.iter().flat_map(|p| p.as_bytes().iter().copied()).collect();
+                let joined: Vec<u8> = parts
+                    .iter()
+                    .flat_map(|p| p.as_bytes().iter().copied())
+                    .collect();
                 return Ok(PyBytes::new(py, &joined));
             }
         }
@@ -107,7 +132,11 @@ impl WsgiInput {
 
     /// Reads lines until the end, or until about `hint` bytes have been read.
     #[pyo3(signature = (hint = None))]
-    fn readlines<'py>(&mut self, py: Python<'py>, hint: Option<i64>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    fn readlines<'py>(
+        &mut self,
+        py: Python<'py>,
+        hint: Option<i64>,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let mut lines = Vec::new();
         let mut total = 0i64;
         loop {

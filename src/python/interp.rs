@@ -20,7 +20,9 @@ fn executable() -> Option<PathBuf> {
             }
         }
     }
-    option_env!("RWSGI_BUILD_PYTHON").map(PathBuf::from).filter(|p| p.exists())
+    option_env!("RWSGI_BUILD_PYTHON")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
 }
 
 fn status_error(status: ffi::PyStatus) -> Option<String> {
@@ -32,7 +34,9 @@ fn status_error(status: ffi::PyStatus) -> Option<String> {
         "unknown error".to_string()
     } else {
         // SAFETY: a set err_msg is a static NUL-terminated C string owned by CPython.
-        unsafe { std::ffi::CStr::from_ptr(status.err_msg) }.to_string_lossy().into_owned()
+        unsafe { std::ffi::CStr::from_ptr(status.err_msg) }
+            .to_string_lossy()
+            .into_owned()
     };
     Some(message)
 }
@@ -58,9 +62,14 @@ pub fn initialize() -> Result<(), String> {
         // Our command line is rwsgi's, not Python's: show it in sys.argv, never parse it.
         config.parse_argv = 0;
         config.install_signal_handlers = 1;
-        let mut result = ffi::PyConfig_SetBytesArgv(config, argv_ptrs.len() as ffi::Py_ssize_t, argv_ptrs.as_mut_ptr());
+        let mut result = ffi::PyConfig_SetBytesArgv(
+            config,
+            argv_ptrs.len() as ffi::Py_ssize_t,
+            argv_ptrs.as_mut_ptr(),
+        );
         if let (None, Some(executable)) = (status_error(result), &executable) {
-            result = ffi::PyConfig_SetBytesString(config, &mut config.executable, executable.as_ptr());
+            result =
+                ffi::PyConfig_SetBytesString(config, &mut config.executable, executable.as_ptr());
         }
         if status_error(result).is_none() {
             result = ffi::Py_InitializeFromConfig(config);

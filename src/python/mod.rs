@@ -38,11 +38,14 @@ fn load(settings: &Settings) -> Result<Py<PyAny>, i32> {
         match loaded {
             Ok(app) => Ok(app.unbind()),
             Err(err) => {
-                error!(
-                    "Exception while loading the application {:?}\n{}",
-                    settings.app.text,
-                    response::format_traceback(py, &err).trim_end()
-                );
+                // Every worker fails the same way: only the first tells.
+                if crate::master::scoreboard::claim_boot_error_report() {
+                    error!(
+                        "Exception while loading the application {:?}\n{}",
+                        settings.app.text,
+                        response::format_traceback(py, &err).trim_end()
+                    );
+                }
                 Err(APP_LOAD_ERROR)
             }
         }
@@ -96,16 +99,23 @@ impl App {
             None => load(settings)?,
         };
         Python::attach(|py| {
-            let environ = environ::EnvironBuilder::new(py, settings.workers > 1, false).map_err(|err| {
-                error!("cannot build the environ template: {err}");
-                APP_LOAD_ERROR
-            })?;
+            let environ =
+                environ::EnvironBuilder::new(py, settings.workers > 1, false).map_err(|err| {
+                    error!("cannot build the environ template: {err}");
+                    APP_LOAD_ERROR
+                })?;
             Ok(App { app, environ })
         })
     }
 
     /// Serves one request, sending the response through `sink`.
-    pub fn handle(&mut self, py: Python<'_>, head: &RequestHead, body: Body, sink: Arc<dyn ResponseSink>) -> Outcome {
+    pub fn handle(
+        &mut self,
+        py: Python<'_>,
+        head: &RequestHead,
+        body: Body,
+        sink: Arc<dyn ResponseSink>,
+    ) -> Outcome {
         let input = match body {
             Body::Memory(bytes) => WsgiInput::memory(bytes),
             Body::File { file, length } => WsgiInput::file(file, length),
@@ -127,9 +137,14 @@ impl App {
 /// normal interpreter exit would.
 pub fn shutdown() {
     Python::attach(|py| {
-        let _ = py.import("atexit").and_then(|m| m.call_method0("_run_exitfuncs"));
+        let _ = py
+            .import("atexit")
+            .and_then(|m| m.call_method0("_run_exitfuncs"));
         for stream in ["stdout", "stderr"] {
-            let _ = py.import("sys").and_then(|sys| sys.getattr(stream)).and_then(|s| s.call_method0("flush"));
+            let _ = py
+                .import("sys")
+                .and_then(|sys| sys.getattr(stream))
+                .and_then(|s| s.call_method0("flush"));
         }
     });
 }

@@ -10,16 +10,22 @@ use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
-use pyo3::intern;
 use tracing::error;
 
 /// Where a worker sends the response of one stream. Buffered: nothing is written to the
 /// channel until [`ResponseSink::flush`], which callers make with the GIL released.
 pub trait ResponseSink: Send + Sync {
     /// Queues the response head.
-    fn head(&self, status: u16, reason: &[u8], close: bool, headers: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()>;
+    fn head(
+        &self,
+        status: u16,
+        reason: &[u8],
+        close: bool,
+        headers: &[(Vec<u8>, Vec<u8>)],
+    ) -> io::Result<()>;
     /// Queues a body chunk.
     fn body(&self, chunk: &[u8]) -> io::Result<()>;
     /// Queues the end of the response.
@@ -80,56 +86,91 @@ fn is_tchar(b: u8) -> bool {
 
 /// A field value HTTP can carry: no control characters but HTAB (RFC 9110 §5.5).
 fn is_field_value(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    bytes
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 fn latin1_bytes(text: &str, what: &str) -> PyResult<Vec<u8>> {
     text.chars()
-        .map(|c| u8::try_from(c as u32).map_err(|_| PyValueError::new_err(format!("{what} is not Latin-1: {text:?}"))))
+        .map(|c| {
+            u8::try_from(c as u32)
+                .map_err(|_| PyValueError::new_err(format!("{what} is not Latin-1: {text:?}")))
+        })
         .collect()
 }
 
 /// Headers HTTP/1.1 uses per connection; the front tier frames the response itself.
-const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 fn parse_status(status: &str) -> PyResult<(u16, Vec<u8>)> {
     let bytes = latin1_bytes(status, "status")?;
     let bad = || PyValueError::new_err(format!("invalid status {status:?}: want '200 OK'"));
-    if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) || (bytes.len() > 3 && bytes[3] != b' ') {
+    if bytes.len() < 3
+        || !bytes[..3].iter().all(u8::is_ascii_digit)
+        || (bytes.len() > 3 && bytes[3] != b' ')
+    {
         return Err(bad());
     }
-    let code = (bytes[0] - b'0') as u16 * 100 + (bytes[1] - b'0') as u16 * 10 + (bytes[2] - b'0') as u16;
+    let code =
+        (bytes[0] - b'0') as u16 * 100 + (bytes[1] - b'0') as u16 * 10 + (bytes[2] - b'0') as u16;
     if code < 200 {
-        return Err(PyValueError::new_err(format!("status {status:?}: an informational status cannot end a response")));
+        return Err(PyValueError::new_err(format!(
+            "status {status:?}: an informational status cannot end a response"
+        )));
     }
     let reason = bytes.get(4..).unwrap_or_default().to_vec();
     if !is_field_value(&reason) {
-        return Err(PyValueError::new_err(format!("invalid character in status {status:?}")));
+        return Err(PyValueError::new_err(format!(
+            "invalid character in status {status:?}"
+        )));
     }
     Ok((code, reason))
 }
 
-fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Vec<(Vec<u8>, Vec<u8>)>, Option<u64>, bool)> {
+/// The app's headers as checked bytes, its Content-Length, and whether it asked to close.
+type ParsedHeaders = (Vec<(Vec<u8>, Vec<u8>)>, Option<u64>, bool);
+
+fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
     let mut parsed = Vec::new();
     let (mut content_length, mut close) = (None, false);
     for item in headers.try_iter()? {
         let item = item?;
-        let pair = item
-            .cast::<PyTuple>()
-            .map_err(|_| PyTypeError::new_err(format!("header must be a (name, value) tuple, not {item}")))?;
+        let pair = item.cast::<PyTuple>().map_err(|_| {
+            PyTypeError::new_err(format!("header must be a (name, value) tuple, not {item}"))
+        })?;
         if pair.len() != 2 {
-            return Err(PyTypeError::new_err(format!("header must be a (name, value) tuple, not {pair}")));
+            return Err(PyTypeError::new_err(format!(
+                "header must be a (name, value) tuple, not {pair}"
+            )));
         }
         let name_obj = pair.get_item(0)?;
         let value_obj = pair.get_item(1)?;
-        let name: &str = name_obj.extract().map_err(|_| PyTypeError::new_err("header names must be str"))?;
-        let value: &str = value_obj.extract().map_err(|_| PyTypeError::new_err("header values must be str"))?;
+        let name: &str = name_obj
+            .extract()
+            .map_err(|_| PyTypeError::new_err("header names must be str"))?;
+        let value: &str = value_obj
+            .extract()
+            .map_err(|_| PyTypeError::new_err("header values must be str"))?;
         if name.is_empty() || !name.bytes().all(is_tchar) {
-            return Err(PyValueError::new_err(format!("invalid header name {name:?}")));
+            return Err(PyValueError::new_err(format!(
+                "invalid header name {name:?}"
+            )));
         }
         let value = latin1_bytes(value, "header value")?;
         if !is_field_value(&value) {
-            return Err(PyValueError::new_err(format!("invalid header value for {name:?}: {:?}", String::from_utf8_lossy(&value))));
+            return Err(PyValueError::new_err(format!(
+                "invalid header value for {name:?}: {:?}",
+                String::from_utf8_lossy(&value)
+            )));
         }
         let lower = name.to_ascii_lowercase();
         if lower == "content-length" {
@@ -148,7 +189,9 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Vec<(Vec<u8>, Vec<u8>)
             content_length = Some(length);
         } else if HOP_BY_HOP.contains(&lower.as_str()) {
             if lower == "connection" {
-                close |= value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+                close |= value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
             }
             continue;
         }
@@ -160,11 +203,17 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Vec<(Vec<u8>, Vec<u8>)
 impl StartResponse {
     /// A `start_response` sending to `sink`.
     pub fn new(sink: Arc<dyn ResponseSink>, head_only: bool) -> StartResponse {
-        StartResponse { state: Mutex::new(State::default()), sink, head_only }
+        StartResponse {
+            state: Mutex::new(State::default()),
+            sink,
+            head_only,
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn broken(state: &mut State, err: io::Error) -> PyErr {
@@ -178,9 +227,13 @@ impl StartResponse {
             return Ok(());
         }
         let Some(head) = &state.head else {
-            return Err(PyAssertionError::new_err("the application did not call start_response before returning a body"));
+            return Err(PyAssertionError::new_err(
+                "the application did not call start_response before returning a body",
+            ));
         };
-        let result = self.sink.head(head.status, &head.reason, head.close, &head.headers);
+        let result = self
+            .sink
+            .head(head.status, &head.reason, head.close, &head.headers);
         state.head_sent = true;
         result.map_err(|e| Self::broken(state, e))
     }
@@ -195,7 +248,9 @@ impl StartResponse {
         self.send_head(&mut state)?;
         let declared = state.head.as_ref().and_then(|h| h.content_length);
         let allowed = match declared {
-            Some(length) => (length.saturating_sub(state.body_sent)).min(chunk.len() as u64) as usize,
+            Some(length) => {
+                (length.saturating_sub(state.body_sent)).min(chunk.len() as u64) as usize
+            }
             None => chunk.len(),
         };
         state.body_sent += chunk.len() as u64;
@@ -230,19 +285,33 @@ impl StartResponse {
                     // PEP 3333: too late to change the status; re-raise the app's error.
                     let value = exc_info.get_item(1)?;
                     let traceback = exc_info.get_item(2)?;
-                    return Err(PyErr::from_value(value.call_method1(intern!(slf.py(), "with_traceback"), (traceback,))?));
+                    return Err(PyErr::from_value(
+                        value.call_method1(intern!(slf.py(), "with_traceback"), (traceback,))?,
+                    ));
                 }
                 (None, true, _) => {
-                    return Err(PyAssertionError::new_err("start_response called a second time without exc_info"));
+                    return Err(PyAssertionError::new_err(
+                        "start_response called a second time without exc_info",
+                    ));
                 }
                 _ => {}
             }
         }
-        let status: &str = status.extract().map_err(|_| PyTypeError::new_err("status must be a str"))?;
+        let status: &str = status
+            .extract()
+            .map_err(|_| PyTypeError::new_err("status must be a str"))?;
         let (code, reason) = parse_status(status)?;
         let (headers, content_length, close) = parse_headers(headers)?;
-        this.state().head = Some(Head { status: code, reason, headers, content_length, close });
-        Ok(Write { start: slf.clone().unbind() })
+        this.state().head = Some(Head {
+            status: code,
+            reason,
+            headers,
+            content_length,
+            close,
+        });
+        Ok(Write {
+            start: slf.clone().unbind(),
+        })
     }
 }
 
@@ -250,7 +319,9 @@ impl StartResponse {
 impl Write {
     /// Sends `data` at once (PEP 3333's imperative write).
     fn __call__(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let data = data.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("write() takes bytes"))?;
+        let data = data
+            .cast::<PyBytes>()
+            .map_err(|_| PyTypeError::new_err("write() takes bytes"))?;
         let start = self.start.get();
         start.send_chunk(data.as_bytes())?;
         start.flush(py)
@@ -270,7 +341,10 @@ impl FileWrapper {
     #[new]
     #[pyo3(signature = (filelike, blksize = 8192))]
     fn new(filelike: Py<PyAny>, blksize: usize) -> FileWrapper {
-        FileWrapper { filelike, blksize: blksize.max(1) }
+        FileWrapper {
+            filelike,
+            blksize: blksize.max(1),
+        }
     }
 
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -278,7 +352,10 @@ impl FileWrapper {
     }
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let block = self.filelike.bind(py).call_method1(intern!(py, "read"), (self.blksize,))?;
+        let block = self
+            .filelike
+            .bind(py)
+            .call_method1(intern!(py, "read"), (self.blksize,))?;
         Ok((block.len()? > 0).then_some(block))
     }
 
@@ -295,7 +372,12 @@ impl FileWrapper {
 pub fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
     let formatted = py
         .import("traceback")
-        .and_then(|tb| tb.call_method1("format_exception", (err.get_type(py), err.value(py), err.traceback(py))))
+        .and_then(|tb| {
+            tb.call_method1(
+                "format_exception",
+                (err.get_type(py), err.value(py), err.traceback(py)),
+            )
+        })
         .and_then(|lines| lines.extract::<Vec<String>>());
     match formatted {
         Ok(lines) => lines.concat(),
@@ -304,7 +386,10 @@ pub fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
 }
 
 fn log_app_error(py: Python<'_>, err: &PyErr, label: &str) {
-    error!("Error handling request {label}\n{}", format_traceback(py, err).trim_end());
+    error!(
+        "Error handling request {label}\n{}",
+        format_traceback(py, err).trim_end()
+    );
 }
 
 const ERROR_PAGE: &[u8] = b"<!DOCTYPE html>\n<html><head><title>500 Internal Server Error</title></head>\n<body><h1>500 Internal Server Error</h1></body></html>\n";
@@ -359,16 +444,30 @@ pub fn respond(
 fn fail(start: &StartResponse) -> Outcome {
     let head_sent = start.state().head_sent;
     let result = if head_sent {
-        start.sink.abort("the application failed after sending the response head")
+        start
+            .sink
+            .abort("the application failed after sending the response head")
     } else {
         let headers = vec![
-            (b"Content-Type".to_vec(), b"text/html; charset=utf-8".to_vec()),
-            (b"Content-Length".to_vec(), ERROR_PAGE.len().to_string().into_bytes()),
+            (
+                b"Content-Type".to_vec(),
+                b"text/html; charset=utf-8".to_vec(),
+            ),
+            (
+                b"Content-Length".to_vec(),
+                ERROR_PAGE.len().to_string().into_bytes(),
+            ),
         ];
         start
             .sink
             .head(500, b"Internal Server Error", false, &headers)
-            .and_then(|_| if start.head_only { Ok(()) } else { start.sink.body(ERROR_PAGE) })
+            .and_then(|_| {
+                if start.head_only {
+                    Ok(())
+                } else {
+                    start.sink.body(ERROR_PAGE)
+                }
+            })
             .and_then(|_| start.sink.end())
     };
     match (result, head_sent) {
@@ -380,7 +479,10 @@ fn fail(start: &StartResponse) -> Outcome {
 
 fn close_iterable(py: Python<'_>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
     // Lists, tuples and bytes have no close(); skip the failing attribute lookup.
-    if iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<PyTuple>() || iterable.is_exact_instance_of::<PyBytes>() {
+    if iterable.is_exact_instance_of::<PyList>()
+        || iterable.is_exact_instance_of::<PyTuple>()
+        || iterable.is_exact_instance_of::<PyBytes>()
+    {
         return Ok(());
     }
     if let Ok(close) = iterable.getattr(intern!(py, "close")) {
@@ -390,14 +492,29 @@ fn close_iterable(py: Python<'_>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 fn chunk_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyBytes>> {
-    item.cast::<PyBytes>()
-        .map_err(|_| PyTypeError::new_err(format!("the response body must be bytes, not {}", item.get_type().name().map(|n| n.to_string()).unwrap_or_default())))
+    item.cast::<PyBytes>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "the response body must be bytes, not {}",
+            item.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })
 }
 
-fn send_iterable(py: Python<'_>, start: &StartResponse, iterable: &Bound<'_, PyAny>) -> PyResult<Outcome> {
+fn send_iterable(
+    py: Python<'_>,
+    start: &StartResponse,
+    iterable: &Bound<'_, PyAny>,
+) -> PyResult<Outcome> {
     if let Ok(list) = iterable.cast::<PyList>() {
         // The whole body is known: declare its length rather than chunk it.
-        set_length_if_known(start, list.iter().map(|item| item.cast::<PyBytes>().map(|b| b.as_bytes().len()).ok()));
+        set_length_if_known(
+            start,
+            list.iter()
+                .map(|item| item.cast::<PyBytes>().map(|b| b.as_bytes().len()).ok()),
+        );
         for item in list.iter() {
             start.send_chunk(chunk_bytes(&item)?.as_bytes())?;
         }
@@ -431,7 +548,8 @@ fn set_length_if_known(start: &StartResponse, lengths: impl Iterator<Item = Opti
         && let Some(total) = lengths.sum::<Option<usize>>()
     {
         head.content_length = Some(total as u64);
-        head.headers.push((b"Content-Length".to_vec(), total.to_string().into_bytes()));
+        head.headers
+            .push((b"Content-Length".to_vec(), total.to_string().into_bytes()));
     }
 }
 
@@ -443,8 +561,14 @@ fn finish(start: &StartResponse) -> PyResult<Outcome> {
     let declared = state.head.as_ref().and_then(|h| h.content_length);
     let result = match declared {
         Some(length) if state.body_sent < length && !start.head_only => {
-            error!("the application declared Content-Length: {length} but sent {} bytes; aborting the response", state.body_sent);
-            start.sink.abort("body shorter than its Content-Length").map(|_| Outcome::Aborted)
+            error!(
+                "the application declared Content-Length: {length} but sent {} bytes; aborting the response",
+                state.body_sent
+            );
+            start
+                .sink
+                .abort("body shorter than its Content-Length")
+                .map(|_| Outcome::Aborted)
         }
         _ => start.sink.end().map(|_| Outcome::Complete),
     };
@@ -454,9 +578,16 @@ fn finish(start: &StartResponse) -> PyResult<Outcome> {
 /// Sends a `wsgi.file_wrapper` response. A regular file with a descriptor is read from
 /// Rust with the GIL released; anything else is iterated like any other body. Returns
 /// false if the client went away.
-fn send_file(py: Python<'_>, start: &StartResponse, wrapper: &Bound<'_, FileWrapper>) -> PyResult<bool> {
+fn send_file(
+    py: Python<'_>,
+    start: &StartResponse,
+    wrapper: &Bound<'_, FileWrapper>,
+) -> PyResult<bool> {
     let filelike = wrapper.borrow().filelike.clone_ref(py).into_bound(py);
-    let fd = filelike.call_method0(intern!(py, "fileno")).and_then(|fd| fd.extract::<i32>()).ok();
+    let fd = filelike
+        .call_method0(intern!(py, "fileno"))
+        .and_then(|fd| fd.extract::<i32>())
+        .ok();
     let Some(fd) = fd.filter(|&fd| {
         // SAFETY: the descriptor belongs to the live file object, which outlives this call.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -468,7 +599,10 @@ fn send_file(py: Python<'_>, start: &StartResponse, wrapper: &Bound<'_, FileWrap
         return Ok(true);
     };
     // Python's buffered reader may have read ahead; its tell() is the true position.
-    let mut offset = filelike.call_method0(intern!(py, "tell")).and_then(|t| t.extract::<i64>()).unwrap_or(0);
+    let mut offset = filelike
+        .call_method0(intern!(py, "tell"))
+        .and_then(|t| t.extract::<i64>())
+        .unwrap_or(0);
     let mut buffer = vec![0u8; 256 * 1024];
     loop {
         // SAFETY: as above, the file object keeps the descriptor open for this call.

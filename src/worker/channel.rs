@@ -13,7 +13,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use nix::sys::socket::{MsgFlags, recv};
 
-use crate::protocol::{BodyFile, Decoder, Frame, Hello, Kind, MAX_PAYLOAD, ProtocolError, RequestHead, ResponseHead, encode_frame};
+use crate::protocol::{
+    BodyFile, Decoder, Frame, Hello, Kind, MAX_PAYLOAD, ProtocolError, RequestHead, ResponseHead,
+    encode_frame,
+};
 use crate::python::ResponseSink;
 
 /// Why the channel cannot be used any more.
@@ -69,7 +72,9 @@ const STOP_CHECK: Duration = Duration::from_secs(1);
 const WRITE_HIGH_WATER: usize = 1 << 20;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Channel {
@@ -79,15 +84,27 @@ impl Channel {
         socket.set_read_timeout(Some(STOP_CHECK))?;
         let writer = socket.try_clone()?;
         Ok(Arc::new(Channel {
-            reader: Mutex::new(Reader { socket, buf: BytesMut::with_capacity(64 * 1024), decoder: Decoder::new(), pending: VecDeque::new() }),
-            writer: Mutex::new(Writer { socket: writer, buf: Vec::with_capacity(64 * 1024) }),
+            reader: Mutex::new(Reader {
+                socket,
+                buf: BytesMut::with_capacity(64 * 1024),
+                decoder: Decoder::new(),
+                pending: VecDeque::new(),
+            }),
+            writer: Mutex::new(Writer {
+                socket: writer,
+                buf: Vec::with_capacity(64 * 1024),
+            }),
         }))
     }
 
     /// Announces the worker: it is ready for `capacity` requests at once.
     pub fn hello(&self, capacity: u16) -> io::Result<()> {
         let mut writer = lock(&self.writer);
-        Hello { pid: std::process::id(), capacity }.encode(&mut writer.buf);
+        Hello {
+            pid: std::process::id(),
+            capacity,
+        }
+        .encode(&mut writer.buf);
         writer.flush()
     }
 
@@ -97,11 +114,20 @@ impl Channel {
         let mut reader = lock(&self.reader);
         let mut current: Option<(u32, RequestHead, Vec<Bytes>, Option<BodyFile>)> = None;
         loop {
-            let Some(frame) = reader.next_frame(stop, current.is_none())? else { return Ok(None) };
-            let ours = current.as_ref().is_some_and(|(stream, ..)| *stream == frame.stream);
+            let Some(frame) = reader.next_frame(stop, current.is_none())? else {
+                return Ok(None);
+            };
+            let ours = current
+                .as_ref()
+                .is_some_and(|(stream, ..)| *stream == frame.stream);
             match frame.kind {
                 Kind::RequestHead if current.is_none() => {
-                    current = Some((frame.stream, RequestHead::decode(frame.payload)?, Vec::new(), None));
+                    current = Some((
+                        frame.stream,
+                        RequestHead::decode(frame.payload)?,
+                        Vec::new(),
+                        None,
+                    ));
                 }
                 Kind::Body if ours => {
                     if let Some((_, _, chunks, _)) = &mut current {
@@ -114,14 +140,21 @@ impl Channel {
                     }
                 }
                 Kind::End if ours => {
-                    let Some((stream, head, chunks, file)) = current.take() else { continue };
+                    let Some((stream, head, chunks, file)) = current.take() else {
+                        continue;
+                    };
                     let body = match file {
                         Some(file) => {
                             use std::os::unix::ffi::OsStrExt;
                             let path = PathBuf::from(std::ffi::OsStr::from_bytes(&file.path));
-                            Body::File { path, length: file.length }
+                            Body::File {
+                                path,
+                                length: file.length,
+                            }
                         }
-                        None if chunks.len() == 1 => Body::Memory(chunks.into_iter().next().unwrap_or_default()),
+                        None if chunks.len() == 1 => {
+                            Body::Memory(chunks.into_iter().next().unwrap_or_default())
+                        }
                         None => Body::Memory(chunks.concat().into()),
                     };
                     return Ok(Some(Request { stream, head, body }));
@@ -129,7 +162,11 @@ impl Channel {
                 Kind::Abort if ours => current = None,
                 // An abort for a stream already answered: nothing to do.
                 Kind::Abort => {}
-                _ => return Err(ProtocolError::Invalid("frame out of order on a sync worker").into()),
+                _ => {
+                    return Err(
+                        ProtocolError::Invalid("frame out of order on a sync worker").into(),
+                    );
+                }
             }
         }
     }
@@ -139,14 +176,20 @@ impl Channel {
         let mut reader = lock(&self.reader);
         let reader = &mut *reader;
         let mut chunk = [0u8; 4096];
-        while let Ok(n @ 1..) = recv(reader.socket.as_raw_fd(), &mut chunk, MsgFlags::MSG_DONTWAIT) {
+        while let Ok(n @ 1..) = recv(
+            reader.socket.as_raw_fd(),
+            &mut chunk,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
             reader.buf.extend_from_slice(&chunk[..n]);
         }
         while let Ok(Some(frame)) = reader.decoder.decode(&mut reader.buf) {
             reader.pending.push_back(frame);
         }
         let before = reader.pending.len();
-        reader.pending.retain(|f| !(f.kind == Kind::Abort && f.stream == stream));
+        reader
+            .pending
+            .retain(|f| !(f.kind == Kind::Abort && f.stream == stream));
         reader.pending.len() != before
     }
 }
@@ -175,7 +218,9 @@ impl Reader {
                 Err(err) => {
                     self.buf.truncate(start);
                     match err.kind() {
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {}
+                        io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted => {}
                         _ => return Err(err.into()),
                     }
                 }
@@ -218,10 +263,17 @@ impl StreamSink {
 }
 
 impl ResponseSink for StreamSink {
-    fn head(&self, status: u16, reason: &[u8], close: bool, headers: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+    fn head(
+        &self,
+        status: u16,
+        reason: &[u8],
+        close: bool,
+        headers: &[(Vec<u8>, Vec<u8>)],
+    ) -> io::Result<()> {
         let headers = headers.iter().map(|(n, v)| (&n[..], &v[..]));
         self.queue(|buf| {
-            ResponseHead::encode_parts(buf, self.stream, status, reason, close, headers).map_err(io::Error::other)
+            ResponseHead::encode_parts(buf, self.stream, status, reason, close, headers)
+                .map_err(io::Error::other)
         })
     }
 

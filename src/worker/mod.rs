@@ -34,8 +34,16 @@ extern "C" fn on_quit(_: libc::c_int) {
 
 fn install_signals() -> nix::Result<()> {
     // No SA_RESTART: a blocked channel read returns EINTR and sees the stop at once.
-    let term = SigAction::new(SigHandler::Handler(on_term), SaFlags::empty(), SigSet::empty());
-    let quit = SigAction::new(SigHandler::Handler(on_quit), SaFlags::empty(), SigSet::empty());
+    let term = SigAction::new(
+        SigHandler::Handler(on_term),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    let quit = SigAction::new(
+        SigHandler::Handler(on_quit),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     // SAFETY: the handlers only store an atomic or call _exit, both async-signal-safe.
     unsafe {
         sigaction(Signal::SIGTERM, &term)?;
@@ -76,7 +84,10 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
                 Body::File { path, length } => match std::fs::File::open(&path) {
                     Ok(file) => python::Body::File { file, length },
                     Err(err) => {
-                        error!("cannot open the spooled request body {}: {err}", path.display());
+                        error!(
+                            "cannot open the spooled request body {}: {err}",
+                            path.display()
+                        );
                         python::Body::Memory(bytes::Bytes::new())
                     }
                 },

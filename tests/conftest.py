@@ -1,0 +1,169 @@
+"""Shared fixtures: start the real rwsgi binary and talk to it over real sockets."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+BINARY = Path(os.environ.get("RWSGI_BINARY", ROOT / "target" / "release" / "rwsgi"))
+
+LISTENING = re.compile(r"Listening at: (\S+) \((\d+)\)")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One running `rwsgi serve`: its process, its address and everything it logged."""
+
+    def __init__(self, app: str, *args: str, workers: int = 2, bind: str | None = None,
+                 env: dict | None = None, cwd: str | os.PathLike | None = None,
+                 wait: bool = True):
+        self.port = None
+        if bind is None:
+            self.port = free_port()
+            bind = f"127.0.0.1:{self.port}"
+        self.bind = bind
+        full_env = dict(os.environ)
+        full_env.setdefault("PYTHONUNBUFFERED", "1")
+        full_env["PYTHONPATH"] = str(APPS)
+        if env:
+            full_env.update(env)
+        self.argv = [str(BINARY), "serve", "-b", bind, "-w", str(workers), *args, app]
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env=full_env, cwd=cwd, text=True, errors="replace")
+        self._lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if wait:
+            self.wait_ready()
+
+    # -- log -----------------------------------------------------------------------
+    def _read(self):
+        for line in self.proc.stdout:
+            with self._cond:
+                self._lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def log(self) -> str:
+        with self._cond:
+            return "".join(self._lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0, count: int = 1) -> str:
+        """Wait until `pattern` (a regex) appears `count` times in the log; return the log."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                text = "".join(self._lines)
+                if len(regex.findall(text)) >= count:
+                    return text
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{pattern!r} not seen {count}x in {timeout}s; log:\n{text}")
+                self._cond.wait(min(remaining, 0.2))
+
+    def wait_ready(self, timeout: float = 15.0):
+        """Wait for the listening line and for every worker to have booted."""
+        self.wait_for_log(r"Listening at: ", timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"rwsgi exited {self.proc.returncode}:\n{self.log}")
+            if self.port is None or self._port_answers():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"rwsgi not answering after {timeout}s:\n{self.log}")
+
+    def _port_answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- life ----------------------------------------------------------------------
+    def signal(self, sig: int):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def stop(self):
+        """Stop the server we started (only that pid), harder if it does not listen."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+
+
+@pytest.fixture
+def serve():
+    """Factory fixture: serve(app, *flags, workers=N) -> Server; all stopped at the end."""
+    started: list[Server] = []
+
+    def start(app: str, *args: str, **kwargs) -> Server:
+        server = Server(app, *args, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of `pid`, read from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # A zombie has exited; it only waits for its parent to reap it.
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _binary_built():
+    if not BINARY.exists():
+        pytest.exit(f"{BINARY} not found: run `cargo build --release` first", returncode=2)
