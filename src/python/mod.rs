@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use tracing::error;
 
 pub use input::WsgiInput;
-pub use response::{Outcome, ResponseSink};
+pub use response::{Outcome, ResponseSink, send_error_page};
 
 use crate::config::Settings;
 use crate::master::APP_LOAD_ERROR;

@@ -448,33 +448,32 @@ fn fail(start: &StartResponse) -> Outcome {
             .sink
             .abort("the application failed after sending the response head")
     } else {
-        let headers = vec![
-            (
-                b"Content-Type".to_vec(),
-                b"text/html; charset=utf-8".to_vec(),
-            ),
-            (
-                b"Content-Length".to_vec(),
-                ERROR_PAGE.len().to_string().into_bytes(),
-            ),
-        ];
-        start
-            .sink
-            .head(500, b"Internal Server Error", false, &headers)
-            .and_then(|_| {
-                if start.head_only {
-                    Ok(())
-                } else {
-                    start.sink.body(ERROR_PAGE)
-                }
-            })
-            .and_then(|_| start.sink.end())
+        send_error_page(&*start.sink, start.head_only)
     };
     match (result, head_sent) {
         (Err(_), _) => Outcome::ChannelBroken,
         (Ok(()), true) => Outcome::Aborted,
         (Ok(()), false) => Outcome::Complete,
     }
+}
+
+/// Queues a whole 500 response (its body left out for HEAD).
+pub fn send_error_page(sink: &dyn ResponseSink, head_only: bool) -> io::Result<()> {
+    let headers = [
+        (
+            b"Content-Type".to_vec(),
+            b"text/html; charset=utf-8".to_vec(),
+        ),
+        (
+            b"Content-Length".to_vec(),
+            ERROR_PAGE.len().to_string().into_bytes(),
+        ),
+    ];
+    sink.head(500, b"Internal Server Error", false, &headers)?;
+    if !head_only {
+        sink.body(ERROR_PAGE)?;
+    }
+    sink.end()
 }
 
 fn close_iterable(py: Python<'_>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {

@@ -17,7 +17,7 @@ use tracing::{error, info};
 
 use crate::config::Settings;
 use crate::master::WORKER_BOOT_ERROR;
-use crate::python::{self, App, Outcome};
+use crate::python::{self, App, Outcome, ResponseSink};
 use channel::{Body, Channel, StreamSink};
 
 /// Set by SIGTERM: finish the request under way, then exit.
@@ -79,20 +79,26 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
                     break;
                 }
             };
+            let sink = Arc::new(StreamSink::new(channel.clone(), request.stream));
             let body = match request.body {
                 Body::Memory(bytes) => python::Body::Memory(bytes),
                 Body::File { path, length } => match std::fs::File::open(&path) {
                     Ok(file) => python::Body::File { file, length },
                     Err(err) => {
+                        // The app would see a body that is not the client's: answer 500.
                         error!(
                             "cannot open the spooled request body {}: {err}",
                             path.display()
                         );
-                        python::Body::Memory(bytes::Bytes::new())
+                        let head_only = &request.head.method[..] == b"HEAD";
+                        let sent = python::send_error_page(&*sink, head_only);
+                        if py.detach(|| sent.and_then(|_| sink.flush())).is_err() {
+                            break;
+                        }
+                        continue;
                     }
                 },
             };
-            let sink = Arc::new(StreamSink::new(channel.clone(), request.stream));
             if app.handle(py, &request.head, body, sink) == Outcome::ChannelBroken {
                 break;
             }
