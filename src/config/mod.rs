@@ -7,12 +7,14 @@
 
 mod app;
 mod bind;
+mod mounts;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use app::AppSpec;
 pub use bind::BindAddr;
+pub use mounts::{FileSettings, Mount};
 
 use crate::cli::ServeArgs;
 
@@ -57,6 +59,17 @@ pub struct Settings {
     pub body_memory_limit: usize,
     /// Requests that may wait for a free worker before new ones get 503.
     pub max_queue: usize,
+    /// Static files and internal redirects (`--static`, `--internal`).
+    pub files: FileSettings,
+    /// Compression of app responses (`--compress`), when on.
+    pub compress: Option<CompressSettings>,
+}
+
+/// How app responses are compressed.
+#[derive(Debug, Clone)]
+pub struct CompressSettings {
+    /// Responses with a Content-Length below this are sent as they are.
+    pub min_size: u64,
 }
 
 impl Settings {
@@ -102,6 +115,10 @@ impl Settings {
             app,
             body_memory_limit: 1 << 20,
             max_queue: 4096,
+            files: FileSettings::from_args(args)?,
+            compress: args.compress.then_some(CompressSettings {
+                min_size: args.compress_min_size,
+            }),
         })
     }
 }

@@ -11,6 +11,11 @@ mod control;
 mod pool;
 mod service;
 
+mod compress;
+mod encoding;
+mod sendfile;
+mod static_files;
+
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +82,8 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
     let shared = Arc::new(Shared {
         pool: pool.clone(),
         body_memory_limit: settings.body_memory_limit,
+        files: static_files::Files::new(&settings.files),
+        compression: settings.compress.as_ref().map(compress::Compression::new),
     });
     let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -17,7 +17,10 @@ use tracing::{error, warn};
 
 use super::body::{self, RequestBody, ResponseBody, WorkerBody};
 use super::channel::{Event, Failure, StreamHold};
+use super::compress::Compression;
 use super::pool::Pool;
+use super::sendfile::Target;
+use super::static_files::Files;
 use crate::protocol::{
     BodyFile, Kind, MAX_PAYLOAD, ProtocolError, RequestHeadRef, ResponseHead, Scheme, encode_frame,
 };
@@ -38,6 +41,10 @@ pub struct Shared {
     pub pool: Arc<Pool>,
     /// Request bodies above this size are spooled to disk.
     pub body_memory_limit: usize,
+    /// `--static` and `--internal` files.
+    pub files: Files,
+    /// `--compress`, when on.
+    pub compression: Option<Compression>,
 }
 
 /// Whose fault a failed request is; [`error_response`] turns it into a status.
@@ -74,6 +81,9 @@ async fn dispatch(
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<ResponseBody>, RequestError> {
     let (parts, incoming) = request.into_parts();
+    if let Some(response) = shared.files.serve_static(&parts).await {
+        return Ok(response);
+    }
     let body = body::buffer(incoming, shared.body_memory_limit)
         .await
         .map_err(|err| match err {
@@ -127,7 +137,14 @@ async fn dispatch(
         None => return Err(RequestError::Worker(Failure::WorkerDied)),
     };
     let body = WorkerBody::new(events, worker, stream);
-    build_response(head, ResponseBody::Worker(body), parts.version)
+    let response = build_response(head, ResponseBody::Worker(body), parts.version)?;
+    if let Some(target) = Target::of(&shared.files, response.headers()) {
+        return Ok(target.serve(&shared.files, &parts, response).await);
+    }
+    Ok(match &shared.compression {
+        Some(compression) => compression.apply(&parts, response),
+        None => response,
+    })
 }
 
 fn version_code(version: Version) -> u8 {

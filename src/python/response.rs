@@ -519,7 +519,7 @@ fn send_iterable(
         }
     } else if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
         if !send_file(py, start, wrapper)? {
-            return Ok(Outcome::Aborted);
+            return client_went_away(start);
         }
     } else {
         for item in iterable.try_iter()? {
@@ -532,11 +532,22 @@ fn send_iterable(
             // A generator streams: each chunk goes out as it is produced.
             start.flush(py)?;
             if start.sink.client_gone() {
-                return Ok(Outcome::Aborted);
+                return client_went_away(start);
             }
         }
     }
     finish(start)
+}
+
+/// The front tier said the client went away: the stream must still be ended (protocol
+/// rule 4), else the front tier holds this worker's slot for good.
+fn client_went_away(start: &StartResponse) -> PyResult<Outcome> {
+    let mut state = start.state();
+    start
+        .sink
+        .abort("the client went away")
+        .map_err(|e| StartResponse::broken(&mut state, e))?;
+    Ok(Outcome::Aborted)
 }
 
 fn set_length_if_known(start: &StartResponse, lengths: impl Iterator<Item = Option<usize>>) {
