@@ -7,12 +7,14 @@
 
 mod app;
 mod bind;
+mod limits;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use app::AppSpec;
 pub use bind::BindAddr;
+pub use limits::{Limits, Trusted};
 
 use crate::cli::ServeArgs;
 
@@ -57,6 +59,10 @@ pub struct Settings {
     pub body_memory_limit: usize,
     /// Requests that may wait for a free worker before new ones get 503.
     pub max_queue: usize,
+    /// What a client may send, and how slowly.
+    pub limits: Limits,
+    /// Peers whose proxy headers are believed.
+    pub forwarded_allow: Trusted,
 }
 
 impl Settings {
@@ -85,6 +91,8 @@ impl Settings {
                 format!("{} is not a directory", dir.display()),
             ));
         }
+        let limits = Limits::from_args(args)?;
+        let forwarded_allow = Trusted::parse(&args.forwarded_allow_ips)?;
         if !(args.graceful_timeout.is_finite() && args.graceful_timeout >= 0.0) {
             return Err(ConfigError::new(
                 "--graceful-timeout",
@@ -101,7 +109,9 @@ impl Settings {
             graceful_timeout: Duration::from_secs_f64(args.graceful_timeout),
             app,
             body_memory_limit: 1 << 20,
-            max_queue: 4096,
+            max_queue: args.max_queue,
+            limits,
+            forwarded_allow,
         })
     }
 }

@@ -42,7 +42,7 @@ pub fn run(settings: Settings) -> i32 {
     {
         return code;
     }
-    let listeners = match listeners::bind_all(&settings.binds) {
+    let listeners = match listeners::bind_all(&settings.binds, settings.limits.backlog) {
         Ok(listeners) => listeners,
         Err(message) => {
             error!("{message}");
