@@ -128,6 +128,8 @@ pub struct WorkerBody {
     conn: Arc<WorkerConn>,
     stream: u32,
     finished: bool,
+    /// A failure held back one poll, so hyper writes out what came before it.
+    failure: Option<Failure>,
 }
 
 impl WorkerBody {
@@ -142,6 +144,7 @@ impl WorkerBody {
             conn,
             stream,
             finished: false,
+            failure: None,
         }
     }
 }
@@ -169,6 +172,9 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Worker(body) if body.failure.is_some() => {
+                Poll::Ready(body.failure.take().map(|f| Err(ResponseAborted(f))))
+            }
             ResponseBody::Worker(body) => match body.events.poll_recv(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Event::Data(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
@@ -177,8 +183,13 @@ impl Body for ResponseBody {
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(Event::Failed(failure))) => {
+                    // hyper flushes its buffer when the body is pending: the head and the
+                    // bytes before the failure reach the client before the connection is
+                    // cut.
                     body.finished = true;
-                    Poll::Ready(Some(Err(ResponseAborted(failure))))
+                    body.failure = Some(failure);
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
                 }
                 Poll::Ready(Some(Event::Head(_))) => {
                     body.finished = true;
