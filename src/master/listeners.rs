@@ -9,7 +9,6 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::config::BindAddr;
 
-
 /// A bound, listening socket and the address it really got (port 0 resolved).
 #[derive(Debug)]
 pub struct Listener {
