@@ -377,6 +377,23 @@ def test_valid_chunked_body_with_extensions_and_trailers(guarded):
     assert b'"body": "hello world"' in result.responses[0].body
 
 
+# -- HTTP/2 ---------------------------------------------------------------------------
+
+def test_http2_prior_knowledge_passes_the_guard(guarded):
+    """An HTTP/2 connection (prior knowledge) is recognised by its preface and not run
+    through the HTTP/1 checker."""
+    import httpx
+
+    seen = calls(guarded)
+    with httpx.Client(http1=False, http2=True, timeout=5) as client:
+        responses = [client.post(f"{guarded.url}/h2?n={i}", content=b"x" * i) for i in range(3)]
+    for i, response in enumerate(responses):
+        assert response.http_version == "HTTP/2"
+        assert response.status_code == 200
+        assert response.json()["body"] == "x" * i
+    assert calls(guarded) == seen + 3
+
+
 # -- and afterwards ------------------------------------------------------------------
 
 def test_zz_good_request_on_a_new_connection_still_works(guarded):
@@ -390,3 +407,4 @@ def test_zz_good_request_on_a_new_connection_still_works(guarded):
     lines = Path(guarded.count_file).read_text().splitlines()
     assert not any("smuggled" in line for line in lines), lines
     assert guarded.proc.poll() is None
+
