@@ -48,15 +48,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub graceful_timeout: f64,
 
-    /// Longest request line in bytes; longer is answered 414. 0 means no limit.
+    /// Longest request line in bytes, without its CRLF; longer is answered 414. 0 means
+    /// the largest rwsgi accepts (64 KiB).
     #[arg(long, value_name = "BYTES", default_value_t = 4094)]
     pub limit_request_line: usize,
 
-    /// Most header fields in a request; more is answered 431.
+    /// Most header fields in a request; more is answered 431. 0 means 32768.
     #[arg(long, value_name = "INT", default_value_t = 100)]
     pub limit_request_fields: usize,
 
-    /// Longest header field in bytes; longer is answered 431. 0 means no limit.
+    /// Longest header field line in bytes, its CRLF included (as gunicorn counts);
+    /// longer is answered 431. 0 means the default, 8190 (as gunicorn does).
     #[arg(
         long,
         alias = "limit-request-field_size",

@@ -86,7 +86,8 @@ def test_default_head_limits_and_their_boundaries(serve):
         return "X-Long: " + "v" * (length - len("X-Long: "))
 
     assert exchange(server.port, request("GET", "/", field_of(8188)), until=1).statuses == [200]
-    assert_refused(exchange(server.port, request("GET", "/", field_of(8191))), 431)
+    # gunicorn counts the CRLF: 8188 bytes + CRLF is the longest line accepted.
+    assert_refused(exchange(server.port, request("GET", "/", field_of(8189))), 431)
 
 
 def test_configured_head_limits(serve):
@@ -422,7 +423,6 @@ def test_queue_timeout(serve):
 
 @pytest.mark.parametrize("flags,named", [
     (["--max-body-size", "abc"], "--max-body-size"),
-    (["--limit-request-fields", "0"], "--limit-request-fields"),
     (["--forwarded-allow-ips", "nope"], "--forwarded-allow-ips"),
     (["--forwarded-allow-ips", "10.0.0.0/99"], "--forwarded-allow-ips"),
     (["--header-timeout", "0"], "--header-timeout"),

@@ -9,6 +9,14 @@ use ipnet::IpNet;
 use super::ConfigError;
 use crate::cli::ServeArgs;
 
+/// `--limit-request-line 0`: the longest request line accepted at all.
+const LARGEST_REQUEST_LINE: usize = 64 * 1024;
+/// `--limit-request-fields 0`: gunicorn's ceiling.
+const MOST_FIELDS: usize = 32768;
+/// `--limit-request-field-size 0`: gunicorn maps 0 to its default, and so does rwsgi (a
+/// head line without any bound would let one client hold any amount of memory).
+const DEFAULT_FIELD_SIZE: usize = 8190;
+
 /// Bounds on what a client may send and how slowly.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -39,13 +47,7 @@ pub struct Limits {
 impl Limits {
     /// The limits given on the command line, checked.
     pub fn from_args(args: &ServeArgs) -> Result<Limits, ConfigError> {
-        let unlimited_if_zero = |n: usize| if n == 0 { usize::MAX } else { n };
-        if args.limit_request_fields == 0 {
-            return Err(ConfigError::new(
-                "--limit-request-fields",
-                "must be at least 1",
-            ));
-        }
+        let or_if_zero = |n: usize, instead: usize| if n == 0 { instead } else { n };
         if args.max_connections == 0 {
             return Err(ConfigError::new("--max-connections", "must be at least 1"));
         }
@@ -53,9 +55,9 @@ impl Limits {
             return Err(ConfigError::new("--backlog", "must be at least 1"));
         }
         Ok(Limits {
-            request_line: unlimited_if_zero(args.limit_request_line),
-            fields: args.limit_request_fields,
-            field_size: unlimited_if_zero(args.limit_request_field_size),
+            request_line: or_if_zero(args.limit_request_line, LARGEST_REQUEST_LINE),
+            fields: or_if_zero(args.limit_request_fields, MOST_FIELDS),
+            field_size: or_if_zero(args.limit_request_field_size, DEFAULT_FIELD_SIZE),
             max_body_size: parse_size(&args.max_body_size).ok_or_else(|| {
                 ConfigError::new(
                     "--max-body-size",

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use hyper::header::{
     CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderName, HeaderValue, RETRY_AFTER,
 };
-use hyper::{Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::{error, info, warn};
 
 use super::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
@@ -110,11 +110,18 @@ fn check_head(parts: &hyper::http::request::Parts, limits: &Limits) -> Result<()
     let too_long = parts
         .headers
         .iter()
-        .any(|(name, value)| name.as_str().len() + 2 + value.len() > limits.field_size);
+        .any(|(name, value)| name.as_str().len() + value.len() + 4 > limits.field_size); // `name: value\r\n`
     if too_long {
         return Err(RequestError::Client(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "header field too long".into(),
+        ));
+    }
+    if parts.method == Method::CONNECT {
+        // rwsgi is no forward proxy, and WSGI has no way to hold a tunnel.
+        return Err(RequestError::Client(
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT is not supported".into(),
         ));
     }
     if let Some(expect) = parts.headers.get(EXPECT)

@@ -20,12 +20,28 @@ pub struct Limits {
     pub request_line: usize,
     /// Most header fields (over it: 431).
     pub fields: usize,
-    /// Longest header field line, without its CRLF (over it: 431).
+    /// Longest header field line, its CRLF included (over it: 431).
     pub field_size: usize,
 }
 
 /// Longest chunk-size line, extensions included.
 const CHUNK_LINE_LIMIT: usize = 4096;
+/// Fields that must not come as trailers: they frame, route or authenticate the message
+/// (RFC 9110 §6.5.1). A hop that merged them into the head could be steered by bytes sent
+/// after the body. (Content-Type is seen in trailers in the wild; rwsgi passes no
+/// trailer to the app, so it is tolerated.)
+const FORBIDDEN_TRAILERS: [&[u8]; 10] = [
+    b"content-length",
+    b"transfer-encoding",
+    b"host",
+    b"trailer",
+    b"te",
+    b"connection",
+    b"upgrade",
+    b"expect",
+    b"authorization",
+    b"proxy-authorization",
+];
 /// Empty lines tolerated before a request line (RFC 9112 §2.2 asks for at least one).
 const LEADING_EMPTY_LINES: u8 = 4;
 
@@ -109,6 +125,7 @@ struct Head {
     http10: bool,
     fields: usize,
     hosts: usize,
+    content_types: usize,
     content_length: Option<u64>,
     transfer_encoding: Vec<Vec<u8>>,
 }
@@ -236,7 +253,8 @@ impl Checker {
         let length = self.line.len().saturating_sub(1);
         match self.state {
             State::Start if length > self.limits.request_line => Err(Reject::UriTooLong),
-            State::Fields | State::Trailers if length > self.limits.field_size => {
+            // A field line is counted with its CRLF, as gunicorn counts it.
+            State::Fields | State::Trailers if length + 2 > self.limits.field_size => {
                 Err(Reject::HeaderTooLarge("header field too long"))
             }
             State::ChunkSize | State::ChunkEnd if length > CHUNK_LINE_LIMIT => {
@@ -312,7 +330,13 @@ impl Checker {
                 if self.trailers > self.limits.fields {
                     return Err(Reject::HeaderTooLarge("too many trailer fields"));
                 }
-                field(line)?;
+                let (name, _) = field(line)?;
+                if FORBIDDEN_TRAILERS
+                    .iter()
+                    .any(|forbidden| name.eq_ignore_ascii_case(forbidden))
+                {
+                    return Err(Reject::BadRequest("a trailer field that must not be one"));
+                }
                 Ok(true)
             }
             State::Body(_) | State::ChunkData(_) | State::Refused => {
@@ -344,6 +368,12 @@ impl Checker {
             }
         } else if name.eq_ignore_ascii_case(b"host") {
             self.head.hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            // Two media types cannot be combined into one (RFC 9110 §5.3).
+            self.head.content_types += 1;
+            if self.head.content_types > 1 {
+                return Err(Reject::BadRequest("more than one Content-Type"));
+            }
         }
         Ok(())
     }
@@ -425,11 +455,37 @@ fn request_line(line: &[u8]) -> Result<bool, Reject> {
     if target.is_empty() || !target.iter().all(|&b| b > b' ' && b != 0x7f) {
         return Err(Reject::BadRequest("invalid request target"));
     }
+    if !target_fits_method(method, target) {
+        return Err(Reject::BadRequest("request target of the wrong form"));
+    }
     match version {
         b"HTTP/1.1" => Ok(false),
         b"HTTP/1.0" => Ok(true),
         _ => Err(Reject::BadRequest("unsupported HTTP version")),
     }
+}
+
+/// RFC 9112 §3.2: origin-form (`/path`) or absolute-form (`scheme://…`) for any method,
+/// asterisk-form (`*`) for OPTIONS only, authority-form (`host:port`) for CONNECT only.
+fn target_fits_method(method: &[u8], target: &[u8]) -> bool {
+    match target {
+        [b'/', ..] => true,
+        b"*" => method == b"OPTIONS",
+        _ if method == b"CONNECT" => true,
+        _ => is_absolute_form(target),
+    }
+}
+
+/// `scheme "://"`, the scheme a letter then letters, digits, `+`, `-` or `.`.
+fn is_absolute_form(target: &[u8]) -> bool {
+    let Some(end) = target.windows(3).position(|w| w == b"://") else {
+        return false;
+    };
+    let scheme = &target[..end];
+    scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
 }
 
 /// `name ":" OWS value OWS`, with nothing between the name and the colon.
@@ -474,7 +530,11 @@ fn chunk_size(line: &[u8]) -> Result<u64, Reject> {
         let digit = (b as char).to_digit(16).unwrap_or(0);
         (n << 4) | u64::from(digit)
     });
+    // Whitespace may come only before a `;` (BWS), never at the end of the size.
     let extensions = trim(&line[digits..]);
+    if extensions.is_empty() && digits < line.len() {
+        return Err(Reject::BadRequest("whitespace after a chunk size"));
+    }
     if !extensions.is_empty() {
         let valid = extensions[0] == b';'
             && extensions.iter().all(|&b| {

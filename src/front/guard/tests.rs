@@ -220,3 +220,56 @@ fn a_refusal_is_final() {
             .is_err()
     );
 }
+
+#[test]
+fn a_field_line_is_counted_with_its_crlf() {
+    let field = |length: usize| {
+        let value = vec![b'v'; length - 3];
+        [&b"GET / HTTP/1.1\r\nHost: a\r\nX: "[..], &value, b"\r\n\r\n"].concat()
+    };
+    // 8188 bytes + CRLF = 8190, the limit; one byte more is too long (as gunicorn counts).
+    ok(&field(8188));
+    refused(&field(8189), 431);
+}
+
+#[test]
+fn request_targets_must_fit_their_method() {
+    ok(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
+    ok(b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n");
+    ok(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n");
+    refused(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+    refused(b"GET a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+    refused(b"GET x HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+    refused(b"GET ://a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+    refused(b"GET 1http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+}
+
+#[test]
+fn two_content_types_are_refused() {
+    refused(
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Type: a/b\r\ncontent-type: c/d\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn whitespace_only_before_a_chunk_extension() {
+    let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    ok(&[&head[..], b"5 ;a=b\r\nhello\r\n0\r\n\r\n"].concat());
+    refused(&[&head[..], b"5\r\nhello\r\n0 \r\n\r\n"].concat(), 400);
+    refused(&[&head[..], b"5\t\r\nhello\r\n0\r\n\r\n"].concat(), 400);
+}
+
+#[test]
+fn framing_and_routing_fields_are_refused_as_trailers() {
+    let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n";
+    ok(&[&head[..], b"X-Checksum: 1\r\n\r\n"].concat());
+    for trailer in [
+        &b"Content-Length: 99\r\n\r\n"[..],
+        b"Host: b\r\n\r\n",
+        b"transfer-encoding: chunked\r\n\r\n",
+        b"Authorization: x\r\n\r\n",
+    ] {
+        refused(&[&head[..], trailer].concat(), 400);
+    }
+}
