@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::os::fd::AsRawFd;
+
+use tokio::io::Interest;
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -68,7 +69,9 @@ pub struct WorkerConn {
     pub id: u32,
     /// The worker's pid, from its Hello.
     pub pid: u32,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    socket: Arc<UnixStream>,
+    /// Held while one stream's frames are written, so that they are not interleaved.
+    writing: tokio::sync::Mutex<()>,
     streams: Mutex<Streams>,
     next_stream: AtomicU32,
 }
@@ -107,7 +110,7 @@ impl WorkerConn {
                 },
             );
         }
-        let written = self.writer.lock().await.write_all(&frames).await;
+        let written = self.write_all(&frames).await;
         if written.is_err() {
             self.streams().open.remove(&id);
             return Err(Failure::WorkerDied);
@@ -125,8 +128,22 @@ impl WorkerConn {
         tokio::spawn(async move {
             let mut frame = Vec::new();
             encode_frame(&mut frame, Kind::Abort, stream, b"client went away");
-            let _ = conn.writer.lock().await.write_all(&frame).await;
+            let _ = conn.write_all(&frame).await;
         });
+    }
+
+    async fn write_all(&self, mut bytes: &[u8]) -> std::io::Result<()> {
+        let _writing = self.writing.lock().await;
+        while !bytes.is_empty() {
+            self.socket.writable().await?;
+            match self.socket.try_write(bytes) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
     }
 
     fn route(&self, frame: Frame) -> Result<(), ProtocolError> {
@@ -171,10 +188,11 @@ impl WorkerConn {
 /// its frames until the channel closes.
 pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
     tokio::spawn(async move {
-        let (mut reader, writer) = stream.into_split();
+        let socket = Arc::new(stream);
+        let reader = socket.clone();
         let mut decoder = Decoder::new();
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let hello = match read_frame(&mut reader, &mut decoder, &mut buf).await {
+        let hello = match read_frame(&reader, &mut decoder, &mut buf).await {
             Ok(Some(frame)) if frame.kind == Kind::Hello => Hello::decode(frame.payload),
             Ok(Some(_)) => Err(ProtocolError::Invalid("first frame is not Hello")),
             Ok(None) => return debug!("worker {id} closed its channel before it was ready"),
@@ -187,7 +205,8 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
         let conn = Arc::new(WorkerConn {
             id,
             pid: hello.pid,
-            writer: tokio::sync::Mutex::new(writer),
+            socket,
+            writing: tokio::sync::Mutex::new(()),
             streams: Mutex::new(Streams {
                 open: HashMap::new(),
                 alive: true,
@@ -197,7 +216,7 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
         pool.add(conn.clone(), hello.capacity as usize);
         debug!("worker {} (pid {}) is ready", id, hello.pid);
         loop {
-            match read_frame(&mut reader, &mut decoder, &mut buf).await {
+            match read_frame(&reader, &mut decoder, &mut buf).await {
                 Ok(Some(frame)) => {
                     if let Err(err) = conn.route(frame) {
                         warn!("worker {} broke the channel protocol: {err}", hello.pid);
@@ -218,7 +237,7 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
 
 /// Reads until one whole frame is buffered; `Ok(None)` at a clean end of the channel.
 async fn read_frame(
-    reader: &mut tokio::net::unix::OwnedReadHalf,
+    reader: &UnixStream,
     decoder: &mut Decoder,
     buf: &mut BytesMut,
 ) -> Result<Option<Frame>, ProtocolError> {
@@ -229,9 +248,44 @@ async fn read_frame(
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(64 * 1024);
         }
-        match reader.read_buf(buf).await {
+        match read_some(reader, buf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
+        }
+    }
+}
+
+/// One read of the channel into `buf`'s spare capacity. A read that leaves room unused
+/// has drained the socket, so readiness is cleared then and there: the next wait goes
+/// straight to the reactor, sparing the read that would only say EAGAIN (a syscall per
+/// response otherwise).
+async fn read_some(reader: &UnixStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    loop {
+        reader.readable().await?;
+        let mut got = 0;
+        let result = reader.try_io(Interest::READABLE, || {
+            let spare = buf.spare_capacity_mut();
+            let room = spare.len();
+            // SAFETY: recv writes at most `room` bytes into the spare capacity, which
+            // is valid for writes; nothing reads it before `set_len` below.
+            let n = unsafe { libc::recv(reader.as_raw_fd(), spare.as_mut_ptr().cast(), room, 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            got = n as usize;
+            // SAFETY: recv initialised the first `got` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + got) };
+            if got > 0 && got < room {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(got)
+            }
+        });
+        match result {
+            Ok(n) => return Ok(n),
+            Err(_) if got > 0 => return Ok(got),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
         }
     }
 }

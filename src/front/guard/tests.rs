@@ -225,7 +225,12 @@ fn a_refusal_is_final() {
 fn a_field_line_is_counted_with_its_crlf() {
     let field = |length: usize| {
         let value = vec![b'v'; length - 3];
-        [&b"GET / HTTP/1.1\r\nHost: a\r\nX: "[..], &value, b"\r\n\r\n"].concat()
+        [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nX: "[..],
+            &value,
+            b"\r\n\r\n",
+        ]
+        .concat()
     };
     // 8188 bytes + CRLF = 8190, the limit; one byte more is too long (as gunicorn counts).
     ok(&field(8188));
@@ -262,7 +267,8 @@ fn whitespace_only_before_a_chunk_extension() {
 
 #[test]
 fn framing_and_routing_fields_are_refused_as_trailers() {
-    let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n";
+    let head =
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n";
     ok(&[&head[..], b"X-Checksum: 1\r\n\r\n"].concat());
     for trailer in [
         &b"Content-Length: 99\r\n\r\n"[..],
