@@ -6,7 +6,9 @@
 //! worker's streams are touched.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -27,10 +29,37 @@ pub enum Event {
     Head(ResponseHead),
     /// A chunk of the response body.
     Data(Bytes),
+    /// A chunk of the response body, written to the stream's spill file because the
+    /// client is slower than the worker.
+    Spilled(Spilled),
     /// The response is complete.
     End,
     /// The response cannot be completed.
     Failed(Failure),
+}
+
+/// Response bytes kept in the stream's temporary file: `len` bytes from `offset`.
+#[derive(Debug, Clone)]
+pub struct Spilled {
+    /// The spill file (unlinked; it goes when the last handle does).
+    pub file: Arc<File>,
+    /// Where the bytes start.
+    pub offset: u64,
+    /// How many.
+    pub len: u64,
+}
+
+/// Response bytes a stream holds in memory before further ones go to its spill file:
+/// a client slower than the worker costs the front tier this much memory at most
+/// (DESIGN.md §5), the rest waits on disk (in practice, the page cache).
+const RESPONSE_MEMORY: usize = 1 << 20;
+
+/// A stream's events, and the count of response bytes it holds in memory.
+pub struct Events {
+    /// The events, in order.
+    pub receiver: mpsc::UnboundedReceiver<Event>,
+    /// Bytes of `Data` events sent and not yet taken; the taker subtracts them.
+    pub in_memory: Arc<AtomicUsize>,
 }
 
 /// Why a stream failed.
@@ -54,7 +83,47 @@ pub struct StreamHold {
 
 struct Stream {
     events: mpsc::UnboundedSender<Event>,
+    in_memory: Arc<AtomicUsize>,
+    /// The spill file once one was needed, and its length.
+    spill: Option<(Arc<File>, u64)>,
     _hold: StreamHold,
+}
+
+impl Stream {
+    /// The event for a chunk of the response body: in memory while the stream holds
+    /// less than [`RESPONSE_MEMORY`], otherwise in its spill file.
+    fn data(&mut self, data: Bytes) -> Event {
+        let held = self.in_memory.load(Ordering::Acquire);
+        if held + data.len() <= RESPONSE_MEMORY {
+            self.in_memory.fetch_add(data.len(), Ordering::AcqRel);
+            return Event::Data(data);
+        }
+        match self.spill_out(&data) {
+            Ok(spilled) => Event::Spilled(spilled),
+            Err(err) => {
+                warn!("cannot spill a response to a temporary file, keeping it in memory: {err}");
+                self.in_memory.fetch_add(data.len(), Ordering::AcqRel);
+                Event::Data(data)
+            }
+        }
+    }
+
+    fn spill_out(&mut self, data: &[u8]) -> std::io::Result<Spilled> {
+        let (file, end) = match &mut self.spill {
+            Some(spill) => spill,
+            None => self.spill.insert((Arc::new(tempfile::tempfile()?), 0)),
+        };
+        // A write to the page cache: brief, so done here rather than on a blocking
+        // thread.
+        file.write_all_at(data, *end)?;
+        let spilled = Spilled {
+            file: file.clone(),
+            offset: *end,
+            len: data.len() as u64,
+        };
+        *end += data.len() as u64;
+        Ok(spilled)
+    }
 }
 
 struct Streams {
@@ -89,7 +158,7 @@ impl WorkerConn {
         self: &Arc<Self>,
         hold: StreamHold,
         encode: impl FnOnce(u32, &mut Vec<u8>) -> Result<(), ProtocolError>,
-    ) -> Result<(u32, mpsc::UnboundedReceiver<Event>), Failure> {
+    ) -> Result<(u32, Events), Failure> {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let mut frames = Vec::new();
         if let Err(err) = encode(id, &mut frames) {
@@ -97,6 +166,7 @@ impl WorkerConn {
             return Err(Failure::Aborted(err.to_string()));
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let in_memory = Arc::new(AtomicUsize::new(0));
         {
             let mut streams = self.streams();
             if !streams.alive {
@@ -106,6 +176,8 @@ impl WorkerConn {
                 id,
                 Stream {
                     events: tx,
+                    in_memory: in_memory.clone(),
+                    spill: None,
                     _hold: hold,
                 },
             );
@@ -115,7 +187,13 @@ impl WorkerConn {
             self.streams().open.remove(&id);
             return Err(Failure::WorkerDied);
         }
-        Ok((id, rx))
+        Ok((
+            id,
+            Events {
+                receiver: rx,
+                in_memory,
+            },
+        ))
     }
 
     /// Tells the worker that the client of `stream` went away. The stream stays open
@@ -149,7 +227,18 @@ impl WorkerConn {
     fn route(&self, frame: Frame) -> Result<(), ProtocolError> {
         let event = match frame.kind {
             Kind::ResponseHead => Event::Head(ResponseHead::decode(frame.payload)?),
-            Kind::Body => Event::Data(frame.payload),
+            Kind::Body => {
+                let mut streams = self.streams();
+                // Data for a client that went away is dropped; the worker carries on
+                // until it ends the stream.
+                if let Some(stream) = streams.open.get_mut(&frame.stream)
+                    && !stream.events.is_closed()
+                {
+                    let event = stream.data(frame.payload);
+                    let _ = stream.events.send(event);
+                }
+                return Ok(());
+            }
             Kind::End => Event::End,
             Kind::Abort => Event::Failed(Failure::Aborted(
                 String::from_utf8_lossy(&frame.payload).into_owned(),
@@ -165,8 +254,6 @@ impl WorkerConn {
                 let _ = stream.events.send(event);
             }
         } else if let Some(stream) = streams.open.get(&frame.stream) {
-            // The receiver may be gone (client left): the data is discarded, the worker
-            // carries on until it ends the stream.
             let _ = stream.events.send(event);
         }
         Ok(())
