@@ -8,7 +8,9 @@
 mod body;
 mod channel;
 mod control;
+pub mod guard;
 mod pool;
+mod proxy;
 mod service;
 
 mod compress;
@@ -27,18 +29,17 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::config::{BindAddr, Settings};
+use crate::config::{BindAddr, Limits, Settings};
+use crate::protocol::Scheme;
 use service::{ConnInfo, Shared};
 
 /// Runs the front tier until it is told to stop; returns the process exit code.
 pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: OwnedFd) -> i32 {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+        .worker_threads(settings.front_threads)
         .enable_all()
         .build()
     {
@@ -84,7 +85,10 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
         body_memory_limit: settings.body_memory_limit,
         files: static_files::Files::new(&settings.files),
         compression: settings.compress.as_ref().map(compress::Compression::new),
+        limits: settings.limits.clone(),
+        trusted: settings.forwarded_allow.clone(),
     });
+    let connections = Arc::new(Semaphore::new(settings.limits.max_connections));
     let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::quit()),
@@ -101,6 +105,7 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
                 listener,
                 shared.clone(),
                 graceful.clone(),
+                connections.clone(),
             ))),
             Err(err) => {
                 error!("cannot use an inherited listener: {err}");
@@ -145,19 +150,55 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
     0
 }
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The guard enforces the head timeout and the header limits of HTTP/1 before
+    // hyper parses; hyper's own bounds stay as a second line.
     builder
         .http1()
         .keep_alive(true)
+        .max_headers(limits.fields.saturating_add(8).min(MAX_H1_HEADERS))
         .timer(hyper_util::rt::TokioTimer::new());
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    let header_list = limits
+        .field_size
+        .saturating_add(32)
+        .saturating_mul(limits.fields)
+        .min(H2_MAX_HEADER_LIST) as u32;
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(header_list)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .keep_alive_interval(limits.keepalive)
+        .keep_alive_timeout(limits.send_timeout);
     builder
 }
 
-async fn accept_loop(listener: Accepting, shared: Arc<Shared>, graceful: Arc<GracefulShutdown>) {
-    let builder = Arc::new(http_builder());
+/// hyper's HTTP/1 header array; the guard's limit is what counts.
+const MAX_H1_HEADERS: usize = 1024;
+/// Concurrent HTTP/2 streams per connection (nginx's default).
+const H2_MAX_STREAMS: u32 = 128;
+/// The most a HTTP/2 header list may decode to.
+const H2_MAX_HEADER_LIST: usize = 1 << 20;
+/// Streams a client may reset before they are accepted (rapid reset, CVE-2023-44487).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams this side may reset for a client's protocol errors before it is dropped.
+const H2_MAX_LOCAL_RESETS: usize = 256;
+
+async fn accept_loop(
+    listener: Accepting,
+    shared: Arc<Shared>,
+    graceful: Arc<GracefulShutdown>,
+    connections: Arc<Semaphore>,
+) {
+    let builder = Arc::new(http_builder(&shared.limits));
     loop {
+        // Beyond --max-connections, new connections wait in the listen backlog.
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
         let accepted = match &listener {
             Accepting::Tcp(listener, addr) => listener.accept().await.map(|(stream, peer)| {
                 let _ = stream.set_nodelay(true);
@@ -168,6 +209,8 @@ async fn accept_loop(listener: Accepting, shared: Arc<Shared>, graceful: Arc<Gra
                         .map(|a| a.ip().to_string())
                         .unwrap_or_else(|| addr.to_string()),
                     server_port: local.map(|a| a.port().to_string()).unwrap_or_default(),
+                    scheme: Scheme::Http,
+                    guard: Arc::default(),
                 };
                 (Connection::Tcp(stream), info)
             }),
@@ -182,6 +225,8 @@ async fn accept_loop(listener: Accepting, shared: Arc<Shared>, graceful: Arc<Gra
                         remote: None,
                         server_name: path,
                         server_port: String::new(),
+                        scheme: Scheme::Http,
+                        guard: Arc::default(),
                     },
                 )
             }),
@@ -199,12 +244,12 @@ async fn accept_loop(listener: Accepting, shared: Arc<Shared>, graceful: Arc<Gra
         let info = Arc::new(info);
         let (builder, watcher, shared) = (builder.clone(), graceful.watcher(), shared.clone());
         match connection {
-            Connection::Tcp(stream) => {
-                tokio::spawn(serve_connection(stream, builder, watcher, shared, info))
-            }
-            Connection::Unix(stream) => {
-                tokio::spawn(serve_connection(stream, builder, watcher, shared, info))
-            }
+            Connection::Tcp(stream) => tokio::spawn(serve_connection(
+                stream, builder, watcher, shared, info, permit,
+            )),
+            Connection::Unix(stream) => tokio::spawn(serve_connection(
+                stream, builder, watcher, shared, info, permit,
+            )),
         };
     }
 }
@@ -216,9 +261,22 @@ async fn serve_connection<S>(
     watcher: Watcher,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
+    _permit: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = &shared.limits;
+    let check = guard::check::Limits {
+        request_line: limits.request_line,
+        fields: limits.fields,
+        field_size: limits.field_size,
+    };
+    let timeouts = guard::Timeouts {
+        head: limits.header_timeout,
+        keepalive: limits.keepalive,
+        send: limits.send_timeout,
+    };
+    let stream = guard::Guarded::new(stream, info.guard.clone(), check, timeouts);
     let service = service_fn(move |request| service::handle(shared.clone(), info.clone(), request));
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)

@@ -42,7 +42,7 @@ pub fn run(settings: Settings) -> i32 {
     {
         return code;
     }
-    let listeners = match listeners::bind_all(&settings.binds) {
+    let listeners = match listeners::bind_all(&settings.binds, settings.limits.backlog) {
         Ok(listeners) => listeners,
         Err(message) => {
             error!("{message}");
@@ -164,6 +164,11 @@ impl Arbiter {
         {
             return;
         }
+        // As gunicorn: the listeners close first, so new connections are refused at
+        // once rather than queued for a server that is going away.
+        let listeners = std::mem::take(&mut self.listeners);
+        listeners::unlink_unix(&listeners);
+        drop(listeners);
         let front = self.front.as_ref().map(|f| f.pid);
         if graceful {
             signal_all(front, Signal::SIGTERM);
@@ -237,8 +242,10 @@ impl Arbiter {
                     _ => warn!("Worker (pid: {pid}, id: {}) {how}", worker.id),
                 }
                 match code {
-                    Some(APP_LOAD_ERROR) => self.halt(APP_LOAD_ERROR, "App failed to load."),
-                    Some(WORKER_BOOT_ERROR) => {
+                    Some(APP_LOAD_ERROR) if !stopping => {
+                        self.halt(APP_LOAD_ERROR, "App failed to load.")
+                    }
+                    Some(WORKER_BOOT_ERROR) if !stopping => {
                         self.halt(WORKER_BOOT_ERROR, "Worker failed to boot.")
                     }
                     _ => {}

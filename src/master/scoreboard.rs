@@ -10,15 +10,20 @@ use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
 
 /// The layout of the shared page.
 #[repr(C)]
 struct Shared {
-    /// Non-zero once a process has reported an application import failure.
+    /// 0; then [`CLAIMED`] once a process took on reporting an application import
+    /// failure; then [`REPORTED`] once it has.
     boot_error_reported: AtomicU32,
 }
+
+const CLAIMED: u32 = 1;
+const REPORTED: u32 = 2;
 
 struct Board(NonNull<Shared>);
 
@@ -59,7 +64,31 @@ fn shared() -> Option<&'static Shared> {
 /// process to ask (or when there is no shared page), false for all later ones.
 pub fn claim_boot_error_report() -> bool {
     match shared() {
-        Some(shared) => shared.boot_error_reported.swap(1, Ordering::AcqRel) == 0,
+        Some(shared) => shared
+            .boot_error_reported
+            .compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok(),
         None => true,
+    }
+}
+
+/// The claimant has printed its report.
+pub fn boot_error_reported() {
+    if let Some(shared) = shared() {
+        shared
+            .boot_error_reported
+            .store(REPORTED, Ordering::Release);
+    }
+}
+
+/// Waits (up to `limit`) until the claimant has printed its report, so that no process
+/// exits, and makes the master stop everything, before the report is out.
+pub fn wait_for_boot_error_report(limit: Duration) {
+    let Some(shared) = shared() else { return };
+    let deadline = Instant::now() + limit;
+    while shared.boot_error_reported.load(Ordering::Acquire) != REPORTED
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }

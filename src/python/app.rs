@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::config::{AppSpec, Settings};
 
@@ -43,16 +43,8 @@ pub fn load<'py>(py: Python<'py>, spec: &AppSpec) -> PyResult<Bound<'py, PyAny>>
         })?;
     }
     if let Some(args) = &spec.factory_args {
-        let args = if args.is_empty() {
-            PyTuple::empty(py)
-        } else {
-            // Only literals, as gunicorn allows: no code from the command line runs.
-            let literal = py.import("ast")?.getattr("literal_eval")?;
-            literal
-                .call1((format!("({args},)"),))?
-                .cast_into::<PyTuple>()?
-        };
-        object = object.call1(args)?;
+        let (args, kwargs) = factory_arguments(py, args)?;
+        object = object.call(args, Some(&kwargs))?;
     }
     if !object.is_callable() {
         return Err(pyo3::exceptions::PyTypeError::new_err(format!(
@@ -61,4 +53,36 @@ pub fn load<'py>(py: Python<'py>, spec: &AppSpec) -> PyResult<Bound<'py, PyAny>>
         )));
     }
     Ok(object)
+}
+
+/// The positional and keyword arguments of `factory(ARGS)`. Only literals, as gunicorn
+/// allows: no code from the command line runs.
+fn factory_arguments<'py>(
+    py: Python<'py>,
+    args: &str,
+) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyDict>)> {
+    let kwargs = PyDict::new(py);
+    if args.is_empty() {
+        return Ok((PyTuple::empty(py), kwargs));
+    }
+    let ast = py.import("ast")?;
+    let literal = ast.getattr("literal_eval")?;
+    let call = ast
+        .call_method1("parse", (format!("factory({args})"), "<APP>", "eval"))?
+        .getattr("body")?;
+    let mut positional = Vec::new();
+    for node in call.getattr("args")?.try_iter()? {
+        positional.push(literal.call1((node?,))?);
+    }
+    for keyword in call.getattr("keywords")?.try_iter()? {
+        let keyword = keyword?;
+        let name = keyword.getattr("arg")?;
+        if name.is_none() {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "**kwargs cannot be given to an application factory",
+            ));
+        }
+        kwargs.set_item(name, literal.call1((keyword.getattr("value")?,))?)?;
+    }
+    Ok((PyTuple::new(py, positional)?, kwargs))
 }

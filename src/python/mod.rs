@@ -20,8 +20,9 @@ pub use input::WsgiInput;
 pub use response::{Outcome, ResponseSink, send_error_page};
 
 use crate::config::Settings;
-use crate::master::APP_LOAD_ERROR;
+use crate::master::{APP_LOAD_ERROR, scoreboard};
 use crate::protocol::RequestHead;
+use std::time::Duration;
 
 /// The application imported by the master under `--preload`, inherited by every fork.
 static PRELOADED: OnceLock<Py<PyAny>> = OnceLock::new();
@@ -38,13 +39,17 @@ fn load(settings: &Settings) -> Result<Py<PyAny>, i32> {
         match loaded {
             Ok(app) => Ok(app.unbind()),
             Err(err) => {
-                // Every worker fails the same way: only the first tells.
-                if crate::master::scoreboard::claim_boot_error_report() {
+                // Every worker fails the same way: only the first tells, and the others
+                // wait until it has told before they exit and the master stops.
+                if scoreboard::claim_boot_error_report() {
                     error!(
                         "Exception while loading the application {:?}\n{}",
                         settings.app.text,
                         response::format_traceback(py, &err).trim_end()
                     );
+                    scoreboard::boot_error_reported();
+                } else {
+                    py.detach(|| scoreboard::wait_for_boot_error_report(Duration::from_secs(5)));
                 }
                 Err(APP_LOAD_ERROR)
             }

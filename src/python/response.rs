@@ -519,7 +519,7 @@ fn send_iterable(
         }
     } else if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
         if !send_file(py, start, wrapper)? {
-            return client_went_away(start);
+            return client_went_away(py, start);
         }
     } else {
         for item in iterable.try_iter()? {
@@ -532,22 +532,22 @@ fn send_iterable(
             // A generator streams: each chunk goes out as it is produced.
             start.flush(py)?;
             if start.sink.client_gone() {
-                return client_went_away(start);
+                return client_went_away(py, start);
             }
         }
     }
     finish(start)
 }
 
-/// The front tier said the client went away: the stream must still be ended (protocol
-/// rule 4), else the front tier holds this worker's slot for good.
-fn client_went_away(start: &StartResponse) -> PyResult<Outcome> {
-    let mut state = start.state();
+/// The client went away mid-response: the stream is ended with an abort so the front
+/// tier frees this worker's slot.
+fn client_went_away(py: Python<'_>, start: &StartResponse) -> PyResult<Outcome> {
     start
         .sink
         .abort("the client went away")
-        .map_err(|e| StartResponse::broken(&mut state, e))?;
-    Ok(Outcome::Aborted)
+        .and_then(|_| py.detach(|| start.sink.flush()))
+        .map(|_| Outcome::Aborted)
+        .map_err(|err| pyo3::exceptions::PyConnectionError::new_err(err.to_string()))
 }
 
 fn set_length_if_known(start: &StartResponse, lengths: impl Iterator<Item = Option<usize>>) {

@@ -1,0 +1,266 @@
+"""The process model: workers that die, stop signals, a killed master, replaced workers.
+
+Every test starts the real binary (conftest's `serve`) and only signals pids it started:
+the master it spawned, or children that master forked for it (read from /proc).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+from conftest import BINARY, alive, children_of
+
+SLEEP_BODY = b"x" * 200_000 + b"END"  # what proc_apps answers on /sleep
+BOOT_WORKER = re.compile(r"Booting worker with pid: (\d+)")
+
+
+def get(port: int, path: str, timeout: float = 15.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class Background:
+    """One request in a thread; `.result` is (status, body) or the exception raised."""
+
+    def __init__(self, port: int, path: str, timeout: float = 20.0):
+        self.result = None
+        self.thread = threading.Thread(target=self._run, args=(port, path, timeout), daemon=True)
+        self.thread.start()
+
+    def _run(self, port, path, timeout):
+        try:
+            self.result = get(port, path, timeout)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            self.result = exc
+
+    def join(self, timeout: float = 20.0):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "request still running"
+        return self.result
+
+
+def worker_pids(server) -> list[int]:
+    """Workers of `server` that are alive now (the master's children it logged as workers)."""
+    booted = {int(p) for p in BOOT_WORKER.findall(server.log)}
+    return [p for p in children_of(server.pid) if p in booted and alive(p)]
+
+
+def wait_workers(server, count: int, timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = worker_pids(server)
+        if len(pids) == count:
+            return pids
+        time.sleep(0.05)
+    raise AssertionError(f"expected {count} workers, have {worker_pids(server)}:\n{server.log}")
+
+
+def connect_refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+# -- 1. a worker dies mid-request ---------------------------------------------------
+
+
+def test_worker_exit_mid_request_gives_502_only_to_that_request(serve):
+    server = serve("proc_apps:app", workers=2)
+    before = set(wait_workers(server, 2))
+
+    slow = Background(server.port, "/sleep?s=2")  # holds one worker for 2 s
+    time.sleep(0.5)
+    crash = Background(server.port, "/crash?after=0.2")  # lands on the other one
+    crash_result = crash.join()
+    slow_result = slow.join()
+
+    assert isinstance(crash_result, tuple), f"crashing request: {crash_result!r}\n{server.log}"
+    assert crash_result[0] == 502, crash_result
+    assert isinstance(slow_result, tuple), slow_result
+    assert slow_result == (200, SLEEP_BODY), slow_result[0]
+
+    # The next requests succeed, served by a new worker.
+    for _ in range(4):
+        status, body = get(server.port, "/pid")
+        assert status == 200
+    after = set(wait_workers(server, 2))
+    gone = before - after
+    assert len(gone) == 1, (before, after)
+    (dead,) = gone
+    assert len(after - before) == 1
+    assert int(body) in after
+
+    # One log line tells of that worker's exit, with its pid and its status (code 1).
+    server.wait_for_log(rf"\b{dead}\b.*(exit|code|status)")
+    lines = [line for line in server.log.splitlines()
+             if re.search(rf"\b{dead}\b", line) and re.search(r"exit|code|status|died", line)]
+    assert len(lines) == 1, lines
+    assert re.search(r"(exit|code|status)\D*\b1\b", lines[0]), lines[0]
+
+
+# -- 2. stop signals -----------------------------------------------------------------
+
+
+def test_sigterm_finishes_in_flight_request_then_exits_0(serve):
+    server = serve("proc_apps:app", workers=2)
+    wait_workers(server, 2)
+    started = time.monotonic()
+    slow = Background(server.port, "/sleep?s=2")
+    time.sleep(0.4)
+    server.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert server.proc.poll() is None, f"master exited with a request in flight:\n{server.log}"
+
+    result = slow.join()
+    assert isinstance(result, tuple), f"{result!r}\n{server.log}"
+    status, body = result
+    assert status == 200
+    assert body == SLEEP_BODY
+    assert time.monotonic() - started >= 2.0
+
+    assert server.wait(10) == 0, server.log
+    assert connect_refused(server.port)
+
+
+def test_sigterm_refuses_new_connections_while_draining(serve):
+    server = serve("proc_apps:app", workers=2)
+    wait_workers(server, 2)
+    slow = Background(server.port, "/sleep?s=2")
+    time.sleep(0.4)
+    server.signal(signal.SIGTERM)
+
+    # As gunicorn: the listeners close when the stop begins, before in-flight requests
+    # end, so a new connection is refused rather than left unanswered in the backlog.
+    refused = False
+    deadline = time.monotonic() + 1.2
+    while time.monotonic() < deadline and slow.thread.is_alive():
+        if connect_refused(server.port):
+            refused = True
+            break
+        time.sleep(0.05)
+    in_flight = slow.thread.is_alive()
+    slow.join()
+    assert refused, f"connections still accepted 1.2 s into a graceful stop:\n{server.log}"
+    assert in_flight, "the in-flight request ended before the refusal was seen"
+    assert server.wait(10) == 0, server.log
+
+
+def _fast_stop(serve, sig):
+    server = serve("proc_apps:app", workers=2)
+    wait_workers(server, 2)
+    slow = Background(server.port, "/sleep?s=30", timeout=40)
+    time.sleep(0.5)
+    started = time.monotonic()
+    server.signal(sig)
+    code = server.wait(10)
+    elapsed = time.monotonic() - started
+    assert elapsed < 4.0, f"{sig.name}: took {elapsed:.1f}s\n{server.log}"
+    assert code == 0, server.log
+    result = slow.join(10)
+    # The abandoned request does not get a normal answer.
+    assert not (isinstance(result, tuple) and result == (200, SLEEP_BODY)), result
+
+
+def test_sigint_is_a_fast_stop(serve):
+    _fast_stop(serve, signal.SIGINT)
+
+
+def test_sigquit_is_a_fast_stop(serve):
+    _fast_stop(serve, signal.SIGQUIT)
+
+
+def test_graceful_timeout_bounds_the_stop(serve):
+    server = serve("proc_apps:app", "--graceful-timeout", "1", workers=1)
+    wait_workers(server, 1)
+    slow = Background(server.port, "/sleep?s=5", timeout=20)
+    time.sleep(0.5)
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    server.wait(10)
+    elapsed = time.monotonic() - started
+    # gunicorn SIGKILLs the workers once graceful_timeout has passed; allow some grace
+    # (rwsgi's master gives the last responses 2 s more before it kills).
+    assert elapsed < 4.5, f"stop took {elapsed:.1f}s with --graceful-timeout 1\n{server.log}"
+    result = slow.join(10)
+    assert not (isinstance(result, tuple) and result == (200, SLEEP_BODY)), result
+
+
+# -- 3. the master is killed ---------------------------------------------------------
+
+
+def _ours(pid: int) -> bool:
+    """Still our rwsgi process (guards the cleanup against a reused pid)."""
+    try:
+        exe = Path(f"/proc/{pid}/exe").resolve()
+    except OSError:
+        return False
+    return exe == BINARY.resolve()
+
+
+def test_children_exit_when_master_is_sigkilled(serve):
+    server = serve("proc_apps:app", workers=3)
+    wait_workers(server, 3)
+    direct = children_of(server.pid)
+    family = set(direct)
+    for child in direct:
+        family.update(children_of(child))
+    assert len(direct) >= 4, (direct, server.log)  # the front tier and three workers
+    try:
+        server.signal(signal.SIGKILL)
+        server.proc.wait(5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(p) for p in family):
+            time.sleep(0.1)
+        survivors = [p for p in family if alive(p)]
+        assert not survivors, f"children still alive 10 s after the master died: {survivors}"
+    finally:
+        for pid in family:
+            if alive(pid) and _ours(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+# -- 4. a worker killed from outside -------------------------------------------------
+
+
+def test_worker_killed_from_outside_is_replaced(serve):
+    server = serve("proc_apps:app", workers=2)
+    before = wait_workers(server, 2)
+    victim = before[0]
+    os.kill(victim, signal.SIGKILL)
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = worker_pids(server)
+        if len(now) == 2 and victim not in now:
+            break
+        time.sleep(0.05)
+    now = worker_pids(server)
+    assert victim not in now and len(now) == 2, (before, now, server.log)
+    (new,) = set(now) - set(before)
+    assert new in children_of(server.pid)
+
+    seen = set()
+    for _ in range(10):
+        status, body = get(server.port, "/pid")
+        assert status == 200
+        seen.add(int(body))
+    assert victim not in seen
+    assert seen <= set(now)
+    server.wait_for_log(rf"\b{victim}\b.*(SIGKILL|killed)")
