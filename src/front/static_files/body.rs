@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 
 /// The most read from the file at once.
 const CHUNK: u64 = 256 * 1024;
+/// Reads up to this size are done in place, larger ones on a blocking thread.
+const INLINE_READ: usize = 64 * 1024;
 
 /// One piece of the body.
 pub enum Segment {
@@ -51,6 +53,32 @@ impl FileBody {
     }
 }
 
+impl FileBody {
+    /// Accounts for the bytes a read produced and makes them the next frame.
+    fn deliver(&mut self, read: io::Result<Bytes>) -> Result<Frame<Bytes>, io::Error> {
+        let data = match read {
+            Ok(data) if data.is_empty() => {
+                // The file shrank under us: the promised length cannot be met.
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file became shorter while being sent",
+                ));
+            }
+            Ok(data) => data,
+            Err(err) => return Err(err),
+        };
+        if let Some(Segment::File { offset, length }) = self.segments.front_mut() {
+            *offset += data.len() as u64;
+            *length -= data.len() as u64;
+            if *length == 0 {
+                self.segments.pop_front();
+            }
+        }
+        self.remaining -= data.len() as u64;
+        Ok(Frame::data(data))
+    }
+}
+
 impl Body for FileBody {
     type Data = Bytes;
     type Error = io::Error;
@@ -68,26 +96,7 @@ impl Body for FileBody {
                     Poll::Ready(Err(join)) => Err(io::Error::other(join)),
                 };
                 this.reading = None;
-                let data = match read {
-                    Ok(data) if data.is_empty() => {
-                        // The file shrank under us: the promised length cannot be met.
-                        return Poll::Ready(Some(Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the file became shorter while being sent",
-                        ))));
-                    }
-                    Ok(data) => data,
-                    Err(err) => return Poll::Ready(Some(Err(err))),
-                };
-                if let Some(Segment::File { offset, length }) = this.segments.front_mut() {
-                    *offset += data.len() as u64;
-                    *length -= data.len() as u64;
-                    if *length == 0 {
-                        this.segments.pop_front();
-                    }
-                }
-                this.remaining -= data.len() as u64;
-                return Poll::Ready(Some(Ok(Frame::data(data))));
+                return Poll::Ready(Some(this.deliver(read)));
             }
             match this.segments.front() {
                 None => return Poll::Ready(None),
@@ -101,8 +110,14 @@ impl Body for FileBody {
                     this.segments.pop_front();
                 }
                 Some(&Segment::File { offset, length }) => {
-                    let file = this.file.clone();
                     let want = length.min(CHUNK) as usize;
+                    if want <= INLINE_READ {
+                        // A small read from the page cache costs less than a trip to a
+                        // blocking thread and back (nginx reads in its event loop too).
+                        let read = read_at(&this.file, offset, want);
+                        return Poll::Ready(Some(this.deliver(read)));
+                    }
+                    let file = this.file.clone();
                     this.reading = Some(tokio::task::spawn_blocking(move || {
                         read_at(&file, offset, want)
                     }));

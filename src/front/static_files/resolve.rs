@@ -1,25 +1,32 @@
 //! From a request path to an open file, never leaving the mount's directory.
 //!
-//! Blocking file-system calls: run on tokio's blocking threads. The rules:
+//! Blocking file-system calls, few and answered from the kernel's caches: run in place,
+//! as nginx does. The rules:
 //! - the path is percent-decoded once; a NUL byte or a `..` segment (in any encoding,
 //!   `%2e%2e`, `..%2f`) refuses the request, whatever it would resolve to;
-//! - the file found, its `index.html` and every precompressed sibling are resolved
-//!   through all symlinks (`canonicalize`) and must lie under the canonical root; a
-//!   symlink pointing outside is refused like a missing file;
+//! - the file, its `index.html` and every precompressed sibling are opened with
+//!   `openat2(2)` relative to the mount's directory with RESOLVE_BENEATH: the kernel
+//!   refuses any resolution that would leave the directory (Linux 5.6 or later); an
+//!   absolute symlink is then checked on its canonical path, and followed only if that
+//!   lies inside; what leads outside is refused like a missing file;
 //! - only regular files are served: no directory listing, no devices or FIFOs.
 //!
-//! The root is canonicalized per request (so a swapped `current` symlink is followed).
-//! What is opened is the canonical path, with `O_NOFOLLOW`.
+//! The root directory is opened per request (so a swapped `current` symlink is
+//! followed).
 
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use hyper::header::HeaderValue;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
 use percent_encoding::percent_decode_str;
 use tracing::{debug, warn};
 
@@ -99,14 +106,19 @@ pub fn under_root(
     directory: Directory,
     accepted: Option<&Accepted>,
 ) -> Resolved {
-    let root = match root.canonicalize() {
-        Ok(root) => root,
+    // Opened per request, so that a swapped `current` symlink is followed.
+    let root_dir = match open_root(root) {
+        Ok(dir) => dir,
         Err(err) => {
             warn!("static root {} cannot be used: {err}", root.display());
             return Resolved::NotFound;
         }
     };
-    open(&root, root.join(relative), directory, accepted)
+    let beneath = Beneath {
+        root: root_dir,
+        shown: root,
+    };
+    beneath.open(relative.to_path_buf(), directory, accepted)
 }
 
 /// Opens an absolute path if it lies under one of `roots` (X-Sendfile).
@@ -118,12 +130,15 @@ pub fn under_any_root(roots: &[&Path], path: &Path, accepted: Option<&Accepted>)
         Ok(canonical) => canonical,
         Err(err) => return from_io(err),
     };
-    let root = roots
-        .iter()
-        .filter_map(|root| root.canonicalize().ok())
-        .find(|root| canonical.starts_with(root));
-    match root {
-        Some(root) => open(&root, path.to_path_buf(), Directory::Refuse, accepted),
+    // The root the file lies under, and the file's path below it; the open below then
+    // checks again, atomically, that nothing leads outside.
+    let found = roots.iter().find_map(|root| {
+        let root_canonical = root.canonicalize().ok()?;
+        let relative = canonical.strip_prefix(&root_canonical).ok()?.to_path_buf();
+        Some((root, relative))
+    });
+    match found {
+        Some((root, relative)) => under_root(root, &relative, Directory::Refuse, accepted),
         None => {
             warn!(
                 "refused X-Sendfile {}: not under a --static or --internal directory",
@@ -134,90 +149,140 @@ pub fn under_any_root(roots: &[&Path], path: &Path, accepted: Option<&Accepted>)
     }
 }
 
-fn open(
-    root: &Path,
-    mut path: PathBuf,
-    directory: Directory,
-    accepted: Option<&Accepted>,
-) -> Resolved {
-    let is_dir = match std::fs::metadata(&path) {
-        Ok(meta) => meta.is_dir(),
-        Err(err) => return from_io(err),
-    };
-    match (is_dir, directory) {
-        (true, Directory::Index) => path.push("index.html"),
-        (true, Directory::Redirect) => {
-            return match contained(root, &path.join("index.html")) {
-                Ok(_) => Resolved::AddSlash,
-                Err(_) => Resolved::NotFound,
-            };
-        }
-        // A file asked for with a trailing slash, or a directory where a file must be.
-        (false, Directory::Index) | (true, Directory::Refuse) => return Resolved::NotFound,
-        (false, _) => {}
-    }
-    let canonical = match contained(root, &path) {
-        Ok(canonical) => canonical,
-        Err(refused) => return refused,
-    };
-    let mut varies = false;
-    let mut siblings = Vec::new();
-    for coding in PRECOMPRESSED {
-        let mut name = path.clone().into_os_string();
-        name.push(coding.file_suffix());
-        let sibling = PathBuf::from(name);
-        if std::fs::metadata(&sibling).is_ok_and(|m| m.is_file())
-            && let Ok(canonical) = contained(root, &sibling)
-        {
-            varies = true;
-            siblings.push((coding, canonical));
-        }
-    }
-    let offered: Vec<Coding> = siblings.iter().map(|(coding, _)| *coding).collect();
-    let chosen = accepted.and_then(|a| a.choose(&offered));
-    let (target, encoding) = match chosen.and_then(|c| siblings.iter().find(|(s, _)| *s == c)) {
-        Some((coding, sibling)) => (sibling.as_path(), Some(*coding)),
-        None => (canonical.as_path(), None),
-    };
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(target)
-    {
-        Ok(file) => file,
-        Err(err) => return from_io(err),
-    };
-    let meta = match file.metadata() {
-        Ok(meta) if meta.is_file() => meta,
-        Ok(_) => return Resolved::NotFound,
-        Err(err) => return Resolved::Failed(err),
-    };
-    Resolved::File(Opened {
-        file,
-        length: meta.len(),
-        modified: meta.modified().ok(),
-        content_type: content_type(&path),
-        encoding,
-        varies,
-    })
+fn open_root(root: &Path) -> nix::Result<OwnedFd> {
+    nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
 }
 
-/// The canonical form of `path` if it is a regular file under `root`.
-fn contained(root: &Path, path: &Path) -> Result<PathBuf, Resolved> {
-    let canonical = path.canonicalize().map_err(from_io)?;
-    if !canonical.starts_with(root) {
-        warn!(
-            "refused {}: it resolves to {}, outside {}",
-            path.display(),
-            canonical.display(),
-            root.display()
-        );
-        return Err(Resolved::NotFound);
+/// A mount's directory, opened: every file is opened relative to it with `openat2`'s
+/// RESOLVE_BENEATH, so the kernel itself refuses any path, `..` or symlink that would
+/// lead outside (one system call, no race between checking and opening).
+struct Beneath<'a> {
+    root: OwnedFd,
+    /// The root as configured, for log lines.
+    shown: &'a Path,
+}
+
+impl Beneath<'_> {
+    /// `path` (relative to the root) opened for reading, with its metadata.
+    fn file(&self, path: &Path) -> Result<(File, Metadata), Resolved> {
+        let name: &Path = if path.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            path
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = match openat2(&self.root, name, how) {
+            Ok(fd) => fd,
+            // An absolute symlink, or one leading outside: RESOLVE_BENEATH refuses both.
+            Err(Errno::EXDEV) => return self.absolute_link(path),
+            Err(errno) => return Err(from_io(io::Error::from(errno))),
+        };
+        let file = File::from(fd);
+        match file.metadata() {
+            Ok(meta) => Ok((file, meta)),
+            Err(err) => Err(Resolved::Failed(err)),
+        }
     }
-    match std::fs::metadata(&canonical) {
-        Ok(meta) if meta.is_file() => Ok(canonical),
-        Ok(_) => Err(Resolved::NotFound),
-        Err(err) => Err(from_io(err)),
+
+    /// `path` when a symlink on the way is absolute: allowed if it resolves inside the
+    /// root after all (checked on the canonical path, which is then opened without
+    /// following a last symlink), refused otherwise.
+    fn absolute_link(&self, path: &Path) -> Result<(File, Metadata), Resolved> {
+        let (Ok(root), Ok(canonical)) = (
+            self.shown.canonicalize(),
+            self.shown.join(path).canonicalize(),
+        ) else {
+            return Err(Resolved::NotFound);
+        };
+        if !canonical.starts_with(&root) {
+            warn!(
+                "refused {}: it resolves to {}, outside {}",
+                path.display(),
+                canonical.display(),
+                root.display()
+            );
+            return Err(Resolved::NotFound);
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&canonical)
+            .map_err(from_io)?;
+        match file.metadata() {
+            Ok(meta) => Ok((file, meta)),
+            Err(err) => Err(Resolved::Failed(err)),
+        }
+    }
+
+    /// A regular file at `path`, or why not.
+    fn regular(&self, path: &Path) -> Result<(File, Metadata), Resolved> {
+        match self.file(path)? {
+            (file, meta) if meta.is_file() => Ok((file, meta)),
+            _ => Err(Resolved::NotFound),
+        }
+    }
+
+    fn open(
+        &self,
+        mut path: PathBuf,
+        directory: Directory,
+        accepted: Option<&Accepted>,
+    ) -> Resolved {
+        let (mut file, mut meta) = match self.file(&path) {
+            Ok(opened) => opened,
+            Err(refused) => return refused,
+        };
+        match (meta.is_dir(), directory) {
+            (true, Directory::Index) => {
+                path.push("index.html");
+                (file, meta) = match self.regular(&path) {
+                    Ok(opened) => opened,
+                    Err(refused) => return refused,
+                };
+            }
+            (true, Directory::Redirect) => {
+                return match self.regular(&path.join("index.html")) {
+                    Ok(_) => Resolved::AddSlash,
+                    Err(_) => Resolved::NotFound,
+                };
+            }
+            // A file asked for with a trailing slash, or a directory where a file must be.
+            (false, Directory::Index) | (true, Directory::Refuse) => return Resolved::NotFound,
+            (false, _) if !meta.is_file() => return Resolved::NotFound,
+            (false, _) => {}
+        }
+        let mut siblings = Vec::new();
+        for coding in PRECOMPRESSED {
+            let mut name = path.clone().into_os_string();
+            name.push(coding.file_suffix());
+            if let Ok(sibling) = self.regular(Path::new(&name)) {
+                siblings.push((coding, sibling));
+            }
+        }
+        let varies = !siblings.is_empty();
+        let offered: Vec<Coding> = siblings.iter().map(|(coding, _)| *coding).collect();
+        let mut encoding = None;
+        if let Some(chosen) = accepted.and_then(|a| a.choose(&offered))
+            && let Some(index) = siblings.iter().position(|(coding, _)| *coding == chosen)
+        {
+            let (coding, sibling) = siblings.swap_remove(index);
+            (file, meta) = sibling;
+            encoding = Some(coding);
+        }
+        Resolved::File(Opened {
+            file,
+            length: meta.len(),
+            modified: meta.modified().ok(),
+            content_type: content_type(&path),
+            encoding,
+            varies,
+        })
     }
 }
 
@@ -296,6 +361,15 @@ mod tests {
         assert!(matches!(get("leakdir/secret"), Resolved::NotFound));
         assert!(matches!(get("alias.txt"), Resolved::File(_)));
         assert!(matches!(get("missing"), Resolved::NotFound));
+        // Relative symlinks: followed inside, refused when they climb out.
+        std::fs::create_dir(root.path().join("sub")).unwrap();
+        symlink("../real.txt", root.path().join("sub/up.txt")).unwrap();
+        let climb = Path::new("..")
+            .join(outside.path().file_name().unwrap())
+            .join("secret");
+        symlink(&climb, root.path().join("climb")).unwrap();
+        assert!(matches!(get("sub/up.txt"), Resolved::File(_)));
+        assert!(matches!(get("climb"), Resolved::NotFound));
         // A sibling escaping the root is neither served nor announced.
         let mut headers = hyper::HeaderMap::new();
         headers.insert("accept-encoding", HeaderValue::from_static("gzip"));
