@@ -532,11 +532,21 @@ fn send_iterable(
             // A generator streams: each chunk goes out as it is produced.
             start.flush(py)?;
             if start.sink.client_gone() {
+                client_left(start)?;
                 return Ok(Outcome::Aborted);
             }
         }
     }
     finish(start)
+}
+
+/// The client went away mid-response: the stream still has to be ended (an Abort),
+/// because the front tier holds this worker's slot until the worker ends the stream.
+fn client_left(start: &StartResponse) -> PyResult<()> {
+    start
+        .sink
+        .abort("client went away")
+        .map_err(|e| StartResponse::broken(&mut start.state(), e))
 }
 
 fn set_length_if_known(start: &StartResponse, lengths: impl Iterator<Item = Option<usize>>) {
@@ -615,6 +625,7 @@ fn send_file(
         start.send_chunk(&buffer[..n])?;
         start.flush(py)?;
         if start.sink.client_gone() {
+            client_left(start)?;
             return Ok(false);
         }
     }
