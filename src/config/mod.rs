@@ -7,12 +7,14 @@
 
 mod app;
 mod bind;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use app::AppSpec;
 pub use bind::BindAddr;
+pub use tls::{CertSource, LoadedCert, TlsSettings};
 
 use crate::cli::ServeArgs;
 
@@ -57,6 +59,10 @@ pub struct Settings {
     pub body_memory_limit: usize,
     /// Requests that may wait for a free worker before new ones get 503.
     pub max_queue: usize,
+    /// `--tls` and friends: serve HTTPS on every bind (None: plain HTTP).
+    pub tls: Option<TlsSettings>,
+    /// `--redirect-http`: plain HTTP listeners that redirect to HTTPS.
+    pub redirect_http: Vec<BindAddr>,
 }
 
 impl Settings {
@@ -92,6 +98,8 @@ impl Settings {
             ));
         }
         let app = AppSpec::parse(&args.app, args.chdir.as_deref())?;
+        let tls = TlsSettings::from_args(args)?;
+        let redirect_http = tls::redirect_binds(args)?;
         Ok(Settings {
             binds,
             workers,
@@ -102,6 +110,8 @@ impl Settings {
             app,
             body_memory_limit: 1 << 20,
             max_queue: 4096,
+            tls,
+            redirect_http,
         })
     }
 }

@@ -9,7 +9,9 @@ mod body;
 mod channel;
 mod control;
 mod pool;
+mod redirect;
 mod service;
+mod tls;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::config::{BindAddr, Settings};
+use crate::protocol::Scheme;
 use service::{ConnInfo, Shared};
 
 /// Runs the front tier until it is told to stop; returns the process exit code.
@@ -86,6 +89,21 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
         error!("cannot install the front tier's signal handlers");
         return crate::master::WORKER_BOOT_ERROR;
     };
+    let tls = match settings.tls.as_ref().map(tls::Tls::new).transpose() {
+        Ok(tls) => tls.map(Arc::new),
+        Err(err) => {
+            error!("{err}");
+            return crate::master::WORKER_BOOT_ERROR;
+        }
+    };
+    if let Err(err) = tls::reload_on_hangup(tls.clone()) {
+        error!("cannot install the front tier's SIGHUP handler: {err}");
+        return crate::master::WORKER_BOOT_ERROR;
+    }
+    // The master passes the --bind listeners first, then the --redirect-http ones.
+    let mut listeners = listeners;
+    let redirects = listeners.split_off(settings.binds.len().min(listeners.len()));
+    let target = redirect::Target::new(listeners.iter().map(|(_, addr)| addr));
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_tasks = Vec::new();
     for (fd, addr) in listeners {
@@ -94,9 +112,23 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
                 listener,
                 shared.clone(),
                 graceful.clone(),
+                tls.clone(),
             ))),
             Err(err) => {
                 error!("cannot use an inherited listener: {err}");
+                return crate::master::WORKER_BOOT_ERROR;
+            }
+        }
+    }
+    for (fd, addr) in redirects {
+        match adopt(fd, addr) {
+            Ok(listener) => accept_tasks.push(tokio::spawn(redirect::accept_loop(
+                listener,
+                target,
+                graceful.clone(),
+            ))),
+            Err(err) => {
+                error!("cannot use an inherited --redirect-http listener: {err}");
                 return crate::master::WORKER_BOOT_ERROR;
             }
         }
@@ -148,8 +180,18 @@ fn http_builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn accept_loop(listener: Accepting, shared: Arc<Shared>, graceful: Arc<GracefulShutdown>) {
+async fn accept_loop(
+    listener: Accepting,
+    shared: Arc<Shared>,
+    graceful: Arc<GracefulShutdown>,
+    tls: Option<Arc<tls::Tls>>,
+) {
     let builder = Arc::new(http_builder());
+    let scheme = match tls {
+        Some(_) => Scheme::Https,
+        None => Scheme::Http,
+    };
+    let hsts = tls.as_ref().and_then(|tls| tls.hsts().cloned());
     loop {
         let accepted = match &listener {
             Accepting::Tcp(listener, addr) => listener.accept().await.map(|(stream, peer)| {
@@ -161,6 +203,8 @@ async fn accept_loop(listener: Accepting, shared: Arc<Shared>, graceful: Arc<Gra
                         .map(|a| a.ip().to_string())
                         .unwrap_or_else(|| addr.to_string()),
                     server_port: local.map(|a| a.port().to_string()).unwrap_or_default(),
+                    scheme,
+                    hsts: hsts.clone(),
                 };
                 (Connection::Tcp(stream), info)
             }),
@@ -175,6 +219,8 @@ async fn accept_loop(listener: Accepting, shared: Arc<Shared>, graceful: Arc<Gra
                         remote: None,
                         server_name: path,
                         server_port: String::new(),
+                        scheme,
+                        hsts: hsts.clone(),
                     },
                 )
             }),
@@ -191,14 +237,36 @@ async fn accept_loop(listener: Accepting, shared: Arc<Shared>, graceful: Arc<Gra
         };
         let info = Arc::new(info);
         let (builder, watcher, shared) = (builder.clone(), graceful.watcher(), shared.clone());
+        let tls = tls.clone();
         match connection {
             Connection::Tcp(stream) => {
-                tokio::spawn(serve_connection(stream, builder, watcher, shared, info))
+                tokio::spawn(serve_accepted(stream, tls, builder, watcher, shared, info))
             }
             Connection::Unix(stream) => {
-                tokio::spawn(serve_connection(stream, builder, watcher, shared, info))
+                tokio::spawn(serve_accepted(stream, tls, builder, watcher, shared, info))
             }
         };
+    }
+}
+
+/// Serves an accepted connection, after the TLS handshake when the listeners are TLS.
+async fn serve_accepted<S>(
+    stream: S,
+    tls: Option<Arc<tls::Tls>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match tls {
+        None => serve_connection(stream, builder, watcher, shared, info).await,
+        Some(tls) => {
+            if let Some(stream) = tls.accept(stream, info.remote).await {
+                serve_connection(stream, builder, watcher, shared, info).await
+            }
+        }
     }
 }
 
@@ -212,7 +280,9 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let hsts = info.hsts.clone();
     let service = service_fn(move |request| service::handle(shared.clone(), info.clone(), request));
+    let service = tls::WithHsts::new(service, hsts);
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)
         .into_owned();

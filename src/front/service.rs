@@ -30,6 +30,10 @@ pub struct ConnInfo {
     pub server_name: String,
     /// SERVER_PORT: the listening socket's port (empty for a Unix socket).
     pub server_port: String,
+    /// The scheme the client connected with (https over TLS).
+    pub scheme: Scheme,
+    /// Strict-Transport-Security for this connection's responses (TLS with `--hsts`).
+    pub hsts: Option<HeaderValue>,
 }
 
 /// What every request of the front tier shares.
@@ -172,7 +176,7 @@ fn encode_request(
     );
     RequestHeadRef {
         method: parts.method.as_str().as_bytes(),
-        scheme: Scheme::Http,
+        scheme: conn.scheme,
         version: version_code(parts.version),
         raw_uri: raw_uri.as_bytes(),
         path: uri.path().as_bytes(),

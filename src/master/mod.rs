@@ -21,7 +21,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use crate::config::Settings;
+use crate::config::{BindAddr, Settings};
 use crate::protocol::control::AddWorker;
 use listeners::Listener;
 use signals::SignalPipe;
@@ -37,12 +37,20 @@ const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the server until it is stopped; returns the exit code.
 pub fn run(settings: Settings) -> i32 {
+    let tls_warnings = settings.tls.iter().flat_map(|tls| &tls.loaded);
+    for warning in tls_warnings.flat_map(|cert| &cert.warnings) {
+        warn!("--tls {warning}");
+    }
     if settings.preload
         && let Err(code) = crate::python::preload(&settings)
     {
         return code;
     }
-    let listeners = match listeners::bind_all(&settings.binds) {
+    // The front tier finds the --redirect-http listeners after the --bind ones.
+    let listeners = match listeners::bind_all(&settings.binds).and_then(|mut binds| {
+        binds.extend(listeners::bind_all(&settings.redirect_http)?);
+        Ok(binds)
+    }) {
         Ok(listeners) => listeners,
         Err(message) => {
             error!("{message}");
@@ -54,8 +62,14 @@ pub fn run(settings: Settings) -> i32 {
     }
     let pid = std::process::id();
     info!("Starting rwsgi {}", env!("CARGO_PKG_VERSION"));
-    for listener in &listeners {
-        info!("Listening at: {} ({pid})", listener.addr);
+    for (index, listener) in listeners.iter().enumerate() {
+        match (index < settings.binds.len(), &listener.addr) {
+            (true, BindAddr::Tcp(addr)) if settings.tls.is_some() => {
+                info!("Listening at: https://{addr} ({pid})")
+            }
+            (true, addr) => info!("Listening at: {addr} ({pid})"),
+            (false, addr) => info!("Listening at: {addr} ({pid}), redirecting to https"),
+        }
     }
     let signals = match SignalPipe::install() {
         Ok(signals) => signals,
@@ -130,6 +144,11 @@ impl Arbiter {
                             signal.as_str().trim_start_matches("SIG").to_lowercase()
                         );
                         self.begin_stop(false)
+                    }
+                    Signal::SIGHUP => {
+                        // The front tier reloads its TLS certificates.
+                        info!("Handling signal: hup");
+                        signal_all(self.front.as_ref().map(|f| f.pid), Signal::SIGHUP);
                     }
                     other => info!("Ignoring signal {other} (not handled yet)"),
                 }

@@ -1,0 +1,360 @@
+"""TLS: --tls, --tls-key, SNI, SIGHUP reload, --hsts and --redirect-http.
+
+Clients are the real ones a user would reach for: `openssl s_client`, curl, httpx and
+Python's ssl module, all trusting only the test CA in certs/ (see certs/README.md).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import httpx
+
+from conftest import APPS, BINARY, ROOT, free_port
+
+CERTS = ROOT / "certs"
+CA = str(CERTS / "ca.pem")
+LOCALHOST = f"{CERTS / 'localhost.pem'}:{CERTS / 'localhost.key'}"
+OTHER = f"{CERTS / 'other.test.pem'}:{CERTS / 'other.test.key'}"
+
+
+def context() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=CA)
+
+
+def s_client(port: int, *args: str) -> tuple[int, str]:
+    """One handshake with `openssl s_client -brief`; returns (exit code, its output)."""
+    proc = subprocess.run(["openssl", "s_client", "-brief", "-connect", f"127.0.0.1:{port}",
+                           "-CAfile", CA, *args],
+                          input="", capture_output=True, text=True, timeout=15)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def peer_subject(port: int, *args: str) -> str:
+    code, out = s_client(port, *args)
+    assert code == 0, out
+    for line in out.splitlines():
+        if line.startswith("Peer certificate:"):
+            return line
+    raise AssertionError(f"no peer certificate in:\n{out}")
+
+
+def curl(*args: str) -> tuple[int, str]:
+    proc = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", CA, *args],
+                          capture_output=True, text=True, timeout=15)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def run(*args: str) -> tuple[int, str]:
+    """Runs rwsgi to completion (for start-up errors); returns (exit code, output)."""
+    env = dict(os.environ, PYTHONPATH=str(APPS), PYTHONUNBUFFERED="1")
+    proc = subprocess.run([str(BINARY), *args], capture_output=True, text=True,
+                          errors="replace", timeout=15, env=env)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def https_get(port: int, path: str = "/", conn=None) -> tuple[int, dict, bytes]:
+    conn = conn or http.client.HTTPSConnection("127.0.0.1", port, context=context(), timeout=10)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return resp.status, dict(resp.getheaders()), resp.read()
+
+
+# -- handshakes ---------------------------------------------------------------------
+
+
+def test_tls13_and_tls12_handshakes_verify_against_the_test_ca(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+    for flag, version in (("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")):
+        code, out = s_client(server.port, flag, "-verify_return_error")
+        assert code == 0, out
+        assert f"Protocol version: {version}" in out, out
+        assert "Verification: OK" in out, out
+        assert "CN = localhost" in out, out
+
+
+def test_tls11_is_refused(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+    # SECLEVEL=0 makes this OpenSSL really offer TLS 1.1, so the refusal is the server's.
+    code, out = s_client(server.port, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
+    assert code != 0, out
+    assert "alert" in out, out
+    assert "no protocols available" not in out, out
+    assert "Protocol version: TLSv1.1" not in out, out
+    # The failed handshake is not worth a line at the default log level.
+    time.sleep(0.3)
+    assert "handshake" not in server.log.lower(), server.log
+
+
+def test_curl_negotiates_http2_by_default_and_http11_on_request(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+    url = f"https://localhost:{server.port}/"
+    resolve = f"localhost:{server.port}:127.0.0.1"
+    code, out = curl("--resolve", resolve, "-w", "\n%{http_version}", url)
+    assert code == 0, out
+    assert out == "Hello, World!\n\n2", out
+    code, out = curl("--http1.1", "--resolve", resolve, "-w", "\n%{http_version}", url)
+    assert code == 0, out
+    assert out == "Hello, World!\n\n1.1", out
+    # By address: the certificate names 127.0.0.1 too.
+    code, out = curl("-w", "\n%{http_version}", f"https://127.0.0.1:{server.port}/")
+    assert code == 0, out
+    assert out.endswith("\n2"), out
+
+
+def test_httpx_http2_over_tls_and_the_environ(serve):
+    server = serve("tls_apps:environ", "--tls", LOCALHOST, workers=1)
+    with httpx.Client(http2=True, verify=context(), timeout=10) as client:
+        resp = client.get(f"https://127.0.0.1:{server.port}/")
+    assert resp.status_code == 200
+    assert resp.http_version == "HTTP/2"
+    seen = resp.json()
+    assert seen["wsgi.url_scheme"] == "https"
+    assert seen["HTTPS"] == "on"
+    assert seen["SERVER_PROTOCOL"] == "HTTP/2"
+    # And over HTTP/1.1.
+    status, _, body = https_get(server.port)
+    assert status == 200
+    seen = json.loads(body)
+    assert (seen["wsgi.url_scheme"], seen["HTTPS"], seen["SERVER_PROTOCOL"]) == \
+        ("https", "on", "HTTP/1.1")
+
+
+def test_plain_http_environ_has_no_https(serve):
+    server = serve("tls_apps:environ", workers=1)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/")
+    seen = json.loads(conn.getresponse().read())
+    assert seen["wsgi.url_scheme"] == "http"
+    assert seen["HTTPS"] is None
+
+
+def test_key_in_the_certificate_file(serve, tmp_path):
+    both = tmp_path / "both.pem"
+    both.write_bytes((CERTS / "localhost.pem").read_bytes() + (CERTS / "localhost.key").read_bytes())
+    server = serve("basic:hello", "--tls", str(both), workers=1)
+    assert https_get(server.port)[2] == b"Hello, World!\n"
+
+
+def test_tls_key_flag(serve):
+    server = serve("basic:hello", "--tls", str(CERTS / "localhost.pem"),
+                   "--tls-key", str(CERTS / "localhost.key"), workers=1)
+    assert https_get(server.port)[2] == b"Hello, World!\n"
+    assert f"Listening at: https://127.0.0.1:{server.port}" in server.log
+
+
+# -- start-up errors ----------------------------------------------------------------
+
+
+def test_mismatched_key_is_a_startup_error_naming_it():
+    code, out = run("serve", "-b", f"127.0.0.1:{free_port()}", "--tls",
+                    f"{CERTS / 'localhost.pem'}:{CERTS / 'other.test.key'}", "basic:hello")
+    assert code == 2, out
+    assert "--tls" in out and "other.test.key" in out and "does not match" in out, out
+    assert "Listening at" not in out
+
+
+def test_mismatched_tls_key_flag_is_named():
+    code, out = run("serve", "-b", f"127.0.0.1:{free_port()}", "--tls",
+                    str(CERTS / "other.test.pem"), "--tls-key", str(CERTS / "localhost.key"),
+                    "basic:hello")
+    assert code == 2, out
+    assert "--tls-key" in out and "localhost.key" in out and "does not match" in out, out
+
+
+def test_missing_files_are_named(tmp_path):
+    missing = tmp_path / "missing.pem"
+    code, out = run("serve", "--tls", str(missing), "--tls-key", str(CERTS / "localhost.key"),
+                    "basic:hello")
+    assert code == 2, out
+    assert "--tls" in out and "missing.pem" in out and "No such file" in out, out
+    code, out = run("serve", "--tls", str(CERTS / "localhost.pem"),
+                    "--tls-key", str(tmp_path / "nokey.pem"), "basic:hello")
+    assert code == 2, out
+    assert "--tls-key" in out and "nokey.pem" in out, out
+    # A certificate alone, with no key anywhere, says how to give one.
+    code, out = run("serve", "--tls", str(CERTS / "localhost.pem"), "basic:hello")
+    assert code == 2, out
+    assert "no private key" in out and "--tls-key" in out, out
+
+
+def test_unreadable_pem_is_named(tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n")
+    code, out = run("serve", "--tls", f"{junk}:{CERTS / 'localhost.key'}", "basic:hello")
+    assert code == 2, out
+    assert "junk.pem" in out and "PEM" in out, out
+    text = tmp_path / "text.pem"
+    text.write_text("hello\n")
+    code, out = run("serve", "--tls", f"{text}:{CERTS / 'localhost.key'}", "basic:hello")
+    assert code == 2, out
+    assert "text.pem" in out and "no PEM certificate" in out, out
+
+
+def test_tls_only_flags_need_tls():
+    for flags in (["--hsts", "60"], ["--redirect-http", "127.0.0.1:0"],
+                  ["--tls-key", str(CERTS / "localhost.key")]):
+        code, out = run("serve", *flags, "basic:hello")
+        assert code == 2, out
+        assert f"{flags[0]}: needs --tls" in out, out
+
+
+def test_expired_certificate_is_a_warning_and_still_served(serve):
+    server = serve("basic:hello", "--tls", f"{CERTS / 'expired.pem'}:{CERTS / 'localhost.key'}",
+                   workers=1)
+    assert "WARNING" in server.log and "expired.pem" in server.log, server.log
+    assert "expired on" in server.log, server.log
+    code, out = s_client(server.port)
+    assert "CN = localhost" in out, out
+    assert "expired" in out, out  # the client's verdict on it
+    code, out = curl("--insecure", f"https://127.0.0.1:{server.port}/")
+    assert code == 0 and out == "Hello, World!\n", out
+
+
+# -- SNI ----------------------------------------------------------------------------
+
+
+def test_sni_picks_the_certificate_and_the_first_is_the_default(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, "--tls", OTHER, workers=1)
+    port = server.port
+    assert "CN = other.test" in peer_subject(port, "-servername", "other.test")
+    assert "CN = other.test" in peer_subject(port, "-servername", "www.other.test")
+    assert "CN = localhost" in peer_subject(port, "-servername", "localhost")
+    assert "CN = localhost" in peer_subject(port, "-servername", "unknown.example")
+    assert "CN = localhost" in peer_subject(port, "-noservername")
+    # A verifying client reaches each name.
+    code, out = curl("--resolve", f"other.test:{port}:127.0.0.1", f"https://other.test:{port}/")
+    assert code == 0 and out == "Hello, World!\n", out
+
+
+# -- SIGHUP reload ------------------------------------------------------------------
+
+
+def test_sighup_reloads_certificates_and_keeps_open_connections(serve, tmp_path):
+    live = tmp_path / "live.pem"
+    live.write_bytes((CERTS / "localhost.pem").read_bytes() + (CERTS / "localhost.key").read_bytes())
+    server = serve("basic:hello", "--tls", str(live), workers=1)
+    # A keep-alive connection opened before the reload.
+    before = http.client.HTTPSConnection("127.0.0.1", server.port, context=context(), timeout=10)
+    assert https_get(server.port, conn=before)[0] == 200
+    assert "CN = localhost" in peer_subject(server.port, "-servername", "localhost")
+
+    live.write_bytes((CERTS / "other.test.pem").read_bytes() + (CERTS / "other.test.key").read_bytes())
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"Reloaded TLS certificates \(other\.test")
+    assert "CN = other.test" in peer_subject(server.port, "-servername", "localhost")
+    # The connection from before still works, on the certificate it agreed on.
+    assert https_get(server.port, conn=before)[0] == 200
+    assert dict(x[0] for x in before.sock.getpeercert()["subject"])["commonName"] == "localhost"
+    before.close()
+
+    # A broken file: an error line, and the current certificate stays.
+    live.write_text("not a certificate\n")
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"cannot reload the TLS certificates: --tls: .*live\.pem")
+    assert "CN = other.test" in peer_subject(server.port, "-servername", "other.test")
+    code, out = curl("--resolve", f"other.test:{server.port}:127.0.0.1",
+                     f"https://other.test:{server.port}/")
+    assert code == 0 and out == "Hello, World!\n", out
+    assert server.proc.poll() is None
+
+
+def test_sighup_without_tls_keeps_serving(serve):
+    server = serve("basic:hello", workers=1)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/")
+    assert conn.getresponse().read() == b"Hello, World!\n"
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(r"no TLS certificates to reload")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/")
+    assert conn.getresponse().read() == b"Hello, World!\n"
+    assert "Front tier" not in server.log, server.log  # it was not restarted
+
+
+# -- handshake hygiene --------------------------------------------------------------
+
+
+def test_plain_http_on_the_tls_port_is_dropped_quietly(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = sock.recv(4096)
+    assert b"HTTP/1.1" not in data  # a TLS alert at most, never a plain answer
+    time.sleep(0.3)
+    assert "handshake" not in server.log.lower(), server.log
+    assert https_get(server.port)[0] == 200
+
+
+def test_a_silent_client_is_dropped_after_the_handshake_timeout(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        assert https_get(server.port)[0] == 200  # the front tier is up and accepting
+        started = time.monotonic()
+        assert sock.recv(1) == b""
+        waited = time.monotonic() - started
+    assert 8.5 < waited < 15, waited
+
+
+# -- HSTS ---------------------------------------------------------------------------
+
+
+def test_hsts_header_on_tls_responses(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, "--hsts", "31536000", workers=1)
+    _, headers, _ = https_get(server.port)
+    assert headers.get("strict-transport-security") == "max-age=31536000", headers
+    with httpx.Client(http2=True, verify=context(), timeout=10) as client:
+        resp = client.get(f"https://127.0.0.1:{server.port}/")
+    assert resp.http_version == "HTTP/2"
+    assert resp.headers["strict-transport-security"] == "max-age=31536000"
+
+
+def test_hsts_leaves_the_apps_own_header_and_is_off_by_default(serve):
+    server = serve("tls_apps:own_hsts", "--tls", LOCALHOST, "--hsts", "60", workers=1)
+    _, headers, _ = https_get(server.port)
+    assert headers.get("strict-transport-security") == "max-age=1; includeSubDomains"
+    plain = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+    _, headers, _ = https_get(plain.port)
+    assert "strict-transport-security" not in headers, headers
+
+
+# -- --redirect-http ----------------------------------------------------------------
+
+
+def test_redirect_http_answers_308_to_the_https_url(serve):
+    redirect = free_port()
+    server = serve("basic:hello", "--tls", LOCALHOST, "--redirect-http", f"127.0.0.1:{redirect}",
+                   workers=1)
+    assert f"Listening at: http://127.0.0.1:{redirect}" in server.log
+    for method in ("GET", "POST"):
+        conn = http.client.HTTPConnection("127.0.0.1", redirect, timeout=10)
+        conn.request(method, "/some/path?x=1&y=%20", body=b"data" if method == "POST" else None,
+                     headers={"Host": f"example.com:{redirect}"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 308
+        assert resp.getheader("Location") == \
+            f"https://example.com:{server.port}/some/path?x=1&y=%20"
+        assert resp.getheader("Strict-Transport-Security") is None
+        conn.close()
+    # A client that follows it lands on the application.
+    code, out = curl("-L", "--resolve", f"localhost:{redirect}:127.0.0.1",
+                     "--resolve", f"localhost:{server.port}:127.0.0.1",
+                     "-w", "\n%{http_code} %{url_effective}", f"http://localhost:{redirect}/hi")
+    assert code == 0, out
+    assert out == f"Hello, World!\n\n200 https://localhost:{server.port}/hi", out
+
+
+def test_redirect_http_bad_address_is_named():
+    code, out = run("serve", "--tls", LOCALHOST, "--redirect-http", "127.0.0.1:notaport",
+                    "basic:hello")
+    assert code == 2, out
+    assert "--redirect-http" in out and "notaport" in out, out
