@@ -48,6 +48,71 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub graceful_timeout: f64,
 
+    /// Longest request line in bytes, without its CRLF; longer is answered 414. 0 means
+    /// the largest rwsgi accepts (64 KiB).
+    #[arg(long, value_name = "BYTES", default_value_t = 4094)]
+    pub limit_request_line: usize,
+
+    /// Most header fields in a request; more is answered 431. 0 means 32768.
+    #[arg(long, value_name = "INT", default_value_t = 100)]
+    pub limit_request_fields: usize,
+
+    /// Longest header field line in bytes, its CRLF included (as gunicorn counts);
+    /// longer is answered 431. 0 means the default, 8190 (as gunicorn does).
+    #[arg(
+        long,
+        alias = "limit-request-field_size",
+        value_name = "BYTES",
+        default_value_t = 8190
+    )]
+    pub limit_request_field_size: usize,
+
+    /// Largest request body in bytes (suffixes k, m, g); larger is answered 413.
+    #[arg(long, value_name = "SIZE", default_value = "100m")]
+    pub max_body_size: String,
+
+    /// Seconds to receive a whole request head before the connection is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub header_timeout: f64,
+
+    /// Seconds a request body may stall before the request is answered 408.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub body_timeout: f64,
+
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(long = "keep-alive", value_name = "SECONDS", default_value_t = 5.0)]
+    pub keep_alive: f64,
+
+    /// Seconds a client may read nothing of a response before it is dropped.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub send_timeout: f64,
+
+    /// Most open client connections per front tier; more wait in the listen backlog.
+    #[arg(long, value_name = "INT", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// The listen backlog: connections the kernel queues before they are accepted.
+    #[arg(long, value_name = "INT", default_value_t = 2048)]
+    pub backlog: i32,
+
+    /// Most requests waiting for a free worker; more are answered 503.
+    #[arg(long, value_name = "INT", default_value_t = 4096)]
+    pub max_queue: usize,
+
+    /// Seconds a request may wait for a free worker before it is answered 503.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub queue_timeout: f64,
+
+    /// Peers trusted to set X-Forwarded-For, X-Forwarded-Proto and Forwarded:
+    /// comma-separated addresses or networks (CIDR), or `*`.
+    #[arg(
+        long,
+        env = "FORWARDED_ALLOW_IPS",
+        value_name = "ADDRS",
+        default_value = "127.0.0.1,::1"
+    )]
+    pub forwarded_allow_ips: String,
+
     /// The application: `module:callable`, `module`, `dir/module:callable` or `module:factory()`.
     #[arg(value_name = "APP")]
     pub app: String,

@@ -294,14 +294,60 @@ def test_plain_http_on_the_tls_port_is_dropped_quietly(serve):
     assert https_get(server.port)[0] == 200
 
 
-def test_a_silent_client_is_dropped_after_the_handshake_timeout(serve):
-    server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+def test_a_silent_client_is_dropped_after_the_header_timeout(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, "--header-timeout", "1.5", workers=1)
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
         assert https_get(server.port)[0] == 200  # the front tier is up and accepting
         started = time.monotonic()
         assert sock.recv(1) == b""
         waited = time.monotonic() - started
-    assert 8.5 < waited < 15, waited
+    assert 1.0 < waited < 5, waited
+
+
+def test_a_client_silent_after_the_handshake_is_dropped_too(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, "--header-timeout", "1.5", workers=1)
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    with context().wrap_socket(raw, server_hostname="localhost") as sock:
+        started = time.monotonic()
+        assert sock.recv(1) == b""
+        waited = time.monotonic() - started
+    assert 1.0 < waited < 5, waited
+
+
+# -- the HTTP/1 guard over TLS ------------------------------------------------------
+
+
+def tls_exchange(port: int, request: bytes) -> bytes:
+    """Sends raw bytes over TLS (ALPN http/1.1) and reads until the server closes."""
+    ctx = context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+        assert sock.selected_alpn_protocol() == "http/1.1"
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_guard_refuses_smuggling_over_tls(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+    answer = tls_exchange(server.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                                       b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert b"Hello, World!" not in answer, answer
+    # A well-formed request on the same kind of connection is served.
+    answer = tls_exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert answer.endswith(b"Hello, World!\n"), answer
+
+
+def test_guard_limits_apply_over_tls(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, "--limit-request-line", "100", workers=1)
+    answer = tls_exchange(server.port, b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 414 "), answer
 
 
 # -- HSTS ---------------------------------------------------------------------------
@@ -358,3 +404,16 @@ def test_redirect_http_bad_address_is_named():
                     "basic:hello")
     assert code == 2, out
     assert "--redirect-http" in out and "notaport" in out, out
+
+
+def test_redirect_http_without_a_usable_host_is_400(serve):
+    redirect = free_port()
+    serve("basic:hello", "--tls", LOCALHOST, "--redirect-http", f"127.0.0.1:{redirect}",
+          workers=1)
+    for head in (b"GET / HTTP/1.0\r\n\r\n", b"GET / HTTP/1.1\r\nHost: bad host\r\n\r\n",
+                 b"GET / HTTP/1.1\r\nHost: user@evil.example\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", redirect), timeout=10) as sock:
+            sock.sendall(head)
+            answer = sock.recv(65536)
+        assert answer.startswith((b"HTTP/1.0 400 ", b"HTTP/1.1 400 ")), (head, answer)
+        assert b"location" not in answer.lower(), answer

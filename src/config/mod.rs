@@ -7,6 +7,7 @@
 
 mod app;
 mod bind;
+mod limits;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 pub use app::AppSpec;
 pub use bind::BindAddr;
+pub use limits::{Limits, Trusted};
 pub use tls::{CertSource, LoadedCert, TlsSettings};
 
 use crate::cli::ServeArgs;
@@ -59,6 +61,10 @@ pub struct Settings {
     pub body_memory_limit: usize,
     /// Requests that may wait for a free worker before new ones get 503.
     pub max_queue: usize,
+    /// What a client may send, and how slowly.
+    pub limits: Limits,
+    /// Peers whose proxy headers are believed.
+    pub forwarded_allow: Trusted,
     /// `--tls` and friends: serve HTTPS on every bind (None: plain HTTP).
     pub tls: Option<TlsSettings>,
     /// `--redirect-http`: plain HTTP listeners that redirect to HTTPS.
@@ -91,6 +97,8 @@ impl Settings {
                 format!("{} is not a directory", dir.display()),
             ));
         }
+        let limits = Limits::from_args(args)?;
+        let forwarded_allow = Trusted::parse(&args.forwarded_allow_ips)?;
         if !(args.graceful_timeout.is_finite() && args.graceful_timeout >= 0.0) {
             return Err(ConfigError::new(
                 "--graceful-timeout",
@@ -109,7 +117,9 @@ impl Settings {
             graceful_timeout: Duration::from_secs_f64(args.graceful_timeout),
             app,
             body_memory_limit: 1 << 20,
-            max_queue: 4096,
+            max_queue: args.max_queue,
+            limits,
+            forwarded_allow,
             tls,
             redirect_http,
         })

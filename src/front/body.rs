@@ -31,26 +31,51 @@ pub enum BodyError {
     /// The client sent a malformed body or went away.
     #[error("reading the request body: {0}")]
     Client(hyper::Error),
+    /// The body is larger than allowed.
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
+    /// The client sent nothing of the body for too long.
+    #[error("request body stalled")]
+    TimedOut,
     /// The spool file could not be written (our side).
     #[error("spooling the request body: {0}")]
     Spool(std::io::Error),
 }
 
-/// Reads the whole body: in memory up to `memory_limit` bytes, then into a temporary
+/// How much of a body to accept, and how patiently.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Bodies above this many bytes are spooled to a temporary file.
+    pub memory: usize,
+    /// Bodies above this many bytes are refused.
+    pub max: u64,
+    /// The longest wait for the next piece.
+    pub idle: std::time::Duration,
+}
+
+/// Reads the whole body: in memory up to `limits.memory` bytes, then into a temporary
 /// file in the system's temporary directory.
-pub async fn buffer(mut body: Incoming, memory_limit: usize) -> Result<RequestBody, BodyError> {
+pub async fn buffer(mut body: Incoming, limits: BodyLimits) -> Result<RequestBody, BodyError> {
     let mut memory = BytesMut::new();
     let mut spool: Option<(tempfile::NamedTempFile, tokio::fs::File)> = None;
     let mut length: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(limits.idle, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => return Err(BodyError::TimedOut),
+        };
         let frame = frame.map_err(BodyError::Client)?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
         length += data.len() as u64;
+        if length > limits.max {
+            return Err(BodyError::TooLarge(limits.max));
+        }
         if let Some((_, file)) = &mut spool {
             file.write_all(&data).await.map_err(BodyError::Spool)?;
-        } else if memory.len() + data.len() <= memory_limit {
+        } else if memory.len() + data.len() <= limits.memory {
             if memory.is_empty() && body.is_end_stream() {
                 // The common case of a body in one piece: no copy.
                 return Ok(RequestBody::Memory(data));
@@ -103,6 +128,8 @@ pub struct WorkerBody {
     conn: Arc<WorkerConn>,
     stream: u32,
     finished: bool,
+    /// A failure held back one poll, so hyper writes out what came before it.
+    failure: Option<Failure>,
 }
 
 impl WorkerBody {
@@ -117,6 +144,7 @@ impl WorkerBody {
             conn,
             stream,
             finished: false,
+            failure: None,
         }
     }
 }
@@ -144,6 +172,9 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Worker(body) if body.failure.is_some() => {
+                Poll::Ready(body.failure.take().map(|f| Err(ResponseAborted(f))))
+            }
             ResponseBody::Worker(body) => match body.events.poll_recv(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Event::Data(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
@@ -152,8 +183,13 @@ impl Body for ResponseBody {
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(Event::Failed(failure))) => {
+                    // hyper flushes its buffer when the body is pending: the head and the
+                    // bytes before the failure reach the client before the connection is
+                    // cut.
                     body.finished = true;
-                    Poll::Ready(Some(Err(ResponseAborted(failure))))
+                    body.failure = Some(failure);
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
                 }
                 Poll::Ready(Some(Event::Head(_))) => {
                     body.finished = true;

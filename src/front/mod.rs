@@ -8,7 +8,9 @@
 mod body;
 mod channel;
 mod control;
+pub mod guard;
 mod pool;
+mod proxy;
 mod redirect;
 mod service;
 mod tls;
@@ -17,6 +19,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -24,9 +27,10 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::config::{BindAddr, Settings};
+use crate::config::{BindAddr, Limits, Settings};
 use crate::protocol::Scheme;
 use service::{ConnInfo, Shared};
 
@@ -80,15 +84,27 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
     let shared = Arc::new(Shared {
         pool: pool.clone(),
         body_memory_limit: settings.body_memory_limit,
+        limits: settings.limits.clone(),
+        trusted: settings.forwarded_allow.clone(),
+        hsts: settings
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.hsts)
+            .map(hsts_value),
     });
-    let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+    let connections = Arc::new(Semaphore::new(settings.limits.max_connections));
+    // SIGHUP is the master's to handle (it asks for a reload over the control socket);
+    // one sent to the whole process group must not end this process.
+    let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut hangup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::quit()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         error!("cannot install the front tier's signal handlers");
         return crate::master::WORKER_BOOT_ERROR;
     };
+    tokio::spawn(async move { while hangup.recv().await.is_some() {} });
     let tls = match settings.tls.as_ref().map(tls::Tls::new).transpose() {
         Ok(tls) => tls.map(Arc::new),
         Err(err) => {
@@ -96,10 +112,8 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
             return crate::master::WORKER_BOOT_ERROR;
         }
     };
-    if let Err(err) = tls::reload_on_hangup(tls.clone()) {
-        error!("cannot install the front tier's SIGHUP handler: {err}");
-        return crate::master::WORKER_BOOT_ERROR;
-    }
+    let reload = Arc::new(Notify::new());
+    tokio::spawn(tls::reload_when_asked(tls.clone(), reload.clone()));
     // The master passes the --bind listeners first, then the --redirect-http ones.
     let mut listeners = listeners;
     let redirects = listeners.split_off(settings.binds.len().min(listeners.len()));
@@ -112,6 +126,7 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
                 listener,
                 shared.clone(),
                 graceful.clone(),
+                connections.clone(),
                 tls.clone(),
             ))),
             Err(err) => {
@@ -125,7 +140,9 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
             Ok(listener) => accept_tasks.push(tokio::spawn(redirect::accept_loop(
                 listener,
                 target,
+                settings.limits.header_timeout,
                 graceful.clone(),
+                connections.clone(),
             ))),
             Err(err) => {
                 error!("cannot use an inherited --redirect-http listener: {err}");
@@ -133,7 +150,7 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
             }
         }
     }
-    let mut master_gone = tokio::spawn(control::receive(control, pool));
+    let mut master_gone = tokio::spawn(control::receive(control, pool, reload));
     let graceful_stop = tokio::select! {
         _ = term.recv() => true,
         _ = &mut master_gone => {
@@ -170,29 +187,84 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
     0
 }
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
+/// `Strict-Transport-Security` for `--hsts SECONDS`. Only `max-age`: includeSubDomains
+/// would bind every subdomain to HTTPS, which is the site owner's call to make in the
+/// application.
+fn hsts_value(seconds: u64) -> HeaderValue {
+    // Digits always make a valid value; the fallback is never used.
+    HeaderValue::try_from(format!("max-age={seconds}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("max-age=0"))
+}
+
+/// The connection builders of one listener: any protocol (cleartext, or TLS without
+/// ALPN h2), and HTTP/2 only (TLS with ALPN h2), with the same limits.
+struct Builders {
+    any: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: &Limits) -> Builders {
+        let any = http_builder(limits);
+        let h2 = any.clone().http2_only();
+        Builders { any, h2 }
+    }
+}
+
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The guard enforces the head timeout and the header limits of HTTP/1 before
+    // hyper parses; hyper's own bounds stay as a second line.
     builder
         .http1()
         .keep_alive(true)
+        .max_headers(limits.fields.saturating_add(8).min(MAX_H1_HEADERS))
         .timer(hyper_util::rt::TokioTimer::new());
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    let header_list = limits
+        .field_size
+        .saturating_add(32)
+        .saturating_mul(limits.fields)
+        .min(H2_MAX_HEADER_LIST) as u32;
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(header_list)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .keep_alive_interval(limits.keepalive)
+        .keep_alive_timeout(limits.send_timeout);
     builder
 }
+
+/// hyper's HTTP/1 header array; the guard's limit is what counts.
+const MAX_H1_HEADERS: usize = 1024;
+/// Concurrent HTTP/2 streams per connection (nginx's default).
+const H2_MAX_STREAMS: u32 = 128;
+/// The most a HTTP/2 header list may decode to.
+const H2_MAX_HEADER_LIST: usize = 1 << 20;
+/// Streams a client may reset before they are accepted (rapid reset, CVE-2023-44487).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams this side may reset for a client's protocol errors before it is dropped.
+const H2_MAX_LOCAL_RESETS: usize = 256;
 
 async fn accept_loop(
     listener: Accepting,
     shared: Arc<Shared>,
     graceful: Arc<GracefulShutdown>,
+    connections: Arc<Semaphore>,
     tls: Option<Arc<tls::Tls>>,
 ) {
-    let builder = Arc::new(http_builder());
+    let builders = Arc::new(Builders::new(&shared.limits));
     let scheme = match tls {
         Some(_) => Scheme::Https,
         None => Scheme::Http,
     };
-    let hsts = tls.as_ref().and_then(|tls| tls.hsts().cloned());
     loop {
+        // Beyond --max-connections, new connections wait in the listen backlog.
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
         let accepted = match &listener {
             Accepting::Tcp(listener, addr) => listener.accept().await.map(|(stream, peer)| {
                 let _ = stream.set_nodelay(true);
@@ -204,7 +276,7 @@ async fn accept_loop(
                         .unwrap_or_else(|| addr.to_string()),
                     server_port: local.map(|a| a.port().to_string()).unwrap_or_default(),
                     scheme,
-                    hsts: hsts.clone(),
+                    guard: Arc::default(),
                 };
                 (Connection::Tcp(stream), info)
             }),
@@ -220,7 +292,7 @@ async fn accept_loop(
                         server_name: path,
                         server_port: String::new(),
                         scheme,
-                        hsts: hsts.clone(),
+                        guard: Arc::default(),
                     },
                 )
             }),
@@ -235,54 +307,77 @@ async fn accept_loop(
                 continue;
             }
         };
-        let info = Arc::new(info);
-        let (builder, watcher, shared) = (builder.clone(), graceful.watcher(), shared.clone());
-        let tls = tls.clone();
+        let conn = Conn {
+            builders: builders.clone(),
+            watcher: graceful.watcher(),
+            shared: shared.clone(),
+            info: Arc::new(info),
+            _permit: permit,
+        };
         match connection {
-            Connection::Tcp(stream) => {
-                tokio::spawn(serve_accepted(stream, tls, builder, watcher, shared, info))
-            }
-            Connection::Unix(stream) => {
-                tokio::spawn(serve_accepted(stream, tls, builder, watcher, shared, info))
-            }
+            Connection::Tcp(stream) => tokio::spawn(serve_accepted(stream, tls.clone(), conn)),
+            Connection::Unix(stream) => tokio::spawn(serve_accepted(stream, tls.clone(), conn)),
         };
     }
 }
 
-/// Serves an accepted connection, after the TLS handshake when the listeners are TLS.
-async fn serve_accepted<S>(
-    stream: S,
-    tls: Option<Arc<tls::Tls>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+/// What one accepted connection is served with.
+struct Conn {
+    builders: Arc<Builders>,
     watcher: Watcher,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
-) where
+    /// Its place under --max-connections, held for the connection's life.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Serves an accepted connection, after the TLS handshake when the listeners are TLS.
+async fn serve_accepted<S>(stream: S, tls: Option<Arc<tls::Tls>>, conn: Conn)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match tls {
-        None => serve_connection(stream, builder, watcher, shared, info).await,
-        Some(tls) => {
-            if let Some(stream) = tls.accept(stream, info.remote).await {
-                serve_connection(stream, builder, watcher, shared, info).await
-            }
-        }
+    let Some(tls) = tls else {
+        return serve_connection(stream, false, conn).await;
+    };
+    // A client that connects and says nothing is closed after the head timeout.
+    let timeout = conn.shared.limits.header_timeout;
+    if let Some(stream) = tls.accept(stream, conn.info.remote, timeout).await {
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        serve_connection(stream, h2, conn).await
     }
 }
 
-/// Serves one accepted connection until it closes or a graceful stop ends it.
-async fn serve_connection<S>(
-    stream: S,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
-    shared: Arc<Shared>,
-    info: Arc<ConnInfo>,
-) where
+/// Serves one connection until it closes or a graceful stop ends it. HTTP/1 passes the
+/// guard's checks; a TLS connection that chose `h2` by ALPN goes to hyper's HTTP/2 only
+/// (the guard then keeps only its send timeout).
+async fn serve_connection<S>(stream: S, alpn_h2: bool, conn: Conn)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let hsts = info.hsts.clone();
+    let Conn {
+        builders,
+        watcher,
+        shared,
+        info,
+        _permit,
+    } = conn;
+    let limits = &shared.limits;
+    let check = guard::check::Limits {
+        request_line: limits.request_line,
+        fields: limits.fields,
+        field_size: limits.field_size,
+    };
+    let timeouts = guard::Timeouts {
+        head: limits.header_timeout,
+        keepalive: limits.keepalive,
+        send: limits.send_timeout,
+    };
+    let stream = guard::Guarded::new(stream, info.guard.clone(), check, timeouts);
+    let (stream, builder) = match alpn_h2 {
+        true => (stream.pass_through(), &builders.h2),
+        false => (stream, &builders.any),
+    };
     let service = service_fn(move |request| service::handle(shared.clone(), info.clone(), request));
-    let service = tls::WithHsts::new(service, hsts);
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)
         .into_owned();

@@ -2,10 +2,10 @@
 //! same URL over HTTPS (RFC 9110 §15.4.9: 308 keeps the method and the body).
 //!
 //! Nothing else is served here and no worker is involved, so a request never reaches
-//! the application over plain HTTP.
+//! the application over plain HTTP. A request that names no valid host (no Host
+//! header, or a malformed one) gets 400: there is nowhere to send it.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::Accepting;
@@ -45,20 +46,18 @@ impl Target {
     }
 
     /// `https://HOST[:PORT]/path?query` for a request, or None when the request does
-    /// not say which host it was for (and the connection cannot tell either).
-    fn location<B>(&self, request: &Request<B>, local: Option<SocketAddr>) -> Option<String> {
+    /// not say which host it was for.
+    fn location<B>(&self, request: &Request<B>) -> Option<String> {
         // An absolute-form target's authority wins over Host (RFC 9112 §3.2.2); an
         // HTTP/2 request carries :authority in the URI.
-        let from_request = request.uri().authority().cloned().or_else(|| {
+        let authority = request.uri().authority().cloned().or_else(|| {
             let host = request.headers().get(HOST)?.to_str().ok()?;
             host.parse::<Authority>().ok()
-        });
-        let host = match (&from_request, local) {
-            (Some(authority), _) if !authority.host().is_empty() => authority.host().to_string(),
-            (_, Some(SocketAddr::V4(addr))) => addr.ip().to_string(),
-            (_, Some(SocketAddr::V6(addr))) => format!("[{}]", addr.ip()),
-            _ => return None,
-        };
+        })?;
+        let host = authority.host();
+        if host.is_empty() || authority.as_str().contains('@') {
+            return None;
+        }
         let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
         let path = match request.uri().path_and_query() {
             Some(pq) if pq.as_str().starts_with('/') => pq.as_str(),
@@ -68,30 +67,37 @@ impl Target {
     }
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(header_timeout)
         .timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     builder
 }
 
-/// Accepts connections on a `--redirect-http` listener until the task is aborted.
-pub async fn accept_loop(listener: Accepting, target: Target, graceful: Arc<GracefulShutdown>) {
-    let builder = Arc::new(builder());
+/// Accepts connections on a `--redirect-http` listener until the task is aborted; they
+/// count against --max-connections like any other.
+pub async fn accept_loop(
+    listener: Accepting,
+    target: Target,
+    header_timeout: Duration,
+    graceful: Arc<GracefulShutdown>,
+    connections: Arc<Semaphore>,
+) {
+    let builder = Arc::new(builder(header_timeout));
     loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
         let accepted = match &listener {
             Accepting::Tcp(listener, _) => listener.accept().await.map(|(stream, _)| {
-                let local = stream.local_addr().ok();
-                let task = serve(stream, local, target, builder.clone(), &graceful);
-                tokio::spawn(task);
+                tokio::spawn(serve(stream, target, builder.clone(), &graceful, permit));
             }),
             Accepting::Unix(listener, _) => listener.accept().await.map(|(stream, _)| {
-                let task = serve(stream, None, target, builder.clone(), &graceful);
-                tokio::spawn(task);
+                tokio::spawn(serve(stream, target, builder.clone(), &graceful, permit));
             }),
         };
         if let Err(err) = accepted {
@@ -103,18 +109,19 @@ pub async fn accept_loop(listener: Accepting, target: Target, graceful: Arc<Grac
 
 fn serve<S>(
     stream: S,
-    local: Option<SocketAddr>,
     target: Target,
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
+    permit: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let watcher = graceful.watcher();
     async move {
+        let _permit = permit;
         let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-            let response = respond(target.location(&request, local));
+            let response = respond(target.location(&request));
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = builder
@@ -156,13 +163,14 @@ fn respond(location: Option<String>) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn location(target: Target, uri: &str, host: Option<&str>) -> Option<String> {
         let mut request = Request::builder().uri(uri);
         if let Some(host) = host {
             request = request.header(HOST, host);
         }
-        target.location(&request.body(()).unwrap(), None)
+        target.location(&request.body(()).unwrap())
     }
 
     #[test]
@@ -191,21 +199,12 @@ mod tests {
         );
         assert_eq!(location(on(8443), "/", None), None);
         assert_eq!(location(on(8443), "/", Some("bad host")), None);
+        assert_eq!(location(on(8443), "/", Some("user@evil.example")), None);
+        assert_eq!(location(on(8443), "/", Some("")), None);
         let unix = Target::new(&[BindAddr::Unix("/tmp/s".into())]);
         assert_eq!(
             location(unix, "/", Some("h")).as_deref(),
             Some("https://h/")
-        );
-    }
-
-    #[test]
-    fn local_address_when_no_host() {
-        let target = Target { port: Some(8443) };
-        let request = Request::builder().uri("/x").body(()).unwrap();
-        let local = Some(SocketAddr::from(([127, 0, 0, 1], 80)));
-        assert_eq!(
-            target.location(&request, local).as_deref(),
-            Some("https://127.0.0.1:8443/x")
         );
     }
 }

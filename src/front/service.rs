@@ -10,14 +10,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, RETRY_AFTER,
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderName, HeaderValue, RETRY_AFTER,
+    STRICT_TRANSPORT_SECURITY,
 };
-use hyper::{Request, Response, StatusCode, Version};
-use tracing::{error, warn};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tracing::{error, info, warn};
 
-use super::body::{self, RequestBody, ResponseBody, WorkerBody};
+use super::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
 use super::channel::{Event, Failure, StreamHold};
+use super::guard::check::Reject;
+use super::guard::{ConnGuard, Tracked};
 use super::pool::Pool;
+use super::proxy::{ClientFacts, client_facts};
+use crate::config::{Limits, Trusted};
 use crate::protocol::{
     BodyFile, Kind, MAX_PAYLOAD, ProtocolError, RequestHeadRef, ResponseHead, Scheme, encode_frame,
 };
@@ -30,10 +35,10 @@ pub struct ConnInfo {
     pub server_name: String,
     /// SERVER_PORT: the listening socket's port (empty for a Unix socket).
     pub server_port: String,
-    /// The scheme the client connected with (https over TLS).
+    /// The scheme the client connected with.
     pub scheme: Scheme,
-    /// Strict-Transport-Security for this connection's responses (TLS with `--hsts`).
-    pub hsts: Option<HeaderValue>,
+    /// What the connection's guard found, shared with it.
+    pub guard: Arc<ConnGuard>,
 }
 
 /// What every request of the front tier shares.
@@ -42,13 +47,20 @@ pub struct Shared {
     pub pool: Arc<Pool>,
     /// Request bodies above this size are spooled to disk.
     pub body_memory_limit: usize,
+    /// What a client may send, and how slowly.
+    pub limits: Limits,
+    /// Peers whose proxy headers are believed.
+    pub trusted: Trusted,
+    /// `Strict-Transport-Security` for responses over TLS (`--hsts`).
+    pub hsts: Option<HeaderValue>,
 }
 
 /// Whose fault a failed request is; [`error_response`] turns it into a status.
 #[derive(Debug)]
 enum RequestError {
-    /// The client's request could not be read.
-    BadRequest(body::BodyError),
+    /// The client's request is refused with this status (400, 408, 413, 414, 417, 431,
+    /// 501); the connection is closed after the answer.
+    Client(StatusCode, String),
     /// No worker slot could be had in time.
     Busy,
     /// The worker died or broke off before answering.
@@ -64,30 +76,117 @@ pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     request: Request<hyper::body::Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<Tracked<ResponseBody>>, Infallible> {
+    let (index, busy) = conn.guard.begin();
     let version = request.version();
-    Ok(match dispatch(&shared, &conn, request).await {
+    let result = match conn.guard.refused_head(index) {
+        Some(reject) => Err(refused(reject)),
+        None => dispatch(&shared, &conn, index, request).await,
+    };
+    let mut response = match result {
         Ok(response) => response,
         Err(err) => error_response(err, version),
-    })
+    };
+    // RFC 6797 §7.2: the header is sent over a secure transport only; an app's own
+    // value wins.
+    if conn.scheme == Scheme::Https
+        && let Some(hsts) = &shared.hsts
+    {
+        response
+            .headers_mut()
+            .entry(STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
+    }
+    Ok(response.map(|body| Tracked::new(body, busy)))
+}
+
+fn refused(reject: Reject) -> RequestError {
+    let status = StatusCode::from_u16(reject.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    RequestError::Client(status, reject.to_string())
+}
+
+/// Limits that hold for every protocol (the guard has checked HTTP/1 already).
+fn check_head(parts: &hyper::http::request::Parts, limits: &Limits) -> Result<(), RequestError> {
+    let target = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > limits.request_line {
+        return Err(RequestError::Client(
+            StatusCode::URI_TOO_LONG,
+            "request target too long".into(),
+        ));
+    }
+    if parts.headers.len() > limits.fields {
+        return Err(RequestError::Client(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many header fields".into(),
+        ));
+    }
+    let too_long = parts
+        .headers
+        .iter()
+        .any(|(name, value)| name.as_str().len() + value.len() + 4 > limits.field_size); // `name: value\r\n`
+    if too_long {
+        return Err(RequestError::Client(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header field too long".into(),
+        ));
+    }
+    if parts.method == Method::CONNECT {
+        // rwsgi is no forward proxy, and WSGI has no way to hold a tunnel.
+        return Err(RequestError::Client(
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT is not supported".into(),
+        ));
+    }
+    if let Some(expect) = parts.headers.get(EXPECT)
+        && !expect.as_bytes().eq_ignore_ascii_case(b"100-continue")
+    {
+        return Err(RequestError::Client(
+            StatusCode::EXPECTATION_FAILED,
+            "unknown expectation".into(),
+        ));
+    }
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limits.max_body_size) {
+        // Answered before any of the body is read (and before 100 Continue is sent).
+        return Err(RequestError::Client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {} bytes", limits.max_body_size),
+        ));
+    }
+    Ok(())
 }
 
 async fn dispatch(
     shared: &Shared,
     conn: &ConnInfo,
+    index: u64,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<ResponseBody>, RequestError> {
     let (parts, incoming) = request.into_parts();
-    let body = body::buffer(incoming, shared.body_memory_limit)
+    let limits = &shared.limits;
+    check_head(&parts, limits)?;
+    let body_limits = BodyLimits {
+        memory: shared.body_memory_limit,
+        max: limits.max_body_size,
+        idle: limits.body_timeout,
+    };
+    let body = tokio::select! {
+        body = body::buffer(incoming, body_limits) => body.map_err(|err| match err {
+            BodyError::Client(e) => RequestError::Client(StatusCode::BAD_REQUEST, e.to_string()),
+            BodyError::TooLarge(_) => RequestError::Client(StatusCode::PAYLOAD_TOO_LARGE, err.to_string()),
+            BodyError::TimedOut => RequestError::Client(StatusCode::REQUEST_TIMEOUT, err.to_string()),
+            BodyError::Spool(io) => RequestError::Internal(io.to_string()),
+        })?,
+        reject = conn.guard.body_refused(index) => return Err(refused(reject)),
+    };
+    let facts = client_facts(&parts, conn, &shared.trusted);
+    let lease = tokio::time::timeout(limits.queue_timeout, shared.pool.acquire())
         .await
-        .map_err(|err| match err {
-            body::BodyError::Client(_) => RequestError::BadRequest(err),
-            body::BodyError::Spool(io) => RequestError::Internal(io.to_string()),
-        })?;
-    let lease = shared
-        .pool
-        .acquire()
-        .await
+        .map_err(|_| RequestError::Busy)?
         .map_err(|_| RequestError::Busy)?;
     let worker = lease.conn().clone();
     let (body, spool) = match body {
@@ -106,6 +205,7 @@ async fn dispatch(
         encode_request(
             &parts,
             conn,
+            &facts,
             stream,
             body.as_ref(),
             spool_path.as_ref(),
@@ -146,6 +246,7 @@ fn version_code(version: Version) -> u8 {
 fn encode_request(
     parts: &hyper::http::request::Parts,
     conn: &ConnInfo,
+    facts: &ClientFacts,
     stream: u32,
     body: Option<&Bytes>,
     spool: Option<&BodyFile>,
@@ -160,7 +261,7 @@ fn encode_request(
     } else {
         path_and_query
     };
-    let remote_addr = conn.remote.map(|a| a.ip().to_string()).unwrap_or_default();
+    let remote_addr = facts.addr.map(|ip| ip.to_string()).unwrap_or_default();
     let mut headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(parts.headers.len() + 1);
     if parts.version == Version::HTTP_2
         && !parts.headers.contains_key(HOST)
@@ -176,7 +277,7 @@ fn encode_request(
     );
     RequestHeadRef {
         method: parts.method.as_str().as_bytes(),
-        scheme: conn.scheme,
+        scheme: facts.scheme,
         version: version_code(parts.version),
         raw_uri: raw_uri.as_bytes(),
         path: uri.path().as_bytes(),
@@ -231,14 +332,16 @@ fn build_response(
 
 fn error_response(err: RequestError, version: Version) -> Response<ResponseBody> {
     let status = match &err {
-        RequestError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        RequestError::Client(status, _) => *status,
         RequestError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         RequestError::Worker(_) | RequestError::BadResponse(_) => StatusCode::BAD_GATEWAY,
         RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     match &err {
-        RequestError::BadRequest(e) => warn!("bad request: {e}"),
-        RequestError::Busy => warn!("no worker free and the queue is full: 503"),
+        RequestError::Client(status, why) => {
+            info!("refused a request: {} ({why})", status.as_u16())
+        }
+        RequestError::Busy => warn!("no worker free in time and the queue is full: 503"),
         RequestError::Worker(Failure::WorkerDied) => {
             error!("worker died while handling a request: 502")
         }
@@ -265,14 +368,11 @@ fn error_response(err: RequestError, version: Version) -> Response<ResponseBody>
     );
     headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
-    if status == StatusCode::BAD_REQUEST && version != Version::HTTP_2 {
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
+    if matches!(err, RequestError::Client(..)) && version != Version::HTTP_2 {
+        // What is left of the connection cannot be trusted to be framed right.
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }

@@ -1,28 +1,21 @@
 //! TLS for the `--bind` listeners: the handshake (rustls, TLS 1.2 and 1.3, ALPN `h2`
-//! and `http/1.1`), the certificate chosen by SNI, reloading the certificates on
-//! SIGHUP, and the Strict-Transport-Security header.
+//! and `http/1.1`), the certificate chosen by SNI, and reloading the certificates when
+//! the master asks (it got SIGHUP).
 //!
 //! Certificates are swapped behind the resolver, so a reload touches only handshakes
 //! that start after it; open connections keep the keys they agreed on. A handshake
-//! that fails or stalls must never cost more than a debug line and
-//! [`HANDSHAKE_TIMEOUT`].
+//! that fails or stalls must never cost more than a debug line and the head timeout.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::header::{HeaderValue, STRICT_TRANSPORT_SECURITY};
-use hyper::service::Service;
-use hyper::{Request, Response};
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, error, info, warn};
@@ -30,15 +23,11 @@ use tracing::{debug, error, info, warn};
 use crate::config::TlsSettings;
 use crate::config::tls::{CertSource, LoadedCert, load_all, provider};
 
-/// The longest a client may take to finish the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The front tier's TLS: what every TLS connection shares.
 pub struct Tls {
     acceptor: TlsAcceptor,
     certificates: Arc<SniResolver>,
     sources: Vec<CertSource>,
-    hsts: Option<HeaderValue>,
 }
 
 impl Tls {
@@ -66,27 +55,26 @@ impl Tls {
             .with_cert_resolver(certificates.clone());
         // HTTP/2 when the client can, HTTP/1.1 otherwise (RFC 7301, RFC 9113 §3.2).
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let hsts = settings
-            .hsts
-            .map(|seconds| HeaderValue::from_str(&format!("max-age={seconds}")))
-            .transpose()
-            .map_err(|err| format!("--hsts: {err}"))?;
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             certificates,
             sources: settings.sources.clone(),
-            hsts,
         })
     }
 
     /// Runs the server side of the handshake; `None` (after a debug line) if it fails
-    /// or takes longer than [`HANDSHAKE_TIMEOUT`].
-    pub async fn accept<S>(&self, stream: S, peer: Option<SocketAddr>) -> Option<TlsStream<S>>
+    /// or takes longer than `timeout`.
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+        peer: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Option<TlsStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let peer = peer.map_or_else(|| "a local peer".to_string(), |p| p.to_string());
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
+        match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
             Ok(Ok(stream)) => Some(stream),
             Ok(Err(err)) => {
                 debug!("TLS handshake with {peer} failed: {err}");
@@ -97,11 +85,6 @@ impl Tls {
                 None
             }
         }
-    }
-
-    /// The Strict-Transport-Security value (`--hsts`), if any.
-    pub fn hsts(&self) -> Option<&HeaderValue> {
-        self.hsts.as_ref()
     }
 
     /// Reads the certificate files again and serves them to new handshakes; on any
@@ -151,19 +134,17 @@ fn describe(loaded: &[LoadedCert]) -> String {
     names.join("; ")
 }
 
-/// Makes SIGHUP reload the certificates. Installed whether or not there is TLS: the
-/// master forwards every SIGHUP here, and the default action would end the process.
-pub fn reload_on_hangup(tls: Option<Arc<Tls>>) -> std::io::Result<()> {
-    let mut hangup = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            match &tls {
-                Some(tls) => tls.reload().await,
-                None => info!("SIGHUP: no TLS certificates to reload"),
-            }
+/// Reloads the certificates each time `requested` is notified (the master passes on
+/// its SIGHUP over the control socket). Requests that arrive during a reload make one
+/// more reload, not one each.
+pub async fn reload_when_asked(tls: Option<Arc<Tls>>, requested: Arc<Notify>) {
+    loop {
+        requested.notified().await;
+        match &tls {
+            Some(tls) => tls.reload().await,
+            None => info!("asked to reload TLS certificates, but there are none"),
         }
-    });
-    Ok(())
+    }
 }
 
 /// The certificates served at one time: by DNS name, and the default (the first
@@ -226,65 +207,6 @@ impl ResolvesServerCert for SniResolver {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         Some(set.pick(hello.server_name()))
-    }
-}
-
-/// A service that adds Strict-Transport-Security to every response that lacks it
-/// (RFC 6797 §7.1: only ever over a secure transport).
-#[derive(Clone)]
-pub struct WithHsts<S> {
-    inner: S,
-    value: Option<HeaderValue>,
-}
-
-impl<S> WithHsts<S> {
-    /// Wraps `inner`; with `value` None it adds nothing.
-    pub fn new(inner: S, value: Option<HeaderValue>) -> WithHsts<S> {
-        WithHsts { inner, value }
-    }
-}
-
-impl<S, In, Out> Service<Request<In>> for WithHsts<S>
-where
-    S: Service<Request<In>, Response = Response<Out>>,
-{
-    type Response = Response<Out>;
-    type Error = S::Error;
-    type Future = HstsFuture<S::Future>;
-
-    fn call(&self, request: Request<In>) -> Self::Future {
-        HstsFuture {
-            inner: self.inner.call(request),
-            value: self.value.clone(),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response future of [`WithHsts`].
-    pub struct HstsFuture<F> {
-        #[pin]
-        inner: F,
-        value: Option<HeaderValue>,
-    }
-}
-
-impl<F, Out, E> Future for HstsFuture<F>
-where
-    F: Future<Output = Result<Response<Out>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let mut response = std::task::ready!(this.inner.poll(cx))?;
-        if let Some(value) = this.value.take() {
-            response
-                .headers_mut()
-                .entry(STRICT_TRANSPORT_SECURITY)
-                .or_insert(value);
-        }
-        Poll::Ready(Ok(response))
     }
 }
 

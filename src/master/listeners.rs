@@ -9,9 +9,6 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::config::BindAddr;
 
-/// How many connections may wait in the kernel's accept queue.
-const BACKLOG: i32 = 2048;
-
 /// A bound, listening socket and the address it really got (port 0 resolved).
 #[derive(Debug)]
 pub struct Listener {
@@ -29,14 +26,14 @@ impl Listener {
 }
 
 /// Binds every address, or fails naming the first that cannot be bound.
-pub fn bind_all(addrs: &[BindAddr]) -> Result<Vec<Listener>, String> {
+pub fn bind_all(addrs: &[BindAddr], backlog: i32) -> Result<Vec<Listener>, String> {
     addrs
         .iter()
-        .map(|addr| bind(addr).map_err(|err| format!("Can't bind to {addr}: {err}")))
+        .map(|addr| bind(addr, backlog).map_err(|err| format!("Can't bind to {addr}: {err}")))
         .collect()
 }
 
-fn bind(addr: &BindAddr) -> io::Result<Listener> {
+fn bind(addr: &BindAddr, backlog: i32) -> io::Result<Listener> {
     let socket = match addr {
         BindAddr::Tcp(sa) => {
             let socket = Socket::new(Domain::for_address(*sa), Type::STREAM, None)?;
@@ -63,7 +60,7 @@ fn bind(addr: &BindAddr) -> io::Result<Listener> {
             socket
         }
     };
-    socket.listen(BACKLOG)?;
+    socket.listen(backlog)?;
     let bound = match addr {
         BindAddr::Tcp(_) => socket
             .local_addr()?

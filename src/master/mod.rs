@@ -47,8 +47,9 @@ pub fn run(settings: Settings) -> i32 {
         return code;
     }
     // The front tier finds the --redirect-http listeners after the --bind ones.
-    let listeners = match listeners::bind_all(&settings.binds).and_then(|mut binds| {
-        binds.extend(listeners::bind_all(&settings.redirect_http)?);
+    let backlog = settings.limits.backlog;
+    let listeners = match listeners::bind_all(&settings.binds, backlog).and_then(|mut binds| {
+        binds.extend(listeners::bind_all(&settings.redirect_http, backlog)?);
         Ok(binds)
     }) {
         Ok(listeners) => listeners,
@@ -145,11 +146,7 @@ impl Arbiter {
                         );
                         self.begin_stop(false)
                     }
-                    Signal::SIGHUP => {
-                        // The front tier reloads its TLS certificates.
-                        info!("Handling signal: hup");
-                        signal_all(self.front.as_ref().map(|f| f.pid), Signal::SIGHUP);
-                    }
+                    Signal::SIGHUP => self.reload_tls(),
                     other => info!("Ignoring signal {other} (not handled yet)"),
                 }
             }
@@ -173,6 +170,21 @@ impl Arbiter {
                     );
                 }
             }
+        }
+    }
+
+    /// SIGHUP: the front tier reads the certificate files again. Only TLS is reloaded;
+    /// the application is not (restart the server for that).
+    fn reload_tls(&mut self) {
+        info!("Handling signal: hup");
+        if self.settings.tls.is_none() {
+            return info!("SIGHUP: no TLS certificates to reload (no --tls)");
+        }
+        // A front tier not started yet reads the files when it starts.
+        if let Some(front) = &self.front
+            && let Err(err) = control::send_reload_tls(&front.control)
+        {
+            error!("cannot ask the front tier to reload the TLS certificates: {err}");
         }
     }
 

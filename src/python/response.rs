@@ -519,7 +519,7 @@ fn send_iterable(
         }
     } else if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
         if !send_file(py, start, wrapper)? {
-            return Ok(Outcome::Aborted);
+            return client_went_away(py, start);
         }
     } else {
         for item in iterable.try_iter()? {
@@ -532,21 +532,22 @@ fn send_iterable(
             // A generator streams: each chunk goes out as it is produced.
             start.flush(py)?;
             if start.sink.client_gone() {
-                client_left(start)?;
-                return Ok(Outcome::Aborted);
+                return client_went_away(py, start);
             }
         }
     }
     finish(start)
 }
 
-/// The client went away mid-response: the stream still has to be ended (an Abort),
-/// because the front tier holds this worker's slot until the worker ends the stream.
-fn client_left(start: &StartResponse) -> PyResult<()> {
+/// The client went away mid-response: the stream is ended with an abort so the front
+/// tier frees this worker's slot.
+fn client_went_away(py: Python<'_>, start: &StartResponse) -> PyResult<Outcome> {
     start
         .sink
-        .abort("client went away")
-        .map_err(|e| StartResponse::broken(&mut start.state(), e))
+        .abort("the client went away")
+        .and_then(|_| py.detach(|| start.sink.flush()))
+        .map(|_| Outcome::Aborted)
+        .map_err(|err| pyo3::exceptions::PyConnectionError::new_err(err.to_string()))
 }
 
 fn set_length_if_known(start: &StartResponse, lengths: impl Iterator<Item = Option<usize>>) {
@@ -625,7 +626,6 @@ fn send_file(
         start.send_chunk(&buffer[..n])?;
         start.flush(py)?;
         if start.sink.client_gone() {
-            client_left(start)?;
             return Ok(false);
         }
     }

@@ -1,0 +1,471 @@
+//! The connection guard: what stands between a client's socket and hyper.
+//!
+//! - On an HTTP/1 connection every byte passes the strict [`check::Checker`] before
+//!   hyper reads it. A refused request head never reaches hyper: in its place hyper
+//!   reads a small stand-in request, which the service answers with the refusal's
+//!   status (400, 414, 431, 501) and `Connection: close`; responses to requests
+//!   pipelined before it are not disturbed. A refused body (a bad chunk) is reported to
+//!   the service reading it, which answers 400.
+//! - Timeouts: a request head must arrive within `head_timeout` (from the connection's
+//!   start or from its first byte); a keep-alive connection idle for `keepalive_timeout`
+//!   after its last response is closed; a client that reads nothing of a response for
+//!   `send_timeout` is dropped.
+//! - An HTTP/2 connection (prior knowledge) is recognised by its preface and passed
+//!   through unchecked: hyper's h2 does its own framing, bounded by the builder's limits.
+
+pub mod check;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use check::{Checker, Limits, Refused, Reject};
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What hyper reads in place of a refused request head. It is well-formed, so hyper
+/// hands it to the service, which sees the refusal recorded for its index.
+const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: refused.invalid\r\nconnection: close\r\n\r\n";
+
+/// How long to read before giving up (the guard's settings).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// To receive a whole request head.
+    pub head: Duration,
+    /// Idle between keep-alive requests.
+    pub keepalive: Duration,
+    /// A stalled write to the client.
+    pub send: Duration,
+}
+
+/// What the guard of one connection shares with the service answering its requests.
+#[derive(Default)]
+pub struct ConnGuard {
+    inner: Mutex<Shared>,
+    /// Woken when a body is refused.
+    body_refused: Notify,
+    /// Requests whose responses are not finished yet.
+    busy: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// The refused request: its index on the connection and why.
+    refused: Option<(u64, Reject, bool)>,
+    /// The reader waiting for the connection to become idle.
+    idle_waker: Option<Waker>,
+    /// Requests the service has begun on this connection.
+    requests: u64,
+}
+
+impl ConnGuard {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by the service as a request begins; returns its index on the connection
+    /// and a token held until its response is finished.
+    pub fn begin(self: &Arc<Self>) -> (u64, Busy) {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        let mut shared = self.lock();
+        let index = shared.requests;
+        shared.requests += 1;
+        (index, Busy(self.clone()))
+    }
+
+    /// The refusal of request `index`'s head, if it was refused (it is the stand-in).
+    pub fn refused_head(&self, index: u64) -> Option<Reject> {
+        match self.lock().refused {
+            // Nothing after a refused head is the client's: the stand-in is refused too.
+            Some((at, reject, false)) if index >= at => Some(reject),
+            _ => None,
+        }
+    }
+
+    /// Waits until request `index`'s body is refused (forever if it never is).
+    pub async fn body_refused(&self, index: u64) -> Reject {
+        loop {
+            let notified = self.body_refused.notified();
+            if let Some((at, reject, true)) = self.lock().refused
+                && at == index
+            {
+                return reject;
+            }
+            notified.await;
+        }
+    }
+
+    fn refuse(&self, index: u64, reject: Reject, in_body: bool) {
+        self.lock().refused = Some((index, reject, in_body));
+        if in_body {
+            self.body_refused.notify_waiters();
+        }
+    }
+
+    fn idle(&self, cx: &Context<'_>) -> bool {
+        if self.busy.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        self.lock().idle_waker = Some(cx.waker().clone());
+        // A response may have finished between the load and the registration.
+        self.busy.load(Ordering::Acquire) == 0
+    }
+}
+
+/// Held while a request's response is under way; dropping it may make the connection
+/// idle.
+pub struct Busy(Arc<ConnGuard>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(waker) = self.0.lock().idle_waker.take()
+        {
+            waker.wake();
+        }
+    }
+}
+
+/// A response body that holds its request's [`Busy`] token until it is finished.
+pub struct Tracked<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B> Tracked<B> {
+    /// `body`, holding `busy` for as long as it lives.
+    pub fn new(body: B, busy: Busy) -> Tracked<B> {
+        Tracked { body, _busy: busy }
+    }
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Not yet known whether HTTP/1 or HTTP/2 prior knowledge.
+    Detect,
+    /// HTTP/1: checked.
+    Checked,
+    /// HTTP/2 (or already checked by someone else): passed through.
+    Through,
+    /// A refusal was handed over: nothing more is read.
+    Done,
+    /// Timed out: the client is told the connection ended.
+    Ended,
+}
+
+/// A client connection wrapped by the guard.
+pub struct Guarded<S> {
+    io: S,
+    guard: Arc<ConnGuard>,
+    checker: Checker,
+    mode: Mode,
+    timeouts: Timeouts,
+    /// Bytes read from the client: `[start, released)` may go to hyper, the rest is held.
+    inbuf: Vec<u8>,
+    start: usize,
+    released: usize,
+    /// What is left of the stand-in request to hand to hyper.
+    stand_in: &'static [u8],
+    /// When the connection started, for the first request's head timeout.
+    accepted: Instant,
+    /// When the current head's first byte arrived, or the connection became idle.
+    read_since: Option<(Instant, bool)>,
+    read_timer: Option<Pin<Box<Sleep>>>,
+    write_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Guarded<S> {
+    /// Guards `io`; `h2_only` connections (ALPN said h2) are passed through.
+    pub fn new(io: S, guard: Arc<ConnGuard>, limits: Limits, timeouts: Timeouts) -> Guarded<S> {
+        Guarded {
+            io,
+            guard,
+            checker: Checker::new(limits),
+            mode: Mode::Detect,
+            timeouts,
+            inbuf: Vec::new(),
+            start: 0,
+            released: 0,
+            stand_in: &[],
+            accepted: Instant::now(),
+            read_since: None,
+            read_timer: None,
+            write_timer: None,
+        }
+    }
+
+    /// Passes everything through unchecked (a connection that negotiated h2).
+    pub fn pass_through(mut self) -> Guarded<S> {
+        self.mode = Mode::Through;
+        self
+    }
+
+    /// The deadline for the next read, if any: head and keep-alive timeouts.
+    fn read_deadline(&mut self, cx: &Context<'_>) -> Option<Instant> {
+        if self.checker.in_head() || (self.mode == Mode::Detect && self.inbuf.len() > self.start) {
+            let since = match self.read_since {
+                Some((since, true)) => since,
+                _ => {
+                    let now = Instant::now();
+                    self.read_since = Some((now, true));
+                    now
+                }
+            };
+            let since = if self.checker.heads() == 0 {
+                self.accepted
+            } else {
+                since
+            };
+            return Some(since + self.timeouts.head);
+        }
+        if !self.checker.between_requests() {
+            self.read_since = None;
+            return None;
+        }
+        if self.checker.heads() == 0 {
+            return Some(self.accepted + self.timeouts.head);
+        }
+        if !self.guard.idle(cx) {
+            // A response is still under way; the connection is not idle yet.
+            self.read_since = None;
+            return None;
+        }
+        let since = match self.read_since {
+            Some((since, false)) => since,
+            _ => {
+                let now = Instant::now();
+                self.read_since = Some((now, false));
+                now
+            }
+        };
+        Some(since + self.timeouts.keepalive)
+    }
+
+    /// Examines the bytes read into `inbuf` from `from` on.
+    fn examine(&mut self, from: usize) {
+        if self.mode == Mode::Detect {
+            let seen = &self.inbuf[self.start..];
+            let n = seen.len().min(H2_PREFACE.len());
+            if seen[..n] != H2_PREFACE[..n] {
+                self.mode = Mode::Checked;
+                // Everything read so far is checked as HTTP/1.
+                return self.examine_checked(self.start);
+            }
+            if n == H2_PREFACE.len() {
+                self.mode = Mode::Through;
+                self.released = self.inbuf.len();
+            }
+            return;
+        }
+        self.examine_checked(from)
+    }
+
+    fn examine_checked(&mut self, from: usize) {
+        match self.checker.examine(&self.inbuf[from..]) {
+            Ok(examined) => self.released += examined.released,
+            Err(Refused { released, reject }) => {
+                // Requests before the refused one go to hyper as they are.
+                self.released += released;
+                let in_body = !self.checker.refused_in_head();
+                let index = if in_body {
+                    self.checker.heads().saturating_sub(1)
+                } else {
+                    self.checker.heads()
+                };
+                debug!("refusing request {index} of a connection: {reject}");
+                self.guard.refuse(index, reject, in_body);
+                // Held bytes of the refused request are dropped.
+                self.inbuf.truncate(self.released);
+                if !in_body {
+                    self.stand_in = STAND_IN;
+                }
+                self.mode = Mode::Done;
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.mode == Mode::Through && this.start == this.inbuf.len() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        loop {
+            if this.start < this.released {
+                let n = (this.released - this.start).min(buf.remaining());
+                buf.put_slice(&this.inbuf[this.start..this.start + n]);
+                this.start += n;
+                if this.start == this.inbuf.len() {
+                    this.inbuf.clear();
+                    this.start = 0;
+                    this.released = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.mode == Mode::Ended {
+                return Poll::Ready(Ok(()));
+            }
+            if this.mode == Mode::Done {
+                // The stand-in goes to hyper once the responses before it are done, as
+                // a client's next request would (hyper reads ahead no further).
+                if this.stand_in.is_empty() || !this.guard.idle(cx) {
+                    // The refusal's response closes the connection; nothing more is read.
+                    return Poll::Pending;
+                }
+                let n = this.stand_in.len().min(buf.remaining());
+                buf.put_slice(&this.stand_in[..n]);
+                this.stand_in = &this.stand_in[n..];
+                return Poll::Ready(Ok(()));
+            }
+            if this.mode == Mode::Through {
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            }
+            if this.start > 0 && this.start == this.released {
+                // Keep the held bytes only.
+                this.inbuf.drain(..this.start);
+                this.released -= this.start;
+                this.start = 0;
+            }
+            let from = this.inbuf.len();
+            this.inbuf.resize(from + 16 * 1024, 0);
+            let mut read = ReadBuf::new(&mut this.inbuf[from..]);
+            let polled = Pin::new(&mut this.io).poll_read(cx, &mut read);
+            let filled = read.filled().len();
+            this.inbuf.truncate(from + filled);
+            match polled {
+                Poll::Ready(Ok(())) if filled == 0 => {
+                    // End of input; a partly received head is dropped with it.
+                    this.inbuf.truncate(this.released);
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(())) => {
+                    this.read_timer = None;
+                    this.examine(from);
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => {
+                    let Some(deadline) = this.read_deadline(cx) else {
+                        this.read_timer = None;
+                        return Poll::Pending;
+                    };
+                    let timer = this
+                        .read_timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        debug!("closing a connection: request head or keep-alive timeout");
+                        this.inbuf.truncate(this.released);
+                        this.mode = Mode::Ended;
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Guarded<S> {
+    /// Applies the send timeout to a write that returned `polled`.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => {
+                let send = self.timeouts.send;
+                let timer = self
+                    .write_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    debug!("dropping a connection: the client read nothing for {send:?}");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "send timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.write_timer = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, data);
+        this.timed(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.timed(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.timed(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,281 @@
+use super::check::{Checker, Limits};
+
+const LIMITS: Limits = Limits {
+    request_line: 4094,
+    fields: 100,
+    field_size: 8190,
+};
+
+/// Feeds `input` in pieces of `step` bytes; returns the bytes released, or the refusal.
+fn feed(input: &[u8], step: usize) -> Result<usize, u16> {
+    let mut checker = Checker::new(LIMITS);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut released = 0;
+    for piece in input.chunks(step) {
+        pending.extend_from_slice(piece);
+        let examined = checker.examine(&pending).map_err(|r| r.reject.status())?;
+        pending.drain(..examined.examined);
+        released += examined.released;
+    }
+    Ok(released)
+}
+
+/// The outcome must not depend on how the bytes were split.
+fn check(input: &[u8]) -> Result<usize, u16> {
+    let whole = feed(input, input.len().max(1));
+    for step in [1, 2, 3, 7] {
+        assert_eq!(
+            feed(input, step),
+            whole,
+            "split every {step} bytes: {input:?}"
+        );
+    }
+    whole
+}
+
+fn ok(input: &[u8]) {
+    assert_eq!(
+        check(input),
+        Ok(input.len()),
+        "{}",
+        String::from_utf8_lossy(input)
+    );
+}
+
+fn refused(input: &[u8], status: u16) {
+    assert_eq!(
+        check(input),
+        Err(status),
+        "{}",
+        String::from_utf8_lossy(input)
+    );
+}
+
+#[test]
+fn simple_requests_pass_whole() {
+    ok(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    ok(b"GET /x?y=1 HTTP/1.0\r\n\r\n");
+    ok(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    ok(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello");
+    ok(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello");
+    ok(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+    ok(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+    ok(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b;c=\"d e\"\r\nhello\r\n0\r\nX-T: 1\r\n\r\n");
+    ok(b"GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Tab:\tv\t\r\n\r\n");
+}
+
+#[test]
+fn pipelined_requests_pass() {
+    ok(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /3 HTTP/1.1\r\nHost: a\r\n\r\n");
+}
+
+#[test]
+fn head_bytes_are_held_until_the_head_is_complete() {
+    assert_eq!(check(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(0));
+    // A body is released as it arrives.
+    assert_eq!(
+        check(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc"),
+        Ok(51)
+    );
+}
+
+#[test]
+fn counts_heads() {
+    let mut checker = Checker::new(LIMITS);
+    let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nGET";
+    let examined = checker.examine(input).map_err(|r| r.reject.status());
+    assert_eq!(examined.map(|e| e.examined), Ok(input.len()));
+    assert_eq!(checker.heads(), 2);
+    assert!(checker.in_head());
+}
+
+#[test]
+fn smuggling_attempts_are_refused() {
+    let cases: &[&[u8]] = &[
+        // Both framings.
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        // Conflicting lengths.
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n",
+        // Obsolete folding.
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+        // Bare LF, bare CR.
+        b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+        // Whitespace before the colon, non-token names.
+        b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX\tY: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX(Y): b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n",
+        // Control characters in a value.
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n",
+        // Host missing or repeated.
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        // Transfer-Encoding not ending in chunked, in HTTP/1.0, chunked twice, empty.
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n",
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\n\r\n",
+        // Bad request lines.
+        b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n",
+        b"GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+        b"GET / http/1.1\r\nHost: a\r\n\r\n",
+        b"GET /\r\n\r\n",
+        b"\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+    for case in cases {
+        refused(case, 400);
+    }
+}
+
+#[test]
+fn bad_chunks_are_refused() {
+    let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let bodies: &[&[u8]] = &[
+        b"-5\r\nhello\r\n0\r\n\r\n",
+        b"+5\r\nhello\r\n0\r\n\r\n",
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+        b" 5\r\nhello\r\n0\r\n\r\n",
+        b"\r\nhello\r\n0\r\n\r\n",
+        b"fffffffffffffffff\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"5\r\nhelloXX\r\n0\r\n\r\n",
+        b"5\r\nhello\n0\r\n\r\n",
+        b"5 x\r\nhello\r\n0\r\n\r\n",
+        b"5;a\x01\r\nhello\r\n0\r\n\r\n",
+        b"0\r\nX: \x00\r\n\r\n",
+        b"0\r\n X: folded\r\n\r\n",
+    ];
+    for body in bodies {
+        refused(&[&head[..], body].concat(), 400);
+    }
+    let long_extension = [&b"5;"[..], &vec![b'a'; 5000], b"\r\nhello\r\n0\r\n\r\n"].concat();
+    refused(&[&head[..], &long_extension].concat(), 400);
+    // Leading zeros are fine, and so is the largest size that fits.
+    assert!(check(&[&head[..], b"0005\r\nhello\r\n0\r\n\r\n"].concat()).is_ok());
+    assert!(check(&[&head[..], b"00000000000000000ffffffffffffffff\r\n"].concat()).is_ok());
+}
+
+#[test]
+fn unknown_transfer_codings_are_not_implemented() {
+    refused(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        501,
+    );
+}
+
+#[test]
+fn limits_give_their_statuses() {
+    let long_uri = [
+        &b"GET /"[..],
+        &vec![b'a'; 5000],
+        b" HTTP/1.1\r\nHost: a\r\n\r\n",
+    ]
+    .concat();
+    refused(&long_uri, 414);
+    let long_field = [
+        &b"GET / HTTP/1.1\r\nHost: a\r\nX: "[..],
+        &vec![b'a'; 9000],
+        b"\r\n\r\n",
+    ]
+    .concat();
+    refused(&long_field, 431);
+    let mut many = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for i in 0..100 {
+        many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    refused(&many, 431);
+    // Exactly at the limits passes.
+    let line = [
+        &b"GET /"[..],
+        &vec![b'a'; 4094 - 15],
+        b" HTTP/1.1\r\nHost: a\r\n\r\n",
+    ]
+    .concat();
+    ok(&line);
+}
+
+#[test]
+fn a_refusal_is_final() {
+    let mut checker = Checker::new(LIMITS);
+    assert!(checker.examine(b"GET / HTTP/1.1\nHost: a\r\n\r\n").is_err());
+    assert!(
+        checker
+            .examine(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .is_err()
+    );
+}
+
+#[test]
+fn a_field_line_is_counted_with_its_crlf() {
+    let field = |length: usize| {
+        let value = vec![b'v'; length - 3];
+        [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nX: "[..],
+            &value,
+            b"\r\n\r\n",
+        ]
+        .concat()
+    };
+    // 8188 bytes + CRLF = 8190, the limit; one byte more is too long (as gunicorn counts).
+    ok(&field(8188));
+    refused(&field(8189), 431);
+}
+
+#[test]
+fn request_targets_must_fit_their_method() {
+    ok(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
+    ok(b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n");
+    ok(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n");
+    refused(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+    refused(b"GET a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+    refused(b"GET x HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+    refused(b"GET ://a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+    refused(b"GET 1http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+}
+
+#[test]
+fn two_content_types_are_refused() {
+    refused(
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Type: a/b\r\ncontent-type: c/d\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn whitespace_only_before_a_chunk_extension() {
+    let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    ok(&[&head[..], b"5 ;a=b\r\nhello\r\n0\r\n\r\n"].concat());
+    refused(&[&head[..], b"5\r\nhello\r\n0 \r\n\r\n"].concat(), 400);
+    refused(&[&head[..], b"5\t\r\nhello\r\n0\r\n\r\n"].concat(), 400);
+}
+
+#[test]
+fn framing_and_routing_fields_are_refused_as_trailers() {
+    let head =
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n";
+    ok(&[&head[..], b"X-Checksum: 1\r\n\r\n"].concat());
+    for trailer in [
+        &b"Content-Length: 99\r\n\r\n"[..],
+        b"Host: b\r\n\r\n",
+        b"transfer-encoding: chunked\r\n\r\n",
+        b"Authorization: x\r\n\r\n",
+    ] {
+        refused(&[&head[..], trailer].concat(), 400);
+    }
+}
