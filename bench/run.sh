@@ -33,53 +33,18 @@ for name in "${servers[@]}"; do
     case $name in rwsgi | gunicorn | granian) ;; *) echo "unknown server '$name' in SERVERS" >&2; exit 2 ;; esac
 done
 
-log() { printf '[bench] %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 
 # ---------------------------------------------------------------- cleanup
 LOGS=$(mktemp -d "${TMPDIR:-/tmp}/rwsgi-bench.XXXXXX")
 server_pid=""    # the server being measured, if any
 server_name=""
 
-# Every descendant of $1 (children first listed after their parent).
-descendants() {
-    ps -eo pid=,ppid= | awk -v root="$1" '
-        { parent[$1] = $2; pids[NR] = $1 }
-        END {
-            keep[root] = 1
-            do {
-                changed = 0
-                for (i in pids) { p = pids[i]; if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } }
-            } while (changed)
-            for (p in keep) if (p != root) print p
-        }'
-}
-
-alive() { kill -0 "$1" 2>/dev/null; }
-
-# Stops the current server: SIGTERM to its pid, wait up to STOP_TIMEOUT for it to exit,
-# then SIGKILL it and whatever it had started (by their pids, noted beforehand).
+# Stops the current server (see stop_pid in lib.sh).
 stop_server() {
     [[ -n $server_pid ]] || return 0
-    local pid=$server_pid kids
-    kids=$(descendants "$pid" || true)
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_TIMEOUT))
-    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-    if alive "$pid"; then
-        log "$server_name (pid $pid) still running after ${STOP_TIMEOUT}s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    # Its workers should be gone with it; give them a moment, then make sure.
-    local kid
-    for kid in $kids; do
-        deadline=$((SECONDS + 5))
-        while alive "$kid" && ((SECONDS < deadline)); do sleep 0.1; done
-        if alive "$kid"; then
-            log "$server_name left process $kid behind: SIGKILL"
-            kill -KILL "$kid" 2>/dev/null || true
-        fi
-    done
+    stop_pid "$server_pid" "$server_name"
     server_pid=""
 }
 
@@ -95,13 +60,7 @@ trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
 # ---------------------------------------------------------------- install
-as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
-
-if ! command -v wrk >/dev/null; then
-    log "installing wrk"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
+apt_install wrk wrk
 command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
 
 VENV=$HERE/.venv
@@ -117,32 +76,6 @@ RWSGI=$ROOT/target/release/rwsgi
 [[ -x $RWSGI ]] || { echo "no $RWSGI after the build" >&2; exit 1; }
 
 # ---------------------------------------------------------------- one run
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Polls http://127.0.0.1:$1/ until it answers 200 with the app's body, while pid $2 lives.
-wait_ready() {
-    python3 - "$1" "$2" "$START_TIMEOUT" <<'EOF'
-import os, sys, time, urllib.request
-port, pid, timeout = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-deadline = time.monotonic() + timeout
-while time.monotonic() < deadline:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        sys.exit("the server exited before answering")
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-            if r.status == 200 and r.read() == b"Hello, World!\n":
-                sys.exit(0)
-            sys.exit(f"unexpected answer: {r.status}")
-    except OSError:
-        time.sleep(0.05)
-sys.exit(f"no answer within {timeout:.0f}s")
-EOF
-}
-
 # Starts server $1 on port $2 in the background; sets server_pid.
 start_server() {
     local name=$1 port=$2 out=$LOGS/$1-$2.log
@@ -174,7 +107,7 @@ measure() {
     local name=$1 port
     port=$(free_port)
     start_server "$name" "$port"
-    if ! wait_ready "$port" "$server_pid"; then
+    if ! wait_ready "http://127.0.0.1:$port/" "$server_pid"; then
         log "$name did not come up on port $port; its log:"
         tail -n 30 "$LOGS/$name-$port.log" >&2 || true
         exit 1
@@ -195,8 +128,6 @@ measure() {
 }
 
 # ---------------------------------------------------------------- the runs
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
-
 per_run=$((WARMUP + DURATION + 3))
 log "$(nproc) CPUs; $(python3 --version); $("$VENV/bin/gunicorn" --version); granian $("$VENV/bin/granian" --version 2>/dev/null | awk '{print $NF}'); $(wrk --version 2>&1 | head -n1 | awk '{print "wrk", $2}')"
 log "workers=$WORKERS rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s connections=$CONNECTIONS wrk-threads=$THREADS"
@@ -220,12 +151,6 @@ for name in "${servers[@]}"; do
     printf 'median %-9s %12.0f requests/s\n' "$name" "${med[$name]}"
 done
 
-ratio() { # label numerator denominator target
-    awk -v l="$1" -v a="$2" -v b="$3" -v t="$4" 'BEGIN {
-        if (b <= 0) { printf "%-17s = n/a\n", l; exit }
-        printf "%-17s = %6.2fx  (target >= %gx: %s)\n", l, a / b, t, (a / b >= t ? "met" : "NOT met")
-    }'
-}
 echo
 [[ -z ${med[rwsgi]:-} || -z ${med[granian]:-} ]] || ratio "rwsgi / granian" "${med[rwsgi]}" "${med[granian]}" "$TARGET_GRANIAN"
 [[ -z ${med[rwsgi]:-} || -z ${med[gunicorn]:-} ]] || ratio "rwsgi / gunicorn" "${med[rwsgi]}" "${med[gunicorn]}" "$TARGET_GUNICORN"

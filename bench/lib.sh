@@ -1,0 +1,101 @@
+# Helpers shared by the benchmark scripts (bench/run.sh, bench/tls.sh); sourced, not run.
+# They expect STOP_TIMEOUT and START_TIMEOUT to be set.
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
+
+# Installs Debian package $2 if command $1 is not on the PATH.
+apt_install() {
+    command -v "$1" >/dev/null && return 0
+    log "installing $2 (for $1)"
+    if [[ -z ${APT_UPDATED:-} ]]; then
+        as_root apt-get update -qq
+        APT_UPDATED=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    command -v "$1" >/dev/null || { echo "$2 installed no $1" >&2; exit 1; }
+}
+
+# Every descendant of $1 (children first listed after their parent).
+descendants() {
+    ps -eo pid=,ppid= | awk -v root="$1" '
+        { parent[$1] = $2; pids[NR] = $1 }
+        END {
+            keep[root] = 1
+            do {
+                changed = 0
+                for (i in pids) { p = pids[i]; if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } }
+            } while (changed)
+            for (p in keep) if (p != root) print p
+        }'
+}
+
+# Stops process $1 (named $2 in messages), which this script started: SIGTERM, wait up
+# to STOP_TIMEOUT for it to exit, then SIGKILL it and whatever it had started (by their
+# pids, noted beforehand).
+stop_pid() {
+    local pid=$1 name=$2 kids
+    kids=$(descendants "$pid" || true)
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + STOP_TIMEOUT))
+    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+    if alive "$pid"; then
+        log "$name (pid $pid) still running after ${STOP_TIMEOUT}s: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    # Its workers should be gone with it; give them a moment, then make sure.
+    local kid
+    for kid in $kids; do
+        deadline=$((SECONDS + 5))
+        while alive "$kid" && ((SECONDS < deadline)); do sleep 0.1; done
+        if alive "$kid"; then
+            log "$name left process $kid behind: SIGKILL"
+            kill -KILL "$kid" 2>/dev/null || true
+        fi
+    done
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Polls URL $1 until it answers 200 with the app's body, while pid $2 lives; $3, if
+# given, is the CA file that verifies an https URL.
+wait_ready() {
+    python3 - "$1" "$2" "$START_TIMEOUT" "${3:-}" <<'EOF'
+import os, ssl, sys, time, urllib.request
+url, pid, timeout, cafile = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+context = ssl.create_default_context(cafile=cafile) if cafile else None
+deadline = time.monotonic() + timeout
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit("the server exited before answering")
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as r:
+            if r.status == 200 and r.read() == b"Hello, World!\n":
+                sys.exit(0)
+            sys.exit(f"unexpected answer: {r.status}")
+    except ssl.SSLCertVerificationError as err:
+        sys.exit(f"certificate not verified: {err}")
+    except OSError:
+        time.sleep(0.05)
+sys.exit(f"no answer within {timeout:.0f}s")
+EOF
+}
+
+# The median of the numbers on standard input (separated by spaces or lines).
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
+
+# Prints "label = a/b x (target >= t: met | NOT met)".
+ratio() { # label numerator denominator target
+    awk -v l="$1" -v a="$2" -v b="$3" -v t="$4" 'BEGIN {
+        if (b <= 0) { printf "%-22s = n/a\n", l; exit }
+        printf "%-22s = %6.2fx  (target >= %gx: %s)\n", l, a / b, t, (a / b >= t ? "met" : "NOT met")
+    }'
+}
