@@ -73,18 +73,16 @@ impl Tls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let peer = peer.map_or_else(|| "a local peer".to_string(), |p| p.to_string());
-        match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => Some(stream),
-            Ok(Err(err)) => {
-                debug!("TLS handshake with {peer} failed: {err}");
-                None
-            }
-            Err(_) => {
-                debug!("TLS handshake with {peer} timed out");
-                None
-            }
+        let why = match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => return Some(stream),
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        match peer {
+            Some(peer) => debug!("TLS handshake with {peer} failed: {why}"),
+            None => debug!("TLS handshake with a local peer failed: {why}"),
         }
+        None
     }
 
     /// Reads the certificate files again and serves them to new handshakes; on any
