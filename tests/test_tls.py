@@ -81,6 +81,22 @@ def test_tls13_and_tls12_handshakes_verify_against_the_test_ca(serve):
         assert "CN = localhost" in out, out
 
 
+def test_alpn_prefers_h2_and_takes_http11(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+
+    def alpn(*args: str) -> str:
+        proc = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}",
+                               "-CAfile", CA, *args], input="", capture_output=True,
+                              text=True, errors="replace", timeout=15)
+        lines = [line for line in proc.stdout.splitlines() if "ALPN" in line]
+        assert proc.returncode == 0 and lines, proc.stdout + proc.stderr
+        return lines[0]
+
+    assert alpn("-alpn", "http/1.1,h2") == "ALPN protocol: h2"
+    assert alpn("-alpn", "http/1.1") == "ALPN protocol: http/1.1"
+    assert alpn() == "No ALPN negotiated"
+
+
 def test_tls11_is_refused(serve):
     server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
     # SECLEVEL=0 makes this OpenSSL really offer TLS 1.1, so the refusal is the server's.
@@ -99,6 +115,9 @@ def test_curl_negotiates_http2_by_default_and_http11_on_request(serve):
     url = f"https://localhost:{server.port}/"
     resolve = f"localhost:{server.port}:127.0.0.1"
     code, out = curl("--resolve", resolve, "-w", "\n%{http_version}", url)
+    assert code == 0, out
+    assert out == "Hello, World!\n\n2", out
+    code, out = curl("--http2", "--resolve", resolve, "-w", "\n%{http_version}", url)
     assert code == 0, out
     assert out == "Hello, World!\n\n2", out
     code, out = curl("--http1.1", "--resolve", resolve, "-w", "\n%{http_version}", url)
