@@ -379,6 +379,16 @@ def test_guard_limits_apply_over_tls(serve):
     assert answer.startswith(b"HTTP/1.1 414 "), answer
 
 
+def test_limits_apply_to_http2_over_tls(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, "--limit-request-field-size", "200",
+                   workers=1)
+    with httpx.Client(http2=True, verify=context(), timeout=10) as client:
+        ok = client.get(f"https://127.0.0.1:{server.port}/", headers={"x-small": "a" * 50})
+        big = client.get(f"https://127.0.0.1:{server.port}/", headers={"x-big": "a" * 400})
+    assert (ok.http_version, ok.status_code) == ("HTTP/2", 200)
+    assert (big.http_version, big.status_code) == ("HTTP/2", 431)
+
+
 # -- HSTS ---------------------------------------------------------------------------
 
 
