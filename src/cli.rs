@@ -32,6 +32,11 @@ pub struct ServeArgs {
     #[arg(short = 'w', long, value_name = "INT")]
     pub workers: Option<usize>,
 
+    /// Threads of the front tier (TLS, HTTP, static files). [default: half the CPU
+    /// cores, at least 1: the workers need the rest]
+    #[arg(long, value_name = "INT")]
+    pub front_threads: Option<usize>,
+
     /// Change to this directory before loading the application.
     #[arg(long, value_name = "DIR")]
     pub chdir: Option<PathBuf>,

@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 from conftest import APPS, BINARY, alive, children_of, free_port
 
@@ -241,3 +242,28 @@ def test_import_error_with_preload_traceback_once():
     assert elapsed < 8, f"took {elapsed:.1f}s"
     assert out.count(MARKER) == 1, out
     assert not seen, f"forked children although the preload failed: {seen}\n{out}"
+
+
+def runtime_threads(pid: int) -> int:
+    """How many tokio runtime threads process `pid` runs."""
+    tasks = Path(f"/proc/{pid}/task")
+    return sum((task / "comm").read_text().strip() == "tokio-rt-worker" for task in tasks.iterdir())
+
+
+def test_front_threads_sets_the_front_tier_runtime(serve):
+    server = serve("basic:hello", "--front-threads", "3", workers=1)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.request("GET", "/")
+    assert conn.getresponse().status == 200
+    conn.close()
+    counts = [runtime_threads(pid) for pid in children_of(server.pid)]
+    # One child is the front tier; the worker runs no runtime.
+    assert sorted(counts) == [0, 3], counts
+
+
+def test_zero_front_threads_is_refused():
+    code, out = run("serve", "-b", f"127.0.0.1:{free_port()}", "--front-threads", "0",
+                    "basic:hello")
+    assert code != 0, out
+    assert "--front-threads" in out, out
+    assert "Listening at" not in out

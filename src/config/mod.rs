@@ -47,6 +47,8 @@ pub struct Settings {
     pub binds: Vec<BindAddr>,
     /// How many worker processes.
     pub workers: usize,
+    /// How many threads the front tier's runtime runs.
+    pub front_threads: usize,
     /// Directory to change to before loading the app.
     pub chdir: Option<PathBuf>,
     /// Extra directories for sys.path, in order.
@@ -82,12 +84,20 @@ impl Settings {
                 .map(|b| BindAddr::parse(b))
                 .collect::<Result<_, _>>()?
         };
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let workers = match args.workers {
             Some(0) => return Err(ConfigError::new("--workers", "must be at least 1")),
             Some(n) => n,
-            None => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            None => cores,
+        };
+        // Measured on two cores: one front thread serves more requests than two, whose
+        // wake-ups and stealing take CPU time the workers need.
+        let front_threads = match args.front_threads {
+            Some(0) => return Err(ConfigError::new("--front-threads", "must be at least 1")),
+            Some(n) => n,
+            None => (cores / 2).max(1),
         };
         if let Some(dir) = &args.chdir
             && !dir.is_dir()
@@ -111,6 +121,7 @@ impl Settings {
         Ok(Settings {
             binds,
             workers,
+            front_threads,
             chdir: args.chdir.clone(),
             pythonpath: args.pythonpath.clone(),
             preload: args.preload,

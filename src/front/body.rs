@@ -1,8 +1,10 @@
 //! Bodies in the front tier: request bodies buffered whole before dispatch (memory up
 //! to a threshold, then a temporary file), and the response body fed by a worker.
 
+use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -12,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::channel::{Event, Failure, WorkerConn};
+use super::channel::{Event, Events, Failure, Spilled, WorkerConn};
 
 /// A request body, complete.
 pub enum RequestBody {
@@ -125,6 +127,10 @@ impl ResponseBody {
 /// client went away), it tells the worker to stop.
 pub struct WorkerBody {
     events: mpsc::UnboundedReceiver<Event>,
+    /// The stream's count of response bytes held in memory.
+    in_memory: Arc<AtomicUsize>,
+    /// The spilled chunk being read back, if any.
+    reading: Option<Spilled>,
     conn: Arc<WorkerConn>,
     stream: u32,
     finished: bool,
@@ -134,18 +140,41 @@ pub struct WorkerBody {
 
 impl WorkerBody {
     /// The rest of stream `stream` of `conn`, after its head.
-    pub fn new(
-        events: mpsc::UnboundedReceiver<Event>,
-        conn: Arc<WorkerConn>,
-        stream: u32,
-    ) -> WorkerBody {
+    pub fn new(events: Events, conn: Arc<WorkerConn>, stream: u32) -> WorkerBody {
         WorkerBody {
-            events,
+            events: events.receiver,
+            in_memory: events.in_memory,
+            reading: None,
             conn,
             stream,
             finished: false,
             failure: None,
         }
+    }
+}
+
+/// The most read back from a spill file at a time.
+const SPILL_READ: u64 = 64 * 1024;
+
+impl WorkerBody {
+    /// The next piece of the spilled chunk being read back. A read from the page cache,
+    /// done in place like the write that put it there.
+    fn read_spilled(&mut self) -> Option<Result<Bytes, Failure>> {
+        let chunk = self.reading.as_mut()?;
+        let len = chunk.len.min(SPILL_READ);
+        let mut piece = vec![0; len as usize];
+        let result = chunk.file.read_exact_at(&mut piece, chunk.offset);
+        chunk.offset += len;
+        chunk.len -= len;
+        if chunk.len == 0 {
+            self.reading = None;
+        }
+        Some(match result {
+            Ok(()) => Ok(piece.into()),
+            Err(err) => Err(Failure::Aborted(format!(
+                "cannot read back a spilled response: {err}"
+            ))),
+        })
     }
 }
 
@@ -172,36 +201,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Worker(body) if body.failure.is_some() => {
-                Poll::Ready(body.failure.take().map(|f| Err(ResponseAborted(f))))
-            }
-            ResponseBody::Worker(body) => match body.events.poll_recv(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Event::Data(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                Poll::Ready(Some(Event::End)) => {
-                    body.finished = true;
-                    Poll::Ready(None)
-                }
-                Poll::Ready(Some(Event::Failed(failure))) => {
-                    // hyper flushes its buffer when the body is pending: the head and the
-                    // bytes before the failure reach the client before the connection is
-                    // cut.
-                    body.finished = true;
-                    body.failure = Some(failure);
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
-                Poll::Ready(Some(Event::Head(_))) => {
-                    body.finished = true;
-                    Poll::Ready(Some(Err(ResponseAborted(Failure::Aborted(
-                        "a second response head".into(),
-                    )))))
-                }
-                Poll::Ready(None) => {
-                    body.finished = true;
-                    Poll::Ready(Some(Err(ResponseAborted(Failure::WorkerDied))))
-                }
-            },
+            ResponseBody::Worker(body) => body.poll_frame(cx),
         }
     }
 
@@ -217,6 +217,62 @@ impl Body for ResponseBody {
             ResponseBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Worker(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl WorkerBody {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseAborted>>> {
+        if let Some(failure) = self.failure.take() {
+            return Poll::Ready(Some(Err(ResponseAborted(failure))));
+        }
+        loop {
+            if let Some(piece) = self.read_spilled() {
+                return Poll::Ready(Some(match piece {
+                    Ok(bytes) => Ok(Frame::data(bytes)),
+                    Err(failure) => {
+                        self.finished = true;
+                        Err(ResponseAborted(failure))
+                    }
+                }));
+            }
+            return match self.events.poll_recv(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Event::Data(data))) => {
+                    self.in_memory.fetch_sub(data.len(), Ordering::AcqRel);
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Poll::Ready(Some(Event::Spilled(spilled))) => {
+                    self.reading = Some(spilled);
+                    continue;
+                }
+                Poll::Ready(Some(Event::End)) => {
+                    self.finished = true;
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Event::Failed(failure))) => {
+                    // hyper flushes its buffer when the body is pending: the head and the
+                    // bytes before the failure reach the client before the connection is
+                    // cut.
+                    self.finished = true;
+                    self.failure = Some(failure);
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Poll::Ready(Some(Event::Head(_))) => {
+                    self.finished = true;
+                    Poll::Ready(Some(Err(ResponseAborted(Failure::Aborted(
+                        "a second response head".into(),
+                    )))))
+                }
+                Poll::Ready(None) => {
+                    self.finished = true;
+                    Poll::Ready(Some(Err(ResponseAborted(Failure::WorkerDied))))
+                }
+            };
         }
     }
 }

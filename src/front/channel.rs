@@ -6,13 +6,16 @@
 //! worker's streams are touched.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::os::fd::AsRawFd;
+
+use tokio::io::Interest;
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -26,10 +29,37 @@ pub enum Event {
     Head(ResponseHead),
     /// A chunk of the response body.
     Data(Bytes),
+    /// A chunk of the response body, written to the stream's spill file because the
+    /// client is slower than the worker.
+    Spilled(Spilled),
     /// The response is complete.
     End,
     /// The response cannot be completed.
     Failed(Failure),
+}
+
+/// Response bytes kept in the stream's temporary file: `len` bytes from `offset`.
+#[derive(Debug, Clone)]
+pub struct Spilled {
+    /// The spill file (unlinked; it goes when the last handle does).
+    pub file: Arc<File>,
+    /// Where the bytes start.
+    pub offset: u64,
+    /// How many.
+    pub len: u64,
+}
+
+/// Response bytes a stream holds in memory before further ones go to its spill file:
+/// a client slower than the worker costs the front tier this much memory at most
+/// (DESIGN.md §5), the rest waits on disk (in practice, the page cache).
+const RESPONSE_MEMORY: usize = 1 << 20;
+
+/// A stream's events, and the count of response bytes it holds in memory.
+pub struct Events {
+    /// The events, in order.
+    pub receiver: mpsc::UnboundedReceiver<Event>,
+    /// Bytes of `Data` events sent and not yet taken; the taker subtracts them.
+    pub in_memory: Arc<AtomicUsize>,
 }
 
 /// Why a stream failed.
@@ -53,7 +83,47 @@ pub struct StreamHold {
 
 struct Stream {
     events: mpsc::UnboundedSender<Event>,
+    in_memory: Arc<AtomicUsize>,
+    /// The spill file once one was needed, and its length.
+    spill: Option<(Arc<File>, u64)>,
     _hold: StreamHold,
+}
+
+impl Stream {
+    /// The event for a chunk of the response body: in memory while the stream holds
+    /// less than [`RESPONSE_MEMORY`], otherwise in its spill file.
+    fn data(&mut self, data: Bytes) -> Event {
+        let held = self.in_memory.load(Ordering::Acquire);
+        if held + data.len() <= RESPONSE_MEMORY {
+            self.in_memory.fetch_add(data.len(), Ordering::AcqRel);
+            return Event::Data(data);
+        }
+        match self.spill_out(&data) {
+            Ok(spilled) => Event::Spilled(spilled),
+            Err(err) => {
+                warn!("cannot spill a response to a temporary file, keeping it in memory: {err}");
+                self.in_memory.fetch_add(data.len(), Ordering::AcqRel);
+                Event::Data(data)
+            }
+        }
+    }
+
+    fn spill_out(&mut self, data: &[u8]) -> std::io::Result<Spilled> {
+        let (file, end) = match &mut self.spill {
+            Some(spill) => spill,
+            None => self.spill.insert((Arc::new(tempfile::tempfile()?), 0)),
+        };
+        // A write to the page cache: brief, so done here rather than on a blocking
+        // thread.
+        file.write_all_at(data, *end)?;
+        let spilled = Spilled {
+            file: file.clone(),
+            offset: *end,
+            len: data.len() as u64,
+        };
+        *end += data.len() as u64;
+        Ok(spilled)
+    }
 }
 
 struct Streams {
@@ -68,7 +138,9 @@ pub struct WorkerConn {
     pub id: u32,
     /// The worker's pid, from its Hello.
     pub pid: u32,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    socket: Arc<UnixStream>,
+    /// Held while one stream's frames are written, so that they are not interleaved.
+    writing: tokio::sync::Mutex<()>,
     streams: Mutex<Streams>,
     next_stream: AtomicU32,
 }
@@ -86,7 +158,7 @@ impl WorkerConn {
         self: &Arc<Self>,
         hold: StreamHold,
         encode: impl FnOnce(u32, &mut Vec<u8>) -> Result<(), ProtocolError>,
-    ) -> Result<(u32, mpsc::UnboundedReceiver<Event>), Failure> {
+    ) -> Result<(u32, Events), Failure> {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let mut frames = Vec::new();
         if let Err(err) = encode(id, &mut frames) {
@@ -94,6 +166,7 @@ impl WorkerConn {
             return Err(Failure::Aborted(err.to_string()));
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let in_memory = Arc::new(AtomicUsize::new(0));
         {
             let mut streams = self.streams();
             if !streams.alive {
@@ -103,16 +176,24 @@ impl WorkerConn {
                 id,
                 Stream {
                     events: tx,
+                    in_memory: in_memory.clone(),
+                    spill: None,
                     _hold: hold,
                 },
             );
         }
-        let written = self.writer.lock().await.write_all(&frames).await;
+        let written = self.write_all(&frames).await;
         if written.is_err() {
             self.streams().open.remove(&id);
             return Err(Failure::WorkerDied);
         }
-        Ok((id, rx))
+        Ok((
+            id,
+            Events {
+                receiver: rx,
+                in_memory,
+            },
+        ))
     }
 
     /// Tells the worker that the client of `stream` went away. The stream stays open
@@ -125,14 +206,39 @@ impl WorkerConn {
         tokio::spawn(async move {
             let mut frame = Vec::new();
             encode_frame(&mut frame, Kind::Abort, stream, b"client went away");
-            let _ = conn.writer.lock().await.write_all(&frame).await;
+            let _ = conn.write_all(&frame).await;
         });
+    }
+
+    async fn write_all(&self, mut bytes: &[u8]) -> std::io::Result<()> {
+        let _writing = self.writing.lock().await;
+        while !bytes.is_empty() {
+            self.socket.writable().await?;
+            match self.socket.try_write(bytes) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
     }
 
     fn route(&self, frame: Frame) -> Result<(), ProtocolError> {
         let event = match frame.kind {
             Kind::ResponseHead => Event::Head(ResponseHead::decode(frame.payload)?),
-            Kind::Body => Event::Data(frame.payload),
+            Kind::Body => {
+                let mut streams = self.streams();
+                // Data for a client that went away is dropped; the worker carries on
+                // until it ends the stream.
+                if let Some(stream) = streams.open.get_mut(&frame.stream)
+                    && !stream.events.is_closed()
+                {
+                    let event = stream.data(frame.payload);
+                    let _ = stream.events.send(event);
+                }
+                return Ok(());
+            }
             Kind::End => Event::End,
             Kind::Abort => Event::Failed(Failure::Aborted(
                 String::from_utf8_lossy(&frame.payload).into_owned(),
@@ -148,8 +254,6 @@ impl WorkerConn {
                 let _ = stream.events.send(event);
             }
         } else if let Some(stream) = streams.open.get(&frame.stream) {
-            // The receiver may be gone (client left): the data is discarded, the worker
-            // carries on until it ends the stream.
             let _ = stream.events.send(event);
         }
         Ok(())
@@ -171,10 +275,11 @@ impl WorkerConn {
 /// its frames until the channel closes.
 pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
     tokio::spawn(async move {
-        let (mut reader, writer) = stream.into_split();
+        let socket = Arc::new(stream);
+        let reader = socket.clone();
         let mut decoder = Decoder::new();
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let hello = match read_frame(&mut reader, &mut decoder, &mut buf).await {
+        let hello = match read_frame(&reader, &mut decoder, &mut buf).await {
             Ok(Some(frame)) if frame.kind == Kind::Hello => Hello::decode(frame.payload),
             Ok(Some(_)) => Err(ProtocolError::Invalid("first frame is not Hello")),
             Ok(None) => return debug!("worker {id} closed its channel before it was ready"),
@@ -187,7 +292,8 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
         let conn = Arc::new(WorkerConn {
             id,
             pid: hello.pid,
-            writer: tokio::sync::Mutex::new(writer),
+            socket,
+            writing: tokio::sync::Mutex::new(()),
             streams: Mutex::new(Streams {
                 open: HashMap::new(),
                 alive: true,
@@ -197,7 +303,7 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
         pool.add(conn.clone(), hello.capacity as usize);
         debug!("worker {} (pid {}) is ready", id, hello.pid);
         loop {
-            match read_frame(&mut reader, &mut decoder, &mut buf).await {
+            match read_frame(&reader, &mut decoder, &mut buf).await {
                 Ok(Some(frame)) => {
                     if let Err(err) = conn.route(frame) {
                         warn!("worker {} broke the channel protocol: {err}", hello.pid);
@@ -218,7 +324,7 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
 
 /// Reads until one whole frame is buffered; `Ok(None)` at a clean end of the channel.
 async fn read_frame(
-    reader: &mut tokio::net::unix::OwnedReadHalf,
+    reader: &UnixStream,
     decoder: &mut Decoder,
     buf: &mut BytesMut,
 ) -> Result<Option<Frame>, ProtocolError> {
@@ -229,9 +335,44 @@ async fn read_frame(
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(64 * 1024);
         }
-        match reader.read_buf(buf).await {
+        match read_some(reader, buf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
+        }
+    }
+}
+
+/// One read of the channel into `buf`'s spare capacity. A read that leaves room unused
+/// has drained the socket, so readiness is cleared then and there: the next wait goes
+/// straight to the reactor, sparing the read that would only say EAGAIN (a syscall per
+/// response otherwise).
+async fn read_some(reader: &UnixStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    loop {
+        reader.readable().await?;
+        let mut got = 0;
+        let result = reader.try_io(Interest::READABLE, || {
+            let spare = buf.spare_capacity_mut();
+            let room = spare.len();
+            // SAFETY: recv writes at most `room` bytes into the spare capacity, which
+            // is valid for writes; nothing reads it before `set_len` below.
+            let n = unsafe { libc::recv(reader.as_raw_fd(), spare.as_mut_ptr().cast(), room, 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            got = n as usize;
+            // SAFETY: recv initialised the first `got` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + got) };
+            if got > 0 && got < room {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(got)
+            }
+        });
+        match result {
+            Ok(n) => return Ok(n),
+            Err(_) if got > 0 => return Ok(got),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
         }
     }
 }

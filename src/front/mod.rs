@@ -36,11 +36,8 @@ use service::{ConnInfo, Shared};
 
 /// Runs the front tier until it is told to stop; returns the process exit code.
 pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: OwnedFd) -> i32 {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+        .worker_threads(settings.front_threads)
         .enable_all()
         .build()
     {

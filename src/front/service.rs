@@ -220,7 +220,7 @@ async fn dispatch(
                 Failure::Aborted(why) => RequestError::Internal(why),
                 died => RequestError::Worker(died),
             })?;
-    let head = match events.recv().await {
+    let head = match events.receiver.recv().await {
         Some(Event::Head(head)) => head,
         Some(Event::Failed(failure)) => return Err(RequestError::Worker(failure)),
         Some(other) => {

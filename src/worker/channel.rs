@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{MsgFlags, recv};
 
 use crate::protocol::{
@@ -52,6 +54,8 @@ struct Reader {
     decoder: Decoder,
     /// Frames read while checking for an abort, not yet consumed.
     pending: VecDeque<Frame>,
+    /// Where reads land before they are appended to `buf` (zeroed once, not per read).
+    scratch: Box<[u8]>,
 }
 
 struct Writer {
@@ -67,6 +71,10 @@ pub struct Channel {
 
 /// How often a blocked read wakes to check whether the worker was told to stop.
 const STOP_CHECK: Duration = Duration::from_secs(1);
+const STOP_CHECK_MS: u16 = 1000;
+
+/// The most one read of the channel takes.
+const READ_SIZE: usize = 64 * 1024;
 
 /// Output buffered beyond this is written at once, even mid-response.
 const WRITE_HIGH_WATER: usize = 1 << 20;
@@ -89,6 +97,7 @@ impl Channel {
                 buf: BytesMut::with_capacity(64 * 1024),
                 decoder: Decoder::new(),
                 pending: VecDeque::new(),
+                scratch: vec![0; READ_SIZE].into_boxed_slice(),
             }),
             writer: Mutex::new(Writer {
                 socket: writer,
@@ -207,23 +216,25 @@ impl Reader {
             if idle && self.buf.is_empty() && stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            let start = self.buf.len();
-            self.buf.resize(start + 64 * 1024, 0);
-            match self.socket.read(&mut self.buf[start..]) {
-                Ok(0) => {
-                    self.buf.truncate(start);
-                    return Ok(None);
-                }
-                Ok(n) => self.buf.truncate(start + n),
-                Err(err) => {
-                    self.buf.truncate(start);
-                    match err.kind() {
-                        io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted => {}
-                        _ => return Err(err.into()),
-                    }
-                }
+            // Wait in poll(2), not in read(2): a reader asleep in read is woken each
+            // time the front tier drains what this worker wrote (write space and input
+            // share the socket's wait queue), a needless context switch per request.
+            // poll wakes for input only.
+            let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, STOP_CHECK_MS) {
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(err) => return Err(io::Error::from(err).into()),
+            }
+            match self.socket.read(&mut self.scratch) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
+                Err(err) => match err.kind() {
+                    io::ErrorKind::WouldBlock
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::Interrupted => {}
+                    _ => return Err(err.into()),
+                },
             }
         }
     }

@@ -77,10 +77,27 @@ def _big(environ, start_response):
     return (piece for _ in range(count))
 
 
+def pattern_piece(index: int) -> bytes:
+    """The 64 KiB piece number `index` of `/pattern`: its number, repeated."""
+    return index.to_bytes(4, "big") * 16384
+
+
+def _pattern(environ, start_response):
+    """`?mib=N` MiB of numbered 64 KiB pieces (see `pattern_piece`), with a Content-Length:
+    a reader can tell a piece out of order or missing."""
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    count = int(query.get("mib", ["20"])[0]) * 16
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(count * 65536))])
+    return (pattern_piece(i) for i in range(count))
+
+
 def _router(environ, start_response):
-    """/big: `big`; anything else: `echo`."""
+    """/big: `big`; /pattern: `pattern`; anything else: `echo`."""
     if environ.get("PATH_INFO") == "/big":
         return _big(environ, start_response)
+    if environ.get("PATH_INFO") == "/pattern":
+        return _pattern(environ, start_response)
     return _echo(environ, start_response)
 
 

@@ -32,6 +32,9 @@ use tracing::debug;
 
 use check::{Checker, Limits, Refused, Reject};
 
+/// The most one read of the client connection takes.
+const READ_SIZE: usize = 16 * 1024;
+
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -364,11 +367,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 this.start = 0;
             }
             let from = this.inbuf.len();
-            this.inbuf.resize(from + 16 * 1024, 0);
-            let mut read = ReadBuf::new(&mut this.inbuf[from..]);
+            this.inbuf.reserve(READ_SIZE);
+            // Read into the spare capacity: zeroing 16 KiB before every read (twice a
+            // request, counting the read that finds nothing) showed in profiles.
+            let mut read = ReadBuf::uninit(this.inbuf.spare_capacity_mut());
             let polled = Pin::new(&mut this.io).poll_read(cx, &mut read);
             let filled = read.filled().len();
-            this.inbuf.truncate(from + filled);
+            // SAFETY: ReadBuf guarantees its first `filled` bytes were initialised, and
+            // they are the bytes right after the vector's current length.
+            unsafe { this.inbuf.set_len(from + filled) };
             match polled {
                 Poll::Ready(Ok(())) if filled == 0 => {
                     // End of input; a partly received head is dropped with it.
