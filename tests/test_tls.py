@@ -95,6 +95,9 @@ def test_alpn_prefers_h2_and_takes_http11(serve):
     assert alpn("-alpn", "http/1.1,h2") == "ALPN protocol: h2"
     assert alpn("-alpn", "http/1.1") == "ALPN protocol: http/1.1"
     assert alpn() == "No ALPN negotiated"
+    # Offering only protocols rwsgi does not speak fails the handshake (RFC 7301 §3.2).
+    code, out = s_client(server.port, "-alpn", "spdy/3")
+    assert code != 0 and "no application protocol" in out, out
 
 
 def test_tls11_is_refused(serve):
