@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -297,6 +298,23 @@ def test_sighup_reloads_certificates_and_keeps_open_connections(serve, tmp_path)
     assert "CN = other.test" in peer_subject(server.port, "-servername", "localhost")
     assert server.proc.poll() is None
     assert "Front tier" not in server.log, server.log  # nothing was restarted
+
+
+def test_a_restarted_front_tier_serves_tls_again(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+    assert https_get(server.port)[0] == 200
+    front = int(re.search(r"Booting front tier with pid: (\d+)", server.log).group(1))
+    os.kill(front, signal.SIGKILL)
+    server.wait_for_log(r"Booting front tier with pid: ", count=2)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            status, _, body = https_get(server.port)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+    assert (status, body) == (200, b"Hello, World!\n")
 
 
 def test_sighup_without_tls_keeps_serving(serve):
