@@ -141,4 +141,26 @@ pub struct ServeArgs {
     /// redirect to the same URL over HTTPS. Repeatable.
     #[arg(long = "redirect-http", value_name = "ADDRESS")]
     pub redirect_http: Vec<String>,
+    // -- static files, internal redirects, compression --
+    /// Serve the files of DIR at URL_PREFIX from the front tier (the app never sees these
+    /// requests). Repeat for several; the longest matching prefix wins.
+    #[arg(long = "static", value_name = "URL_PREFIX=DIR")]
+    pub static_mounts: Vec<String>,
+
+    /// Map URL_PREFIX to DIR for X-Accel-Redirect answers from the app only; clients
+    /// cannot request these paths directly. Repeatable.
+    #[arg(long, value_name = "URL_PREFIX=DIR")]
+    pub internal: Vec<String>,
+
+    /// Send `Cache-Control: public, max-age=SECONDS` with static files.
+    #[arg(long, value_name = "SECONDS")]
+    pub static_max_age: Option<u64>,
+
+    /// Compress app responses (zstd, br, gzip) for clients that accept it.
+    #[arg(long)]
+    pub compress: bool,
+
+    /// With --compress: responses whose Content-Length is below this are not compressed.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
+    pub compress_min_size: u64,
 }

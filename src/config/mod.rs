@@ -8,6 +8,7 @@
 mod app;
 mod bind;
 mod limits;
+mod mounts;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use std::time::Duration;
 pub use app::AppSpec;
 pub use bind::BindAddr;
 pub use limits::{Limits, Trusted};
+pub use mounts::{FileSettings, Mount};
 pub use tls::{CertSource, LoadedCert, TlsSettings};
 
 use crate::cli::ServeArgs;
@@ -63,6 +65,10 @@ pub struct Settings {
     pub body_memory_limit: usize,
     /// Requests that may wait for a free worker before new ones get 503.
     pub max_queue: usize,
+    /// Static files and internal redirects (`--static`, `--internal`).
+    pub files: FileSettings,
+    /// Compression of app responses (`--compress`), when on.
+    pub compress: Option<CompressSettings>,
     /// What a client may send, and how slowly.
     pub limits: Limits,
     /// Peers whose proxy headers are believed.
@@ -71,6 +77,13 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// `--redirect-http`: plain HTTP listeners that redirect to HTTPS.
     pub redirect_http: Vec<BindAddr>,
+}
+
+/// How app responses are compressed.
+#[derive(Debug, Clone)]
+pub struct CompressSettings {
+    /// Responses with a Content-Length below this are sent as they are.
+    pub min_size: u64,
 }
 
 impl Settings {
@@ -128,6 +141,10 @@ impl Settings {
             graceful_timeout: Duration::from_secs_f64(args.graceful_timeout),
             app,
             body_memory_limit: 1 << 20,
+            files: FileSettings::from_args(args)?,
+            compress: args.compress.then_some(CompressSettings {
+                min_size: args.compress_min_size,
+            }),
             max_queue: args.max_queue,
             limits,
             forwarded_allow,

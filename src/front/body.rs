@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -114,12 +115,31 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// Chunks arriving from a worker's stream.
     Worker(WorkerBody),
+    /// Any other body the front tier makes: files, compressed app responses.
+    Boxed(UnsyncBoxBody<Bytes, ResponseAborted>),
 }
 
 impl ResponseBody {
     /// A body of these bytes.
     pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         ResponseBody::Full(Some(bytes.into()))
+    }
+
+    /// An empty body (HEAD, 304).
+    pub fn empty() -> ResponseBody {
+        ResponseBody::Full(None)
+    }
+
+    /// Any body; its errors abort the response.
+    pub fn boxed<B>(body: B) -> ResponseBody
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        ResponseBody::Boxed(
+            body.map_err(|err| ResponseAborted(Failure::Aborted(err.to_string())))
+                .boxed_unsync(),
+        )
     }
 }
 
@@ -202,6 +222,7 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Worker(body) => body.poll_frame(cx),
+            ResponseBody::Boxed(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -209,6 +230,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(bytes) => bytes.is_none(),
             ResponseBody::Worker(body) => body.finished,
+            ResponseBody::Boxed(body) => body.is_end_stream(),
         }
     }
 
@@ -217,6 +239,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Worker(_) => SizeHint::default(),
+            ResponseBody::Boxed(body) => body.size_hint(),
         }
     }
 }

@@ -15,6 +15,11 @@ mod redirect;
 mod service;
 mod tls;
 
+mod compress;
+mod encoding;
+mod sendfile;
+mod static_files;
+
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +86,8 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
     let shared = Arc::new(Shared {
         pool: pool.clone(),
         body_memory_limit: settings.body_memory_limit,
+        files: static_files::Files::new(&settings.files),
+        compression: settings.compress.as_ref().map(compress::Compression::new),
         limits: settings.limits.clone(),
         trusted: settings.forwarded_allow.clone(),
         hsts: settings

@@ -18,10 +18,13 @@ use tracing::{error, info, warn};
 
 use super::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
 use super::channel::{Event, Failure, StreamHold};
+use super::compress::Compression;
 use super::guard::check::Reject;
 use super::guard::{ConnGuard, Tracked};
 use super::pool::Pool;
 use super::proxy::{ClientFacts, client_facts};
+use super::sendfile::Target;
+use super::static_files::Files;
 use crate::config::{Limits, Trusted};
 use crate::protocol::{
     BodyFile, Kind, MAX_PAYLOAD, ProtocolError, RequestHeadRef, ResponseHead, Scheme, encode_frame,
@@ -47,6 +50,10 @@ pub struct Shared {
     pub pool: Arc<Pool>,
     /// Request bodies above this size are spooled to disk.
     pub body_memory_limit: usize,
+    /// `--static` and `--internal` files.
+    pub files: Files,
+    /// `--compress`, when on.
+    pub compression: Option<Compression>,
     /// What a client may send, and how slowly.
     pub limits: Limits,
     /// Peers whose proxy headers are believed.
@@ -169,6 +176,9 @@ async fn dispatch(
     let (parts, incoming) = request.into_parts();
     let limits = &shared.limits;
     check_head(&parts, limits)?;
+    if let Some(response) = shared.files.serve_static(&parts).await {
+        return Ok(response);
+    }
     let body_limits = BodyLimits {
         memory: shared.body_memory_limit,
         max: limits.max_body_size,
@@ -231,7 +241,14 @@ async fn dispatch(
         None => return Err(RequestError::Worker(Failure::WorkerDied)),
     };
     let body = WorkerBody::new(events, worker, stream);
-    build_response(head, ResponseBody::Worker(body), parts.version)
+    let response = build_response(head, ResponseBody::Worker(body), parts.version)?;
+    if let Some(target) = Target::of(&shared.files, response.headers()) {
+        return Ok(target.serve(&shared.files, &parts, response).await);
+    }
+    Ok(match &shared.compression {
+        Some(compression) => compression.apply(&parts, response),
+        None => response,
+    })
 }
 
 fn version_code(version: Version) -> u8 {

@@ -1,0 +1,185 @@
+//! The body of a file response: pieces of one open file, with literal bytes between them
+//! (the part headers of a `multipart/byteranges` body), read off the async threads.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use tokio::task::JoinHandle;
+
+/// The most read from the file at once.
+const CHUNK: u64 = 256 * 1024;
+
+/// One piece of the body.
+pub enum Segment {
+    /// Bytes made up front.
+    Bytes(Bytes),
+    /// `length` bytes of the file from `offset`.
+    File { offset: u64, length: u64 },
+}
+
+/// A body read from a file, piece by piece.
+pub struct FileBody {
+    file: Arc<File>,
+    segments: VecDeque<Segment>,
+    reading: Option<JoinHandle<io::Result<Bytes>>>,
+    remaining: u64,
+}
+
+impl FileBody {
+    /// A body of these pieces of `file`.
+    pub fn new(file: File, segments: Vec<Segment>) -> FileBody {
+        let remaining = segments
+            .iter()
+            .map(|s| match s {
+                Segment::Bytes(b) => b.len() as u64,
+                Segment::File { length, .. } => *length,
+            })
+            .sum();
+        FileBody {
+            file: Arc::new(file),
+            segments: segments.into(),
+            reading: None,
+            remaining,
+        }
+    }
+}
+
+impl Body for FileBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(reading) = &mut this.reading {
+                let read = match Pin::new(reading).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(read)) => read,
+                    Poll::Ready(Err(join)) => Err(io::Error::other(join)),
+                };
+                this.reading = None;
+                let data = match read {
+                    Ok(data) if data.is_empty() => {
+                        // The file shrank under us: the promised length cannot be met.
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the file became shorter while being sent",
+                        ))));
+                    }
+                    Ok(data) => data,
+                    Err(err) => return Poll::Ready(Some(Err(err))),
+                };
+                if let Some(Segment::File { offset, length }) = this.segments.front_mut() {
+                    *offset += data.len() as u64;
+                    *length -= data.len() as u64;
+                    if *length == 0 {
+                        this.segments.pop_front();
+                    }
+                }
+                this.remaining -= data.len() as u64;
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            match this.segments.front() {
+                None => return Poll::Ready(None),
+                Some(Segment::Bytes(_)) => {
+                    if let Some(Segment::Bytes(bytes)) = this.segments.pop_front() {
+                        this.remaining -= bytes.len() as u64;
+                        return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                    }
+                }
+                Some(Segment::File { length: 0, .. }) => {
+                    this.segments.pop_front();
+                }
+                Some(&Segment::File { offset, length }) => {
+                    let file = this.file.clone();
+                    let want = length.min(CHUNK) as usize;
+                    this.reading = Some(tokio::task::spawn_blocking(move || {
+                        read_at(&file, offset, want)
+                    }));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0 && self.reading.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// Reads up to `want` bytes at `offset`; fewer only at the end of the file.
+fn read_at(file: &File, offset: u64, want: usize) -> io::Result<Bytes> {
+    let mut buf = BytesMut::zeroed(want);
+    let mut filled = 0;
+    while filled < want {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::io::Write;
+
+    #[tokio::test]
+    async fn pieces_in_order() {
+        let mut file = tempfile::tempfile().unwrap();
+        let content: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        file.write_all(&content).unwrap();
+        let body = FileBody::new(
+            file,
+            vec![
+                Segment::Bytes(Bytes::from_static(b"<")),
+                Segment::File {
+                    offset: 10,
+                    length: 500_000,
+                },
+                Segment::Bytes(Bytes::from_static(b">")),
+                Segment::File {
+                    offset: 0,
+                    length: 0,
+                },
+            ],
+        );
+        assert_eq!(body.size_hint().exact(), Some(500_002));
+        let all = body.collect().await.unwrap().to_bytes();
+        assert_eq!(all.len(), 500_002);
+        assert_eq!(&all[1..500_001], &content[10..500_010]);
+        assert_eq!((all[0], all[500_001]), (b'<', b'>'));
+    }
+
+    #[tokio::test]
+    async fn a_shrunk_file_is_an_error() {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"short").unwrap();
+        let body = FileBody::new(
+            file,
+            vec![Segment::File {
+                offset: 0,
+                length: 100,
+            }],
+        );
+        assert!(body.collect().await.is_err());
+    }
+}
