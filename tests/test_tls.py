@@ -432,6 +432,15 @@ def test_hsts_leaves_the_apps_own_header_and_is_off_by_default(serve):
     assert "strict-transport-security" not in headers, headers
 
 
+def test_static_files_over_tls_get_hsts_too(serve, tmp_path):
+    (tmp_path / "hello.txt").write_text("static hello\n")
+    server = serve("basic:hello", "--tls", LOCALHOST, "--hsts", "600",
+                   "--static", f"/assets={tmp_path}", workers=1)
+    status, headers, body = https_get(server.port, "/assets/hello.txt")
+    assert (status, body) == (200, b"static hello\n")
+    assert headers.get("strict-transport-security") == "max-age=600", headers
+
+
 # -- --redirect-http ----------------------------------------------------------------
 
 
