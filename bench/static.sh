@@ -26,9 +26,10 @@ TARGET_NGINX=0.9
 # shellcheck source=bench/lib.sh
 source "$HERE/lib.sh"
 check_positive FRONT ROUNDS DURATION WARMUP CONNECTIONS THREADS START_TIMEOUT STOP_TIMEOUT
+begin_runs
 
-apt_need wrk wrk
-apt_need nginx nginx
+apt_install wrk wrk
+apt_install nginx nginx
 NGINX=$(command -v nginx)
 command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
 build_rwsgi

@@ -122,6 +122,25 @@ pub struct ServeArgs {
     #[arg(value_name = "APP")]
     pub app: String,
 
+    // TLS (src/config/tls.rs).
+    /// Serve HTTPS on every --bind with this PEM certificate chain (leaf first; the
+    /// private key may be in the same file), or CERT:KEY. Repeat for several certificates
+    /// chosen by SNI; the first is the default.
+    #[arg(long = "tls", alias = "certfile", value_name = "CERT[:KEY]")]
+    pub tls: Vec<String>,
+
+    /// The PEM private key of each --tls certificate that names none of its own.
+    #[arg(long = "tls-key", alias = "keyfile", value_name = "KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Send `Strict-Transport-Security: max-age=SECONDS` with every HTTPS response.
+    #[arg(long, value_name = "SECONDS")]
+    pub hsts: Option<u64>,
+
+    /// Also listen for plain HTTP at this address and answer every request with a 308
+    /// redirect to the same URL over HTTPS. Repeatable.
+    #[arg(long = "redirect-http", value_name = "ADDRESS")]
+    pub redirect_http: Vec<String>,
     // -- static files, internal redirects, compression --
     /// Serve the files of DIR at URL_PREFIX from the front tier (the app never sees these
     /// requests). Repeat for several; the longest matching prefix wins.

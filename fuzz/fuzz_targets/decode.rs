@@ -10,7 +10,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use rwsgi::protocol::{Decoder, Frame, ProtocolError, control::AddWorker, fuzz_decode};
+use rwsgi::protocol::{Decoder, Frame, ProtocolError, control::Message, fuzz_decode};
 
 /// Every frame the decoder yields from `chunks` fed one after the other, and how it
 /// ended: `Ok(())` when it wanted more bytes at the end, or the error that stopped it.
@@ -34,8 +34,8 @@ fn decode_all<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> (Vec<Frame>, Result
 fuzz_target!(|data: &[u8]| {
     fuzz_decode(data);
 
-    if let Some(message) = AddWorker::decode(data) {
-        assert_eq!(AddWorker::decode(&message.encode()), Some(message));
+    if let Some(message) = Message::decode(data) {
+        assert_eq!(Message::decode(&message.encode()), Some(message));
     }
 
     let Some((&first, rest)) = data.split_first() else {

@@ -9,6 +9,7 @@ mod app;
 mod bind;
 mod limits;
 mod mounts;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub use app::AppSpec;
 pub use bind::BindAddr;
 pub use limits::{Limits, Trusted};
 pub use mounts::{FileSettings, Mount};
+pub use tls::{CertSource, LoadedCert, TlsSettings};
 
 use crate::cli::ServeArgs;
 
@@ -71,6 +73,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Peers whose proxy headers are believed.
     pub forwarded_allow: Trusted,
+    /// `--tls` and friends: serve HTTPS on every bind (None: plain HTTP).
+    pub tls: Option<TlsSettings>,
+    /// `--redirect-http`: plain HTTP listeners that redirect to HTTPS.
+    pub redirect_http: Vec<BindAddr>,
 }
 
 /// How app responses are compressed.
@@ -123,6 +129,8 @@ impl Settings {
             ));
         }
         let app = AppSpec::parse(&args.app, args.chdir.as_deref())?;
+        let tls = TlsSettings::from_args(args)?;
+        let redirect_http = tls::redirect_binds(args)?;
         Ok(Settings {
             binds,
             workers,
@@ -140,6 +148,8 @@ impl Settings {
             max_queue: args.max_queue,
             limits,
             forwarded_allow,
+            tls,
+            redirect_http,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The front tier's side of the control socket: receiving each new worker's channel
-//! from the master (SCM_RIGHTS). The master's side is `master::control`.
+//! from the master (SCM_RIGHTS), and the master's requests to reload the TLS
+//! certificates. The master's side is `master::control`.
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -8,14 +9,16 @@ use std::sync::Arc;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
 use tracing::warn;
 
 use super::channel;
 use super::pool::Pool;
-use crate::protocol::control::{AddWorker, MESSAGE_LEN};
+use crate::protocol::control::{MESSAGE_LEN, Message};
 
-/// Receives workers until the master closes the control socket (the master is gone).
-pub async fn receive(control: OwnedFd, pool: Arc<Pool>) {
+/// Receives workers until the master closes the control socket (the master is gone);
+/// a reload request wakes `reload`.
+pub async fn receive(control: OwnedFd, pool: Arc<Pool>, reload: Arc<Notify>) {
     // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same
     // for the AsyncFd's whole life.
     let registered = unsafe { AsyncFd::register_with_interest(control, Interest::READABLE) };
@@ -58,11 +61,14 @@ pub async fn receive(control: OwnedFd, pool: Arc<Pool>) {
         if length == 0 {
             return; // The master closed its end.
         }
-        let (Some(worker), Some(fd), true) = (
-            AddWorker::decode(message.get(..length).unwrap_or(&[])),
-            fds.pop(),
-            fds.is_empty(),
-        ) else {
+        let message = Message::decode(message.get(..length).unwrap_or(&[]));
+        if message == Some(Message::ReloadTls) && fds.is_empty() {
+            reload.notify_one();
+            continue;
+        }
+        let (Some(Message::AddWorker(worker)), Some(fd), true) =
+            (message, fds.pop(), fds.is_empty())
+        else {
             warn!("ignoring a malformed control message ({length} bytes)");
             continue;
         };

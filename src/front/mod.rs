@@ -11,7 +11,9 @@ mod control;
 pub mod guard;
 mod pool;
 mod proxy;
+mod redirect;
 mod service;
+mod tls;
 
 mod compress;
 mod encoding;
@@ -22,6 +24,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -29,7 +32,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::config::{BindAddr, Limits, Settings};
@@ -87,16 +90,38 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
         compression: settings.compress.as_ref().map(compress::Compression::new),
         limits: settings.limits.clone(),
         trusted: settings.forwarded_allow.clone(),
+        hsts: settings
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.hsts)
+            .map(hsts_value),
     });
     let connections = Arc::new(Semaphore::new(settings.limits.max_connections));
-    let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+    // SIGHUP is the master's to handle (it asks for a reload over the control socket);
+    // one sent to the whole process group must not end this process.
+    let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut hangup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::quit()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         error!("cannot install the front tier's signal handlers");
         return crate::master::WORKER_BOOT_ERROR;
     };
+    tokio::spawn(async move { while hangup.recv().await.is_some() {} });
+    let tls = match settings.tls.as_ref().map(tls::Tls::new).transpose() {
+        Ok(tls) => tls.map(Arc::new),
+        Err(err) => {
+            error!("{err}");
+            return crate::master::WORKER_BOOT_ERROR;
+        }
+    };
+    let reload = Arc::new(Notify::new());
+    tokio::spawn(tls::reload_when_asked(tls.clone(), reload.clone()));
+    // The master passes the --bind listeners first, then the --redirect-http ones.
+    let mut listeners = listeners;
+    let redirects = listeners.split_off(settings.binds.len().min(listeners.len()));
+    let target = redirect::Target::new(listeners.iter().map(|(_, addr)| addr));
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_tasks = Vec::new();
     for (fd, addr) in listeners {
@@ -106,6 +131,7 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
                 shared.clone(),
                 graceful.clone(),
                 connections.clone(),
+                tls.clone(),
             ))),
             Err(err) => {
                 error!("cannot use an inherited listener: {err}");
@@ -113,7 +139,22 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
             }
         }
     }
-    let mut master_gone = tokio::spawn(control::receive(control, pool));
+    for (fd, addr) in redirects {
+        match adopt(fd, addr) {
+            Ok(listener) => accept_tasks.push(tokio::spawn(redirect::accept_loop(
+                listener,
+                target,
+                settings.limits.header_timeout,
+                graceful.clone(),
+                connections.clone(),
+            ))),
+            Err(err) => {
+                error!("cannot use an inherited --redirect-http listener: {err}");
+                return crate::master::WORKER_BOOT_ERROR;
+            }
+        }
+    }
+    let mut master_gone = tokio::spawn(control::receive(control, pool, reload));
     let graceful_stop = tokio::select! {
         _ = term.recv() => true,
         _ = &mut master_gone => {
@@ -148,6 +189,30 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
         warn!("graceful timeout passed with connections still open");
     }
     0
+}
+
+/// `Strict-Transport-Security` for `--hsts SECONDS`. Only `max-age`: includeSubDomains
+/// would bind every subdomain to HTTPS, which is the site owner's call to make in the
+/// application.
+fn hsts_value(seconds: u64) -> HeaderValue {
+    // Digits always make a valid value; the fallback is never used.
+    HeaderValue::try_from(format!("max-age={seconds}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("max-age=0"))
+}
+
+/// The connection builders of one listener: any protocol (cleartext, or TLS without
+/// ALPN h2), and HTTP/2 only (TLS with ALPN h2), with the same limits.
+struct Builders {
+    any: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: &Limits) -> Builders {
+        let any = http_builder(limits);
+        let h2 = any.clone().http2_only();
+        Builders { any, h2 }
+    }
 }
 
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -192,8 +257,13 @@ async fn accept_loop(
     shared: Arc<Shared>,
     graceful: Arc<GracefulShutdown>,
     connections: Arc<Semaphore>,
+    tls: Option<Arc<tls::Tls>>,
 ) {
-    let builder = Arc::new(http_builder(&shared.limits));
+    let builders = Arc::new(Builders::new(&shared.limits));
+    let scheme = match tls {
+        Some(_) => Scheme::Https,
+        None => Scheme::Http,
+    };
     loop {
         // Beyond --max-connections, new connections wait in the listen backlog.
         let Ok(permit) = connections.clone().acquire_owned().await else {
@@ -209,7 +279,7 @@ async fn accept_loop(
                         .map(|a| a.ip().to_string())
                         .unwrap_or_else(|| addr.to_string()),
                     server_port: local.map(|a| a.port().to_string()).unwrap_or_default(),
-                    scheme: Scheme::Http,
+                    scheme,
                     guard: Arc::default(),
                 };
                 (Connection::Tcp(stream), info)
@@ -225,7 +295,7 @@ async fn accept_loop(
                         remote: None,
                         server_name: path,
                         server_port: String::new(),
-                        scheme: Scheme::Http,
+                        scheme,
                         guard: Arc::default(),
                     },
                 )
@@ -241,30 +311,60 @@ async fn accept_loop(
                 continue;
             }
         };
-        let info = Arc::new(info);
-        let (builder, watcher, shared) = (builder.clone(), graceful.watcher(), shared.clone());
+        let conn = Conn {
+            builders: builders.clone(),
+            watcher: graceful.watcher(),
+            shared: shared.clone(),
+            info: Arc::new(info),
+            _permit: permit,
+        };
         match connection {
-            Connection::Tcp(stream) => tokio::spawn(serve_connection(
-                stream, builder, watcher, shared, info, permit,
-            )),
-            Connection::Unix(stream) => tokio::spawn(serve_connection(
-                stream, builder, watcher, shared, info, permit,
-            )),
+            Connection::Tcp(stream) => tokio::spawn(serve_accepted(stream, tls.clone(), conn)),
+            Connection::Unix(stream) => tokio::spawn(serve_accepted(stream, tls.clone(), conn)),
         };
     }
 }
 
-/// Serves one accepted connection until it closes or a graceful stop ends it.
-async fn serve_connection<S>(
-    stream: S,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+/// What one accepted connection is served with.
+struct Conn {
+    builders: Arc<Builders>,
     watcher: Watcher,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
+    /// Its place under --max-connections, held for the connection's life.
     _permit: OwnedSemaphorePermit,
-) where
+}
+
+/// Serves an accepted connection, after the TLS handshake when the listeners are TLS.
+async fn serve_accepted<S>(stream: S, tls: Option<Arc<tls::Tls>>, conn: Conn)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Some(tls) = tls else {
+        return serve_connection(stream, false, conn).await;
+    };
+    // A client that connects and says nothing is closed after the head timeout.
+    let timeout = conn.shared.limits.header_timeout;
+    if let Some(stream) = tls.accept(stream, conn.info.remote, timeout).await {
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        serve_connection(stream, h2, conn).await
+    }
+}
+
+/// Serves one connection until it closes or a graceful stop ends it. HTTP/1 passes the
+/// guard's checks; a TLS connection that chose `h2` by ALPN goes to hyper's HTTP/2 only
+/// (the guard then keeps only its send timeout).
+async fn serve_connection<S>(stream: S, alpn_h2: bool, conn: Conn)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn {
+        builders,
+        watcher,
+        shared,
+        info,
+        _permit,
+    } = conn;
     let limits = &shared.limits;
     let check = guard::check::Limits {
         request_line: limits.request_line,
@@ -277,6 +377,10 @@ async fn serve_connection<S>(
         send: limits.send_timeout,
     };
     let stream = guard::Guarded::new(stream, info.guard.clone(), check, timeouts);
+    let (stream, builder) = match alpn_h2 {
+        true => (stream.pass_through(), &builders.h2),
+        false => (stream, &builders.any),
+    };
     let service = service_fn(move |request| service::handle(shared.clone(), info.clone(), request));
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)

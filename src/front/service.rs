@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::header::{
     CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderName, HeaderValue, RETRY_AFTER,
+    STRICT_TRANSPORT_SECURITY,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::{error, info, warn};
@@ -57,6 +58,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Peers whose proxy headers are believed.
     pub trusted: Trusted,
+    /// `Strict-Transport-Security` for responses over TLS (`--hsts`).
+    pub hsts: Option<HeaderValue>,
 }
 
 /// Whose fault a failed request is; [`error_response`] turns it into a status.
@@ -87,10 +90,20 @@ pub async fn handle(
         Some(reject) => Err(refused(reject)),
         None => dispatch(&shared, &conn, index, request).await,
     };
-    let response = match result {
+    let mut response = match result {
         Ok(response) => response,
         Err(err) => error_response(err, version),
     };
+    // RFC 6797 §7.2: the header is sent over a secure transport only; an app's own
+    // value wins.
+    if conn.scheme == Scheme::Https
+        && let Some(hsts) = &shared.hsts
+    {
+        response
+            .headers_mut()
+            .entry(STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
+    }
     Ok(response.map(|body| Tracked::new(body, busy)))
 }
 

@@ -21,7 +21,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use crate::config::Settings;
+use crate::config::{BindAddr, Settings};
 use crate::protocol::control::AddWorker;
 use listeners::Listener;
 use signals::SignalPipe;
@@ -37,12 +37,21 @@ const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the server until it is stopped; returns the exit code.
 pub fn run(settings: Settings) -> i32 {
+    let tls_warnings = settings.tls.iter().flat_map(|tls| &tls.loaded);
+    for warning in tls_warnings.flat_map(|cert| &cert.warnings) {
+        warn!("--tls {warning}");
+    }
     if settings.preload
         && let Err(code) = crate::python::preload(&settings)
     {
         return code;
     }
-    let listeners = match listeners::bind_all(&settings.binds, settings.limits.backlog) {
+    // The front tier finds the --redirect-http listeners after the --bind ones.
+    let backlog = settings.limits.backlog;
+    let listeners = match listeners::bind_all(&settings.binds, backlog).and_then(|mut binds| {
+        binds.extend(listeners::bind_all(&settings.redirect_http, backlog)?);
+        Ok(binds)
+    }) {
         Ok(listeners) => listeners,
         Err(message) => {
             error!("{message}");
@@ -54,8 +63,14 @@ pub fn run(settings: Settings) -> i32 {
     }
     let pid = std::process::id();
     info!("Starting rwsgi {}", env!("CARGO_PKG_VERSION"));
-    for listener in &listeners {
-        info!("Listening at: {} ({pid})", listener.addr);
+    for (index, listener) in listeners.iter().enumerate() {
+        match (index < settings.binds.len(), &listener.addr) {
+            (true, BindAddr::Tcp(addr)) if settings.tls.is_some() => {
+                info!("Listening at: https://{addr} ({pid})")
+            }
+            (true, addr) => info!("Listening at: {addr} ({pid})"),
+            (false, addr) => info!("Listening at: {addr} ({pid}), redirecting to https"),
+        }
     }
     let signals = match SignalPipe::install() {
         Ok(signals) => signals,
@@ -131,6 +146,7 @@ impl Arbiter {
                         );
                         self.begin_stop(false)
                     }
+                    Signal::SIGHUP => self.reload_tls(),
                     other => info!("Ignoring signal {other} (not handled yet)"),
                 }
             }
@@ -154,6 +170,21 @@ impl Arbiter {
                     );
                 }
             }
+        }
+    }
+
+    /// SIGHUP: the front tier reads the certificate files again. Only TLS is reloaded;
+    /// the application is not (restart the server for that).
+    fn reload_tls(&mut self) {
+        info!("Handling signal: hup");
+        if self.settings.tls.is_none() {
+            return info!("SIGHUP: no TLS certificates to reload (no --tls)");
+        }
+        // A front tier not started yet reads the files when it starts.
+        if let Some(front) = &self.front
+            && let Err(err) = control::send_reload_tls(&front.control)
+        {
+            error!("cannot ask the front tier to reload the TLS certificates: {err}");
         }
     }
 

@@ -1,12 +1,65 @@
 //! The control socket between the master and the front tier (a SOCK_SEQPACKET pair, so
 //! each message arrives whole). Each message is 12 bytes: kind, worker id and worker
-//! pid, big-endian `u32`s; an `AddWorker` carries the front end of the worker's channel
-//! as SCM_RIGHTS ancillary data.
+//! pid, big-endian `u32`s.
+//!
+//! - kind 1, `AddWorker`: carries the front end of the worker's channel as SCM_RIGHTS
+//!   ancillary data.
+//! - kind 2, `ReloadTls`: read the certificate files again (the master got SIGHUP); id
+//!   and pid are zero.
 
 /// Bytes in one control message.
 pub const MESSAGE_LEN: usize = 12;
 
 const ADD_WORKER: u32 = 1;
+const RELOAD_TLS: u32 = 2;
+
+/// One message from the master to the front tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// A new worker, whose channel travels with the message.
+    AddWorker(AddWorker),
+    /// Reload the TLS certificates.
+    ReloadTls,
+}
+
+impl Message {
+    /// The message bytes.
+    pub fn encode(&self) -> [u8; MESSAGE_LEN] {
+        match self {
+            Message::AddWorker(worker) => worker.encode(),
+            Message::ReloadTls => words(RELOAD_TLS, 0, 0),
+        }
+    }
+
+    /// Reads a message; `None` if it is not a well-formed one.
+    pub fn decode(message: &[u8]) -> Option<Message> {
+        match split(message)? {
+            (ADD_WORKER, id, pid) => Some(Message::AddWorker(AddWorker { id, pid })),
+            (RELOAD_TLS, 0, 0) => Some(Message::ReloadTls),
+            _ => None,
+        }
+    }
+}
+
+fn words(kind: u32, id: u32, pid: u32) -> [u8; MESSAGE_LEN] {
+    let mut message = [0u8; MESSAGE_LEN];
+    message[0..4].copy_from_slice(&kind.to_be_bytes());
+    message[4..8].copy_from_slice(&id.to_be_bytes());
+    message[8..12].copy_from_slice(&pid.to_be_bytes());
+    message
+}
+
+fn split(message: &[u8]) -> Option<(u32, u32, u32)> {
+    let word = |i: usize| {
+        message
+            .get(i..i + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if message.len() != MESSAGE_LEN {
+        return None;
+    }
+    Some((word(0)?, word(4)?, word(8)?))
+}
 
 /// A new worker: its channel travels with the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,27 +73,15 @@ pub struct AddWorker {
 impl AddWorker {
     /// The message bytes.
     pub fn encode(&self) -> [u8; MESSAGE_LEN] {
-        let mut message = [0u8; MESSAGE_LEN];
-        message[0..4].copy_from_slice(&ADD_WORKER.to_be_bytes());
-        message[4..8].copy_from_slice(&self.id.to_be_bytes());
-        message[8..12].copy_from_slice(&self.pid.to_be_bytes());
-        message
+        words(ADD_WORKER, self.id, self.pid)
     }
 
     /// Reads a message; `None` if it is not a well-formed AddWorker.
     pub fn decode(message: &[u8]) -> Option<AddWorker> {
-        let word = |i: usize| {
-            message
-                .get(i..i + 4)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        if message.len() != MESSAGE_LEN || word(0)? != ADD_WORKER {
-            return None;
+        match Message::decode(message)? {
+            Message::AddWorker(worker) => Some(worker),
+            Message::ReloadTls => None,
         }
-        Some(AddWorker {
-            id: word(4)?,
-            pid: word(8)?,
-        })
     }
 }
 
@@ -56,5 +97,20 @@ mod tests {
         let mut wrong = message.encode();
         wrong[3] = 9;
         assert_eq!(AddWorker::decode(&wrong), None);
+    }
+
+    #[test]
+    fn reload_tls() {
+        let bytes = Message::ReloadTls.encode();
+        assert_eq!(Message::decode(&bytes), Some(Message::ReloadTls));
+        assert_eq!(AddWorker::decode(&bytes), None);
+        let mut stray = bytes;
+        stray[7] = 1;
+        assert_eq!(Message::decode(&stray), None);
+        let worker = AddWorker { id: 1, pid: 2 };
+        assert_eq!(
+            Message::decode(&worker.encode()),
+            Some(Message::AddWorker(worker))
+        );
     }
 }

@@ -13,7 +13,7 @@ use pyo3::{ffi, intern};
 use super::errors::ErrorStream;
 use super::input::WsgiInput;
 use super::response::FileWrapper;
-use crate::protocol::RequestHead;
+use crate::protocol::{RequestHead, Scheme};
 
 /// How many distinct header names are remembered (attacker-chosen names must not grow
 /// the cache without bound).
@@ -121,6 +121,10 @@ impl EnvironBuilder {
             intern!(py, "wsgi.url_scheme"),
             PyString::intern(py, head.scheme.as_str()),
         )?;
+        if head.scheme == Scheme::Https {
+            // As Apache's mod_ssl and nginx's fastcgi_params: frameworks look for it.
+            environ.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
+        }
         environ.set_item(intern!(py, "RAW_URI"), latin1(py, &head.raw_uri))?;
         environ.set_item(intern!(py, "QUERY_STRING"), latin1(py, &head.query))?;
         // PATH_INFO is the path below SCRIPT_NAME, percent-decoded to bytes and carried

@@ -210,7 +210,7 @@ pub struct Guarded<S> {
 }
 
 impl<S> Guarded<S> {
-    /// Guards `io`; `h2_only` connections (ALPN said h2) are passed through.
+    /// Guards `io`; a connection that chose h2 by ALPN is then [`Guarded::pass_through`].
     pub fn new(io: S, guard: Arc<ConnGuard>, limits: Limits, timeouts: Timeouts) -> Guarded<S> {
         Guarded {
             io,

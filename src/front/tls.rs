@@ -1,0 +1,243 @@
+//! TLS for the `--bind` listeners: the handshake (rustls, TLS 1.2 and 1.3, ALPN `h2`
+//! and `http/1.1`), the certificate chosen by SNI, and reloading the certificates when
+//! the master asks (it got SIGHUP).
+//!
+//! Certificates are swapped behind the resolver, so a reload touches only handshakes
+//! that start after it; open connections keep the keys they agreed on. A handshake
+//! that fails or stalls must never cost more than a debug line and the head timeout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, error, info, warn};
+
+use crate::config::TlsSettings;
+use crate::config::tls::{CertSource, LoadedCert, load_all, provider};
+
+/// The front tier's TLS: what every TLS connection shares.
+pub struct Tls {
+    acceptor: TlsAcceptor,
+    certificates: Arc<SniResolver>,
+    sources: Vec<CertSource>,
+}
+
+impl Tls {
+    /// Builds the server side of TLS. The certificate files are read again (a front
+    /// tier restarted after a SIGHUP must serve the reloaded ones); if they no longer
+    /// load, the ones checked at start-up are served.
+    pub fn new(settings: &TlsSettings) -> Result<Tls, String> {
+        let loaded = match load_all(&settings.sources) {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                error!(
+                    "cannot read the TLS certificates again ({err}); serving those checked at start-up"
+                );
+                settings.loaded.clone()
+            }
+        };
+        let set = CertSet::new(loaded).ok_or("no TLS certificate to serve")?;
+        let certificates = Arc::new(SniResolver {
+            current: RwLock::new(Arc::new(set)),
+        });
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|err| format!("cannot set up TLS: {err}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(certificates.clone());
+        // HTTP/2 when the client can, HTTP/1.1 otherwise (RFC 7301, RFC 9113 §3.2).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Tls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            certificates,
+            sources: settings.sources.clone(),
+        })
+    }
+
+    /// Runs the server side of the handshake; `None` (after a debug line) if it fails
+    /// or takes longer than `timeout`.
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+        peer: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Option<TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let why = match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => return Some(stream),
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        match peer {
+            Some(peer) => debug!("TLS handshake with {peer} failed: {why}"),
+            None => debug!("TLS handshake with a local peer failed: {why}"),
+        }
+        None
+    }
+
+    /// Reads the certificate files again and serves them to new handshakes; on any
+    /// error the current certificates stay.
+    pub async fn reload(&self) {
+        let sources = self.sources.clone();
+        let loaded = match tokio::task::spawn_blocking(move || load_all(&sources)).await {
+            Ok(loaded) => loaded,
+            Err(err) => return error!("TLS certificate reload failed: {err}"),
+        };
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                return error!(
+                    "cannot reload the TLS certificates: {err}; keeping the current ones"
+                );
+            }
+        };
+        for warning in loaded.iter().flat_map(|cert| &cert.warnings) {
+            warn!("--tls {warning}");
+        }
+        let names = describe(&loaded);
+        match CertSet::new(loaded) {
+            Some(set) => {
+                *self
+                    .certificates
+                    .current
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+                info!("Reloaded TLS certificates ({names})");
+            }
+            None => {
+                error!("cannot reload the TLS certificates: none loaded; keeping the current ones")
+            }
+        }
+    }
+}
+
+fn describe(loaded: &[LoadedCert]) -> String {
+    let names: Vec<String> = loaded
+        .iter()
+        .map(|cert| match cert.names.is_empty() {
+            true => "no DNS name".to_string(),
+            false => cert.names.join(", "),
+        })
+        .collect();
+    names.join("; ")
+}
+
+/// Reloads the certificates each time `requested` is notified (the master passes on
+/// its SIGHUP over the control socket). Requests that arrive during a reload make one
+/// more reload, not one each.
+pub async fn reload_when_asked(tls: Option<Arc<Tls>>, requested: Arc<Notify>) {
+    loop {
+        requested.notified().await;
+        match &tls {
+            Some(tls) => tls.reload().await,
+            None => info!("asked to reload TLS certificates, but there are none"),
+        }
+    }
+}
+
+/// The certificates served at one time: by DNS name, and the default (the first
+/// `--tls`) for clients that send no name or one no certificate has.
+struct CertSet {
+    default: Arc<CertifiedKey>,
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl CertSet {
+    fn new(loaded: Vec<LoadedCert>) -> Option<CertSet> {
+        let default = loaded.first()?.certified.clone();
+        let mut by_name = HashMap::new();
+        for cert in loaded {
+            for name in cert.names {
+                // The first --tls naming a host serves it.
+                by_name
+                    .entry(name)
+                    .or_insert_with(|| cert.certified.clone());
+            }
+        }
+        Some(CertSet { default, by_name })
+    }
+
+    /// The certificate for a client asking for `name`: exact, then a wildcard for its
+    /// parent (one label, RFC 6125 §6.4.3), then the default.
+    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name else {
+            return self.default.clone();
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let wildcard = || {
+            let (_, parent) = name.split_once('.')?;
+            self.by_name.get(&format!("*.{parent}"))
+        };
+        self.by_name
+            .get(&name)
+            .or_else(wildcard)
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
+/// Chooses the certificate by the client's SNI; swappable on reload.
+struct SniResolver {
+    current: RwLock<Arc<CertSet>>,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let set = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Some(set.pick(hello.server_name()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tls::load;
+    use std::path::Path;
+
+    fn loaded(cert: &str, key: &str) -> LoadedCert {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+        let source = CertSource {
+            cert: dir.join(cert),
+            key: dir.join(key),
+            key_flag: "--tls",
+        };
+        load(&source, &provider()).unwrap()
+    }
+
+    #[test]
+    fn sni_picks_by_name_with_the_first_as_default() {
+        let localhost = loaded("localhost.pem", "localhost.key");
+        let other = loaded("other.test.pem", "other.test.key");
+        let set = CertSet::new(vec![localhost.clone(), other.clone()]).unwrap();
+        let is =
+            |picked: Arc<CertifiedKey>, cert: &LoadedCert| Arc::ptr_eq(&picked, &cert.certified);
+        assert!(is(set.pick(None), &localhost));
+        assert!(is(set.pick(Some("localhost")), &localhost));
+        assert!(is(set.pick(Some("other.test")), &other));
+        assert!(is(set.pick(Some("OTHER.test.")), &other));
+        assert!(is(set.pick(Some("www.other.test")), &other));
+        // A wildcard covers one label only.
+        assert!(is(set.pick(Some("a.b.other.test")), &localhost));
+        assert!(is(set.pick(Some("unknown.example")), &localhost));
+    }
+}
