@@ -115,6 +115,23 @@ def test_a_changed_file_gets_a_new_etag(serve, tmp_path):
     assert resp.getheader("ETag") != first.getheader("ETag")
 
 
+def test_precompressed_sibling_added_or_removed_is_seen_within_a_second(serve, tmp_path):
+    (tmp_path / "f.txt").write_text("plain text " * 20)
+    server = serve("static_apps:counting", "--static", f"/s={tmp_path}", workers=1)
+    accept = {"Accept-Encoding": "gzip"}
+    resp, body = get(server, "/s/f.txt", accept)
+    assert resp.getheader("Content-Encoding") is None and body.startswith(b"plain text")
+    (tmp_path / "f.txt.gz").write_bytes(gzip.compress(b"from the sibling"))
+    time.sleep(1.2)
+    resp, body = get(server, "/s/f.txt", accept)
+    assert resp.getheader("Content-Encoding") == "gzip"
+    assert gzip.decompress(body) == b"from the sibling"
+    (tmp_path / "f.txt.gz").unlink()
+    resp, body = get(server, "/s/f.txt", accept)  # at once: a vanished sibling is not sent
+    assert resp.status == 200 and resp.getheader("Content-Encoding") is None
+    assert body.startswith(b"plain text")
+
+
 def test_cache_control_only_when_asked(serve):
     resp, _ = get(serve("static_apps:counting", "--static", f"/a={PUBLIC}", workers=1),
                   "/a/hello.txt")

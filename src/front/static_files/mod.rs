@@ -16,7 +16,7 @@ mod conditional;
 mod range;
 mod resolve;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 use hyper::header::{
@@ -30,7 +30,7 @@ use tracing::{debug, error, warn};
 use self::body::{FileBody, Segment};
 use self::conditional::{Validators, Verdict};
 use self::range::{ByteRange, Ranges};
-use self::resolve::{Directory, Opened, Resolved};
+use self::resolve::{Directory, Opened, Resolved, SiblingCache};
 use super::body::ResponseBody;
 use super::encoding::{Accepted, vary_on_accept_encoding};
 use crate::config::{FileSettings, Mount};
@@ -44,6 +44,8 @@ pub struct Files {
     targets: Vec<Mount>,
     /// The Cache-Control of static files, from `--static-max-age`.
     cache_control: Option<HeaderValue>,
+    /// Which files have precompressed siblings, recently.
+    siblings: SiblingCache,
 }
 
 /// What to answer, before it becomes a response.
@@ -90,6 +92,7 @@ impl Files {
             cache_control: settings
                 .max_age
                 .and_then(|age| HeaderValue::from_str(&format!("public, max-age={age}")).ok()),
+            siblings: SiblingCache::default(),
         }
     }
 
@@ -115,9 +118,8 @@ impl Files {
             } else {
                 Directory::Redirect
             };
-            let root = mount.root.clone();
-            self.find(&request.headers, head, move |accepted| {
-                resolve::under_root(&root, &relative, directory, accepted)
+            self.find(&request.headers, head, |accepted| {
+                resolve::under_root(&mount.root, &relative, directory, accepted, &self.siblings)
             })
             .await
         } else {
@@ -169,14 +171,19 @@ impl Files {
                     Outcome::NotFound
                 }
                 Some(relative) => {
-                    let root = mount.root.clone();
                     let directory = if rest.ends_with('/') {
                         Directory::Index
                     } else {
                         Directory::Refuse
                     };
-                    self.find(&request.headers, head, move |accepted| {
-                        resolve::under_root(&root, &relative, directory, accepted)
+                    self.find(&request.headers, head, |accepted| {
+                        resolve::under_root(
+                            &mount.root,
+                            &relative,
+                            directory,
+                            accepted,
+                            &self.siblings,
+                        )
                     })
                     .await
                 }
@@ -194,11 +201,10 @@ impl Files {
     ) -> Response<ResponseBody> {
         let head = request.method == Method::HEAD;
         let path = resolve::os_path(target);
-        let roots: Vec<PathBuf> = self.targets.iter().map(|m| m.root.clone()).collect();
+        let roots: Vec<&Path> = self.targets.iter().map(|m| m.root.as_path()).collect();
         let outcome = self
-            .find(&request.headers, head, move |accepted| {
-                let roots: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
-                resolve::under_any_root(&roots, &path, accepted)
+            .find(&request.headers, head, |accepted| {
+                resolve::under_any_root(&roots, &path, accepted, &self.siblings)
             })
             .await;
         respond(outcome, head)
@@ -209,7 +215,7 @@ impl Files {
         &self,
         headers: &HeaderMap,
         head: bool,
-        lookup: impl FnOnce(Option<&Accepted>) -> Resolved + Send + 'static,
+        lookup: impl FnOnce(Option<&Accepted>) -> Resolved,
     ) -> Outcome {
         // A ranged request gets the identity file: ranges of a compressed stream are of
         // no use to a client that would have to decode them.

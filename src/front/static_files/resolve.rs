@@ -14,6 +14,7 @@
 //! The root directory is opened per request (so a swapped `current` symlink is
 //! followed).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::io;
@@ -21,7 +22,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use hyper::header::HeaderValue;
 use nix::errno::Errno;
@@ -99,12 +101,49 @@ pub fn relative_path(encoded: &str) -> Option<PathBuf> {
     Some(path)
 }
 
+/// Which precompressed siblings (in [`PRECOMPRESSED`] order) each file had when last
+/// looked at. Most files have none, and looking for three missing files cost a fifth of
+/// a small file's answer; a file's entry is trusted for [`SIBLINGS_FRESH`], so a sibling
+/// added or removed is seen within that time.
+#[derive(Default)]
+pub struct SiblingCache {
+    seen: Mutex<HashMap<PathBuf, (Instant, [bool; 3])>>,
+}
+
+const SIBLINGS_FRESH: Duration = Duration::from_secs(1);
+/// Entries kept at most; the cache starts afresh beyond it.
+const SIBLINGS_KEPT: usize = 10_000;
+
+impl SiblingCache {
+    fn seen(&self) -> MutexGuard<'_, HashMap<PathBuf, (Instant, [bool; 3])>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, file: &Path) -> Option<[bool; 3]> {
+        match self.seen().get(file) {
+            Some((when, found)) if when.elapsed() < SIBLINGS_FRESH => Some(*found),
+            _ => None,
+        }
+    }
+
+    fn put(&self, file: PathBuf, found: [bool; 3]) {
+        let mut seen = self.seen();
+        if seen.len() >= SIBLINGS_KEPT {
+            seen.clear();
+        }
+        seen.insert(file, (Instant::now(), found));
+    }
+}
+
 /// Looks up `relative` under `root` and opens it (see the module's rules).
 pub fn under_root(
     root: &Path,
     relative: &Path,
     directory: Directory,
     accepted: Option<&Accepted>,
+    cache: &SiblingCache,
 ) -> Resolved {
     // Opened per request, so that a swapped `current` symlink is followed.
     let root_dir = match open_root(root) {
@@ -117,12 +156,18 @@ pub fn under_root(
     let beneath = Beneath {
         root: root_dir,
         shown: root,
+        cache,
     };
     beneath.open(relative.to_path_buf(), directory, accepted)
 }
 
 /// Opens an absolute path if it lies under one of `roots` (X-Sendfile).
-pub fn under_any_root(roots: &[&Path], path: &Path, accepted: Option<&Accepted>) -> Resolved {
+pub fn under_any_root(
+    roots: &[&Path],
+    path: &Path,
+    accepted: Option<&Accepted>,
+    cache: &SiblingCache,
+) -> Resolved {
     if !path.is_absolute() || path.as_os_str().as_bytes().contains(&0) {
         return Resolved::NotFound;
     }
@@ -138,7 +183,7 @@ pub fn under_any_root(roots: &[&Path], path: &Path, accepted: Option<&Accepted>)
         Some((root, relative))
     });
     match found {
-        Some((root, relative)) => under_root(root, &relative, Directory::Refuse, accepted),
+        Some((root, relative)) => under_root(root, &relative, Directory::Refuse, accepted, cache),
         None => {
             warn!(
                 "refused X-Sendfile {}: not under a --static or --internal directory",
@@ -164,6 +209,7 @@ struct Beneath<'a> {
     root: OwnedFd,
     /// The root as configured, for log lines.
     shown: &'a Path,
+    cache: &'a SiblingCache,
 }
 
 impl Beneath<'_> {
@@ -257,13 +303,23 @@ impl Beneath<'_> {
             (false, _) if !meta.is_file() => return Resolved::NotFound,
             (false, _) => {}
         }
+        let key = self.shown.join(&path);
+        let known = self.cache.get(&key);
+        let mut found = [false; 3];
         let mut siblings = Vec::new();
-        for coding in PRECOMPRESSED {
+        for (index, coding) in PRECOMPRESSED.into_iter().enumerate() {
+            if known.is_some_and(|known| !known[index]) {
+                continue;
+            }
             let mut name = path.clone().into_os_string();
             name.push(coding.file_suffix());
             if let Ok(sibling) = self.regular(Path::new(&name)) {
+                found[index] = true;
                 siblings.push((coding, sibling));
             }
+        }
+        if known != Some(found) {
+            self.cache.put(key, found);
         }
         let varies = !siblings.is_empty();
         let offered: Vec<Coding> = siblings.iter().map(|(coding, _)| *coding).collect();
@@ -356,7 +412,15 @@ mod tests {
         symlink(outside.path(), root.path().join("leakdir")).unwrap();
         symlink(root.path().join("real.txt"), root.path().join("alias.txt")).unwrap();
         symlink(outside.path().join("secret"), root.path().join("a.txt.gz")).unwrap();
-        let get = |rel: &str| under_root(root.path(), Path::new(rel), Directory::Redirect, None);
+        let get = |rel: &str| {
+            under_root(
+                root.path(),
+                Path::new(rel),
+                Directory::Redirect,
+                None,
+                &SiblingCache::default(),
+            )
+        };
         assert!(matches!(get("leak"), Resolved::NotFound));
         assert!(matches!(get("leakdir/secret"), Resolved::NotFound));
         assert!(matches!(get("alias.txt"), Resolved::File(_)));
@@ -379,6 +443,7 @@ mod tests {
             Path::new("a.txt"),
             Directory::Refuse,
             accepted.as_ref(),
+            &SiblingCache::default(),
         ) {
             Resolved::File(opened) => {
                 assert_eq!(opened.encoding, None);
@@ -390,15 +455,25 @@ mod tests {
         let outside_path = outside.path().join("secret");
         let roots = [root.path()];
         assert!(matches!(
-            under_any_root(&roots, &outside_path, None),
+            under_any_root(&roots, &outside_path, None, &SiblingCache::default()),
             Resolved::NotFound
         ));
         assert!(matches!(
-            under_any_root(&roots, &root.path().join("real.txt"), None),
+            under_any_root(
+                &roots,
+                &root.path().join("real.txt"),
+                None,
+                &SiblingCache::default()
+            ),
             Resolved::File(_)
         ));
         assert!(matches!(
-            under_any_root(&roots, Path::new("real.txt"), None),
+            under_any_root(
+                &roots,
+                Path::new("real.txt"),
+                None,
+                &SiblingCache::default()
+            ),
             Resolved::NotFound
         ));
     }
@@ -410,7 +485,15 @@ mod tests {
         std::fs::write(root.path().join("with/index.html"), "<p>").unwrap();
         std::fs::create_dir(root.path().join("without")).unwrap();
         std::fs::write(root.path().join("without/x.txt"), "x").unwrap();
-        let get = |rel: &str, d| under_root(root.path(), Path::new(rel), d, None);
+        let get = |rel: &str, d| {
+            under_root(
+                root.path(),
+                Path::new(rel),
+                d,
+                None,
+                &SiblingCache::default(),
+            )
+        };
         assert!(matches!(
             get("with", Directory::Redirect),
             Resolved::AddSlash
