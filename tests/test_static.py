@@ -132,6 +132,46 @@ def test_precompressed_sibling_added_or_removed_is_seen_within_a_second(serve, t
     assert body.startswith(b"plain text")
 
 
+def test_swapped_current_symlink_is_followed_within_a_second(serve, tmp_path):
+    """Deploys swap `current -> release-N`: the new release is served without a restart."""
+    for release in ("r1", "r2"):
+        (tmp_path / release).mkdir()
+        (tmp_path / release / "v.txt").write_text(release)
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "r1")
+    server = serve("static_apps:counting", "--static", f"/s={current}", workers=1)
+    assert get(server, "/s/v.txt")[1] == b"r1"
+    swapped = tmp_path / "current.new"
+    swapped.symlink_to(tmp_path / "r2")
+    swapped.replace(current)
+    time.sleep(1.2)
+    assert get(server, "/s/v.txt")[1] == b"r2"
+
+
+def test_busy_keep_alive_connection_outlives_the_keep_alive_timeout(serve, tmp_path):
+    """The keep-alive timeout counts idle time only: a connection kept busy with fast
+    answers (static files answer before the next read) is not closed under it."""
+    (tmp_path / "f.txt").write_text("x" * 100)
+    server = serve("static_apps:counting", "--static", f"/s={tmp_path}", "--keep-alive", "1",
+                   workers=1)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.connect()
+    first_socket = conn.sock
+    deadline = time.monotonic() + 2.5
+    count = 0
+    try:
+        while time.monotonic() < deadline:
+            conn.request("GET", "/s/f.txt")
+            response = conn.getresponse()
+            assert response.status == 200 and response.read() == b"x" * 100
+            assert conn.sock is first_socket, f"reconnected after {count} requests"
+            count += 1
+            time.sleep(0.01)
+    finally:
+        conn.close()
+    assert count > 50
+
+
 def test_cache_control_only_when_asked(serve):
     resp, _ = get(serve("static_apps:counting", "--static", f"/a={PUBLIC}", workers=1),
                   "/a/hello.txt")

@@ -384,6 +384,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 }
                 Poll::Ready(Ok(())) => {
                     this.read_timer = None;
+                    // Bytes ended any idle time: the keep-alive timeout counts afresh
+                    // (a response answered before the next read must not leave the old
+                    // idle start in place). The head timeout keeps counting.
+                    if matches!(this.read_since, Some((_, false))) {
+                        this.read_since = None;
+                    }
                     this.examine(from);
                 }
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 /// The most read from the file at once.
 const CHUNK: u64 = 256 * 1024;
 /// Reads up to this size are done in place, larger ones on a blocking thread.
-const INLINE_READ: usize = 64 * 1024;
+pub const INLINE_READ: usize = 64 * 1024;
 
 /// One piece of the body.
 pub enum Segment {
@@ -26,9 +26,18 @@ pub enum Segment {
     File { offset: u64, length: u64 },
 }
 
+/// Where a file's bytes come from.
+#[derive(Debug)]
+pub enum Source {
+    /// The open file, read piece by piece.
+    File(File),
+    /// The whole file, already in memory (a small file read recently).
+    Memory(Bytes),
+}
+
 /// A body read from a file, piece by piece.
 pub struct FileBody {
-    file: Arc<File>,
+    file: Arc<Source>,
     segments: VecDeque<Segment>,
     reading: Option<JoinHandle<io::Result<Bytes>>>,
     remaining: u64,
@@ -36,7 +45,7 @@ pub struct FileBody {
 
 impl FileBody {
     /// A body of these pieces of `file`.
-    pub fn new(file: File, segments: Vec<Segment>) -> FileBody {
+    pub fn new(file: Source, segments: Vec<Segment>) -> FileBody {
         let remaining = segments
             .iter()
             .map(|s| match s {
@@ -111,7 +120,7 @@ impl Body for FileBody {
                 }
                 Some(&Segment::File { offset, length }) => {
                     let want = length.min(CHUNK) as usize;
-                    if want <= INLINE_READ {
+                    if want <= INLINE_READ || matches!(*this.file, Source::Memory(_)) {
                         // A small read from the page cache costs less than a trip to a
                         // blocking thread and back (nginx reads in its event loop too).
                         let read = read_at(&this.file, offset, want);
@@ -135,8 +144,22 @@ impl Body for FileBody {
     }
 }
 
+/// Up to `want` bytes at `offset`; fewer only at the end of the file.
+fn read_at(source: &Source, offset: u64, want: usize) -> io::Result<Bytes> {
+    match source {
+        Source::File(file) => read_file_at(file, offset, want),
+        Source::Memory(bytes) => {
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let end = start.saturating_add(want).min(bytes.len());
+            Ok(bytes.slice(start..end))
+        }
+    }
+}
+
 /// Reads up to `want` bytes at `offset`; fewer only at the end of the file.
-fn read_at(file: &File, offset: u64, want: usize) -> io::Result<Bytes> {
+pub fn read_file_at(file: &File, offset: u64, want: usize) -> io::Result<Bytes> {
     let mut buf = BytesMut::zeroed(want);
     let mut filled = 0;
     while filled < want {
@@ -163,7 +186,7 @@ mod tests {
         let content: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
         file.write_all(&content).unwrap();
         let body = FileBody::new(
-            file,
+            Source::File(file),
             vec![
                 Segment::Bytes(Bytes::from_static(b"<")),
                 Segment::File {
@@ -189,7 +212,7 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(b"short").unwrap();
         let body = FileBody::new(
-            file,
+            Source::File(file),
             vec![Segment::File {
                 offset: 0,
                 length: 100,

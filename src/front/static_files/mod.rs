@@ -30,7 +30,7 @@ use tracing::{debug, error, warn};
 use self::body::{FileBody, Segment};
 use self::conditional::{Validators, Verdict};
 use self::range::{ByteRange, Ranges};
-use self::resolve::{Directory, Opened, Resolved, SiblingCache};
+use self::resolve::{Directory, LookupCache, Opened, Resolved};
 use super::body::ResponseBody;
 use super::encoding::{Accepted, vary_on_accept_encoding};
 use crate::config::{FileSettings, Mount};
@@ -44,8 +44,8 @@ pub struct Files {
     targets: Vec<Mount>,
     /// The Cache-Control of static files, from `--static-max-age`.
     cache_control: Option<HeaderValue>,
-    /// Which files have precompressed siblings, recently.
-    siblings: SiblingCache,
+    /// What recent lookups found.
+    lookups: LookupCache,
 }
 
 /// What to answer, before it becomes a response.
@@ -92,7 +92,7 @@ impl Files {
             cache_control: settings
                 .max_age
                 .and_then(|age| HeaderValue::from_str(&format!("public, max-age={age}")).ok()),
-            siblings: SiblingCache::default(),
+            lookups: LookupCache::default(),
         }
     }
 
@@ -119,7 +119,7 @@ impl Files {
                 Directory::Redirect
             };
             self.find(&request.headers, head, |accepted| {
-                resolve::under_root(&mount.root, &relative, directory, accepted, &self.siblings)
+                resolve::under_root(&mount.root, &relative, directory, accepted, &self.lookups)
             })
             .await
         } else {
@@ -182,7 +182,7 @@ impl Files {
                             &relative,
                             directory,
                             accepted,
-                            &self.siblings,
+                            &self.lookups,
                         )
                     })
                     .await
@@ -204,7 +204,7 @@ impl Files {
         let roots: Vec<&Path> = self.targets.iter().map(|m| m.root.as_path()).collect();
         let outcome = self
             .find(&request.headers, head, |accepted| {
-                resolve::under_any_root(&roots, &path, accepted, &self.siblings)
+                resolve::under_any_root(&roots, &path, accepted, &self.lookups)
             })
             .await;
         respond(outcome, head)
@@ -359,7 +359,7 @@ fn respond(outcome: Outcome, head: bool) -> Response<ResponseBody> {
     let body = if head {
         ResponseBody::empty()
     } else {
-        ResponseBody::boxed(FileBody::new(opened.file, segments))
+        ResponseBody::boxed(FileBody::new(opened.source, segments))
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;

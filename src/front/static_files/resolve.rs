@@ -11,7 +11,7 @@
 //!   lies inside; what leads outside is refused like a missing file;
 //! - only regular files are served: no directory listing, no devices or FIFOs.
 //!
-//! The root directory is opened per request (so a swapped `current` symlink is
+//! The root directory is opened again each second (so a swapped `current` symlink is
 //! followed).
 
 use std::collections::HashMap;
@@ -20,11 +20,12 @@ use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use hyper::header::HeaderValue;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
@@ -32,6 +33,7 @@ use nix::sys::stat::Mode;
 use percent_encoding::percent_decode_str;
 use tracing::{debug, warn};
 
+use super::body::{INLINE_READ, Source, read_file_at};
 use crate::front::encoding::{Accepted, Coding};
 
 /// Precompressed siblings looked for, in the order preferred when the client accepts
@@ -41,8 +43,8 @@ const PRECOMPRESSED: [Coding; 3] = [Coding::Brotli, Coding::Zstd, Coding::Gzip];
 /// A file ready to send.
 #[derive(Debug)]
 pub struct Opened {
-    /// The open file (the precompressed sibling when one was chosen).
-    pub file: File,
+    /// The open file (the precompressed sibling when one was chosen), or its bytes.
+    pub source: Source,
     /// Its size.
     pub length: u64,
     /// Its modification time.
@@ -101,39 +103,74 @@ pub fn relative_path(encoded: &str) -> Option<PathBuf> {
     Some(path)
 }
 
-/// Which precompressed siblings (in [`PRECOMPRESSED`] order) each file had when last
-/// looked at. Most files have none, and looking for three missing files cost a fifth of
-/// a small file's answer; a file's entry is trusted for [`SIBLINGS_FRESH`], so a sibling
-/// added or removed is seen within that time.
+/// What recent lookups found, trusted for [`FRESH`]: each mount directory, opened (so
+/// that a swapped `current` symlink is followed within that time), and which
+/// precompressed siblings (in [`PRECOMPRESSED`] order) each file had. Most files have
+/// none, and looking for three missing files cost a fifth of a small file's answer; a
+/// sibling added or removed is seen within [`FRESH`] (a removed one at once: its open
+/// fails).
+///
+/// Small files without siblings are kept whole ([`SmallFile`]): answering one then takes
+/// one `stat` of its path, which must still show the same file (device, inode, size,
+/// modification time), so a change is seen at once; a sibling added, within [`FRESH`].
 #[derive(Default)]
-pub struct SiblingCache {
-    seen: Mutex<HashMap<PathBuf, (Instant, [bool; 3])>>,
+pub struct LookupCache {
+    roots: Mutex<HashMap<PathBuf, (Instant, Arc<OwnedFd>)>>,
+    siblings: Mutex<HashMap<PathBuf, (Instant, [bool; 3])>>,
+    small: Mutex<HashMap<PathBuf, (Instant, SmallFile)>>,
 }
 
-const SIBLINGS_FRESH: Duration = Duration::from_secs(1);
-/// Entries kept at most; the cache starts afresh beyond it.
-const SIBLINGS_KEPT: usize = 10_000;
+/// A small file kept whole, with what its answer needs.
+#[derive(Clone)]
+struct SmallFile {
+    /// Whether the path named a directory whose index.html this is.
+    index: bool,
+    /// The file's identity when it was read: (device, inode, size, modification time).
+    identity: (u64, u64, u64, Option<SystemTime>),
+    bytes: Bytes,
+    modified: Option<SystemTime>,
+    content_type: HeaderValue,
+}
 
-impl SiblingCache {
-    fn seen(&self) -> MutexGuard<'_, HashMap<PathBuf, (Instant, [bool; 3])>> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Files up to this size (and without precompressed siblings) are kept whole; with at
+/// most KEPT of them, the cache holds 640 MiB at worst, the site's small files in
+/// practice.
+const SMALL_FILE: u64 = INLINE_READ as u64;
+
+const FRESH: Duration = Duration::from_secs(1);
+/// Entries kept at most in each map; a map starts afresh beyond it.
+const KEPT: usize = 10_000;
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn fresh<T: Clone>(map: &Mutex<HashMap<PathBuf, (Instant, T)>>, key: &Path) -> Option<T> {
+    match locked(map).get(key) {
+        Some((when, value)) if when.elapsed() < FRESH => Some(value.clone()),
+        _ => None,
     }
+}
 
-    fn get(&self, file: &Path) -> Option<[bool; 3]> {
-        match self.seen().get(file) {
-            Some((when, found)) if when.elapsed() < SIBLINGS_FRESH => Some(*found),
-            _ => None,
-        }
+fn remember<T>(map: &Mutex<HashMap<PathBuf, (Instant, T)>>, key: PathBuf, value: T) {
+    let mut map = locked(map);
+    if map.len() >= KEPT {
+        map.clear();
     }
+    map.insert(key, (Instant::now(), value));
+}
 
-    fn put(&self, file: PathBuf, found: [bool; 3]) {
-        let mut seen = self.seen();
-        if seen.len() >= SIBLINGS_KEPT {
-            seen.clear();
+impl LookupCache {
+    /// The mount directory `root`, opened.
+    fn root(&self, root: &Path) -> nix::Result<Arc<OwnedFd>> {
+        if let Some(fd) = fresh(&self.roots, root) {
+            return Ok(fd);
         }
-        seen.insert(file, (Instant::now(), found));
+        let fd = Arc::new(open_root(root)?);
+        remember(&self.roots, root.to_path_buf(), fd.clone());
+        Ok(fd)
     }
 }
 
@@ -143,10 +180,10 @@ pub fn under_root(
     relative: &Path,
     directory: Directory,
     accepted: Option<&Accepted>,
-    cache: &SiblingCache,
+    cache: &LookupCache,
 ) -> Resolved {
     // Opened per request, so that a swapped `current` symlink is followed.
-    let root_dir = match open_root(root) {
+    let root_dir = match cache.root(root) {
         Ok(dir) => dir,
         Err(err) => {
             warn!("static root {} cannot be used: {err}", root.display());
@@ -166,7 +203,7 @@ pub fn under_any_root(
     roots: &[&Path],
     path: &Path,
     accepted: Option<&Accepted>,
-    cache: &SiblingCache,
+    cache: &LookupCache,
 ) -> Resolved {
     if !path.is_absolute() || path.as_os_str().as_bytes().contains(&0) {
         return Resolved::NotFound;
@@ -194,6 +231,11 @@ pub fn under_any_root(
     }
 }
 
+/// What tells one version of a file from another.
+fn identity(meta: &Metadata) -> (u64, u64, u64, Option<SystemTime>) {
+    (meta.dev(), meta.ino(), meta.len(), meta.modified().ok())
+}
+
 fn open_root(root: &Path) -> nix::Result<OwnedFd> {
     nix::fcntl::open(
         root,
@@ -206,10 +248,10 @@ fn open_root(root: &Path) -> nix::Result<OwnedFd> {
 /// RESOLVE_BENEATH, so the kernel itself refuses any path, `..` or symlink that would
 /// lead outside (one system call, no race between checking and opening).
 struct Beneath<'a> {
-    root: OwnedFd,
+    root: Arc<OwnedFd>,
     /// The root as configured, for log lines.
     shown: &'a Path,
-    cache: &'a SiblingCache,
+    cache: &'a LookupCache,
 }
 
 impl Beneath<'_> {
@@ -223,7 +265,7 @@ impl Beneath<'_> {
         let how = OpenHow::new()
             .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        let fd = match openat2(&self.root, name, how) {
+        let fd = match openat2(&*self.root, name, how) {
             Ok(fd) => fd,
             // An absolute symlink, or one leading outside: RESOLVE_BENEATH refuses both.
             Err(Errno::EXDEV) => return self.absolute_link(path),
@@ -274,7 +316,61 @@ impl Beneath<'_> {
         }
     }
 
-    fn open(
+    fn open(&self, path: PathBuf, directory: Directory, accepted: Option<&Accepted>) -> Resolved {
+        let key = self.shown.join(&path);
+        // Kept no longer than FRESH either: a sibling added since must be found.
+        if let Some(small) = fresh(&self.cache.small, &key) {
+            let index = directory == Directory::Index;
+            let now = std::fs::metadata(&key).ok().map(|meta| identity(&meta));
+            if small.index == index && now == Some(small.identity) {
+                return Resolved::File(Opened {
+                    length: small.bytes.len() as u64,
+                    source: Source::Memory(small.bytes),
+                    modified: small.modified,
+                    content_type: small.content_type,
+                    encoding: None,
+                    varies: false,
+                });
+            }
+        }
+        match self.look_up(path, directory, accepted) {
+            Resolved::File(opened) => Resolved::File(self.keep_if_small(key, directory, opened)),
+            other => other,
+        }
+    }
+
+    /// A small file without siblings, read whole and kept for the next requests.
+    fn keep_if_small(&self, key: PathBuf, directory: Directory, opened: Opened) -> Opened {
+        let Source::File(file) = &opened.source else {
+            return opened;
+        };
+        if opened.varies || opened.length > SMALL_FILE {
+            return opened;
+        }
+        let Ok(meta) = file.metadata() else {
+            return opened;
+        };
+        let Ok(bytes) = read_file_at(file, 0, opened.length as usize) else {
+            return opened;
+        };
+        if bytes.len() as u64 != opened.length {
+            return opened; // changing under us: not kept
+        }
+        let small = SmallFile {
+            index: directory == Directory::Index,
+            identity: identity(&meta),
+            bytes: bytes.clone(),
+            modified: opened.modified,
+            content_type: opened.content_type.clone(),
+        };
+        remember(&self.cache.small, key, small);
+        Opened {
+            source: Source::Memory(bytes),
+            ..opened
+        }
+    }
+
+    fn look_up(
         &self,
         mut path: PathBuf,
         directory: Directory,
@@ -304,7 +400,7 @@ impl Beneath<'_> {
             (false, _) => {}
         }
         let key = self.shown.join(&path);
-        let known = self.cache.get(&key);
+        let known = fresh(&self.cache.siblings, &key);
         let mut found = [false; 3];
         let mut siblings = Vec::new();
         for (index, coding) in PRECOMPRESSED.into_iter().enumerate() {
@@ -319,7 +415,7 @@ impl Beneath<'_> {
             }
         }
         if known != Some(found) {
-            self.cache.put(key, found);
+            remember(&self.cache.siblings, key, found);
         }
         let varies = !siblings.is_empty();
         let offered: Vec<Coding> = siblings.iter().map(|(coding, _)| *coding).collect();
@@ -332,7 +428,7 @@ impl Beneath<'_> {
             encoding = Some(coding);
         }
         Resolved::File(Opened {
-            file,
+            source: Source::File(file),
             length: meta.len(),
             modified: meta.modified().ok(),
             content_type: content_type(&path),
@@ -418,7 +514,7 @@ mod tests {
                 Path::new(rel),
                 Directory::Redirect,
                 None,
-                &SiblingCache::default(),
+                &LookupCache::default(),
             )
         };
         assert!(matches!(get("leak"), Resolved::NotFound));
@@ -443,7 +539,7 @@ mod tests {
             Path::new("a.txt"),
             Directory::Refuse,
             accepted.as_ref(),
-            &SiblingCache::default(),
+            &LookupCache::default(),
         ) {
             Resolved::File(opened) => {
                 assert_eq!(opened.encoding, None);
@@ -455,7 +551,7 @@ mod tests {
         let outside_path = outside.path().join("secret");
         let roots = [root.path()];
         assert!(matches!(
-            under_any_root(&roots, &outside_path, None, &SiblingCache::default()),
+            under_any_root(&roots, &outside_path, None, &LookupCache::default()),
             Resolved::NotFound
         ));
         assert!(matches!(
@@ -463,17 +559,12 @@ mod tests {
                 &roots,
                 &root.path().join("real.txt"),
                 None,
-                &SiblingCache::default()
+                &LookupCache::default()
             ),
             Resolved::File(_)
         ));
         assert!(matches!(
-            under_any_root(
-                &roots,
-                Path::new("real.txt"),
-                None,
-                &SiblingCache::default()
-            ),
+            under_any_root(&roots, Path::new("real.txt"), None, &LookupCache::default()),
             Resolved::NotFound
         ));
     }
@@ -491,7 +582,7 @@ mod tests {
                 Path::new(rel),
                 d,
                 None,
-                &SiblingCache::default(),
+                &LookupCache::default(),
             )
         };
         assert!(matches!(
