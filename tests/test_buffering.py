@@ -97,3 +97,19 @@ def test_fast_client_gets_a_large_response_whole(serve):
         s.close()
     assert head.startswith(b"HTTP/1.1 200 ")
     assert body == b"".join(pattern_piece(i) for i in range(8 * 16))
+
+
+def test_response_stays_whole_when_it_cannot_be_spilled(serve, tmp_path):
+    """No writable temporary directory: the response is kept in memory instead, whole and
+    in order, and the failure is logged once, not once per chunk."""
+    server = serve("guard_apps:app", workers=1, env={"TMPDIR": str(tmp_path / "missing")})
+    slow = connect(server.port, rcvbuf=32 * 1024)
+    try:
+        slow.sendall(request("GET", "/pattern?mib=8"))
+        time.sleep(1)  # the worker writes it all while the client reads nothing
+        head, body = read_head_and_rest(slow, 8 * MIB)
+    finally:
+        slow.close()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert body == b"".join(pattern_piece(i) for i in range(8 * 16))
+    assert server.log.count("cannot spill a response") == 1, server.log[-2000:]

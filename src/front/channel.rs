@@ -86,6 +86,8 @@ struct Stream {
     in_memory: Arc<AtomicUsize>,
     /// The spill file once one was needed, and its length.
     spill: Option<(Arc<File>, u64)>,
+    /// Whether spilling failed (the rest of the response is kept in memory).
+    spill_failed: bool,
     _hold: StreamHold,
 }
 
@@ -98,14 +100,20 @@ impl Stream {
             self.in_memory.fetch_add(data.len(), Ordering::AcqRel);
             return Event::Data(data);
         }
-        match self.spill_out(&data) {
-            Ok(spilled) => Event::Spilled(spilled),
-            Err(err) => {
-                warn!("cannot spill a response to a temporary file, keeping it in memory: {err}");
-                self.in_memory.fetch_add(data.len(), Ordering::AcqRel);
-                Event::Data(data)
+        if !self.spill_failed {
+            match self.spill_out(&data) {
+                Ok(spilled) => return Event::Spilled(spilled),
+                Err(err) => {
+                    // Said once per response; the rest of it stays in memory.
+                    warn!(
+                        "cannot spill a response to a temporary file, keeping it in memory: {err}"
+                    );
+                    self.spill_failed = true;
+                }
             }
         }
+        self.in_memory.fetch_add(data.len(), Ordering::AcqRel);
+        Event::Data(data)
     }
 
     fn spill_out(&mut self, data: &[u8]) -> std::io::Result<Spilled> {
@@ -178,6 +186,7 @@ impl WorkerConn {
                     events: tx,
                     in_memory: in_memory.clone(),
                     spill: None,
+                    spill_failed: false,
                     _hold: hold,
                 },
             );

@@ -132,10 +132,10 @@ struct SmallFile {
     content_type: HeaderValue,
 }
 
-/// Files up to this size (and without precompressed siblings) are kept whole; with at
-/// most KEPT of them, the cache holds 640 MiB at worst, the site's small files in
-/// practice.
+/// Files up to this size (and without precompressed siblings) are kept whole.
 const SMALL_FILE: u64 = INLINE_READ as u64;
+/// Small files kept at most: 64 MiB at worst.
+const SMALL_KEPT: usize = 1024;
 
 const FRESH: Duration = Duration::from_secs(1);
 /// Entries kept at most in each map; a map starts afresh beyond it.
@@ -154,9 +154,9 @@ fn fresh<T: Clone>(map: &Mutex<HashMap<PathBuf, (Instant, T)>>, key: &Path) -> O
     }
 }
 
-fn remember<T>(map: &Mutex<HashMap<PathBuf, (Instant, T)>>, key: PathBuf, value: T) {
+fn remember<T>(map: &Mutex<HashMap<PathBuf, (Instant, T)>>, limit: usize, key: PathBuf, value: T) {
     let mut map = locked(map);
-    if map.len() >= KEPT {
+    if map.len() >= limit {
         map.clear();
     }
     map.insert(key, (Instant::now(), value));
@@ -169,7 +169,7 @@ impl LookupCache {
             return Ok(fd);
         }
         let fd = Arc::new(open_root(root)?);
-        remember(&self.roots, root.to_path_buf(), fd.clone());
+        remember(&self.roots, KEPT, root.to_path_buf(), fd.clone());
         Ok(fd)
     }
 }
@@ -363,7 +363,7 @@ impl Beneath<'_> {
             modified: opened.modified,
             content_type: opened.content_type.clone(),
         };
-        remember(&self.cache.small, key, small);
+        remember(&self.cache.small, SMALL_KEPT, key, small);
         Opened {
             source: Source::Memory(bytes),
             ..opened
@@ -415,7 +415,7 @@ impl Beneath<'_> {
             }
         }
         if known != Some(found) {
-            remember(&self.cache.siblings, key, found);
+            remember(&self.cache.siblings, KEPT, key, found);
         }
         let varies = !siblings.is_empty();
         let offered: Vec<Coding> = siblings.iter().map(|(coding, _)| *coding).collect();
