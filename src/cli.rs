@@ -53,6 +53,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub graceful_timeout: f64,
 
+    /// Write the master's pid to this file once the sockets are bound; removed at exit.
+    #[arg(short = 'p', long = "pid", value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+
     /// Longest request line in bytes, without its CRLF; longer is answered 414. 0 means
     /// the largest rwsgi accepts (64 KiB).
     #[arg(long, value_name = "BYTES", default_value_t = 4094)]

@@ -32,8 +32,9 @@ class Server:
 
     def __init__(self, app: str, *args: str, workers: int = 2, bind: str | None = None,
                  env: dict | None = None, cwd: str | os.PathLike | None = None,
-                 wait: bool = True):
-        self.port = None
+                 wait: bool = True, port: int | None = None, wrap: list[str] | None = None,
+                 **popen):
+        self.port = port
         if bind is None:
             self.port = free_port()
             bind = f"127.0.0.1:{self.port}"
@@ -43,9 +44,12 @@ class Server:
         full_env["PYTHONPATH"] = str(APPS)
         if env:
             full_env.update(env)
-        self.argv = [str(BINARY), "serve", "-b", bind, "-w", str(workers), *args, app]
+        binding = ["-b", bind] if bind else []  # bind="": no --bind at all
+        self.argv = [*(wrap or []), str(BINARY), "serve", *binding, "-w", str(workers), *args,
+                     app]
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env=full_env, cwd=cwd, text=True, errors="replace")
+                                     env=full_env, cwd=cwd, text=True, errors="replace",
+                                     **popen)
         self._lines: list[str] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use super::ConfigError;
@@ -13,12 +14,24 @@ pub enum BindAddr {
     Tcp(SocketAddr),
     /// A Unix stream socket at this path.
     Unix(PathBuf),
+    /// A listening socket inherited as this file descriptor (`fd://N`, or systemd's
+    /// socket activation); the master adopts it instead of binding.
+    Fd(RawFd),
 }
 
 impl BindAddr {
-    /// Parses `HOST:PORT`, `[IPV6]:PORT`, `HOST` (port 8000) or `unix:PATH`.
+    /// Parses `HOST:PORT`, `[IPV6]:PORT`, `HOST` (port 8000), `unix:PATH` or `fd://N`.
     pub fn parse(text: &str) -> Result<BindAddr, ConfigError> {
         let bad = |why: &str| ConfigError::new("--bind", format!("{text:?}: {why}"));
+        if let Some(number) = text.strip_prefix("fd://") {
+            return match number.parse::<RawFd>() {
+                // 0, 1 and 2 are the standard streams, never a listening socket.
+                Ok(fd) if fd >= 3 => Ok(BindAddr::Fd(fd)),
+                _ => Err(bad(
+                    "expected fd://N with N a file descriptor number of 3 or more",
+                )),
+            };
+        }
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err(bad("the Unix socket path is empty"));
@@ -43,11 +56,35 @@ impl BindAddr {
     }
 }
 
+/// systemd's socket activation: when `LISTEN_PID` names this process, the `LISTEN_FDS`
+/// descriptors from 3 on are the sockets to serve (used when no `--bind` is given).
+/// The variables are removed, so that the children do not take them as theirs.
+pub fn socket_activation() -> Option<Vec<BindAddr>> {
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()?
+        == std::process::id();
+    let count = std::env::var("LISTEN_FDS")
+        .ok()?
+        .trim()
+        .parse::<RawFd>()
+        .ok()?;
+    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // SAFETY: this runs while the configuration is read, before any thread exists
+        // (the master never runs threads).
+        unsafe { std::env::remove_var(name) };
+    }
+    (for_us && count > 0).then(|| (3..3 + count).map(BindAddr::Fd).collect())
+}
+
 impl fmt::Display for BindAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BindAddr::Tcp(addr) => write!(f, "http://{addr}"),
             BindAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            BindAddr::Fd(fd) => write!(f, "fd://{fd}"),
         }
     }
 }
@@ -75,6 +112,9 @@ mod tests {
             BindAddr::Unix("/tmp/s".into())
         );
         assert!(BindAddr::parse("unix:").is_err());
+        assert_eq!(BindAddr::parse("fd://3").unwrap(), BindAddr::Fd(3));
+        assert!(BindAddr::parse("fd://2").is_err());
+        assert!(BindAddr::parse("fd://x").is_err());
         assert!(BindAddr::parse("127.0.0.1:notaport").is_err());
     }
 }

@@ -59,6 +59,8 @@ pub struct Settings {
     pub preload: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub graceful_timeout: Duration,
+    /// Where to write the master's pid (`--pid`).
+    pub pidfile: Option<PathBuf>,
     /// The application to load.
     pub app: AppSpec,
     /// Request bodies larger than this are spooled to a temporary file.
@@ -89,14 +91,30 @@ pub struct CompressSettings {
 impl Settings {
     /// Checks and resolves the command line of `rwsgi serve`.
     pub fn from_args(args: &ServeArgs) -> Result<Settings, ConfigError> {
-        let binds = if args.bind.is_empty() {
-            vec![BindAddr::parse("127.0.0.1:8000")?]
-        } else {
+        let binds: Vec<BindAddr> = if !args.bind.is_empty() {
             args.bind
                 .iter()
                 .map(|b| BindAddr::parse(b))
                 .collect::<Result<_, _>>()?
+        } else if let Some(activated) = bind::socket_activation() {
+            activated
+        } else {
+            vec![BindAddr::parse("127.0.0.1:8000")?]
         };
+        let mut fds: Vec<_> = binds
+            .iter()
+            .filter_map(|b| match b {
+                BindAddr::Fd(fd) => Some(*fd),
+                _ => None,
+            })
+            .collect();
+        fds.sort_unstable();
+        if let Some(twice) = fds.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(ConfigError::new(
+                "--bind",
+                format!("fd://{} is given twice", twice[0]),
+            ));
+        }
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -139,6 +157,7 @@ impl Settings {
             pythonpath: args.pythonpath.clone(),
             preload: args.preload,
             graceful_timeout: Duration::from_secs_f64(args.graceful_timeout),
+            pidfile: args.pidfile.clone(),
             app,
             body_memory_limit: 1 << 20,
             files: FileSettings::from_args(args)?,

@@ -78,6 +78,8 @@ fn adopt(fd: RawFd, addr: BindAddr) -> std::io::Result<Accepting> {
             listener.set_nonblocking(true)?;
             Accepting::Unix(UnixListener::from_std(listener)?, addr)
         }
+        // The master resolves an inherited socket to the address it is bound to.
+        BindAddr::Fd(_) => return Err(std::io::Error::other("an unresolved inherited socket")),
     })
 }
 
@@ -287,7 +289,7 @@ async fn accept_loop(
             Accepting::Unix(listener, addr) => listener.accept().await.map(|(stream, _)| {
                 let path = match addr {
                     BindAddr::Unix(path) => path.display().to_string(),
-                    BindAddr::Tcp(_) => String::new(),
+                    BindAddr::Tcp(_) | BindAddr::Fd(_) => String::new(),
                 };
                 (
                     Connection::Unix(stream),

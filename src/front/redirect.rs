@@ -38,7 +38,7 @@ impl Target {
     pub fn new<'a>(binds: impl IntoIterator<Item = &'a BindAddr>) -> Target {
         let port = binds.into_iter().find_map(|bind| match bind {
             BindAddr::Tcp(addr) => Some(addr.port()),
-            BindAddr::Unix(_) => None,
+            BindAddr::Unix(_) | BindAddr::Fd(_) => None,
         });
         Target {
             port: port.filter(|&port| port != 443),

@@ -7,6 +7,7 @@
 
 mod control;
 pub mod listeners;
+mod notify;
 pub mod scoreboard;
 mod signals;
 mod spawn;
@@ -58,6 +59,17 @@ pub fn run(settings: Settings) -> i32 {
             return 1;
         }
     };
+    let _pidfile = match &settings.pidfile {
+        None => None,
+        Some(path) => match notify::PidFile::write(path) {
+            Ok(pidfile) => Some(pidfile),
+            Err(err) => {
+                error!("--pid: cannot write {}: {err}", path.display());
+                listeners::unlink_unix(&listeners);
+                return 1;
+            }
+        },
+    };
     if let Err(err) = scoreboard::create() {
         warn!("cannot map the shared scoreboard page: {err}");
     }
@@ -72,6 +84,7 @@ pub fn run(settings: Settings) -> i32 {
             (false, addr) => info!("Listening at: {addr} ({pid}), redirecting to https"),
         }
     }
+    let notifier = notify::Notifier::from_env();
     let signals = match SignalPipe::install() {
         Ok(signals) => signals,
         Err(err) => {
@@ -88,6 +101,8 @@ pub fn run(settings: Settings) -> i32 {
         next_worker_id: 0,
         stop: None,
         exit_code: 0,
+        notifier,
+        ready: false,
     };
     let code = arbiter.run();
     listeners::unlink_unix(&arbiter.listeners);
@@ -121,6 +136,10 @@ struct Arbiter {
     next_worker_id: u32,
     stop: Option<Stop>,
     exit_code: i32,
+    /// systemd's notification socket, if any.
+    notifier: notify::Notifier,
+    /// Whether READY was said.
+    ready: bool,
 }
 
 impl Arbiter {
@@ -131,6 +150,14 @@ impl Arbiter {
                     self.halt(1, "cannot start the front tier");
                 }
                 self.manage_workers();
+                if !self.ready && self.front.is_some() {
+                    self.ready = true;
+                    let pid = std::process::id();
+                    let workers = self.workers.len();
+                    self.notifier.notify(&format!(
+                        "READY=1\nMAINPID={pid}\nSTATUS=serving with {workers} workers"
+                    ));
+                }
             }
             for signal in self.signals.wait(Duration::from_secs(1)) {
                 match signal {
@@ -195,6 +222,7 @@ impl Arbiter {
         {
             return;
         }
+        self.notifier.notify("STOPPING=1");
         // As gunicorn: the listeners close first, so new connections are refused at
         // once rather than queued for a server that is going away.
         let listeners = std::mem::take(&mut self.listeners);
