@@ -113,3 +113,30 @@ def test_systemd_socket_activation(tmp_path):
     finally:
         server.stop()
         sock.close()
+
+
+def cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().rstrip(b"\0").decode()
+
+
+def comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
+def test_process_titles(serve):
+    server = serve("ops_apps:whoami", workers=2)
+    worker = get_json(server.port)["pid"]
+    wanted = ["rwsgi: front"] + ["rwsgi: worker [ops_apps:whoami]"] * 2
+    deadline = time.monotonic() + 5
+    while True:  # a child names itself just after the fork
+        titles = sorted(cmdline(pid) for pid in children_of(server.pid))
+        if titles == wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert titles == wanted, titles
+    assert cmdline(server.pid) == "rwsgi: master [ops_apps:whoami]"
+    assert comm(server.pid) == "rwsgi-master"
+    assert cmdline(worker) == "rwsgi: worker [ops_apps:whoami]"
+    assert comm(worker) == "rwsgi-worker"

@@ -11,6 +11,7 @@ mod notify;
 pub mod scoreboard;
 mod signals;
 mod spawn;
+mod title;
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -73,6 +74,7 @@ pub fn run(settings: Settings) -> i32 {
     if let Err(err) = scoreboard::create() {
         warn!("cannot map the shared scoreboard page: {err}");
     }
+    title::set(&format!("rwsgi: master [{}]", settings.app.text));
     let pid = std::process::id();
     info!("Starting rwsgi {}", env!("CARGO_PKG_VERSION"));
     for (index, listener) in listeners.iter().enumerate() {
@@ -337,6 +339,7 @@ impl Arbiter {
         close.push(master_end.as_raw_fd());
         match fork_child("front", self.settings.preload, &close) {
             Ok(Forked::Child) => {
+                title::set("rwsgi: front");
                 let listeners: Vec<_> = self
                     .listeners
                     .iter()
@@ -391,6 +394,7 @@ impl Arbiter {
         close.push(front_end.as_raw_fd());
         match fork_child("worker", self.settings.preload, &close) {
             Ok(Forked::Child) => {
+                title::set(&format!("rwsgi: worker [{}]", self.settings.app.text));
                 let code = crate::worker::run(&self.settings, worker_end, id);
                 std::process::exit(code);
             }
