@@ -49,6 +49,21 @@ pub struct ServeArgs {
     #[arg(long)]
     pub preload: bool,
 
+    /// Run the front tier and the workers as this user (name or uid); the master keeps
+    /// its own to bind ports below 1024.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run the front tier and the workers in this group (name or gid). [default: the
+    /// --user's primary group]
+    #[arg(short = 'g', long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// File mode creation mask for rwsgi's processes and Unix sockets (octal with a
+    /// leading 0 or 0o, as 0o027, or decimal).
+    #[arg(short = 'm', long, value_name = "INT")]
+    pub umask: Option<String>,
+
     /// Seconds to let in-flight requests finish after a graceful stop (SIGTERM).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub graceful_timeout: f64,

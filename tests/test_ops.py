@@ -140,3 +140,73 @@ def test_process_titles(serve):
     assert comm(server.pid) == "rwsgi-master"
     assert cmdline(worker) == "rwsgi: worker [ops_apps:whoami]"
     assert comm(worker) == "rwsgi-worker"
+
+
+def ids(pid: int) -> tuple[int, int]:
+    """The effective uid and gid of `pid`."""
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return int(fields["Uid"].split()[1]), int(fields["Gid"].split()[1])
+
+
+def readable_by_others(path: str) -> bool:
+    """Whether every directory down to `path` lets other users through."""
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(2, len(parts) + 1):
+        current = os.sep.join(parts[:i])
+        if os.path.isdir(current) and not os.stat(current).st_mode & 0o001:
+            return False
+    return True
+
+
+def test_user_and_group(serve, tmp_path):
+    import grp
+    import pwd
+    import sys
+    if os.geteuid() != 0:
+        # Not root: switching is impossible, and said so at start.
+        proc = subprocess.run([str(BINARY), "serve", "-b", "127.0.0.1:0", "--user", "nobody",
+                               "ops_apps:whoami"], capture_output=True, text=True, timeout=15,
+                              env={**os.environ, "PYTHONPATH": str(APPS)})
+        assert proc.returncode == 2 and "--user" in proc.stderr, proc.stderr
+        return
+    nobody = pwd.getpwnam("nobody")
+    nogroup = grp.getgrgid(nobody.pw_gid)
+    # The app must be readable by the user the workers become.
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "ops_apps.py").write_text((APPS / "ops_apps.py").read_text())
+    os.chmod(tmp_path, 0o755)
+    os.chmod(apps, 0o755)
+    if readable_by_others(sys.base_prefix) and readable_by_others(str(apps)):
+        flags, wanted = ["--user", "nobody"], (nobody.pw_uid, nobody.pw_gid)
+    else:
+        # This Python cannot be read by another user (it lives under /root): switch the
+        # group only, which takes the same path (setgroups, setgid) but keeps uid 0.
+        flags, wanted = ["--group", nogroup.gr_name], (0, nogroup.gr_gid)
+    server = serve("ops_apps:whoami", *flags, "--chdir", str(apps), workers=1)
+    worker = get_json(server.port)["pid"]
+    assert ids(worker) == wanted
+    front = [pid for pid in children_of(server.pid) if pid != worker]
+    assert [ids(pid) for pid in front] == [wanted]
+    assert ids(server.pid) == (0, 0)  # the master keeps its own, to bind and to reap
+
+
+def test_unknown_user_or_group_is_named():
+    for flag, value in (("--user", "no-such-user-x"), ("--group", "no-such-group-x")):
+        proc = subprocess.run([str(BINARY), "serve", "-b", "127.0.0.1:0", flag, value,
+                               "ops_apps:whoami"], capture_output=True, text=True, timeout=15,
+                              env={**os.environ, "PYTHONPATH": str(APPS)})
+        assert proc.returncode == 2, proc.stderr
+        assert flag in proc.stderr and value in proc.stderr, proc.stderr
+
+
+def test_umask_applies_to_the_unix_socket(serve, tmp_path):
+    path = tmp_path / "s.sock"
+    server = serve("ops_apps:whoami", "--umask", "0o077", bind=f"unix:{path}", workers=1)
+    assert path.exists(), server.log
+    assert path.stat().st_mode & 0o777 == 0o700, oct(path.stat().st_mode)
+    bad = subprocess.run([str(BINARY), "serve", "-b", "127.0.0.1:0", "--umask", "0o1000",
+                          "ops_apps:whoami"], capture_output=True, text=True, timeout=15,
+                         env={**os.environ, "PYTHONPATH": str(APPS)})
+    assert bad.returncode == 2 and "--umask" in bad.stderr, bad.stderr

@@ -7,6 +7,7 @@
 
 mod app;
 mod bind;
+mod identity;
 mod limits;
 mod mounts;
 pub mod tls;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 pub use app::AppSpec;
 pub use bind::BindAddr;
+pub use identity::Credentials;
 pub use limits::{Limits, Trusted};
 pub use mounts::{FileSettings, Mount};
 pub use tls::{CertSource, LoadedCert, TlsSettings};
@@ -61,6 +63,10 @@ pub struct Settings {
     pub graceful_timeout: Duration,
     /// Where to write the master's pid (`--pid`).
     pub pidfile: Option<PathBuf>,
+    /// Whom the front tier and the workers run as (`--user`, `--group`).
+    pub credentials: Option<Credentials>,
+    /// The file mode creation mask (`--umask`).
+    pub umask: Option<nix::sys::stat::Mode>,
     /// The application to load.
     pub app: AppSpec,
     /// Request bodies larger than this are spooled to a temporary file.
@@ -158,6 +164,8 @@ impl Settings {
             preload: args.preload,
             graceful_timeout: Duration::from_secs_f64(args.graceful_timeout),
             pidfile: args.pidfile.clone(),
+            credentials: identity::credentials(args.user.as_deref(), args.group.as_deref())?,
+            umask: args.umask.as_deref().map(identity::umask).transpose()?,
             app,
             body_memory_limit: 1 << 20,
             files: FileSettings::from_args(args)?,

@@ -48,6 +48,9 @@ pub fn run(settings: Settings) -> i32 {
     {
         return code;
     }
+    if let Some(mask) = settings.umask {
+        nix::sys::stat::umask(mask);
+    }
     // The front tier finds the --redirect-http listeners after the --bind ones.
     let backlog = settings.limits.backlog;
     let listeners = match listeners::bind_all(&settings.binds, backlog).and_then(|mut binds| {
@@ -337,7 +340,12 @@ impl Arbiter {
         };
         let mut close = self.master_fds();
         close.push(master_end.as_raw_fd());
-        match fork_child("front", self.settings.preload, &close) {
+        match fork_child(
+            "front",
+            self.settings.preload,
+            &close,
+            self.settings.credentials,
+        ) {
             Ok(Forked::Child) => {
                 title::set("rwsgi: front");
                 let listeners: Vec<_> = self
@@ -392,7 +400,12 @@ impl Arbiter {
         let mut close = self.master_fds();
         close.extend(self.listeners.iter().map(Listener::raw));
         close.push(front_end.as_raw_fd());
-        match fork_child("worker", self.settings.preload, &close) {
+        match fork_child(
+            "worker",
+            self.settings.preload,
+            &close,
+            self.settings.credentials,
+        ) {
             Ok(Forked::Child) => {
                 title::set(&format!("rwsgi: worker [{}]", self.settings.app.text));
                 let code = crate::worker::run(&self.settings, worker_end, id);

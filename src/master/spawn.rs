@@ -7,6 +7,7 @@ use std::os::fd::RawFd;
 use nix::unistd::{ForkResult, Pid, fork, getppid};
 
 use super::signals;
+use crate::config::Credentials;
 use crate::python;
 
 /// Which side of a fork this is.
@@ -26,6 +27,7 @@ pub fn fork_child(
     role: &'static str,
     preloaded: bool,
     close_in_child: &[RawFd],
+    credentials: Option<Credentials>,
 ) -> nix::Result<Forked> {
     let master = nix::unistd::getpid();
     if preloaded {
@@ -51,6 +53,20 @@ pub fn fork_child(
                 // The master died between fork and prctl: nobody will ever reap us.
                 std::process::exit(0);
             }
+            if let Some(credentials) = credentials
+                && let Err(err) = switch_user(credentials)
+            {
+                eprintln!("rwsgi {role}: cannot switch to the --user/--group: {err}");
+                std::process::exit(crate::master::WORKER_BOOT_ERROR);
+            }
+            if credentials.is_some() {
+                // A change of user clears the parent-death signal: set it again.
+                // SAFETY: as above.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+                if getppid() != master {
+                    std::process::exit(0);
+                }
+            }
             signals::reset_dispositions();
             for &fd in close_in_child {
                 // SAFETY: closing a descriptor this process inherited and will not use;
@@ -68,4 +84,15 @@ pub fn fork_child(
             Err(err)
         }
     }
+}
+
+/// Drops to `--user` / `--group`: the group first (with no supplementary groups but it),
+/// then the user, after which the old identity cannot be taken back.
+fn switch_user(credentials: Credentials) -> nix::Result<()> {
+    use nix::unistd::{geteuid, setgid, setgroups, setuid};
+    if geteuid().is_root() {
+        setgroups(&[credentials.gid])?;
+    }
+    setgid(credentials.gid)?;
+    setuid(credentials.uid)
 }
