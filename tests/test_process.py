@@ -264,3 +264,26 @@ def test_worker_killed_from_outside_is_replaced(serve):
     assert victim not in seen
     assert seen <= set(now)
     server.wait_for_log(rf"\b{victim}\b.*(SIGKILL|killed)")
+
+
+def test_killed_front_tier_never_stops_the_master(serve):
+    # Regression: the master replaced a worker that saw its channel close, then sent the
+    # new worker SIGTERM before the child had dropped the master's signal handler; the
+    # handler wrote to the inherited self-pipe and the whole server stopped.
+    server = serve("proc_apps:app", workers=2)
+    for round_ in range(1, 6):
+        log = server.wait_for_log(r"Booting front tier with pid: ", count=round_)
+        front = int(re.findall(r"Booting front tier with pid: (\d+)", log)[-1])
+        os.kill(front, signal.SIGKILL)
+        server.wait_for_log(r"Booting front tier with pid: ", count=round_ + 1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                status, _ = get(server.port, "/pid", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, server.log
+                time.sleep(0.05)
+        assert status == 200
+        assert server.proc.poll() is None, server.log
+    assert "Handling signal: term" not in server.log, server.log

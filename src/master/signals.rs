@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::signal::{
+    SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, pthread_sigmask, sigaction,
+};
 
 /// The signals the master acts on.
 pub const HANDLED: [Signal; 10] = [
@@ -82,6 +84,27 @@ impl SignalPipe {
     pub fn raw_fds(&self) -> [i32; 2] {
         [self.read.as_raw_fd(), self.write.as_raw_fd()]
     }
+}
+
+/// Blocks the handled signals until the returned mask is restored with `SIG_SETMASK`.
+///
+/// A fork is bracketed by this: a signal sent to a child before it has reset its
+/// dispositions would otherwise run the inherited handler and write to the inherited
+/// self-pipe, so the master would act on a signal meant for the child (a SIGTERM to a
+/// worker just forked stopped the whole server).
+pub fn block_handled() -> SigSet {
+    let mut handled = SigSet::empty();
+    for signal in HANDLED {
+        handled.add(signal);
+    }
+    let mut previous = SigSet::empty();
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled), Some(&mut previous));
+    previous
+}
+
+/// Puts back the signal mask `block_handled` returned (in the parent after a fork).
+pub fn restore_mask(previous: &SigSet) {
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(previous), None);
 }
 
 /// Restores default handling of every signal the master handles and unblocks them all.

@@ -33,9 +33,14 @@ pub fn fork_child(
     if preloaded {
         python::before_fork();
     }
+    // Held until the child has dropped the master's handlers (see `block_handled`).
+    let mask = signals::block_handled();
     // SAFETY: the master never runs threads (DESIGN.md §1), so the child is a faithful
     // single-threaded copy; it only calls async-signal-safe code until it has set up.
     let result = unsafe { fork() };
+    if !matches!(result, Ok(ForkResult::Child)) {
+        signals::restore_mask(&mask);
+    }
     match result {
         Ok(ForkResult::Parent { child }) => {
             if preloaded {
@@ -67,6 +72,7 @@ pub fn fork_child(
                     std::process::exit(0);
                 }
             }
+            // Unblocks every signal too: one sent meanwhile now acts on the child alone.
             signals::reset_dispositions();
             for &fd in close_in_child {
                 // SAFETY: closing a descriptor this process inherited and will not use;
