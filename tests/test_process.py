@@ -287,3 +287,48 @@ def test_killed_front_tier_never_stops_the_master(serve):
         assert status == 200
         assert server.proc.poll() is None, server.log
     assert "Handling signal: term" not in server.log, server.log
+
+
+def test_workers_dying_while_booting_make_the_master_give_up(serve):
+    """A worker that dies as it boots (killed by a signal, so no boot-error exit code) is
+    started again after a growing pause; after 8 such deaths in a row the master stops
+    with exit code 3 and says why, instead of forking for ever."""
+    started = time.monotonic()
+    server = serve("proc_bootcrash:application", workers=2)
+    code = server.wait(30)
+    elapsed = time.monotonic() - started
+    assert code == 3, server.log
+    assert "Worker failed to boot: 8 workers in a row died" in server.log, server.log
+    booted = server.log.count("Booting worker")
+    assert 8 <= booted <= 10, f"{booted} workers started:\n{server.log}"
+    assert "the next starts in" in server.log  # it backed off before giving up
+    assert elapsed < 25, elapsed
+
+
+def test_one_worker_death_at_boot_is_not_fatal(serve):
+    """A single quick death (as in test_worker_exit_mid_request...) is simply replaced."""
+    server = serve("proc_apps:app", workers=1)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/crash?after=0")
+        try:
+            assert conn.getresponse().status == 502
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            pass
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.request("GET", "/")
+            if conn.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"no new worker:\n{server.log}")
+    assert server.proc.poll() is None

@@ -448,7 +448,7 @@ def test_redirect_http_answers_308_to_the_https_url(serve):
     redirect = free_port()
     server = serve("basic:hello", "--tls", LOCALHOST, "--redirect-http", f"127.0.0.1:{redirect}",
                    workers=1)
-    assert f"Listening at: http://127.0.0.1:{redirect}" in server.log
+    server.wait_for_log(re.escape(f"Listening at: http://127.0.0.1:{redirect}"))
     for method in ("GET", "POST"):
         conn = http.client.HTTPConnection("127.0.0.1", redirect, timeout=10)
         conn.request(method, "/some/path?x=1&y=%20", body=b"data" if method == "POST" else None,

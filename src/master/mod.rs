@@ -108,6 +108,8 @@ pub fn run(settings: Settings) -> i32 {
         exit_code: 0,
         notifier,
         ready: false,
+        boot_deaths: 0,
+        respawn_at: None,
     };
     let code = arbiter.run();
     listeners::unlink_unix(&arbiter.listeners);
@@ -123,7 +125,17 @@ struct FrontChild {
 
 struct WorkerChild {
     id: u32,
+    started: Instant,
+    /// The master told it to stop (its death is no boot failure).
+    told: bool,
 }
+
+/// A worker that dies within this time of its start died booting.
+const BOOT_WINDOW: Duration = Duration::from_secs(2);
+/// Workers dying while booting, in a row, after which the master gives up.
+const MOST_BOOT_DEATHS: u32 = 8;
+/// The longest wait before starting a worker again after deaths while booting.
+const LONGEST_BACKOFF: Duration = Duration::from_secs(5);
 
 struct Stop {
     graceful: bool,
@@ -145,6 +157,10 @@ struct Arbiter {
     notifier: notify::Notifier,
     /// Whether READY was said.
     ready: bool,
+    /// Workers that died while booting, in a row.
+    boot_deaths: u32,
+    /// No worker is started before this (backoff after deaths while booting).
+    respawn_at: Option<Instant>,
 }
 
 impl Arbiter {
@@ -164,7 +180,13 @@ impl Arbiter {
                     ));
                 }
             }
-            for signal in self.signals.wait(Duration::from_secs(1)) {
+            let tick = self
+                .respawn_at
+                .map(|at| at.saturating_duration_since(Instant::now()))
+                .map_or(Duration::from_secs(1), |wait| {
+                    wait.clamp(Duration::from_millis(10), Duration::from_secs(1))
+                });
+            for signal in self.signals.wait(tick) {
                 match signal {
                     Signal::SIGCHLD => {}
                     Signal::SIGTERM => {
@@ -292,6 +314,7 @@ impl Arbiter {
                     error!("Front tier (pid: {pid}) {how}; restarting it and its workers");
                     // Their channels went with the old front tier; they exit on EOF, and
                     // are told to in case one is busy.
+                    self.workers.values_mut().for_each(|w| w.told = true);
                     signal_all(self.workers.keys().copied(), Signal::SIGTERM);
                 }
             } else if let Some(worker) = self.workers.remove(&pid) {
@@ -312,9 +335,38 @@ impl Arbiter {
                     Some(WORKER_BOOT_ERROR) if !stopping => {
                         self.halt(WORKER_BOOT_ERROR, "Worker failed to boot.")
                     }
+                    Some(0) => {}
+                    _ if !stopping && !worker.told && worker.started.elapsed() < BOOT_WINDOW => {
+                        self.died_booting()
+                    }
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// A worker died within BOOT_WINDOW of its start: wait longer before each new one
+    /// (100 ms, doubling, at most LONGEST_BACKOFF), and give up after MOST_BOOT_DEATHS in
+    /// a row rather than fork for ever.
+    fn died_booting(&mut self) {
+        self.boot_deaths += 1;
+        if self.boot_deaths >= MOST_BOOT_DEATHS {
+            let reason = format!(
+                "Worker failed to boot: {} workers in a row died within {} s of starting.",
+                self.boot_deaths,
+                BOOT_WINDOW.as_secs()
+            );
+            self.halt(WORKER_BOOT_ERROR, &reason);
+            return;
+        }
+        if self.boot_deaths >= 2 {
+            let delay =
+                Duration::from_millis(100 << (self.boot_deaths - 2).min(6)).min(LONGEST_BACKOFF);
+            warn!(
+                "{} workers died while booting; the next starts in {delay:?}",
+                self.boot_deaths
+            );
+            self.respawn_at = Some(Instant::now() + delay);
         }
     }
 
@@ -372,6 +424,17 @@ impl Arbiter {
     }
 
     fn manage_workers(&mut self) {
+        if self
+            .workers
+            .values()
+            .any(|w| w.started.elapsed() >= BOOT_WINDOW)
+        {
+            // One worker got through its boot: the ones before it were accidents.
+            self.boot_deaths = 0;
+        }
+        if self.respawn_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
         while self.workers.len() < self.settings.workers && self.front.is_some() {
             if !self.spawn_worker() {
                 return;
@@ -426,7 +489,14 @@ impl Arbiter {
                     warn!("cannot hand worker {pid} to the front tier: {err}");
                     let _ = kill(pid, Signal::SIGTERM);
                 }
-                self.workers.insert(pid, WorkerChild { id });
+                self.workers.insert(
+                    pid,
+                    WorkerChild {
+                        id,
+                        started: Instant::now(),
+                        told: false,
+                    },
+                );
                 true
             }
             Err(err) => {
