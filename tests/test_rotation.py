@@ -4,6 +4,7 @@ retire handshake on the channel loses no request (nor does a graceful stop)."""
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import subprocess
 import threading
@@ -123,3 +124,31 @@ def test_bad_max_requests_values_name_the_flag():
                                "rotation_app:app"], capture_output=True, text=True, timeout=20)
         assert proc.returncode != 0
         assert flag in proc.stderr, proc.stderr
+
+
+def test_sigterm_to_a_busy_worker_retires_it_without_a_failed_request(serve):
+    # The same handshake, started by a signal at any moment: requests already on their
+    # way to the worker are served or go to the other worker, never answered 502.
+    server = serve("rotation_app:app", workers=2)
+    first = wait_workers(server, 2)
+    result = {}
+
+    def run():
+        result["out"] = hammer(server.port, threads=8, total=4000)
+
+    load = threading.Thread(target=run, daemon=True)
+    load.start()
+    time.sleep(0.2)
+    for pid in first:
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(0.2)
+    load.join(60)
+    assert not load.is_alive()
+    answers, errors = result["out"]
+    assert not errors, f"{errors[:3]}\n{server.log[-3000:]}"
+    assert len(answers) == 4000
+    assert all(status == 200 for status, _ in answers), server.log[-3000:]
+    served_by = {int(body) for _, body in answers}
+    assert served_by & set(first) and served_by - set(first), "the signals missed the load"
+    now = wait_workers(server, 2)
+    assert not set(now) & set(first), server.log[-3000:]
