@@ -61,6 +61,10 @@ pub struct Settings {
     pub preload: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub graceful_timeout: Duration,
+    /// Requests a worker serves before it retires (0: never), `--max-requests`.
+    pub max_requests: u64,
+    /// The most added at random to `max_requests` per worker, `--max-requests-jitter`.
+    pub max_requests_jitter: u64,
     /// Where to write the master's pid (`--pid`).
     pub pidfile: Option<PathBuf>,
     /// Whom the front tier and the workers run as (`--user`, `--group`).
@@ -163,6 +167,8 @@ impl Settings {
             pythonpath: args.pythonpath.clone(),
             preload: args.preload,
             graceful_timeout: Duration::from_secs_f64(args.graceful_timeout),
+            max_requests: args.max_requests,
+            max_requests_jitter: args.max_requests_jitter,
             pidfile: args.pidfile.clone(),
             credentials: identity::credentials(args.user.as_deref(), args.group.as_deref())?,
             umask: args.umask.as_deref().map(identity::umask).transpose()?,

@@ -71,6 +71,14 @@ pub enum Failure {
     Aborted(String),
 }
 
+/// Why a stream was not opened.
+pub enum Refused {
+    /// The worker is retiring; the request never reached it and may go elsewhere.
+    Retired(StreamHold),
+    /// The stream failed.
+    Failed(Failure),
+}
+
 /// Things held for as long as a stream is open: the worker slot and any spooled body.
 /// Nothing reads them; dropping them when the stream ends is their whole job.
 #[allow(dead_code)]
@@ -148,7 +156,8 @@ pub struct WorkerConn {
     pub pid: u32,
     socket: Arc<UnixStream>,
     /// Held while one stream's frames are written, so that they are not interleaved.
-    writing: tokio::sync::Mutex<()>,
+    /// True once Retired was written: nothing may be written after it but aborts.
+    writing: tokio::sync::Mutex<bool>,
     streams: Mutex<Streams>,
     next_stream: AtomicU32,
 }
@@ -162,23 +171,31 @@ impl WorkerConn {
 
     /// Opens a stream: registers it, then writes `frames` (built by `encode` for the new
     /// stream id) to the worker. Events for the stream arrive on the returned receiver.
+    /// A worker that has been told [`Kind::Retired`] gets nothing: the hold comes back
+    /// in [`Refused::Retired`] so that the request can go to another worker.
     pub async fn open_stream(
         self: &Arc<Self>,
         hold: StreamHold,
         encode: impl FnOnce(u32, &mut Vec<u8>) -> Result<(), ProtocolError>,
-    ) -> Result<(u32, Events), Failure> {
+    ) -> Result<(u32, Events), Refused> {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let mut frames = Vec::new();
         if let Err(err) = encode(id, &mut frames) {
             warn!("cannot encode a request for worker {}: {err}", self.pid);
-            return Err(Failure::Aborted(err.to_string()));
+            return Err(Refused::Failed(Failure::Aborted(err.to_string())));
+        }
+        // Checked and written under the writer lock, the same one `retire` holds while
+        // it writes Retired: no request can follow that frame.
+        let mut writing = self.writing.lock().await;
+        if *writing {
+            return Err(Refused::Retired(hold));
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let in_memory = Arc::new(AtomicUsize::new(0));
         {
             let mut streams = self.streams();
             if !streams.alive {
-                return Err(Failure::WorkerDied);
+                return Err(Refused::Failed(Failure::WorkerDied));
             }
             streams.open.insert(
                 id,
@@ -191,10 +208,11 @@ impl WorkerConn {
                 },
             );
         }
-        let written = self.write_all(&frames).await;
+        let written = self.write_locked(&mut writing, &frames).await;
+        drop(writing);
         if written.is_err() {
             self.streams().open.remove(&id);
-            return Err(Failure::WorkerDied);
+            return Err(Refused::Failed(Failure::WorkerDied));
         }
         Ok((
             id,
@@ -203,6 +221,19 @@ impl WorkerConn {
                 in_memory,
             },
         ))
+    }
+
+    /// Answers a worker's Retire: from now on no request is written to it.
+    async fn retire(&self) {
+        let mut writing = self.writing.lock().await;
+        if *writing {
+            return;
+        }
+        *writing = true;
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, Kind::Retired, 0, b"");
+        // A failed write means the worker is gone, which the reader sees as EOF.
+        let _ = self.write_locked(&mut writing, &frame).await;
     }
 
     /// Tells the worker that the client of `stream` went away. The stream stays open
@@ -219,8 +250,17 @@ impl WorkerConn {
         });
     }
 
-    async fn write_all(&self, mut bytes: &[u8]) -> std::io::Result<()> {
-        let _writing = self.writing.lock().await;
+    async fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut writing = self.writing.lock().await;
+        self.write_locked(&mut writing, bytes).await
+    }
+
+    /// Writes `bytes` while the caller holds the writer lock (`_writing` proves it).
+    async fn write_locked(
+        &self,
+        _writing: &mut tokio::sync::MutexGuard<'_, bool>,
+        mut bytes: &[u8],
+    ) -> std::io::Result<()> {
         while !bytes.is_empty() {
             self.socket.writable().await?;
             match self.socket.try_write(bytes) {
@@ -302,7 +342,7 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
             id,
             pid: hello.pid,
             socket,
-            writing: tokio::sync::Mutex::new(()),
+            writing: tokio::sync::Mutex::new(false),
             streams: Mutex::new(Streams {
                 open: HashMap::new(),
                 alive: true,
@@ -313,6 +353,13 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
         debug!("worker {} (pid {}) is ready", id, hello.pid);
         loop {
             match read_frame(&reader, &mut decoder, &mut buf).await {
+                Ok(Some(frame)) if frame.kind == Kind::Retire => {
+                    // Out of the pool first, so no new lease names it; a request that
+                    // already holds one is turned away by `open_stream`.
+                    pool.remove(id);
+                    conn.retire().await;
+                    debug!("worker {} (pid {}) is retiring", id, hello.pid);
+                }
                 Ok(Some(frame)) => {
                     if let Err(err) = conn.route(frame) {
                         warn!("worker {} broke the channel protocol: {err}", hello.pid);

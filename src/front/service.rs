@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::{error, info, warn};
 
 use super::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
-use super::channel::{Event, Failure, StreamHold};
+use super::channel::{Event, Failure, Refused, StreamHold};
 use super::compress::Compression;
 use super::guard::check::Reject;
 use super::guard::{ConnGuard, Tracked};
@@ -194,11 +194,6 @@ async fn dispatch(
         reject = conn.guard.body_refused(index) => return Err(refused(reject)),
     };
     let facts = client_facts(&parts, conn, &shared.trusted);
-    let lease = tokio::time::timeout(limits.queue_timeout, shared.pool.acquire())
-        .await
-        .map_err(|_| RequestError::Busy)?
-        .map_err(|_| RequestError::Busy)?;
-    let worker = lease.conn().clone();
     let (body, spool) = match body {
         RequestBody::Memory(bytes) => (Some(bytes), None),
         RequestBody::File { file, length } => (None, Some((file, length))),
@@ -207,10 +202,7 @@ async fn dispatch(
         path: Bytes::copy_from_slice(file.path().as_os_str().as_encoded_bytes()),
         length: *length,
     });
-    let hold = StreamHold {
-        lease,
-        spool: spool.map(|(file, _)| file),
-    };
+    let mut spool = spool.map(|(file, _)| file);
     let encode = |stream: u32, out: &mut Vec<u8>| {
         encode_request(
             &parts,
@@ -222,14 +214,28 @@ async fn dispatch(
             out,
         )
     };
-    let (stream, mut events) =
-        worker
-            .open_stream(hold, encode)
+    let queued_until = tokio::time::Instant::now() + limits.queue_timeout;
+    // A worker that retired between our lease and our write never saw the request:
+    // it goes to another worker instead of failing.
+    let (worker, stream, mut events) = loop {
+        let lease = tokio::time::timeout_at(queued_until, shared.pool.acquire())
             .await
-            .map_err(|failure| match failure {
-                Failure::Aborted(why) => RequestError::Internal(why),
-                died => RequestError::Worker(died),
-            })?;
+            .map_err(|_| RequestError::Busy)?
+            .map_err(|_| RequestError::Busy)?;
+        let worker = lease.conn().clone();
+        let hold = StreamHold {
+            lease,
+            spool: spool.take(),
+        };
+        match worker.open_stream(hold, encode).await {
+            Ok((stream, events)) => break (worker, stream, events),
+            Err(Refused::Retired(hold)) => spool = hold.spool,
+            Err(Refused::Failed(Failure::Aborted(why))) => {
+                return Err(RequestError::Internal(why));
+            }
+            Err(Refused::Failed(died)) => return Err(RequestError::Worker(died)),
+        }
+    };
     let head = match events.receiver.recv().await {
         Some(Event::Head(head)) => head,
         Some(Event::Failed(failure)) => return Err(RequestError::Worker(failure)),

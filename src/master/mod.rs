@@ -320,6 +320,11 @@ impl Arbiter {
             } else if let Some(worker) = self.workers.remove(&pid) {
                 match (code, signal, stopping) {
                     (_, _, true) => info!("Worker exiting (pid: {pid}): {how}"),
+                    // A retirement (--max-requests) after the handshake: no crash.
+                    (Some(0), _, false) => info!(
+                        "Worker (pid: {pid}, id: {}) retired; replacing it",
+                        worker.id
+                    ),
                     (_, Some(Signal::SIGKILL), _) => {
                         error!(
                             "Worker (pid: {pid}, id: {}) was sent SIGKILL! Perhaps out of memory?",

@@ -32,6 +32,11 @@
 //! 4. Either side may send [`Kind::Abort`] for a stream: from the front tier it means the
 //!    client went away. The worker still finishes such a stream with `End` or `Abort`,
 //!    because only that frees its slot.
+//! 5. Retirement (`--max-requests`, or a graceful stop): the worker sends
+//!    [`Kind::Retire`] on stream 0 when it is idle. The front tier stops dispatching to
+//!    it and answers [`Kind::Retired`] on stream 0, written under the same lock as
+//!    request frames and after which no request is written. The worker serves every
+//!    request that arrived before `Retired`, then exits. Both payloads are empty.
 //!
 //! Payload fields inside heads are encoded with [`FieldWriter`] and read with
 //! [`FieldReader`]: fixed-width integers and `u32`-length-prefixed byte strings.
@@ -75,6 +80,10 @@ pub enum Kind {
     ResponseHead = 6,
     /// Either way: the stream is abandoned (payload: a reason, UTF-8).
     Abort = 7,
+    /// Worker → front, stream 0: send me no more requests; I will exit.
+    Retire = 8,
+    /// Front → worker, stream 0: no request follows this frame.
+    Retired = 9,
 }
 
 impl Kind {
@@ -88,6 +97,8 @@ impl Kind {
             5 => Kind::End,
             6 => Kind::ResponseHead,
             7 => Kind::Abort,
+            8 => Kind::Retire,
+            9 => Kind::Retired,
             _ => return None,
         })
     }

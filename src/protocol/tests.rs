@@ -59,6 +59,8 @@ fn conversation() -> (Vec<u8>, Vec<(Kind, u32)>) {
     encode_frame(&mut out, Kind::End, 7, b"");
     sample_response().encode(&mut out, 7).unwrap();
     encode_frame(&mut out, Kind::Abort, 9, b"client went away");
+    encode_frame(&mut out, Kind::Retire, 0, b"");
+    encode_frame(&mut out, Kind::Retired, 0, b"");
     let expected = vec![
         (Kind::Hello, 0),
         (Kind::RequestHead, 7),
@@ -67,6 +69,8 @@ fn conversation() -> (Vec<u8>, Vec<(Kind, u32)>) {
         (Kind::End, 7),
         (Kind::ResponseHead, 7),
         (Kind::Abort, 9),
+        (Kind::Retire, 0),
+        (Kind::Retired, 0),
     ];
     (out, expected)
 }
@@ -111,6 +115,18 @@ fn every_kind_round_trips() {
         sample_response()
     );
     assert_eq!(&frames[6].payload[..], b"client went away");
+    assert!(frames[7].payload.is_empty() && frames[8].payload.is_empty());
+}
+
+#[test]
+fn retire_kinds_have_stable_wire_bytes() {
+    // Both sides of a rotation must agree on these bytes across builds.
+    assert_eq!(Kind::from_u8(8), Some(Kind::Retire));
+    assert_eq!(Kind::from_u8(9), Some(Kind::Retired));
+    assert_eq!(Kind::from_u8(10), None);
+    let mut out = Vec::new();
+    encode_frame(&mut out, Kind::Retired, 0, b"");
+    assert_eq!(out, [0, 0, 0, 0, 9, 0, 0, 0, 0, 0]);
 }
 
 /// "Shotgun" test: the stream split in two at every byte decodes to the same frames.

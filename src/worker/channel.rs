@@ -67,6 +67,8 @@ struct Writer {
 pub struct Channel {
     reader: Mutex<Reader>,
     writer: Mutex<Writer>,
+    /// Retire was queued; the worker waits for Retired.
+    retiring: AtomicBool,
 }
 
 /// How often a blocked read wakes to check whether the worker was told to stop.
@@ -103,6 +105,7 @@ impl Channel {
                 socket: writer,
                 buf: Vec::with_capacity(64 * 1024),
             }),
+            retiring: AtomicBool::new(false),
         }))
     }
 
@@ -118,13 +121,21 @@ impl Channel {
     }
 
     /// Waits for the next whole request. `Ok(None)`: the front tier closed the channel,
-    /// or `stop` was set while no request was under way.
+    /// or answered Retired. Once `stop` is set and no request is under way, the worker
+    /// asks to retire, and serves what arrives until the answer (protocol/mod.rs, 5).
     pub fn next_request(&self, stop: &AtomicBool) -> Result<Option<Request>, ChannelError> {
         let mut reader = lock(&self.reader);
         let mut current: Option<(u32, RequestHead, Vec<Bytes>, Option<BodyFile>)> = None;
         loop {
-            let Some(frame) = reader.next_frame(stop, current.is_none())? else {
-                return Ok(None);
+            let idle = current.is_none() && !self.retiring.load(Ordering::Relaxed);
+            let frame = match reader.next_frame(stop, idle)? {
+                Wait::Frame(frame) => frame,
+                Wait::Closed => return Ok(None),
+                Wait::Stopping => {
+                    self.retire();
+                    lock(&self.writer).flush()?;
+                    continue;
+                }
             };
             let ours = current
                 .as_ref()
@@ -168,6 +179,7 @@ impl Channel {
                     };
                     return Ok(Some(Request { stream, head, body }));
                 }
+                Kind::Retired if current.is_none() => return Ok(None),
                 Kind::Abort if ours => current = None,
                 // An abort for a stream already answered: nothing to do.
                 Kind::Abort => {}
@@ -177,6 +189,15 @@ impl Channel {
                     );
                 }
             }
+        }
+    }
+
+    /// Queues the Retire frame (once); it leaves with the next flush. Sent ahead of the
+    /// last response's End, it takes the worker out of the front tier's pool before its
+    /// slot frees, so no further request is sent its way.
+    pub fn retire(&self) {
+        if !self.retiring.swap(true, Ordering::Relaxed) {
+            encode_frame(&mut lock(&self.writer).buf, Kind::Retire, 0, b"");
         }
     }
 
@@ -203,18 +224,27 @@ impl Channel {
     }
 }
 
+/// What one wait on the channel gave.
+enum Wait {
+    Frame(Frame),
+    /// The front tier closed the channel.
+    Closed,
+    /// Told to stop while idle (and Retire not sent yet).
+    Stopping,
+}
+
 impl Reader {
-    /// The next frame; `None` at the end of the channel, or when idle and told to stop.
-    fn next_frame(&mut self, stop: &AtomicBool, idle: bool) -> Result<Option<Frame>, ChannelError> {
+    /// The next frame, the end of the channel, or word that it is time to retire.
+    fn next_frame(&mut self, stop: &AtomicBool, idle: bool) -> Result<Wait, ChannelError> {
         if let Some(frame) = self.pending.pop_front() {
-            return Ok(Some(frame));
+            return Ok(Wait::Frame(frame));
         }
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
-                return Ok(Some(frame));
+                return Ok(Wait::Frame(frame));
             }
-            if idle && self.buf.is_empty() && stop.load(Ordering::Relaxed) {
-                return Ok(None);
+            if idle && stop.load(Ordering::Relaxed) {
+                return Ok(Wait::Stopping);
             }
             // Wait in poll(2), not in read(2): a reader asleep in read is woken each
             // time the front tier drains what this worker wrote (write space and input
@@ -227,7 +257,7 @@ impl Reader {
                 Err(err) => return Err(io::Error::from(err).into()),
             }
             match self.socket.read(&mut self.scratch) {
-                Ok(0) => return Ok(None),
+                Ok(0) => return Ok(Wait::Closed),
                 Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
                 Err(err) => match err.kind() {
                     io::ErrorKind::WouldBlock

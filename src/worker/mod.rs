@@ -53,6 +53,23 @@ fn install_signals() -> nix::Result<()> {
     Ok(())
 }
 
+/// How many requests this worker serves before it retires: `--max-requests` plus up to
+/// `--max-requests-jitter`, drawn per worker; `u64::MAX` (never) for 0.
+fn retire_after(settings: &Settings) -> u64 {
+    if settings.max_requests == 0 {
+        return u64::MAX;
+    }
+    // Spreading restarts needs no strong randomness: the clock and the pid differ per
+    // worker, and std's hasher is randomly keyed per process.
+    use std::hash::{BuildHasher, RandomState};
+    let draw = RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()));
+    let jitter = match settings.max_requests_jitter {
+        0 => 0,
+        j => draw % j.saturating_add(1),
+    };
+    settings.max_requests.saturating_add(jitter)
+}
+
 /// Runs a worker on its end of the channel until told to stop; returns the exit code.
 pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
     let mut app = match App::boot(settings) {
@@ -68,6 +85,8 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
         // The front tier is already gone; the master will start everything anew.
         Err(_) => return 0,
     };
+    let max_requests = retire_after(settings);
+    let mut served: u64 = 0;
     Python::attach(|py| {
         loop {
             let request = py.detach(|| channel.next_request(&STOP));
@@ -79,6 +98,12 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
                     break;
                 }
             };
+            served += 1;
+            if served == max_requests {
+                info!("Autorestarting worker after current request.");
+                // Queued ahead of this response's End (see Channel::retire).
+                channel.retire();
+            }
             let sink = Arc::new(StreamSink::new(channel.clone(), request.stream));
             let body = match request.body {
                 Body::Memory(bytes) => python::Body::Memory(bytes),
@@ -100,9 +125,6 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
                 },
             };
             if app.handle(py, &request.head, body, sink) == Outcome::ChannelBroken {
-                break;
-            }
-            if STOP.load(Ordering::Relaxed) {
                 break;
             }
         }
