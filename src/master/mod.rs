@@ -51,6 +51,15 @@ pub fn run(settings: Settings) -> i32 {
     if let Some(mask) = settings.umask {
         nix::sys::stat::umask(mask);
     }
+    // Before anything is bound or said: a TERM that comes as soon as the port answers
+    // must find the handler in place, not kill the master outright.
+    let signals = match SignalPipe::install() {
+        Ok(signals) => signals,
+        Err(err) => {
+            error!("cannot install signal handlers: {err}");
+            return 1;
+        }
+    };
     // The front tier finds the --redirect-http listeners after the --bind ones.
     let backlog = settings.limits.backlog;
     let listeners = match listeners::bind_all(&settings.binds, backlog).and_then(|mut binds| {
@@ -90,13 +99,6 @@ pub fn run(settings: Settings) -> i32 {
         }
     }
     let notifier = notify::Notifier::from_env();
-    let signals = match SignalPipe::install() {
-        Ok(signals) => signals,
-        Err(err) => {
-            error!("cannot install signal handlers: {err}");
-            return 1;
-        }
-    };
     let mut arbiter = Arbiter {
         settings,
         listeners,
