@@ -152,3 +152,61 @@ def test_sigterm_to_a_busy_worker_retires_it_without_a_failed_request(serve):
     assert served_by & set(first) and served_by - set(first), "the signals missed the load"
     now = wait_workers(server, 2)
     assert not set(now) & set(first), server.log[-3000:]
+
+
+def _workers_of(server) -> list[int]:
+    """The master's children that are workers (all but the front tier)."""
+    front = [pid for pid in children_of(server.pid)
+             if open(f"/proc/{pid}/comm").read().strip() == "rwsgi-front"]
+    return [pid for pid in children_of(server.pid) if pid not in front]
+
+
+def _wait_worker_count(server, count: int, timeout: float = 10) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = _workers_of(server)
+        if len(workers) == count or time.monotonic() > deadline:
+            return workers
+        time.sleep(0.05)
+
+
+def test_ttin_and_ttou_change_the_worker_count_without_failures(serve):
+    server = serve("rotation_app:app", workers=2)
+    assert len(_wait_worker_count(server, 2)) == 2
+    failures: list[str] = []
+    done = threading.Event()
+
+    def load():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        while not done.is_set():
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200:
+                    failures.append(f"{response.status} {body[:80]!r}")
+            except (OSError, http.client.HTTPException) as err:
+                failures.append(repr(err))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.close()
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(2):
+            server.signal(signal.SIGTTIN)
+            time.sleep(0.2)
+        assert len(_wait_worker_count(server, 4)) == 4, server.log
+        for _ in range(5):  # more than there are workers: one is always kept
+            server.signal(signal.SIGTTOU)
+            time.sleep(0.3)
+        assert len(_wait_worker_count(server, 1)) == 1, server.log
+        time.sleep(0.5)
+        assert len(_workers_of(server)) == 1
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(15)
+    assert not failures, failures[:5]

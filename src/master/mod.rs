@@ -203,6 +203,11 @@ impl Arbiter {
                         self.begin_stop(false)
                     }
                     Signal::SIGHUP => self.reload_tls(),
+                    Signal::SIGTTIN => {
+                        info!("Handling signal: ttin");
+                        self.settings.workers += 1;
+                    }
+                    Signal::SIGTTOU => self.one_worker_fewer(),
                     other => info!("Ignoring signal {other} (not handled yet)"),
                 }
             }
@@ -349,6 +354,25 @@ impl Arbiter {
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// TTOU: one worker fewer (never none). The oldest is told to stop (TERM): it
+    /// retires through the channel handshake, so no request is lost, and is not replaced.
+    fn one_worker_fewer(&mut self) {
+        info!("Handling signal: ttou");
+        if self.settings.workers <= 1 {
+            return;
+        }
+        self.settings.workers -= 1;
+        let oldest = self
+            .workers
+            .iter_mut()
+            .filter(|(_, w)| !w.told)
+            .min_by_key(|(_, w)| w.started);
+        if let Some((&pid, worker)) = oldest {
+            worker.told = true;
+            signal_all([pid], Signal::SIGTERM);
         }
     }
 
