@@ -36,28 +36,7 @@ done
 # shellcheck source=bench/lib.sh
 source "$HERE/lib.sh"
 
-# ---------------------------------------------------------------- cleanup
-LOGS=$(mktemp -d "${TMPDIR:-/tmp}/rwsgi-bench.XXXXXX")
-server_pid=""    # the server being measured, if any
-server_name=""
-
-# Stops the current server (see stop_pid in lib.sh).
-stop_server() {
-    [[ -n $server_pid ]] || return 0
-    stop_pid "$server_pid" "$server_name"
-    server_pid=""
-}
-
-on_exit() {
-    local status=$?
-    trap - EXIT INT TERM
-    stop_server
-    rm -rf "$LOGS"
-    exit "$status"
-}
-trap on_exit EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+begin_runs  # a log directory; the server being measured is stopped on any exit
 
 # ---------------------------------------------------------------- install
 apt_install wrk wrk
