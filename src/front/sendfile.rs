@@ -48,7 +48,7 @@ impl Target {
     }
 
     /// Answers the client with the file, carrying over the app's other headers.
-    pub async fn serve(
+    pub fn serve(
         self,
         files: &Files,
         request: &Parts,
@@ -59,8 +59,8 @@ impl Target {
         // worker ends the stream.
         drop(app_body);
         let mut response = match &self {
-            Target::Uri(uri) => files.serve_internal_uri(uri, request).await,
-            Target::Path(path) => files.serve_internal_path(path, request).await,
+            Target::Uri(uri) => files.serve_internal_uri(uri, request),
+            Target::Path(path) => files.serve_internal_path(path, request),
         };
         debug!(
             "internal redirect to {} answered {}",

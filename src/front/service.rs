@@ -176,7 +176,7 @@ async fn dispatch(
     let (parts, incoming) = request.into_parts();
     let limits = &shared.limits;
     check_head(&parts, limits)?;
-    if let Some(response) = shared.files.serve_static(&parts).await {
+    if let Some(response) = shared.files.serve_static(&parts) {
         return Ok(response);
     }
     let body_limits = BodyLimits {
@@ -249,7 +249,7 @@ async fn dispatch(
     let body = WorkerBody::new(events, worker, stream);
     let response = build_response(head, ResponseBody::Worker(body), parts.version)?;
     if let Some(target) = Target::of(&shared.files, response.headers()) {
-        return Ok(target.serve(&shared.files, &parts, response).await);
+        return Ok(target.serve(&shared.files, &parts, response));
     }
     Ok(match &shared.compression {
         Some(compression) => compression.apply(&parts, response),

@@ -103,7 +103,7 @@ impl Files {
 
     /// The answer to a request under a `--static` prefix (the longest that matches), or
     /// None when no prefix matches and the request belongs to the app.
-    pub async fn serve_static(&self, request: &Parts) -> Option<Response<ResponseBody>> {
+    pub fn serve_static(&self, request: &Parts) -> Option<Response<ResponseBody>> {
         let path = request.uri.path();
         let (mount, rest) = self
             .statics
@@ -121,7 +121,6 @@ impl Files {
             self.find(&request.headers, head, |accepted| {
                 resolve::under_root(&mount.root, &relative, directory, accepted, &self.lookups)
             })
-            .await
         } else {
             // Traversal attempts are the client's doing (and scanners send many).
             debug!("refused static path {path:?}");
@@ -149,11 +148,7 @@ impl Files {
 
     /// The file an X-Accel-Redirect names: a URL path under a `--internal` or `--static`
     /// prefix, answered under the client's original request headers.
-    pub async fn serve_internal_uri(
-        &self,
-        target: &str,
-        request: &Parts,
-    ) -> Response<ResponseBody> {
+    pub fn serve_internal_uri(&self, target: &str, request: &Parts) -> Response<ResponseBody> {
         let head = request.method == Method::HEAD;
         let path = target.split('?').next().unwrap_or("");
         let found = self
@@ -185,7 +180,6 @@ impl Files {
                             &self.lookups,
                         )
                     })
-                    .await
                 }
             },
         };
@@ -194,24 +188,18 @@ impl Files {
 
     /// The file an X-Sendfile names: an absolute path inside a `--internal` or `--static`
     /// directory, answered under the client's original request headers.
-    pub async fn serve_internal_path(
-        &self,
-        target: &[u8],
-        request: &Parts,
-    ) -> Response<ResponseBody> {
+    pub fn serve_internal_path(&self, target: &[u8], request: &Parts) -> Response<ResponseBody> {
         let head = request.method == Method::HEAD;
         let path = resolve::os_path(target);
         let roots: Vec<&Path> = self.targets.iter().map(|m| m.root.as_path()).collect();
-        let outcome = self
-            .find(&request.headers, head, |accepted| {
-                resolve::under_any_root(&roots, &path, accepted, &self.lookups)
-            })
-            .await;
+        let outcome = self.find(&request.headers, head, |accepted| {
+            resolve::under_any_root(&roots, &path, accepted, &self.lookups)
+        });
         respond(outcome, head)
     }
 
     /// Runs a lookup, then weighs the request's conditionals.
-    async fn find(
+    fn find(
         &self,
         headers: &HeaderMap,
         head: bool,
