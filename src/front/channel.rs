@@ -19,6 +19,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::control::Reporter;
 use super::pool::{Lease, Pool};
 use crate::protocol::{Decoder, Frame, Hello, Kind, ProtocolError, ResponseHead, encode_frame};
 
@@ -320,9 +321,9 @@ impl WorkerConn {
     }
 }
 
-/// Takes over a worker's channel: waits for its Hello, adds it to the pool, then routes
-/// its frames until the channel closes.
-pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
+/// Takes over a worker's channel: waits for its Hello, adds it to the pool (and tells the
+/// master), then routes its frames until the channel closes.
+pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>, reporter: Reporter) {
     tokio::spawn(async move {
         let socket = Arc::new(stream);
         let reader = socket.clone();
@@ -350,6 +351,7 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>) {
             next_stream: AtomicU32::new(1),
         });
         pool.add(conn.clone(), hello.capacity as usize);
+        reporter.worker_ready(id, hello.pid);
         debug!("worker {} (pid {}) is ready", id, hello.pid);
         loop {
             match read_frame(&reader, &mut decoder, &mut buf).await {

@@ -1,24 +1,46 @@
 //! The front tier's side of the control socket: receiving each new worker's channel
-//! from the master (SCM_RIGHTS), and the master's requests to reload the TLS
-//! certificates. The master's side is `master::control`.
+//! from the master (SCM_RIGHTS) and the master's requests to reload the TLS
+//! certificates, and telling the master when a worker is ready. The master's side is
+//! `master::control`.
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, send};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::channel;
 use super::pool::Pool;
-use crate::protocol::control::{MESSAGE_LEN, Message};
+use crate::protocol::control::{AddWorker, MESSAGE_LEN, Message};
+
+/// The front tier's way back to the master over the control socket.
+#[derive(Clone)]
+pub struct Reporter(Arc<OwnedFd>);
+
+impl Reporter {
+    /// Tells the master that worker `id` said Hello and takes requests.
+    pub fn worker_ready(&self, id: u32, pid: u32) {
+        let message = Message::WorkerReady(AddWorker { id, pid }).encode();
+        // A message is 12 bytes and the master reads them at every pass of its loop, so a
+        // full socket means the master is gone (its death is handled on its own).
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        if let Err(err) = send(self.0.as_raw_fd(), &message, flags) {
+            debug!("cannot tell the master that worker {id} is ready: {err}");
+        }
+    }
+}
 
 /// Receives workers until the master closes the control socket (the master is gone);
 /// a reload request wakes `reload`.
 pub async fn receive(control: OwnedFd, pool: Arc<Pool>, reload: Arc<Notify>) {
+    let reporter = match control.try_clone() {
+        Ok(fd) => Reporter(Arc::new(fd)),
+        Err(err) => return warn!("cannot share the control socket: {err}"),
+    };
     // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same
     // for the AsyncFd's whole life.
     let registered = unsafe { AsyncFd::register_with_interest(control, Interest::READABLE) };
@@ -78,7 +100,7 @@ pub async fn receive(control: OwnedFd, pool: Arc<Pool>, reload: Arc<Notify>) {
             .set_nonblocking(true)
             .and_then(|_| tokio::net::UnixStream::from_std(stream))
         {
-            Ok(stream) => channel::start(id, stream, pool.clone()),
+            Ok(stream) => channel::start(id, stream, pool.clone(), reporter.clone()),
             Err(err) => warn!("cannot use worker {id}'s channel: {err}"),
         }
     }

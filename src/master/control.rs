@@ -1,13 +1,14 @@
 //! The master's side of the control socket: handing each new worker's channel to the
-//! front tier with SCM_RIGHTS, and asking it to reload its TLS certificates (layout in
-//! `protocol::control`).
+//! front tier with SCM_RIGHTS, asking it to reload its TLS certificates, and hearing
+//! which workers are ready (layout in `protocol::control`).
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, recv, sendmsg};
+use tracing::warn;
 
-use crate::protocol::control::{AddWorker, Message};
+use crate::protocol::control::{AddWorker, MESSAGE_LEN, Message};
 
 /// Sends the front end of a worker's channel to the front tier.
 pub fn send_worker(control: &OwnedFd, worker: AddWorker, channel: RawFd) -> nix::Result<()> {
@@ -34,4 +35,20 @@ pub fn send_reload_tls(control: &OwnedFd) -> nix::Result<()> {
         None,
     )
     .map(|_| ())
+}
+
+/// The messages the front tier has sent, without waiting for more.
+pub fn receive(control: &OwnedFd) -> Vec<Message> {
+    let mut messages = Vec::new();
+    let mut buf = [0u8; MESSAGE_LEN];
+    loop {
+        match recv(control.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            // The front tier is gone: its death is reaped like any child's.
+            Ok(0) | Err(_) => return messages,
+            Ok(length) => match Message::decode(buf.get(..length).unwrap_or(&[])) {
+                Some(message) => messages.push(message),
+                None => warn!("ignoring a malformed message from the front tier"),
+            },
+        }
+    }
 }

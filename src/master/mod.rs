@@ -1,9 +1,10 @@
 //! The master (arbiter): binds the listeners, forks the front tier and the workers,
-//! replaces children that die and carries out stop signals.
+//! replaces children that die and carries out the operator's signals (gunicorn's
+//! meanings: TERM, INT/QUIT, HUP, TTIN/TTOU, USR2/WINCH).
 //!
 //! It must never run a thread, a runtime or a watcher (DESIGN.md §1): `fork()` of a
 //! multi-threaded process is unsafe. All its work happens in one loop woken by signals
-//! (through a self-pipe) or by a one-second tick.
+//! (through a self-pipe), by the front tier's control messages or by a one-second tick.
 
 mod control;
 pub mod listeners;
@@ -12,9 +13,11 @@ pub mod scoreboard;
 mod signals;
 mod spawn;
 mod title;
+mod upgrade;
+mod workers;
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -24,10 +27,12 @@ use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
 use crate::config::{BindAddr, Settings};
-use crate::protocol::control::AddWorker;
+use crate::protocol::control::Message;
 use listeners::Listener;
 use signals::SignalPipe;
 use spawn::{Forked, fork_child};
+use upgrade::Upgrade;
+use workers::WorkerChild;
 
 /// gunicorn's exit code for a worker that failed to boot.
 pub const WORKER_BOOT_ERROR: i32 = 3;
@@ -39,6 +44,8 @@ const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the server until it is stopped; returns the exit code.
 pub fn run(settings: Settings) -> i32 {
+    // Before the process title overwrites the arguments: USR2 runs them again.
+    let program = upgrade::Program::capture();
     let tls_warnings = settings.tls.iter().flat_map(|tls| &tls.loaded);
     for warning in tls_warnings.flat_map(|cert| &cert.warnings) {
         warn!("--tls {warning}");
@@ -60,19 +67,14 @@ pub fn run(settings: Settings) -> i32 {
             return 1;
         }
     };
-    // The front tier finds the --redirect-http listeners after the --bind ones.
-    let backlog = settings.limits.backlog;
-    let listeners = match listeners::bind_all(&settings.binds, backlog).and_then(|mut binds| {
-        binds.extend(listeners::bind_all(&settings.redirect_http, backlog)?);
-        Ok(binds)
-    }) {
-        Ok(listeners) => listeners,
+    let (listeners, upgrade) = match open_listeners(&settings, program) {
+        Ok(opened) => opened,
         Err(message) => {
             error!("{message}");
             return 1;
         }
     };
-    let _pidfile = match &settings.pidfile {
+    let pidfile = match &settings.pidfile {
         None => None,
         Some(path) => match notify::PidFile::write(path) {
             Ok(pidfile) => Some(pidfile),
@@ -106,17 +108,40 @@ pub fn run(settings: Settings) -> i32 {
         front: None,
         workers: BTreeMap::new(),
         next_worker_id: 0,
+        generation: 0,
+        reload: None,
         stop: None,
         exit_code: 0,
         notifier,
         ready: false,
         boot_deaths: 0,
         respawn_at: None,
+        pidfile,
+        upgrade,
     };
     let code = arbiter.run();
-    listeners::unlink_unix(&arbiter.listeners);
+    if !arbiter.upgrade.shares_listeners() {
+        listeners::unlink_unix(&arbiter.listeners);
+    }
     info!("Shutting down: Master");
     code
+}
+
+/// The listening sockets: those an old master handed over (USR2), or freshly bound
+/// ones. The front tier finds the --redirect-http listeners after the --bind ones.
+fn open_listeners(
+    settings: &Settings,
+    program: upgrade::Program,
+) -> Result<(Vec<Listener>, Upgrade), String> {
+    let backlog = settings.limits.backlog;
+    let wanted = settings.binds.len() + settings.redirect_http.len();
+    if let Some(handed) = upgrade::Handover::from_env() {
+        let listeners = handed.listeners(wanted)?;
+        return Ok((listeners, Upgrade::new(program, Some(handed.old_master))));
+    }
+    let mut listeners = listeners::bind_all(&settings.binds, backlog)?;
+    listeners.extend(listeners::bind_all(&settings.redirect_http, backlog)?);
+    Ok((listeners, Upgrade::new(program, None)))
 }
 
 struct FrontChild {
@@ -125,25 +150,19 @@ struct FrontChild {
     control: OwnedFd,
 }
 
-struct WorkerChild {
-    id: u32,
-    started: Instant,
-    /// The master told it to stop (its death is no boot failure).
-    told: bool,
-}
-
-/// A worker that dies within this time of its start died booting.
-const BOOT_WINDOW: Duration = Duration::from_secs(2);
-/// Workers dying while booting, in a row, after which the master gives up.
-const MOST_BOOT_DEATHS: u32 = 8;
-/// The longest wait before starting a worker again after deaths while booting.
-const LONGEST_BACKOFF: Duration = Duration::from_secs(5);
-
 struct Stop {
     graceful: bool,
     deadline: Instant,
     workers_told: bool,
     killed: bool,
+}
+
+/// A reload (SIGHUP) under way: new workers are booting, the old ones retire as they
+/// become ready.
+struct Reload {
+    /// Another SIGHUP came meanwhile: reload again once this one is done (the workers
+    /// booting now may have read the code before it changed).
+    again: bool,
 }
 
 struct Arbiter {
@@ -153,34 +172,32 @@ struct Arbiter {
     front: Option<FrontChild>,
     workers: BTreeMap<Pid, WorkerChild>,
     next_worker_id: u32,
+    /// Bumped by each reload: workers of an older generation run the old code.
+    generation: u32,
+    reload: Option<Reload>,
     stop: Option<Stop>,
     exit_code: i32,
     /// systemd's notification socket, if any.
     notifier: notify::Notifier,
     /// Whether READY was said.
     ready: bool,
-    /// Workers that died while booting, in a row.
+    /// Workers that died before they were ready, in a row.
     boot_deaths: u32,
     /// No worker is started before this (backoff after deaths while booting).
     respawn_at: Option<Instant>,
+    pidfile: Option<notify::PidFile>,
+    /// The binary upgrade (USR2) state.
+    upgrade: Upgrade,
 }
 
 impl Arbiter {
     fn run(&mut self) -> i32 {
         loop {
-            if self.stop.is_none() {
+            if self.stop.is_none() && !self.upgrade.winched {
                 if self.front.is_none() && !self.spawn_front() {
                     self.halt(1, "cannot start the front tier");
                 }
                 self.manage_workers();
-                if !self.ready && self.front.is_some() {
-                    self.ready = true;
-                    let pid = std::process::id();
-                    let workers = self.workers.len();
-                    self.notifier.notify(&format!(
-                        "READY=1\nMAINPID={pid}\nSTATUS=serving with {workers} workers"
-                    ));
-                }
             }
             let tick = self
                 .respawn_at
@@ -188,29 +205,20 @@ impl Arbiter {
                 .map_or(Duration::from_secs(1), |wait| {
                     wait.clamp(Duration::from_millis(10), Duration::from_secs(1))
                 });
-            for signal in self.signals.wait(tick) {
-                match signal {
-                    Signal::SIGCHLD => {}
-                    Signal::SIGTERM => {
-                        info!("Handling signal: term");
-                        self.begin_stop(true)
-                    }
-                    Signal::SIGINT | Signal::SIGQUIT => {
-                        info!(
-                            "Handling signal: {}",
-                            signal.as_str().trim_start_matches("SIG").to_lowercase()
-                        );
-                        self.begin_stop(false)
-                    }
-                    Signal::SIGHUP => self.reload_tls(),
-                    Signal::SIGTTIN => {
-                        info!("Handling signal: ttin");
-                        self.settings.workers += 1;
-                    }
-                    Signal::SIGTTOU => self.one_worker_fewer(),
-                    other => info!("Ignoring signal {other} (not handled yet)"),
+            let control = self.front.as_ref().map(|front| front.control.as_fd());
+            let signals = self.signals.wait(tick, control);
+            let messages = self
+                .front
+                .as_ref()
+                .map(|front| control::receive(&front.control))
+                .unwrap_or_default();
+            for message in messages {
+                match message {
+                    Message::WorkerReady(worker) => self.worker_ready(worker.id, worker.pid),
+                    other => warn!("unexpected control message from the front tier: {other:?}"),
                 }
             }
+            self.on_signals(signals);
             self.reap();
             if let Some(stop) = &mut self.stop {
                 if self.front.is_none() && self.workers.is_empty() {
@@ -234,19 +242,67 @@ impl Arbiter {
         }
     }
 
-    /// SIGHUP: the front tier reads the certificate files again. Only TLS is reloaded;
-    /// the application is not (restart the server for that).
-    fn reload_tls(&mut self) {
-        info!("Handling signal: hup");
-        if self.settings.tls.is_none() {
-            return info!("SIGHUP: no TLS certificates to reload (no --tls)");
+    fn on_signals(&mut self, signals: Vec<Signal>) {
+        let mut hangups = 0;
+        for signal in signals {
+            match signal {
+                Signal::SIGCHLD => {}
+                Signal::SIGTERM => {
+                    info!("Handling signal: term");
+                    self.begin_stop(true)
+                }
+                Signal::SIGINT | Signal::SIGQUIT => {
+                    info!(
+                        "Handling signal: {}",
+                        signal.as_str().trim_start_matches("SIG").to_lowercase()
+                    );
+                    self.begin_stop(false)
+                }
+                // Several in one pass are one reload.
+                Signal::SIGHUP => hangups += 1,
+                Signal::SIGTTIN => {
+                    self.settings.workers += 1;
+                    info!("Handling signal: ttin; workers: {}", self.settings.workers);
+                }
+                Signal::SIGTTOU => {
+                    // Never none: the oldest extra one retires (see manage_workers).
+                    self.settings.workers = self.settings.workers.saturating_sub(1).max(1);
+                    info!("Handling signal: ttou; workers: {}", self.settings.workers);
+                }
+                Signal::SIGUSR1 => info!("Handling signal: usr1 (no log files to reopen)"),
+                Signal::SIGUSR2 => self.begin_upgrade(),
+                Signal::SIGWINCH => self.winch(),
+                other => info!("Ignoring signal {other}"),
+            }
         }
-        // A front tier not started yet reads the files when it starts.
-        if let Some(front) = &self.front
+        if hangups > 0 && self.stop.is_none() {
+            self.hangup();
+        }
+    }
+
+    /// SIGHUP: the front tier reads its TLS certificates again and a new generation of
+    /// workers starts with freshly imported code; the old ones retire as the new ones
+    /// become ready (see `workers`). After WINCH, it brings the front tier and the
+    /// workers back instead (an upgrade rolled back by hand, as nginx does).
+    fn hangup(&mut self) {
+        info!("Handling signal: hup");
+        if self.upgrade.winched {
+            info!("Serving again: starting the front tier and the workers");
+            self.upgrade.winched = false;
+            return;
+        }
+        self.notifier.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
+            notify::monotonic_usec()
+        ));
+        if self.settings.tls.is_some()
+            && let Some(front) = &self.front
             && let Err(err) = control::send_reload_tls(&front.control)
         {
+            // A front tier not started yet reads the files when it starts.
             error!("cannot ask the front tier to reload the TLS certificates: {err}");
         }
+        self.reload_workers();
     }
 
     /// Starts a graceful (TERM) or fast (INT, QUIT) stop; a fast stop overrides a graceful one.
@@ -258,9 +314,12 @@ impl Arbiter {
         }
         self.notifier.notify("STOPPING=1");
         // As gunicorn: the listeners close first, so new connections are refused at
-        // once rather than queued for a server that is going away.
+        // once rather than queued for a server that is going away (unless a new master
+        // shares them: then they stay open in it).
         let listeners = std::mem::take(&mut self.listeners);
-        listeners::unlink_unix(&listeners);
+        if !self.upgrade.shares_listeners() {
+            listeners::unlink_unix(&listeners);
+        }
         drop(listeners);
         let front = self.front.as_ref().map(|f| f.pid);
         if graceful {
@@ -312,92 +371,28 @@ impl Arbiter {
                 (_, Some(signal)) => format!("was killed by {signal}"),
                 _ => unreachable!("one of code or signal is set"),
             };
-            let stopping = self.stop.is_some();
             if self.front.as_ref().is_some_and(|f| f.pid == pid) {
-                self.front = None;
-                if stopping {
-                    info!("Front tier (pid: {pid}) {how}");
-                } else {
-                    error!("Front tier (pid: {pid}) {how}; restarting it and its workers");
-                    // Their channels went with the old front tier; they exit on EOF, and
-                    // are told to in case one is busy.
-                    self.workers.values_mut().for_each(|w| w.told = true);
-                    signal_all(self.workers.keys().copied(), Signal::SIGTERM);
-                }
+                self.front_exited(pid, &how);
             } else if let Some(worker) = self.workers.remove(&pid) {
-                match (code, signal, stopping) {
-                    (_, _, true) => info!("Worker exiting (pid: {pid}): {how}"),
-                    // A retirement (--max-requests) after the handshake: no crash.
-                    (Some(0), _, false) => info!(
-                        "Worker (pid: {pid}, id: {}) retired; replacing it",
-                        worker.id
-                    ),
-                    (_, Some(Signal::SIGKILL), _) => {
-                        error!(
-                            "Worker (pid: {pid}, id: {}) was sent SIGKILL! Perhaps out of memory?",
-                            worker.id
-                        )
-                    }
-                    _ => warn!("Worker (pid: {pid}, id: {}) {how}", worker.id),
-                }
-                match code {
-                    Some(APP_LOAD_ERROR) if !stopping => {
-                        self.halt(APP_LOAD_ERROR, "App failed to load.")
-                    }
-                    Some(WORKER_BOOT_ERROR) if !stopping => {
-                        self.halt(WORKER_BOOT_ERROR, "Worker failed to boot.")
-                    }
-                    Some(0) => {}
-                    _ if !stopping && !worker.told && worker.started.elapsed() < BOOT_WINDOW => {
-                        self.died_booting()
-                    }
-                    _ => {}
-                }
+                self.worker_exited(pid, worker, code, signal, &how);
+            } else if self.upgrade.child == Some(pid) {
+                self.upgrade_exited(pid, &how);
             }
         }
     }
 
-    /// TTOU: one worker fewer (never none). The oldest is told to stop (TERM): it
-    /// retires through the channel handshake, so no request is lost, and is not replaced.
-    fn one_worker_fewer(&mut self) {
-        info!("Handling signal: ttou");
-        if self.settings.workers <= 1 {
-            return;
-        }
-        self.settings.workers -= 1;
-        let oldest = self
-            .workers
-            .iter_mut()
-            .filter(|(_, w)| !w.told)
-            .min_by_key(|(_, w)| w.started);
-        if let Some((&pid, worker)) = oldest {
-            worker.told = true;
-            signal_all([pid], Signal::SIGTERM);
-        }
-    }
-
-    /// A worker died within BOOT_WINDOW of its start: wait longer before each new one
-    /// (100 ms, doubling, at most LONGEST_BACKOFF), and give up after MOST_BOOT_DEATHS in
-    /// a row rather than fork for ever.
-    fn died_booting(&mut self) {
-        self.boot_deaths += 1;
-        if self.boot_deaths >= MOST_BOOT_DEATHS {
-            let reason = format!(
-                "Worker failed to boot: {} workers in a row died within {} s of starting.",
-                self.boot_deaths,
-                BOOT_WINDOW.as_secs()
-            );
-            self.halt(WORKER_BOOT_ERROR, &reason);
-            return;
-        }
-        if self.boot_deaths >= 2 {
-            let delay =
-                Duration::from_millis(100 << (self.boot_deaths - 2).min(6)).min(LONGEST_BACKOFF);
-            warn!(
-                "{} workers died while booting; the next starts in {delay:?}",
-                self.boot_deaths
-            );
-            self.respawn_at = Some(Instant::now() + delay);
+    fn front_exited(&mut self, pid: Pid, how: &str) {
+        self.front = None;
+        if self.stop.is_some() {
+            info!("Front tier (pid: {pid}) {how}");
+        } else if self.upgrade.winched {
+            info!("Front tier (pid: {pid}) {how} after WINCH; stopping the workers");
+            self.tell_all_workers();
+        } else {
+            error!("Front tier (pid: {pid}) {how}; restarting it and its workers");
+            // Their channels went with the old front tier; they exit on EOF, and are told
+            // to in case one is busy.
+            self.tell_all_workers();
         }
     }
 
@@ -449,89 +444,6 @@ impl Arbiter {
             }
             Err(err) => {
                 error!("cannot fork the front tier: {err}");
-                false
-            }
-        }
-    }
-
-    fn manage_workers(&mut self) {
-        if self
-            .workers
-            .values()
-            .any(|w| w.started.elapsed() >= BOOT_WINDOW)
-        {
-            // One worker got through its boot: the ones before it were accidents.
-            self.boot_deaths = 0;
-        }
-        if self.respawn_at.is_some_and(|at| Instant::now() < at) {
-            return;
-        }
-        while self.workers.len() < self.settings.workers && self.front.is_some() {
-            if !self.spawn_worker() {
-                return;
-            }
-        }
-    }
-
-    fn spawn_worker(&mut self) -> bool {
-        let Some(front) = &self.front else {
-            return false;
-        };
-        let (front_end, worker_end) = match socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        ) {
-            Ok(pair) => pair,
-            Err(err) => {
-                error!("cannot create a worker channel: {err}");
-                return false;
-            }
-        };
-        let id = self.next_worker_id;
-        self.next_worker_id = self.next_worker_id.wrapping_add(1);
-        let mut close = self.master_fds();
-        close.extend(self.listeners.iter().map(Listener::raw));
-        close.push(front_end.as_raw_fd());
-        match fork_child(
-            "worker",
-            self.settings.preload,
-            &close,
-            self.settings.credentials,
-        ) {
-            Ok(Forked::Child) => {
-                title::set(&format!("rwsgi: worker [{}]", self.settings.app.text));
-                let code = crate::worker::run(&self.settings, worker_end, id);
-                std::process::exit(code);
-            }
-            Ok(Forked::Parent(pid)) => {
-                drop(worker_end);
-                info!("Booting worker with pid: {pid}");
-                if let Err(err) = control::send_worker(
-                    &front.control,
-                    AddWorker {
-                        id,
-                        pid: pid.as_raw() as u32,
-                    },
-                    front_end.as_raw_fd(),
-                ) {
-                    // The front tier is gone; its death will be reaped and everything restarted.
-                    warn!("cannot hand worker {pid} to the front tier: {err}");
-                    let _ = kill(pid, Signal::SIGTERM);
-                }
-                self.workers.insert(
-                    pid,
-                    WorkerChild {
-                        id,
-                        started: Instant::now(),
-                        told: false,
-                    },
-                );
-                true
-            }
-            Err(err) => {
-                error!("cannot fork a worker: {err}");
                 false
             }
         }

@@ -32,6 +32,26 @@ impl PidFile {
     }
 }
 
+impl PidFile {
+    /// Moves the pid file to `path` (USR2: the old master's becomes `FILE.oldbin` so the
+    /// new master can write `FILE`; and back if the new master fails).
+    pub fn rename(&mut self, path: PathBuf) {
+        match std::fs::rename(&self.path, &path) {
+            Ok(()) => self.path = path,
+            Err(err) => warn!(
+                "cannot rename the pid file {} to {}: {err}",
+                self.path.display(),
+                path.display()
+            ),
+        }
+    }
+
+    /// Where the pid file is now.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 impl Drop for PidFile {
     fn drop(&mut self) {
         let ours = std::fs::read_to_string(&self.path)
@@ -68,6 +88,11 @@ impl Notifier {
         }
     }
 
+    /// The socket's address, to hand to a new master (USR2).
+    pub fn address(&self) -> Option<&str> {
+        self.socket.as_ref().map(|(_, address)| address.as_str())
+    }
+
     /// Sends `state` (`READY=1`, `STOPPING=1`, …); failures are logged, never fatal.
     pub fn notify(&self, state: &str) {
         let Some((socket, address)) = &self.socket else {
@@ -86,4 +111,11 @@ impl Notifier {
             warn!("cannot notify the service manager ({address}): {err}");
         }
     }
+}
+
+/// CLOCK_MONOTONIC in microseconds, which systemd wants with `RELOADING=1`.
+pub fn monotonic_usec() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|now| now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000)
+        .unwrap_or(0)
 }

@@ -81,6 +81,13 @@ pub fn boot_error_reported() {
     }
 }
 
+/// Forgets that an import failure was reported (a reload's new code may fail anew).
+pub fn reset_boot_error_report() {
+    if let Some(shared) = shared() {
+        shared.boot_error_reported.store(0, Ordering::Release);
+    }
+}
+
 /// Waits (up to `limit`) until the claimant has printed its report, so that no process
 /// exits, and makes the master stop everything, before the report is out.
 pub fn wait_for_boot_error_report(limit: Duration) {

@@ -1,7 +1,7 @@
 //! The master's signals: handlers do nothing but note the signal and wake the loop
 //! through a self-pipe, so all work happens in the loop, never in a handler.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
@@ -60,9 +60,11 @@ impl SignalPipe {
         Ok(SignalPipe { read, write })
     }
 
-    /// Waits up to `timeout` for signals and returns those that arrived, in order.
-    pub fn wait(&self, timeout: Duration) -> Vec<Signal> {
-        let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
+    /// Waits up to `timeout` for signals, or for `also` to become readable, and returns
+    /// the signals that arrived, in order.
+    pub fn wait(&self, timeout: Duration, also: Option<BorrowedFd>) -> Vec<Signal> {
+        let mut fds = vec![PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
+        fds.extend(also.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
         let _ = poll(
             &mut fds,

@@ -6,12 +6,16 @@
 //!   ancillary data.
 //! - kind 2, `ReloadTls`: read the certificate files again (the master got SIGHUP); id
 //!   and pid are zero.
+//! - kind 4, `WorkerReady` (front tier to master): the worker with this id and pid said
+//!   Hello on its channel and takes requests. The master waits for it before retiring
+//!   the worker it replaces (SIGHUP).
 
 /// Bytes in one control message.
 pub const MESSAGE_LEN: usize = 12;
 
 const ADD_WORKER: u32 = 1;
 const RELOAD_TLS: u32 = 2;
+const WORKER_READY: u32 = 4;
 
 /// One message from the master to the front tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +24,8 @@ pub enum Message {
     AddWorker(AddWorker),
     /// Reload the TLS certificates.
     ReloadTls,
+    /// The front tier to the master: this worker is ready.
+    WorkerReady(AddWorker),
 }
 
 impl Message {
@@ -28,6 +34,7 @@ impl Message {
         match self {
             Message::AddWorker(worker) => worker.encode(),
             Message::ReloadTls => words(RELOAD_TLS, 0, 0),
+            Message::WorkerReady(worker) => words(WORKER_READY, worker.id, worker.pid),
         }
     }
 
@@ -36,6 +43,7 @@ impl Message {
         match split(message)? {
             (ADD_WORKER, id, pid) => Some(Message::AddWorker(AddWorker { id, pid })),
             (RELOAD_TLS, 0, 0) => Some(Message::ReloadTls),
+            (WORKER_READY, id, pid) => Some(Message::WorkerReady(AddWorker { id, pid })),
             _ => None,
         }
     }
@@ -61,7 +69,8 @@ fn split(message: &[u8]) -> Option<(u32, u32, u32)> {
     Some((word(0)?, word(4)?, word(8)?))
 }
 
-/// A new worker: its channel travels with the message.
+/// A worker, by the master's id and its pid (a new one's channel travels with the
+/// message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AddWorker {
     /// The master's id for the worker.
@@ -80,7 +89,7 @@ impl AddWorker {
     pub fn decode(message: &[u8]) -> Option<AddWorker> {
         match Message::decode(message)? {
             Message::AddWorker(worker) => Some(worker),
-            Message::ReloadTls => None,
+            _ => None,
         }
     }
 }
@@ -112,5 +121,13 @@ mod tests {
             Message::decode(&worker.encode()),
             Some(Message::AddWorker(worker))
         );
+    }
+
+    #[test]
+    fn worker_ready_is_not_an_add_worker() {
+        let worker = AddWorker { id: 7, pid: 99 };
+        let bytes = Message::WorkerReady(worker).encode();
+        assert_eq!(Message::decode(&bytes), Some(Message::WorkerReady(worker)));
+        assert_eq!(AddWorker::decode(&bytes), None);
     }
 }
