@@ -94,6 +94,13 @@ pub struct ServeArgs {
     )]
     pub max_worker_memory: u64,
 
+    /// A Python module (importable name, or path to a .py file such as a gunicorn config
+    /// file) whose functions named as gunicorn's worker hooks (post_fork,
+    /// post_worker_init, pre_request, post_request, worker_exit, worker_abort) are called
+    /// in each worker at those moments.
+    #[arg(long, value_name = "MODULE")]
+    pub hooks: Option<String>,
+
     /// Seconds to let in-flight requests finish after a graceful stop (SIGTERM).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub graceful_timeout: f64,

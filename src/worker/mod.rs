@@ -74,7 +74,7 @@ fn retire_after(settings: &Settings) -> u64 {
 
 /// Runs a worker on its end of the channel until told to stop; returns the exit code.
 pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
-    let mut app = match App::boot(settings) {
+    let mut app = match App::boot(settings, id) {
         Ok(app) => app,
         Err(code) => return code,
     };
