@@ -50,7 +50,7 @@ def test_each_hook_is_called_at_its_moment_with_gunicorn_like_arguments(serve, t
     assert sorted(f["process"] for f in forks) == workers
     assert len({f["worker"]["age"] for f in forks}) == 2
     for init in inits:
-        assert init["worker"]["booted"] is True and init["wsgi"] is True
+        assert init["worker"]["booted"] is False and init["wsgi"] is True  # as gunicorn
 
     status, body = get(server.port, "/teapot?x=1&y=2")
     assert status == 418
@@ -88,6 +88,8 @@ def test_each_hook_is_called_at_its_moment_with_gunicorn_like_arguments(serve, t
     for exit_ in exits:
         assert exit_["worker"]["pid"] == exit_["process"]
         assert exit_["worker"]["alive"] is False
+        assert exit_["worker"]["booted"] is True
+        assert exit_["worker"]["nr"] == (1 if exit_["process"] == pid else 0)
         assert exit_["server"]["pid"] == server.pid
     assert not [c for c in read_calls(log) if c["hook"] == "worker_abort"]
 

@@ -352,17 +352,14 @@ impl Hooks {
     }
 }
 
-/// After the app is loaded: `post_worker_init(worker)`, with `worker.wsgi` set to it.
+/// After the app is loaded: `post_worker_init(worker)`, with `worker.wsgi` set to it;
+/// `worker.booted` turns true afterwards, as in gunicorn.
 pub fn post_worker_init(py: Python<'_>, app: &Py<PyAny>) {
     let Some(hooks) = active() else { return };
     hooks.set_worker(py, "wsgi", app);
+    let hook = hooks.post_worker_init.as_ref();
+    hooks.call(py, "post_worker_init", hook, (&hooks.worker,));
     hooks.set_worker(py, "booted", true);
-    hooks.call(
-        py,
-        "post_worker_init",
-        hooks.post_worker_init.as_ref(),
-        (&hooks.worker,),
-    );
 }
 
 /// Just before a worker leaves cleanly: `worker_exit(server, worker)`.
