@@ -43,6 +43,15 @@ impl HooksSource {
     }
 }
 
+impl std::fmt::Display for HooksSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HooksSource::Module(name) => f.write_str(name),
+            HooksSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,11 +72,11 @@ fn load(settings: &Settings, worker_id: Option<u32>) -> Result<Py<PyAny>, i32> {
 /// stops the server, as a broken application does.
 fn install_hooks(py: Python<'_>, settings: &Settings, worker_id: u32) -> Result<(), i32> {
     hooks::install(py, settings, worker_id).map_err(|err| {
-        let source = match &settings.hooks {
-            Some(crate::config::HooksSource::File(path)) => path.display().to_string(),
-            Some(crate::config::HooksSource::Module(name)) => name.clone(),
-            None => String::new(),
-        };
+        let source = settings
+            .hooks
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         let what = format!("--hooks: cannot load the hooks module {source:?}");
         report_boot_error(py, &what, &err, WORKER_BOOT_ERROR)
     })
