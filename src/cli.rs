@@ -84,6 +84,23 @@ pub struct ServeArgs {
     )]
     pub max_requests_jitter: u64,
 
+    /// A worker whose resident memory (RSS) passes this many MiB retires after its
+    /// current request and is replaced (0: no limit). The retirement loses no request.
+    #[arg(
+        long,
+        value_name = "MiB",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub max_worker_memory: u64,
+
+    /// A Python module (importable name, or path to a .py file such as a gunicorn config
+    /// file) whose functions named as gunicorn's worker hooks (post_fork,
+    /// post_worker_init, pre_request, post_request, worker_exit, worker_abort) are called
+    /// in each worker at those moments.
+    #[arg(long, value_name = "MODULE")]
+    pub hooks: Option<String>,
+
     /// Seconds to let in-flight requests finish after a graceful stop (SIGTERM).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub graceful_timeout: f64,

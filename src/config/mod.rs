@@ -7,6 +7,7 @@
 
 mod app;
 mod bind;
+mod hooks;
 mod identity;
 mod limits;
 mod mounts;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 pub use app::AppSpec;
 pub use bind::BindAddr;
+pub use hooks::HooksSource;
 pub use identity::Credentials;
 pub use limits::{Limits, Trusted};
 pub use mounts::{FileSettings, Mount};
@@ -65,6 +67,11 @@ pub struct Settings {
     pub max_requests: u64,
     /// The most added at random to `max_requests` per worker, `--max-requests-jitter`.
     pub max_requests_jitter: u64,
+    /// Resident memory in bytes past which a worker retires (0: no limit),
+    /// `--max-worker-memory`.
+    pub max_worker_memory: u64,
+    /// The module whose worker hooks are called (`--hooks`).
+    pub hooks: Option<HooksSource>,
     /// Where to write the master's pid (`--pid`).
     pub pidfile: Option<PathBuf>,
     /// Whom the front tier and the workers run as (`--user`, `--group`).
@@ -157,6 +164,16 @@ impl Settings {
             ));
         }
         let app = AppSpec::parse(&args.app, args.chdir.as_deref())?;
+        let max_worker_memory = args.max_worker_memory.checked_mul(1 << 20).ok_or_else(|| {
+            ConfigError::new(
+                "--max-worker-memory",
+                format!(
+                    "{} MiB is more than any machine has",
+                    args.max_worker_memory
+                ),
+            )
+        })?;
+        let hooks = args.hooks.as_deref().map(HooksSource::parse).transpose()?;
         let tls = TlsSettings::from_args(args)?;
         let redirect_http = tls::redirect_binds(args)?;
         Ok(Settings {
@@ -169,6 +186,8 @@ impl Settings {
             graceful_timeout: Duration::from_secs_f64(args.graceful_timeout),
             max_requests: args.max_requests,
             max_requests_jitter: args.max_requests_jitter,
+            max_worker_memory,
+            hooks,
             pidfile: args.pidfile.clone(),
             credentials: identity::credentials(args.user.as_deref(), args.group.as_deref())?,
             umask: args.umask.as_deref().map(identity::umask).transpose()?,

@@ -7,6 +7,7 @@
 mod app;
 mod environ;
 mod errors;
+mod hooks;
 mod input;
 mod interp;
 mod response;
@@ -16,50 +17,74 @@ use std::sync::{Arc, OnceLock};
 use pyo3::prelude::*;
 use tracing::error;
 
+pub use hooks::worker_abort;
 pub use input::WsgiInput;
 pub use response::{Outcome, ResponseSink, send_error_page};
 
 use crate::config::Settings;
-use crate::master::{APP_LOAD_ERROR, scoreboard};
+use crate::master::{APP_LOAD_ERROR, WORKER_BOOT_ERROR, scoreboard};
 use crate::protocol::RequestHead;
 use std::time::Duration;
 
 /// The application imported by the master under `--preload`, inherited by every fork.
 static PRELOADED: OnceLock<Py<PyAny>> = OnceLock::new();
 
+/// Reports a failure every worker meets the same way (the application or the hooks do
+/// not import): only the first worker tells, and the others wait until it has told
+/// before they exit and the master stops. Returns `code`, the exit code.
+fn report_boot_error(py: Python<'_>, what: &str, err: &PyErr, code: i32) -> i32 {
+    if scoreboard::claim_boot_error_report() {
+        error!("{what}\n{}", response::format_traceback(py, err).trim_end());
+        scoreboard::boot_error_reported();
+    } else {
+        py.detach(|| scoreboard::wait_for_boot_error_report(Duration::from_secs(5)));
+    }
+    code
+}
+
 /// Starts the interpreter, sets up `sys.path` and imports the application, printing
-/// the traceback of a failure. The error is the exit code to use.
-fn load(settings: &Settings) -> Result<Py<PyAny>, i32> {
+/// the traceback of a failure. In a worker (`worker_id`), the `--hooks` module is
+/// loaded and `post_fork` called before the application is imported. The error is the
+/// exit code to use.
+fn load(settings: &Settings, worker_id: Option<u32>) -> Result<Py<PyAny>, i32> {
     if let Err(message) = interp::initialize() {
         error!("{message}");
         return Err(APP_LOAD_ERROR);
     }
     Python::attach(|py| {
-        let loaded = app::extend_sys_path(py, settings).and_then(|_| app::load(py, &settings.app));
-        match loaded {
-            Ok(app) => Ok(app.unbind()),
-            Err(err) => {
-                // Every worker fails the same way: only the first tells, and the others
-                // wait until it has told before they exit and the master stops.
-                if scoreboard::claim_boot_error_report() {
-                    error!(
-                        "Exception while loading the application {:?}\n{}",
-                        settings.app.text,
-                        response::format_traceback(py, &err).trim_end()
-                    );
-                    scoreboard::boot_error_reported();
-                } else {
-                    py.detach(|| scoreboard::wait_for_boot_error_report(Duration::from_secs(5)));
-                }
-                Err(APP_LOAD_ERROR)
-            }
+        let what = format!(
+            "Exception while loading the application {:?}",
+            settings.app.text
+        );
+        app::extend_sys_path(py, settings)
+            .map_err(|err| report_boot_error(py, &what, &err, APP_LOAD_ERROR))?;
+        if let Some(id) = worker_id {
+            install_hooks(py, settings, id)?;
         }
+        match app::load(py, &settings.app) {
+            Ok(app) => Ok(app.unbind()),
+            Err(err) => Err(report_boot_error(py, &what, &err, APP_LOAD_ERROR)),
+        }
+    })
+}
+
+/// Loads `--hooks` in a worker and calls `post_fork`; a module that cannot be used
+/// stops the server, as a broken application does.
+fn install_hooks(py: Python<'_>, settings: &Settings, worker_id: u32) -> Result<(), i32> {
+    hooks::install(py, settings, worker_id).map_err(|err| {
+        let source = settings
+            .hooks
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let what = format!("--hooks: cannot load the hooks module {source:?}");
+        report_boot_error(py, &what, &err, WORKER_BOOT_ERROR)
     })
 }
 
 /// `--preload`: imports the application in the master, before any fork.
 pub fn preload(settings: &Settings) -> Result<(), i32> {
-    let app = load(settings)?;
+    let app = load(settings, None)?;
     let _ = PRELOADED.set(app);
     Ok(())
 }
@@ -97,11 +122,14 @@ pub enum Body {
 }
 
 impl App {
-    /// The application for a worker: the preloaded one, or imported now.
-    pub fn boot(settings: &Settings) -> Result<App, i32> {
+    /// The application for worker `id`: the preloaded one, or imported now; the
+    /// `--hooks` are loaded and `post_fork` and `post_worker_init` called on the way.
+    pub fn boot(settings: &Settings, id: u32) -> Result<App, i32> {
         let app = match PRELOADED.get() {
-            Some(app) => Python::attach(|py| app.clone_ref(py)),
-            None => load(settings)?,
+            Some(app) => {
+                Python::attach(|py| install_hooks(py, settings, id).map(|_| app.clone_ref(py)))?
+            }
+            None => load(settings, Some(id))?,
         };
         Python::attach(|py| {
             let environ =
@@ -109,6 +137,7 @@ impl App {
                     error!("cannot build the environ template: {err}");
                     APP_LOAD_ERROR
                 })?;
+            hooks::post_worker_init(py, &app);
             Ok(App { app, environ })
         })
     }
@@ -121,6 +150,9 @@ impl App {
         body: Body,
         sink: Arc<dyn ResponseSink>,
     ) -> Outcome {
+        // Without --hooks, this None is all they cost.
+        let hooks = hooks::active();
+        let req = hooks.and_then(|hooks| hooks.pre_request(py, head));
         let input = match body {
             Body::Memory(bytes) => WsgiInput::memory(bytes),
             Body::File { file, length } => WsgiInput::file(file, length),
@@ -134,14 +166,23 @@ impl App {
             }
         };
         let head_only = &head.method[..] == b"HEAD";
-        response::respond(py, self.app.bind(py), environ, sink, head_only, &label)
+        let app = self.app.bind(py);
+        let (Some(hooks), Some(req)) = (hooks.filter(|h| h.wants_response()), req) else {
+            return response::respond(py, app, environ, sink, head_only, &label);
+        };
+        let recorder = Arc::new(hooks::Recorder::new(sink));
+        let sink: Arc<dyn ResponseSink> = recorder.clone();
+        let outcome = response::respond(py, app, environ.clone(), sink, head_only, &label);
+        hooks.post_request(py, &req, &environ, &recorder);
+        outcome
     }
 }
 
-/// Runs the interpreter's exit functions (`atexit`) and flushes its streams, as a
-/// normal interpreter exit would.
+/// A worker's clean exit: calls the `worker_exit` hook, then runs the interpreter's exit
+/// functions (`atexit`) and flushes its streams, as a normal interpreter exit would.
 pub fn shutdown() {
     Python::attach(|py| {
+        hooks::worker_exit(py);
         let _ = py
             .import("atexit")
             .and_then(|m| m.call_method0("_run_exitfuncs"));

@@ -201,6 +201,11 @@ impl Channel {
         }
     }
 
+    /// Writes whatever is queued (a Retire queued between requests) at once.
+    pub fn flush(&self) -> io::Result<()> {
+        lock(&self.writer).flush()
+    }
+
     /// Whether the front tier has aborted `stream` (its client went away). Never blocks.
     pub fn aborted(&self, stream: u32) -> bool {
         let mut reader = lock(&self.reader);

@@ -6,6 +6,7 @@
 //! client socket.
 
 mod channel;
+mod memory;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::config::Settings;
 use crate::master::WORKER_BOOT_ERROR;
 use crate::python::{self, App, Outcome, ResponseSink};
 use channel::{Body, Channel, StreamSink};
+use memory::MemoryLimit;
 
 /// Set by SIGTERM: finish the request under way, then exit.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -72,7 +74,7 @@ fn retire_after(settings: &Settings) -> u64 {
 
 /// Runs a worker on its end of the channel until told to stop; returns the exit code.
 pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
-    let mut app = match App::boot(settings) {
+    let mut app = match App::boot(settings, id) {
         Ok(app) => app,
         Err(code) => return code,
     };
@@ -87,6 +89,8 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
     };
     let max_requests = retire_after(settings);
     let mut served: u64 = 0;
+    // Dropped once it has tripped: a retiring worker need not look again.
+    let mut memory = MemoryLimit::new(settings.max_worker_memory);
     Python::attach(|py| {
         loop {
             let request = py.detach(|| channel.next_request(&STOP));
@@ -126,6 +130,14 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
             };
             if app.handle(py, &request.head, body, sink) == Outcome::ChannelBroken {
                 break;
+            }
+            if memory.take_if(|limit| limit.exceeded()).is_some() {
+                // The response has left: Retire goes alone, and requests that cross it
+                // on the channel are still served (the same handshake as on SIGTERM).
+                channel.retire();
+                if py.detach(|| channel.flush()).is_err() {
+                    break;
+                }
             }
         }
     });
