@@ -221,7 +221,10 @@ impl Arbiter {
             .any(|w| !w.told && w.generation != worker.generation);
         let serving = self.workers.values().any(|w| w.ready);
         match code {
-            Some(APP_LOAD_ERROR) if worker.generation == self.generation && old_serving => {
+            // The new code (the app or its --hooks module) does not load.
+            Some(APP_LOAD_ERROR | WORKER_BOOT_ERROR)
+                if worker.generation == self.generation && old_serving =>
+            {
                 self.reload_failed()
             }
             Some(APP_LOAD_ERROR) if !serving => self.halt(APP_LOAD_ERROR, "App failed to load."),
