@@ -105,6 +105,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub graceful_timeout: f64,
 
+    /// The error log: a file (appended to, reopened on USR1) or `-` for stderr.
+    #[arg(long, alias = "log-file", value_name = "FILE", default_value = "-")]
+    pub error_logfile: PathBuf,
+
+    /// The error log's level: debug, info, warning, error or critical.
+    #[arg(long, env = "RWSGI_LOG_LEVEL", value_name = "LEVEL", value_parser = ["debug", "info", "warning", "error", "critical"])]
+    pub log_level: Option<String>,
+
     /// Write the master's pid to this file once the sockets are bound; removed at exit.
     #[arg(short = 'p', long = "pid", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,

@@ -18,17 +18,26 @@ use cli::{Cli, Command};
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    log::init();
+    // Before --chdir and before the process title overwrites the arguments: a binary
+    // upgrade (USR2) starts the program again as it was started.
+    let program = master::Program::capture();
     match cli.command {
         Command::Serve(args) => match config::Settings::from_args(&args) {
             Ok(settings) => {
+                if let Some(path) = &settings.error_log
+                    && let Err(err) = log::redirect_stderr(path)
+                {
+                    eprintln!("rwsgi: error: --error-logfile: {}: {err}", path.display());
+                    return 1;
+                }
+                log::init(args.log_level.as_deref());
                 if let Some(dir) = &settings.chdir
                     && let Err(err) = std::env::set_current_dir(dir)
                 {
                     eprintln!("rwsgi: error: --chdir: {}: {err}", dir.display());
                     return 2;
                 }
-                master::run(settings)
+                master::run(settings, program)
             }
             Err(err) => {
                 eprintln!("rwsgi: error: {err}");

@@ -3,8 +3,18 @@
 //! Each process formats its own lines and writes each with one `write`, so lines from the
 //! master, the front tier and the workers interleave whole on a shared stderr. The role
 //! of a child process is named in its lines so they can be told apart.
+//!
+//! With `--error-logfile FILE` the file (opened for appending) becomes every process's
+//! stderr, so Python's tracebacks, `wsgi.errors` and faulthandler dumps land in it too.
+//! On USR1 each process opens the file again by name and puts it in place of stderr: the
+//! master first, then (sent by the master) every child, in a signal handler that does
+//! only that (open and dup2 are async-signal-safe), so logrotate can move the file away.
 
+use std::ffi::{CStr, CString};
 use std::fmt;
+use std::io;
+use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,13 +30,87 @@ pub fn set_role(role: &'static str) {
     let _ = ROLE.set(role);
 }
 
-/// Installs the subscriber writing to stderr. Level from `RWSGI_LOG` (default info).
-pub fn init() {
-    let level = match std::env::var("RWSGI_LOG").as_deref() {
-        Ok("debug") => Level::DEBUG,
-        Ok("trace") => Level::TRACE,
-        Ok("warning") | Ok("warn") => Level::WARN,
-        Ok("error") => Level::ERROR,
+/// The error log file, when it is not the stderr rwsgi was started with.
+static LOG_PATH: OnceLock<CString> = OnceLock::new();
+
+/// Makes `path` this process's stderr (and so its children's), remembering it for
+/// [`reopen`]. Called once, before the first fork.
+pub fn redirect_stderr(path: &Path) -> io::Result<()> {
+    // Absolute: --chdir must not change which file a reopen finds.
+    let path = std::path::absolute(path)?;
+    let path = CString::new(path.into_os_string().into_vec())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    open_as_stderr(&path)?;
+    let _ = LOG_PATH.set(path);
+    Ok(())
+}
+
+/// Whether the error log is a file (which USR1 reopens).
+pub fn logs_to_file() -> bool {
+    LOG_PATH.get().is_some()
+}
+
+/// Opens the error log file again in place of stderr (USR1, in the master).
+pub fn reopen() -> io::Result<()> {
+    LOG_PATH.get().map_or(Ok(()), |path| open_as_stderr(path))
+}
+
+/// Makes USR1 reopen the error log in this process: called in every child right after
+/// the fork, so that a USR1 never ends a child, even one still booting.
+pub fn reopen_on_usr1() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_usr1),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only calls async-signal-safe functions (open, dup2, close).
+    let _ = unsafe { sigaction(Signal::SIGUSR1, &action) };
+}
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    // SAFETY: errno is this thread's; it is put back so the interrupted code sees its own.
+    let errno = unsafe { *libc::__errno_location() };
+    if let Some(path) = LOG_PATH.get() {
+        let _ = open_as_stderr(path);
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Opens `path` for appending and puts it on descriptor 2. Async-signal-safe: no
+/// allocation, only system calls.
+fn open_as_stderr(path: &CStr) -> io::Result<()> {
+    let flags = libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    let fd = unsafe { libc::open(path.as_ptr(), flags, 0o644 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: dup2 onto 2 replaces stderr atomically; `fd` is ours to close after.
+    let duplicated = unsafe { libc::dup2(fd, libc::STDERR_FILENO) };
+    let result = if duplicated < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    // SAFETY: `fd` was opened above and nothing else refers to it.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Installs the subscriber writing to stderr, at `level` (`--log-level`), else the one
+/// in `RWSGI_LOG`, else info.
+pub fn init(level: Option<&str>) {
+    let chosen = level
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RWSGI_LOG").ok());
+    let level = match chosen.as_deref() {
+        Some("debug") => Level::DEBUG,
+        Some("trace") => Level::TRACE,
+        Some("warning") | Some("warn") => Level::WARN,
+        // tracing has no level above error: critical is error.
+        Some("error") | Some("critical") => Level::ERROR,
         _ => Level::INFO,
     };
     let _ = tracing_subscriber::fmt()

@@ -51,6 +51,8 @@ impl ConfigError {
 pub struct Settings {
     /// Where to listen.
     pub binds: Vec<BindAddr>,
+    /// The error log file (`--error-logfile`); None for stderr.
+    pub error_log: Option<PathBuf>,
     /// How many worker processes.
     pub workers: usize,
     /// How many threads the front tier's runtime runs.
@@ -176,7 +178,9 @@ impl Settings {
         let hooks = args.hooks.as_deref().map(HooksSource::parse).transpose()?;
         let tls = TlsSettings::from_args(args)?;
         let redirect_http = tls::redirect_binds(args)?;
+        let error_log = (args.error_logfile.as_os_str() != "-").then(|| args.error_logfile.clone());
         Ok(Settings {
+            error_log,
             binds,
             workers,
             front_threads,

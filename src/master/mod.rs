@@ -31,6 +31,7 @@ use crate::protocol::control::Message;
 use listeners::Listener;
 use signals::SignalPipe;
 use spawn::{Forked, fork_child};
+pub use upgrade::Program;
 use upgrade::Upgrade;
 use workers::WorkerChild;
 
@@ -43,9 +44,7 @@ pub const APP_LOAD_ERROR: i32 = 4;
 const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the server until it is stopped; returns the exit code.
-pub fn run(settings: Settings) -> i32 {
-    // Before the process title overwrites the arguments: USR2 runs them again.
-    let program = upgrade::Program::capture();
+pub fn run(settings: Settings, program: Program) -> i32 {
     let tls_warnings = settings.tls.iter().flat_map(|tls| &tls.loaded);
     for warning in tls_warnings.flat_map(|cert| &cert.warnings) {
         warn!("--tls {warning}");
@@ -269,7 +268,7 @@ impl Arbiter {
                     self.settings.workers = self.settings.workers.saturating_sub(1).max(1);
                     info!("Handling signal: ttou; workers: {}", self.settings.workers);
                 }
-                Signal::SIGUSR1 => info!("Handling signal: usr1 (no log files to reopen)"),
+                Signal::SIGUSR1 => self.reopen_logs(),
                 Signal::SIGUSR2 => self.begin_upgrade(),
                 Signal::SIGWINCH => self.winch(),
                 other => info!("Ignoring signal {other}"),
@@ -303,6 +302,24 @@ impl Arbiter {
             error!("cannot ask the front tier to reload the TLS certificates: {err}");
         }
         self.reload_workers();
+    }
+
+    /// USR1: the master reopens the error log file (after logrotate moved it) and asks
+    /// every child to do the same.
+    fn reopen_logs(&mut self) {
+        if !crate::log::logs_to_file() {
+            return info!("Handling signal: usr1; no log file to reopen (the error log is stderr)");
+        }
+        // First, so that this line is the new file's first.
+        match crate::log::reopen() {
+            Ok(()) => info!("Handling signal: usr1; the error log was reopened"),
+            Err(err) => error!("Handling signal: usr1; cannot reopen the error log: {err}"),
+        }
+        let front = self.front.as_ref().map(|f| f.pid);
+        signal_all(
+            front.into_iter().chain(self.workers.keys().copied()),
+            Signal::SIGUSR1,
+        );
     }
 
     /// Starts a graceful (TERM) or fast (INT, QUIT) stop; a fast stop overrides a graceful one.

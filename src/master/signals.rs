@@ -109,10 +109,11 @@ pub fn restore_mask(previous: &SigSet) {
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(previous), None);
 }
 
-/// Restores default handling of every signal the master handles and unblocks them all.
+/// Restores default handling of every signal the master handles (but USR1, whose
+/// handler a child sets first: see `log::reopen_on_usr1`) and unblocks them all.
 pub fn reset_dispositions() {
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for signal in HANDLED {
+    for signal in HANDLED.into_iter().filter(|&s| s != Signal::SIGUSR1) {
         // SAFETY: installing SIG_DFL has no handler code to be unsafe.
         let _ = unsafe { sigaction(signal, &default) };
     }

@@ -73,6 +73,8 @@ pub fn fork_child(
                 }
             }
             // Unblocks every signal too: one sent meanwhile now acts on the child alone.
+            // Before the signals are unblocked: a USR1 must never end a child.
+            crate::log::reopen_on_usr1();
             signals::reset_dispositions();
             for &fd in close_in_child {
                 // SAFETY: closing a descriptor this process inherited and will not use;

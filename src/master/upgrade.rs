@@ -20,7 +20,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{SigHandler, Signal, kill};
 use nix::unistd::{ForkResult, Pid, fork};
 use tracing::{error, info, warn};
 
@@ -189,6 +189,10 @@ impl Arbiter {
         match forked? {
             ForkResult::Parent { child } => Ok(child),
             ForkResult::Child => {
+                // USR1 ignored until the new master handles it (an ignored signal stays
+                // ignored across exec; the master's handler would not).
+                // SAFETY: setting SIG_IGN runs no code.
+                let _ = unsafe { nix::sys::signal::signal(Signal::SIGUSR1, SigHandler::SigIgn) };
                 signals::reset_dispositions();
                 for &fd in &fds {
                     // SAFETY: F_SETFD on a descriptor this process owns changes only its

@@ -1,0 +1,149 @@
+"""The error log: --error-logfile (every process's lines and Python's tracebacks in one
+file), USR1 reopening it after logrotate moved it, and --log-level."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import BINARY, Server, children_of
+
+
+def get(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        assert time.monotonic() < deadline, f"{text!r} not in {path} after {timeout}s:\n{content}"
+        time.sleep(0.05)
+
+
+class FileLoggingServer(Server):
+    """A server whose log goes to a file: ready once its port answers."""
+
+    def wait_ready(self, timeout: float = 15.0):
+        deadline = time.monotonic() + timeout
+        while not self._port_answers():
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.log
+            time.sleep(0.05)
+
+
+def start_logging_to(path: Path, *args: str, workers: int = 2) -> Server:
+    server = FileLoggingServer("logs_app:app", "--error-logfile", str(path), *args,
+                               workers=workers)
+    wait_for_text(path, "Listening at:")
+    return server
+
+
+def settled_children(server: Server, count: int) -> list[int]:
+    """The master's children once there are `count` of them, each titled (booted)."""
+    deadline = time.monotonic() + 15
+    while True:
+        children = children_of(server.pid)
+        names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in children]
+        if len(children) == count and "rwsgi-master" not in names:
+            return children
+        assert time.monotonic() < deadline, (children, names)
+        time.sleep(0.05)
+
+
+def workers_among(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if Path(f"/proc/{pid}/comm").read_text().strip() == "rwsgi-worker"]
+
+
+def test_error_logfile_takes_every_process_and_python_traceback(tmp_path):
+    log = tmp_path / "error.log"
+    server = start_logging_to(log)
+    try:
+        assert get(server.port, "/boom") == 500
+        assert get(server.port, "/errors") == 200
+        content = wait_for_text(log, "a line on wsgi.errors")
+        wait_for_text(log, "RuntimeError: boom for the error log")
+        assert "Booting worker with pid" in content  # the master's lines
+        assert "Traceback (most recent call last)" in log.read_text()  # the worker's
+    finally:
+        server.stop()
+    content = log.read_text()
+    assert "Shutting down: Master" in content
+    assert "Listening at" not in server.log  # nothing went to stderr/stdout
+
+
+def test_usr1_reopens_the_log_file_after_it_was_moved(tmp_path):
+    log = tmp_path / "error.log"
+    server = start_logging_to(log)
+    try:
+        front_and_workers = settled_children(server, 3)
+        workers = workers_among(front_and_workers)
+        assert len(workers) == 2
+        rotated = tmp_path / "error.log.1"
+        log.rename(rotated)
+        server.signal(signal.SIGUSR1)
+        wait_for_text(log, "Handling signal: usr1")  # the master reopened it
+        # Each child reopens it too: a traceback from any worker lands in the new file.
+        deadline = time.monotonic() + 10
+        for _ in range(6):
+            assert get(server.port, "/boom") == 500
+        content = wait_for_text(log, "RuntimeError: boom for the error log")
+        assert content.count("RuntimeError: boom") == 6, content
+        assert "RuntimeError" not in rotated.read_text()
+        assert time.monotonic() < deadline
+        # Nobody died of the signal.
+        assert sorted(children_of(server.pid)) == sorted(front_and_workers)
+    finally:
+        server.stop()
+    content = log.read_text()
+    assert "Shutting down: Master" in content
+    # Every child wrote its last words to the new file: the front tier, both workers.
+    assert "Stopping gracefully" in content, content
+    for pid in workers:
+        assert f"Worker exiting (pid: {pid})" in content, content
+    assert "Stopping gracefully" not in rotated.read_text()
+
+
+def test_usr1_with_the_log_on_stderr_changes_nothing(serve):
+    server = serve("logs_app:app", workers=1)
+    children = settled_children(server, 2)
+    server.signal(signal.SIGUSR1)
+    server.wait_for_log(r"no log file to reopen")
+    assert get(server.port, "/") == 200
+    assert sorted(children_of(server.pid)) == sorted(children)
+
+
+def test_log_level_warning_drops_info_lines(tmp_path):
+    log = tmp_path / "error.log"
+    server = FileLoggingServer("logs_app:app", "--error-logfile", str(log), "--log-level",
+                               "warning", workers=1)
+    try:
+        assert get(server.port, "/boom") == 500
+        content = wait_for_text(log, "RuntimeError")
+        assert "[INFO]" not in content, content
+    finally:
+        server.stop()
+
+
+def test_bad_log_flags_are_named(tmp_path):
+    bad_level = subprocess.run([str(BINARY), "serve", "--log-level", "loud", "logs_app:app"],
+                               capture_output=True, text=True, timeout=30)
+    assert bad_level.returncode == 2 and "--log-level" in bad_level.stderr, bad_level.stderr
+    nowhere = tmp_path / "missing" / "error.log"
+    bad_file = subprocess.run([str(BINARY), "serve", "--error-logfile", str(nowhere),
+                               "logs_app:app"], capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parent / "apps")})
+    assert bad_file.returncode == 1, bad_file.stderr
+    assert "--error-logfile" in bad_file.stderr and str(nowhere) in bad_file.stderr
