@@ -172,7 +172,11 @@ impl Settings {
         let timeout = if args.timeout == 0.0 {
             None
         } else {
-            Some(limits::seconds("--timeout", args.timeout)?)
+            let refused = |_| {
+                let message = format!("{} is not a number of seconds (0: none)", args.timeout);
+                ConfigError::new("--timeout", message)
+            };
+            Some(limits::seconds("--timeout", args.timeout).map_err(refused)?)
         };
         let app = AppSpec::parse(&args.app, args.chdir.as_deref())?;
         let tls = TlsSettings::from_args(args)?;
