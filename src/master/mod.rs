@@ -3,7 +3,7 @@
 //!
 //! It must never run a thread, a runtime or a watcher (DESIGN.md §1): `fork()` of a
 //! multi-threaded process is unsafe. All its work happens in one loop woken by signals
-//! (through a self-pipe) or by a one-second tick.
+//! (through a self-pipe) or by a tick (a second; a quarter second under `--timeout`).
 
 mod control;
 pub mod listeners;
@@ -11,6 +11,7 @@ mod notify;
 pub mod scoreboard;
 mod signals;
 mod spawn;
+mod timeout;
 mod title;
 
 use std::collections::BTreeMap;
@@ -99,6 +100,7 @@ pub fn run(settings: Settings) -> i32 {
         }
     }
     let notifier = notify::Notifier::from_env();
+    let watchdog = timeout::Watchdog::new(settings.timeout);
     let mut arbiter = Arbiter {
         settings,
         listeners,
@@ -112,6 +114,7 @@ pub fn run(settings: Settings) -> i32 {
         ready: false,
         boot_deaths: 0,
         respawn_at: None,
+        watchdog,
     };
     let code = arbiter.run();
     listeners::unlink_unix(&arbiter.listeners);
@@ -163,6 +166,8 @@ struct Arbiter {
     boot_deaths: u32,
     /// No worker is started before this (backoff after deaths while booting).
     respawn_at: Option<Instant>,
+    /// The workers' scoreboard slots and `--timeout`.
+    watchdog: timeout::Watchdog,
 }
 
 impl Arbiter {
@@ -182,12 +187,11 @@ impl Arbiter {
                     ));
                 }
             }
+            let most = self.watchdog.tick();
             let tick = self
                 .respawn_at
                 .map(|at| at.saturating_duration_since(Instant::now()))
-                .map_or(Duration::from_secs(1), |wait| {
-                    wait.clamp(Duration::from_millis(10), Duration::from_secs(1))
-                });
+                .map_or(most, |wait| wait.clamp(Duration::from_millis(10), most));
             for signal in self.signals.wait(tick) {
                 match signal {
                     Signal::SIGCHLD => {}
@@ -205,13 +209,16 @@ impl Arbiter {
                     Signal::SIGHUP => self.reload_tls(),
                     Signal::SIGTTIN => {
                         info!("Handling signal: ttin");
-                        self.settings.workers += 1;
+                        if self.settings.workers < crate::config::MAX_WORKERS {
+                            self.settings.workers += 1;
+                        }
                     }
                     Signal::SIGTTOU => self.one_worker_fewer(),
                     other => info!("Ignoring signal {other} (not handled yet)"),
                 }
             }
             self.reap();
+            self.watchdog.check(self.front.as_ref().map(|f| &f.control));
             if let Some(stop) = &mut self.stop {
                 if self.front.is_none() && self.workers.is_empty() {
                     return self.exit_code;
@@ -325,7 +332,12 @@ impl Arbiter {
                     signal_all(self.workers.keys().copied(), Signal::SIGTERM);
                 }
             } else if let Some(worker) = self.workers.remove(&pid) {
+                let timed_out = self.watchdog.reaped(pid);
                 match (code, signal, stopping) {
+                    _ if timed_out => warn!(
+                        "Worker (pid: {pid}, id: {}) {how} after its timeout; replacing it",
+                        worker.id
+                    ),
                     (_, _, true) => info!("Worker exiting (pid: {pid}): {how}"),
                     // A retirement (--max-requests) after the handshake: no crash.
                     (Some(0), _, false) => info!(
@@ -348,7 +360,11 @@ impl Arbiter {
                         self.halt(WORKER_BOOT_ERROR, "Worker failed to boot.")
                     }
                     Some(0) => {}
-                    _ if !stopping && !worker.told && worker.started.elapsed() < BOOT_WINDOW => {
+                    _ if !stopping
+                        && !worker.told
+                        && !timed_out
+                        && worker.started.elapsed() < BOOT_WINDOW =>
+                    {
                         self.died_booting()
                     }
                     _ => {}
@@ -489,6 +505,10 @@ impl Arbiter {
                 return false;
             }
         };
+        let Some(slot) = self.watchdog.free_slot() else {
+            error!("cannot start a worker: every scoreboard slot is taken");
+            return false;
+        };
         let id = self.next_worker_id;
         self.next_worker_id = self.next_worker_id.wrapping_add(1);
         let mut close = self.master_fds();
@@ -502,12 +522,14 @@ impl Arbiter {
         ) {
             Ok(Forked::Child) => {
                 title::set(&format!("rwsgi: worker [{}]", self.settings.app.text));
-                let code = crate::worker::run(&self.settings, worker_end, id);
+                let code = crate::worker::run(&self.settings, worker_end, id, slot);
                 std::process::exit(code);
             }
             Ok(Forked::Parent(pid)) => {
                 drop(worker_end);
                 info!("Booting worker with pid: {pid}");
+                // Before the front tier hears of it, which reads the slot on its death.
+                self.watchdog.watch(pid, id, slot);
                 if let Err(err) = control::send_worker(
                     &front.control,
                     AddWorker {
