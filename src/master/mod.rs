@@ -85,7 +85,7 @@ pub fn run(settings: Settings) -> i32 {
         },
     };
     if let Err(err) = scoreboard::create() {
-        warn!("cannot map the shared scoreboard page: {err}");
+        warn!("cannot map the shared scoreboard: {err} (--timeout cannot work)");
     }
     title::set(&format!("rwsgi: master [{}]", settings.app.text));
     let pid = std::process::id();

@@ -22,13 +22,17 @@ use tracing::error;
 /// Installs the SIGABRT handlers in this worker (its interpreter is running).
 pub fn install_abort_handler() -> PyResult<()> {
     Python::attach(|py| {
+        let faulthandler = py.import("faulthandler")?;
+        // Already enabled (PYTHONFAULTHANDLER, -X faulthandler, or the app under
+        // --preload), enable() would do nothing, and the Python handler set below would
+        // replace faulthandler's instead of coming after it.
+        faulthandler.call_method0("disable")?;
         let signal = py.import("signal")?;
         let handler = wrap_pyfunction!(on_abort, py)?;
         signal.call_method1("signal", (signal.getattr("SIGABRT")?, handler))?;
         let options = PyDict::new(py);
         options.set_item("all_threads", true)?;
-        py.import("faulthandler")?
-            .call_method("enable", (), Some(&options))?;
+        faulthandler.call_method("enable", (), Some(&options))?;
         Ok(())
     })
 }
