@@ -92,16 +92,26 @@ def assert_replaced(server, before: list[int]) -> int:
     return pid
 
 
+def hang(server, path: str, before: list[int]) -> int:
+    """GET a path that hangs: answered 504 within the timeout + 2 s, and its worker is
+    replaced; returns the pid of the worker timed out."""
+    status, body, took = timed_get(server.port, path)
+    assert status == 504, (status, body, server.log[-3000:])
+    assert b"504 Gateway Timeout" in body
+    assert TIMEOUT <= took <= TIMEOUT + 2, took
+    return assert_replaced(server, before)
+
+
+def start_server(serve, *flags: str, workers: int = 2):
+    server = serve("timeout_app:app", *flags, workers=workers)
+    return server, wait_workers(server, workers)
+
+
 def test_a_hung_request_gets_504_a_traceback_and_a_new_worker(serve):
-    server = serve("timeout_app:app", "--timeout", str(TIMEOUT), workers=2)
-    before = wait_workers(server, 2)
+    server, before = start_server(serve, "--timeout", str(TIMEOUT))
     with Load(server.port) as load:
         time.sleep(0.3)
-        status, body, took = timed_get(server.port, "/sleep")
-        assert status == 504, (status, body, server.log[-3000:])
-        assert b"504 Gateway Timeout" in body
-        assert TIMEOUT <= took <= TIMEOUT + 2, took
-        pid = assert_replaced(server, before)
+        pid = hang(server, "/sleep", before)
         time.sleep(0.5)  # The new worker serves the load too.
     assert not load.failures, f"{load.failures[:3]}\n{server.log[-3000:]}"
     assert load.ok > 20, load.ok
@@ -115,26 +125,18 @@ def test_a_hung_request_gets_504_a_traceback_and_a_new_worker(serve):
 
 
 def test_a_tight_python_loop_is_aborted_too(serve):
-    server = serve("timeout_app:app", "--timeout", str(TIMEOUT), workers=2)
-    before = wait_workers(server, 2)
-    status, _, took = timed_get(server.port, "/spin")
-    assert status == 504, server.log[-3000:]
-    assert took <= TIMEOUT + 2, took
-    pid = assert_replaced(server, before)
+    server, before = start_server(serve, "--timeout", str(TIMEOUT))
+    pid = hang(server, "/spin", before)
     log = server.wait_for_log(r"Worker aborted \(SIGABRT")
     assert re.search(r"line \d+ in spin_forever", log), log
     assert f"Worker (pid: {pid}) still alive" not in log
 
 
 def test_a_worker_that_blocks_sigabrt_is_killed_after_the_grace(serve):
-    server = serve("timeout_app:app", "--timeout", str(TIMEOUT), workers=2)
-    before = wait_workers(server, 2)
+    server, before = start_server(serve, "--timeout", str(TIMEOUT))
     with Load(server.port) as load:
-        status, _, took = timed_get(server.port, "/blocked")
         # The front tier answers at once; the kill comes a second later.
-        assert status == 504, server.log[-3000:]
-        assert took <= TIMEOUT + 2, took
-        pid = assert_replaced(server, before)
+        pid = hang(server, "/blocked", before)
     assert not load.failures, f"{load.failures[:3]}\n{server.log[-3000:]}"
     log = server.log
     assert f"Worker (pid: {pid}) still alive" in log
@@ -143,8 +145,7 @@ def test_a_worker_that_blocks_sigabrt_is_killed_after_the_grace(serve):
 
 
 def test_a_response_that_keeps_streaming_is_not_timed_out(serve):
-    server = serve("timeout_app:app", "--timeout", str(TIMEOUT), workers=2)
-    before = wait_workers(server, 2)
+    server, before = start_server(serve, "--timeout", str(TIMEOUT))
     # 8 chunks, 0.5 s apart: 4 s in all, twice the timeout, never silent for long.
     status, body, took = timed_get(server.port, "/trickle?8,0.5")
     assert status == 200, server.log[-3000:]
@@ -157,8 +158,7 @@ def test_a_response_that_keeps_streaming_is_not_timed_out(serve):
 def test_a_stream_that_falls_silent_is_cut_off(serve):
     # The head and a chunk are out when the worker hangs: too late for a 504, so the
     # client's connection is aborted rather than the response passed off as whole.
-    server = serve("timeout_app:app", "--timeout", str(TIMEOUT), workers=2)
-    before = wait_workers(server, 2)
+    server, before = start_server(serve, "--timeout", str(TIMEOUT))
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
     try:
         conn.request("GET", "/stall")
@@ -178,8 +178,7 @@ def test_a_stream_that_falls_silent_is_cut_off(serve):
 
 
 def test_timeout_0_turns_it_off(serve):
-    server = serve("timeout_app:app", "--timeout", "0", workers=1)
-    before = wait_workers(server, 1)
+    server, before = start_server(serve, "--timeout", "0", workers=1)
     status, body, took = timed_get(server.port, "/nap?3")
     assert status == 200, server.log[-3000:]
     assert took >= 3
@@ -188,8 +187,7 @@ def test_timeout_0_turns_it_off(serve):
 
 
 def test_a_short_request_under_the_timeout_is_left_alone(serve):
-    server = serve("timeout_app:app", "-t", "3", workers=1)
-    before = wait_workers(server, 1)
+    server, before = start_server(serve, "-t", "3", workers=1)
     status, _, _ = timed_get(server.port, "/nap?1.5")
     assert status == 200, server.log[-3000:]
     assert "WORKER TIMEOUT" not in server.log
