@@ -200,3 +200,10 @@ def test_bad_timeout_values_name_the_flag():
                                "timeout_app:app"], capture_output=True, text=True, timeout=20)
         assert proc.returncode != 0, value
         assert "--timeout" in proc.stderr, proc.stderr
+
+
+def test_more_workers_than_the_scoreboard_holds_is_refused():
+    proc = subprocess.run([str(BINARY), "serve", "-b", "127.0.0.1:0", "-w", "1025",
+                           "timeout_app:app"], capture_output=True, text=True, timeout=20)
+    assert proc.returncode != 0
+    assert "--workers" in proc.stderr and "1024" in proc.stderr, proc.stderr

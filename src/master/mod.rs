@@ -211,6 +211,8 @@ impl Arbiter {
                         info!("Handling signal: ttin");
                         if self.settings.workers < crate::config::MAX_WORKERS {
                             self.settings.workers += 1;
+                        } else {
+                            warn!("TTIN: already the most workers rwsgi can watch");
                         }
                     }
                     Signal::SIGTTOU => self.one_worker_fewer(),

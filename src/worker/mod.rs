@@ -106,8 +106,8 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> i32 {
                 }
             };
             if slot.alive().is_err() {
-                // Timed out between two requests: this one goes unanswered (the front
-                // tier answers it 504), and the worker serves no more.
+                // The master times out busy workers only, and one that lost that race
+                // left this loop; should it happen anyway, the worker serves no more.
                 break;
             }
             served += 1;
