@@ -145,3 +145,29 @@ fn abort(pid: Pid, id: u32, silent: Duration, timeout: Duration, front: Option<&
     }
     let _ = kill(pid, Signal::SIGABRT);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_go_round_the_ring_and_a_reaped_one_is_not_reused_at_once() {
+        let mut watchdog = Watchdog::new(None);
+        assert_eq!(watchdog.tick(), IDLE_TICK);
+        assert_eq!(watchdog.free_slot(), Some(0));
+        watchdog.watch(Pid::from_raw(101), 0, 0);
+        assert_eq!(watchdog.free_slot(), Some(1));
+        watchdog.watch(Pid::from_raw(102), 1, 1);
+        assert!(!watchdog.reaped(Pid::from_raw(101)));
+        // Slot 0 is free again, but the next worker gets slot 2: the front tier may
+        // still read what slot 0 says about the dead worker.
+        assert_eq!(watchdog.free_slot(), Some(2));
+        // At the end of the ring, the search wraps round past the slots in use.
+        watchdog.watch(Pid::from_raw(103), 2, SLOTS - 1);
+        assert_eq!(watchdog.free_slot(), Some(0));
+        assert_eq!(
+            Watchdog::new(Some(Duration::from_secs(30))).tick(),
+            TIMEOUT_TICK
+        );
+    }
+}
