@@ -101,6 +101,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MODULE")]
     pub hooks: Option<String>,
 
+    /// Seconds a worker may stay silent on one request (sending nothing of its response)
+    /// before it is aborted and replaced, and the client answered 504 (0: never).
+    #[arg(
+        short = 't',
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30.0,
+        allow_negative_numbers = true
+    )]
+    pub timeout: f64,
+
     /// Seconds to let in-flight requests finish after a graceful stop (SIGTERM).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub graceful_timeout: f64,

@@ -176,3 +176,17 @@ def test_hooks_with_preload_run_in_the_workers(serve, tmp_path):
     assert all(f["app_imported"] for f in forks)  # imported by the master, as gunicorn
     assert get(server.port, "/")[0] == 200
     wait_calls(log, "post_request")
+
+
+def test_worker_abort_is_called_when_the_timeout_aborts_a_worker(serve, tmp_path):
+    log = tmp_path / "hooks.jsonl"
+    server = serve("timeout_app:app", "--hooks", "hooks_record", "--timeout", "1", workers=1,
+                   env={"HOOKS_LOG": str(log)})
+    (worker,) = wait_workers(server, 1)
+    status, _ = get(server.port, "/sleep", timeout=15)
+    assert status == 504
+    (abort,) = wait_calls(log, "worker_abort")
+    assert abort["process"] == worker
+    assert abort["worker"]["pid"] == worker and abort["worker"]["alive"] is False
+    # It ran before the worker went: no worker_exit for an aborted worker.
+    assert not [c for c in read_calls(log) if c["hook"] == "worker_exit"]

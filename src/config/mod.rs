@@ -26,6 +26,10 @@ pub use tls::{CertSource, LoadedCert, TlsSettings};
 
 use crate::cli::ServeArgs;
 
+/// The most workers (`--workers`, TTIN): the shared scoreboard has a slot for twice as
+/// many (`master::scoreboard`).
+pub const MAX_WORKERS: usize = 1024;
+
 /// A user's mistake in the configuration: which setting, and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 #[error("{setting}: {message}")]
@@ -65,6 +69,8 @@ pub struct Settings {
     pub preload: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub graceful_timeout: Duration,
+    /// `--timeout`: a worker silent this long on one request is aborted (None: never).
+    pub timeout: Option<Duration>,
     /// Requests a worker serves before it retires (0: never), `--max-requests`.
     pub max_requests: u64,
     /// The most added at random to `max_requests` per worker, `--max-requests-jitter`.
@@ -139,6 +145,12 @@ impl Settings {
             .unwrap_or(1);
         let workers = match args.workers {
             Some(0) => return Err(ConfigError::new("--workers", "must be at least 1")),
+            Some(n) if n > MAX_WORKERS => {
+                return Err(ConfigError::new(
+                    "--workers",
+                    format!("{n} is more than the {MAX_WORKERS} rwsgi can watch"),
+                ));
+            }
             Some(n) => n,
             None => cores,
         };
@@ -165,6 +177,16 @@ impl Settings {
                 "must be a number of seconds >= 0",
             ));
         }
+        // 0 turns the timeout off, as in gunicorn.
+        let timeout = if args.timeout == 0.0 {
+            None
+        } else {
+            let refused = |_| {
+                let message = format!("{} is not a number of seconds (0: none)", args.timeout);
+                ConfigError::new("--timeout", message)
+            };
+            Some(limits::seconds("--timeout", args.timeout).map_err(refused)?)
+        };
         let app = AppSpec::parse(&args.app, args.chdir.as_deref())?;
         let max_worker_memory = args.max_worker_memory.checked_mul(1 << 20).ok_or_else(|| {
             ConfigError::new(
@@ -188,6 +210,7 @@ impl Settings {
             pythonpath: args.pythonpath.clone(),
             preload: args.preload,
             graceful_timeout: Duration::from_secs_f64(args.graceful_timeout),
+            timeout,
             max_requests: args.max_requests,
             max_requests_jitter: args.max_requests_jitter,
             max_worker_memory,

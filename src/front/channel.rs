@@ -3,7 +3,8 @@
 //! A reader task decodes the worker's frames and routes them to the stream they belong
 //! to, reading eagerly so that a slow client never holds a worker (DESIGN.md §5). When
 //! the channel closes, every open stream learns at once that its worker died; no other
-//! worker's streams are touched.
+//! worker's streams are touched. A worker the master timed out (`--timeout`) is cut off
+//! the same way when the master says so, before its channel closes.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,6 +22,7 @@ use tracing::{debug, warn};
 
 use super::control::Reporter;
 use super::pool::{Lease, Pool};
+use crate::master::scoreboard;
 use crate::protocol::{Decoder, Frame, Hello, Kind, ProtocolError, ResponseHead, encode_frame};
 
 /// What happens on a stream, as the request's task sees it.
@@ -70,11 +72,14 @@ pub enum Failure {
     WorkerDied,
     /// The worker abandoned the response (the app failed after sending headers).
     Aborted(String),
+    /// The master timed the worker out (`--timeout`): 504.
+    TimedOut,
 }
 
 /// Why a stream was not opened.
 pub enum Refused {
-    /// The worker is retiring; the request never reached it and may go elsewhere.
+    /// The worker is retiring (or was timed out); the request never reached it and may
+    /// go elsewhere.
     Retired(StreamHold),
     /// The stream failed.
     Failed(Failure),
@@ -145,8 +150,11 @@ impl Stream {
 
 struct Streams {
     open: HashMap<u32, Stream>,
-    /// False once the channel closed; no stream may be opened after that.
+    /// False once the channel closed or the worker was timed out; no stream may be
+    /// opened after that.
     alive: bool,
+    /// The master timed the worker out.
+    timed_out: bool,
 }
 
 /// One worker, as the front tier knows it.
@@ -195,6 +203,9 @@ impl WorkerConn {
         let in_memory = Arc::new(AtomicUsize::new(0));
         {
             let mut streams = self.streams();
+            if streams.timed_out {
+                return Err(Refused::Retired(hold));
+            }
             if !streams.alive {
                 return Err(Refused::Failed(Failure::WorkerDied));
             }
@@ -309,15 +320,39 @@ impl WorkerConn {
         Ok(())
     }
 
+    /// The master timed the worker out: its open streams fail with [`Failure::TimedOut`]
+    /// now (their slots go with them), and no stream is opened on it again. Whatever it
+    /// still sends is dropped.
+    pub fn time_out(&self) {
+        let open = {
+            let mut streams = self.streams();
+            streams.alive = false;
+            streams.timed_out = true;
+            std::mem::take(&mut streams.open)
+        };
+        fail_all(open, Failure::TimedOut);
+    }
+
     fn close(&self) {
         let open = {
             let mut streams = self.streams();
             streams.alive = false;
             std::mem::take(&mut streams.open)
         };
-        for (_, stream) in open {
-            let _ = stream.events.send(Event::Failed(Failure::WorkerDied));
-        }
+        // The channel may close before the master's word that the worker timed out has
+        // been read; the shared scoreboard already says so.
+        let failure = if !open.is_empty() && scoreboard::timed_out(self.pid) {
+            Failure::TimedOut
+        } else {
+            Failure::WorkerDied
+        };
+        fail_all(open, failure);
+    }
+}
+
+fn fail_all(open: HashMap<u32, Stream>, failure: Failure) {
+    for (_, stream) in open {
+        let _ = stream.events.send(Event::Failed(failure.clone()));
     }
 }
 
@@ -347,6 +382,7 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>, reporter: Reporter) {
             streams: Mutex::new(Streams {
                 open: HashMap::new(),
                 alive: true,
+                timed_out: false,
             }),
             next_stream: AtomicU32::new(1),
         });
@@ -375,7 +411,7 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>, reporter: Reporter) {
                 }
             }
         }
-        pool.remove(id);
+        pool.forget(id);
         conn.close();
     });
 }

@@ -1,7 +1,7 @@
 //! The front tier's side of the control socket: receiving each new worker's channel
-//! from the master (SCM_RIGHTS) and the master's requests to reload the TLS
-//! certificates, and telling the master when a worker is ready. The master's side is
-//! `master::control`.
+//! from the master (SCM_RIGHTS), the master's requests to reload the TLS certificates
+//! and word of workers it timed out; and telling the master when a worker is ready. The
+//! master's side is `master::control`.
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -84,9 +84,19 @@ pub async fn receive(control: OwnedFd, pool: Arc<Pool>, reload: Arc<Notify>) {
             return; // The master closed its end.
         }
         let message = Message::decode(message.get(..length).unwrap_or(&[]));
-        if message == Some(Message::ReloadTls) && fds.is_empty() {
-            reload.notify_one();
-            continue;
+        match message {
+            Some(Message::ReloadTls) if fds.is_empty() => {
+                reload.notify_one();
+                continue;
+            }
+            Some(Message::WorkerTimedOut(worker)) if fds.is_empty() => {
+                // Its channel may be gone already (then its requests were answered).
+                if let Some(conn) = pool.timed_out(worker.id, worker.pid) {
+                    conn.time_out();
+                }
+                continue;
+            }
+            _ => {}
         }
         let (Some(Message::AddWorker(worker)), Some(fd), true) =
             (message, fds.pop(), fds.is_empty())

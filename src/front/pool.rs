@@ -5,8 +5,8 @@
 //! queue. Dropping the lease frees the slot (the channel drops it when the worker ends
 //! the stream); a lease of a worker that has died frees nothing.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::oneshot;
 
@@ -31,6 +31,9 @@ struct Slot {
 struct Inner {
     workers: Vec<Slot>,
     waiters: VecDeque<oneshot::Sender<Lease>>,
+    /// Every worker whose channel is open, retiring ones included (by the master's id),
+    /// so that one timed out can be found.
+    channels: HashMap<u32, Weak<WorkerConn>>,
 }
 
 impl Pool {
@@ -80,6 +83,7 @@ impl Pool {
     /// Adds a worker that has said Hello, with `capacity` slots.
     pub fn add(self: &Arc<Self>, conn: Arc<WorkerConn>, capacity: usize) {
         let mut inner = self.lock();
+        inner.channels.insert(conn.id, Arc::downgrade(&conn));
         inner.workers.push(Slot {
             conn,
             free: capacity,
@@ -88,9 +92,29 @@ impl Pool {
         self.hand_out(&mut inner, index);
     }
 
-    /// Forgets a worker whose channel has closed.
+    /// Takes a worker out of service (it is retiring): no new lease names it.
     pub fn remove(&self, id: u32) {
         self.lock().workers.retain(|slot| slot.conn.id != id);
+    }
+
+    /// Forgets a worker whose channel has closed.
+    pub fn forget(&self, id: u32) {
+        let mut inner = self.lock();
+        inner.workers.retain(|slot| slot.conn.id != id);
+        inner.channels.remove(&id);
+    }
+
+    /// The master timed out worker `id` (`pid`): takes it out of service and returns it,
+    /// if its channel is still open, so that its requests can be answered.
+    pub fn timed_out(&self, id: u32, pid: u32) -> Option<Arc<WorkerConn>> {
+        let mut inner = self.lock();
+        let conn = inner
+            .channels
+            .get(&id)
+            .and_then(Weak::upgrade)
+            .filter(|conn| conn.pid == pid)?;
+        inner.workers.retain(|slot| slot.conn.id != id);
+        Some(conn)
     }
 
     fn release(self: &Arc<Self>, conn: Arc<WorkerConn>) {

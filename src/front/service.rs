@@ -2,7 +2,8 @@
 //! head and body down the channel, and turn the worker's answer into a response.
 //!
 //! Errors are mapped to status codes in one place, [`error_response`], by whose fault
-//! they are: the client's (400), the server's capacity (503), a worker's (502).
+//! they are: the client's (400), the server's capacity (503), a worker's (502, or 504 for
+//! one timed out).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -357,6 +358,7 @@ fn error_response(err: RequestError, version: Version) -> Response<ResponseBody>
     let status = match &err {
         RequestError::Client(status, _) => *status,
         RequestError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        RequestError::Worker(Failure::TimedOut) => StatusCode::GATEWAY_TIMEOUT,
         RequestError::Worker(_) | RequestError::BadResponse(_) => StatusCode::BAD_GATEWAY,
         RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -370,6 +372,9 @@ fn error_response(err: RequestError, version: Version) -> Response<ResponseBody>
         }
         RequestError::Worker(Failure::Aborted(why)) => {
             error!("worker abandoned a request ({why}): 502")
+        }
+        RequestError::Worker(Failure::TimedOut) => {
+            error!("worker timed out on a request (--timeout): 504")
         }
         RequestError::BadResponse(why) => {
             error!("worker sent a response HTTP cannot carry ({why}): 502")

@@ -1,6 +1,6 @@
 //! The master's side of the control socket: handing each new worker's channel to the
-//! front tier with SCM_RIGHTS, asking it to reload its TLS certificates, and hearing
-//! which workers are ready (layout in `protocol::control`).
+//! front tier with SCM_RIGHTS, asking it to reload its TLS certificates, telling it of a
+//! worker timed out, and hearing which workers are ready (layout in `protocol::control`).
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -26,7 +26,17 @@ pub fn send_worker(control: &OwnedFd, worker: AddWorker, channel: RawFd) -> nix:
 
 /// Asks the front tier to read its TLS certificates again.
 pub fn send_reload_tls(control: &OwnedFd) -> nix::Result<()> {
-    let message = Message::ReloadTls.encode();
+    send(control, Message::ReloadTls)
+}
+
+/// Tells the front tier that a worker was timed out.
+pub fn send_worker_timed_out(control: &OwnedFd, worker: AddWorker) -> nix::Result<()> {
+    send(control, Message::WorkerTimedOut(worker))
+}
+
+/// Sends a message with no descriptor, never blocking the master's loop.
+fn send(control: &OwnedFd, message: Message) -> nix::Result<()> {
+    let message = message.encode();
     sendmsg::<UnixAddr>(
         control.as_raw_fd(),
         &[IoSlice::new(&message)],

@@ -4,7 +4,8 @@
 //!
 //! It must never run a thread, a runtime or a watcher (DESIGN.md §1): `fork()` of a
 //! multi-threaded process is unsafe. All its work happens in one loop woken by signals
-//! (through a self-pipe), by the front tier's control messages or by a one-second tick.
+//! (through a self-pipe), by the front tier's control messages or by a tick (a second;
+//! a quarter second under `--timeout`).
 
 mod control;
 pub mod listeners;
@@ -12,6 +13,7 @@ mod notify;
 pub mod scoreboard;
 mod signals;
 mod spawn;
+mod timeout;
 mod title;
 mod upgrade;
 mod workers;
@@ -85,7 +87,7 @@ pub fn run(settings: Settings, program: Program) -> i32 {
         },
     };
     if let Err(err) = scoreboard::create() {
-        warn!("cannot map the shared scoreboard page: {err}");
+        warn!("cannot map the shared scoreboard: {err} (--timeout cannot work)");
     }
     title::set(&format!("rwsgi: master [{}]", settings.app.text));
     let pid = std::process::id();
@@ -100,6 +102,7 @@ pub fn run(settings: Settings, program: Program) -> i32 {
         }
     }
     let notifier = notify::Notifier::from_env();
+    let watchdog = timeout::Watchdog::new(settings.timeout);
     let mut arbiter = Arbiter {
         settings,
         listeners,
@@ -117,6 +120,7 @@ pub fn run(settings: Settings, program: Program) -> i32 {
         respawn_at: None,
         pidfile,
         upgrade,
+        watchdog,
     };
     let code = arbiter.run();
     if !arbiter.upgrade.shares_listeners() {
@@ -187,6 +191,8 @@ struct Arbiter {
     pidfile: Option<notify::PidFile>,
     /// The binary upgrade (USR2) state.
     upgrade: Upgrade,
+    /// The workers' scoreboard slots and `--timeout`.
+    watchdog: timeout::Watchdog,
 }
 
 impl Arbiter {
@@ -198,12 +204,11 @@ impl Arbiter {
                 }
                 self.manage_workers();
             }
+            let most = self.watchdog.tick();
             let tick = self
                 .respawn_at
                 .map(|at| at.saturating_duration_since(Instant::now()))
-                .map_or(Duration::from_secs(1), |wait| {
-                    wait.clamp(Duration::from_millis(10), Duration::from_secs(1))
-                });
+                .map_or(most, |wait| wait.clamp(Duration::from_millis(10), most));
             let control = self.front.as_ref().map(|front| front.control.as_fd());
             let signals = self.signals.wait(tick, control);
             let messages = self
@@ -219,6 +224,7 @@ impl Arbiter {
             }
             self.on_signals(signals);
             self.reap();
+            self.watchdog.check(self.front.as_ref().map(|f| &f.control));
             if let Some(stop) = &mut self.stop {
                 if self.front.is_none() && self.workers.is_empty() {
                     return self.exit_code;
@@ -260,7 +266,11 @@ impl Arbiter {
                 // Several in one pass are one reload.
                 Signal::SIGHUP => hangups += 1,
                 Signal::SIGTTIN => {
-                    self.settings.workers += 1;
+                    if self.settings.workers < crate::config::MAX_WORKERS {
+                        self.settings.workers += 1;
+                    } else {
+                        warn!("TTIN: already the most workers rwsgi can watch");
+                    }
                     info!("Handling signal: ttin; workers: {}", self.settings.workers);
                 }
                 Signal::SIGTTOU => {

@@ -1,26 +1,57 @@
-//! A page of memory shared by the master and every child it forks, for the few facts
-//! that must be agreed on across processes without a message: today, which worker
-//! reports a failed application import (so its traceback is printed once, not once
-//! per worker).
+//! Memory shared by the master and every child it forks, for the facts that must be
+//! agreed on across processes without a message (DESIGN.md §7):
 //!
-//! The page is mapped `MAP_SHARED | MAP_ANONYMOUS` before the first fork, so every
-//! child sees the same memory; each fact is an atomic.
+//! - which worker reports a failed application import (so its traceback is printed
+//!   once, not once per worker);
+//! - one [`Slot`] per worker: its pid, when it last showed a sign of life on the
+//!   request it is serving, and how many requests it has served. The master reads the
+//!   slots to abort a worker silent past `--timeout`; the front tier reads them to tell
+//!   a timed-out worker from one that crashed.
+//!
+//! The memory is mapped `MAP_SHARED | MAP_ANONYMOUS` before the first fork, so every
+//! child sees the same pages; each fact is an atomic. It must never hold a pointer or
+//! anything else that means something in one process only.
 
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
 
-/// The layout of the shared page.
+use crate::config::MAX_WORKERS;
+
+/// Worker slots: twice the most workers, so that a slot freed by a dead worker is not
+/// handed out again for a long while (slots are given round the ring) and so that
+/// workers started while others retire always find one.
+pub const SLOTS: usize = 2 * MAX_WORKERS;
+
+/// The layout of the shared memory.
 #[repr(C)]
 struct Shared {
     /// 0; then [`CLAIMED`] once a process took on reporting an application import
     /// failure; then [`REPORTED`] once it has.
     boot_error_reported: AtomicU32,
+    slots: [Slot; SLOTS],
 }
+
+/// One worker's entry. Only its worker writes `active` (and `served`), except for the
+/// master's one compare-exchange to [`ABORTED`]; the master alone writes `pid`.
+#[repr(C)]
+pub struct Slot {
+    /// The worker's pid; 0 for a slot never used.
+    pid: AtomicU32,
+    /// 0: idle. Otherwise the CLOCK_MONOTONIC time in nanoseconds (the same clock in
+    /// every process) of the worker's last sign of life on its current request: taking
+    /// it, or sending a piece of its response. [`ABORTED`] once the master timed it out.
+    active: AtomicU64,
+    /// Requests the worker has finished.
+    served: AtomicU64,
+}
+
+/// `Slot::active` of a worker the master has timed out: it must never serve again.
+const ABORTED: u64 = u64::MAX;
 
 const CLAIMED: u32 = 1;
 const REPORTED: u32 = 2;
@@ -34,15 +65,15 @@ unsafe impl Sync for Board {}
 
 static BOARD: OnceLock<Board> = OnceLock::new();
 
-/// Maps the shared page. Called by the master before its first fork; a failure only
-/// means every worker prints its own traceback.
+/// Maps the shared memory. Called by the master before its first fork; a failure means
+/// every worker prints its own boot traceback and `--timeout` cannot work.
 pub fn create() -> nix::Result<()> {
     if BOARD.get().is_some() {
         return Ok(());
     }
     let len = NonZeroUsize::new(std::mem::size_of::<Shared>().max(1)).unwrap_or(NonZeroUsize::MIN);
     // SAFETY: a fresh anonymous mapping aliases nothing; it is zero-filled, which is a
-    // valid `Shared` (atomics of zero).
+    // valid `Shared` (atomics of zero). Pages never touched cost no memory.
     let page = unsafe {
         mmap_anonymous(
             None,
@@ -56,7 +87,8 @@ pub fn create() -> nix::Result<()> {
 }
 
 fn shared() -> Option<&'static Shared> {
-    // SAFETY: the mapping is valid, aligned (page-aligned) and never unmapped.
+    // SAFETY: the mapping is valid, large enough for `Shared`, aligned (page-aligned)
+    // and never unmapped.
     BOARD.get().map(|board| unsafe { board.0.as_ref() })
 }
 
@@ -97,5 +129,164 @@ pub fn wait_for_boot_error_report(limit: Duration) {
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: shared by all processes, unmoved by clock changes.
+/// Never 0 (which means idle in a slot).
+pub fn monotonic_nanos() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid pointer; CLOCK_MONOTONIC
+    // always exists on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let nanos = (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64);
+    nanos.clamp(1, ABORTED - 1)
+}
+
+fn slot(index: usize) -> Option<&'static Slot> {
+    shared().and_then(|shared| shared.slots.get(index))
+}
+
+/// The master gives slot `index` to the worker `pid`: idle, nothing served. Any other
+/// slot still naming `pid` is left from a dead worker whose pid was reused, and is
+/// cleared so that it cannot be mistaken for the new one.
+pub fn assign(index: usize, pid: u32) {
+    let Some(shared) = shared() else { return };
+    for (i, slot) in shared.slots.iter().enumerate() {
+        if i == index || slot.pid.load(Ordering::Acquire) == pid {
+            slot.active.store(0, Ordering::Release);
+            slot.served.store(0, Ordering::Release);
+            slot.pid
+                .store(if i == index { pid } else { 0 }, Ordering::Release);
+        }
+    }
+}
+
+/// The master times out the worker in slot `index` if it has been silent on one
+/// request longer than `timeout` at `now`: the slot is marked [`ABORTED`] with a
+/// compare-exchange, so a worker that showed a sign of life meanwhile wins and is left
+/// alone. Returns how long it had been silent when the master won.
+pub fn time_out_if_silent(index: usize, timeout: Duration, now: u64) -> Option<Duration> {
+    let slot = slot(index)?;
+    let last = slot.active.load(Ordering::Acquire);
+    if last == 0 || last == ABORTED {
+        return None;
+    }
+    let silent = Duration::from_nanos(now.saturating_sub(last));
+    if silent <= timeout {
+        return None;
+    }
+    slot.active
+        .compare_exchange(last, ABORTED, Ordering::AcqRel, Ordering::Acquire)
+        .ok()
+        .map(|_| silent)
+}
+
+/// Whether the master timed out the worker `pid` (read by the front tier when the
+/// worker's channel closes: the client is owed a 504, not a 502).
+pub fn timed_out(pid: u32) -> bool {
+    shared().is_some_and(|shared| {
+        shared.slots.iter().any(|slot| {
+            slot.pid.load(Ordering::Acquire) == pid
+                && slot.active.load(Ordering::Acquire) == ABORTED
+        })
+    })
+}
+
+/// The master timed this worker out; it must serve nothing more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the master timed this worker out (--timeout)")]
+pub struct TimedOut;
+
+/// A worker's own slot: how it reports its signs of life. Without the shared memory
+/// every report succeeds and nothing is recorded.
+#[derive(Clone, Copy)]
+pub struct WorkerSlot(Option<&'static Slot>);
+
+impl WorkerSlot {
+    /// The slot the master gave this worker.
+    pub fn new(index: usize) -> WorkerSlot {
+        WorkerSlot(slot(index))
+    }
+
+    /// A sign of life on the current request (taking it, or sending a piece of its
+    /// response): the silence the master measures starts again. Fails once the master
+    /// has timed the worker out.
+    pub fn alive(&self) -> Result<(), TimedOut> {
+        self.set(monotonic_nanos())
+    }
+
+    /// The request is finished: the worker is idle, and has served one more.
+    pub fn idle(&self) -> Result<(), TimedOut> {
+        self.set(0)?;
+        if let Some(slot) = self.0 {
+            slot.served.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Stores `value` unless the master got there first with [`ABORTED`] (a
+    /// compare-exchange loop, the other half of [`time_out_if_silent`]).
+    fn set(&self, value: u64) -> Result<(), TimedOut> {
+        let Some(slot) = self.0 else { return Ok(()) };
+        slot.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (current != ABORTED).then_some(value)
+            })
+            .map(|_| ())
+            .map_err(|_| TimedOut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_master_and_the_worker_race_on_one_compare_exchange() {
+        create().expect("the shared memory maps");
+        let index = 7;
+        assign(index, 4242);
+        let worker = WorkerSlot::new(index);
+        let timeout = Duration::from_secs(1);
+        let start = monotonic_nanos();
+        // Idle: never timed out.
+        assert_eq!(
+            time_out_if_silent(index, timeout, start + 10_000_000_000),
+            None
+        );
+        worker.alive().expect("not timed out");
+        let last = slot(index).expect("slot").active.load(Ordering::Acquire);
+        // Not silent long enough.
+        assert_eq!(time_out_if_silent(index, timeout, last + 500_000_000), None);
+        assert!(!timed_out(4242));
+        // Silent too long: the master wins, and the worker can neither go on nor idle.
+        let silent = time_out_if_silent(index, timeout, last + 2_000_000_000);
+        assert_eq!(silent, Some(Duration::from_secs(2)));
+        assert!(timed_out(4242));
+        assert_eq!(worker.alive(), Err(TimedOut));
+        assert_eq!(worker.idle(), Err(TimedOut));
+        // Only once.
+        assert_eq!(
+            time_out_if_silent(index, timeout, last + 3_000_000_000),
+            None
+        );
+        // A new worker with the same pid in another slot clears the stale entry.
+        assign(index + 1, 4242);
+        assert!(!timed_out(4242));
+        assert_eq!(WorkerSlot::new(index + 1).alive(), Ok(()));
+        assert_eq!(WorkerSlot::new(index + 1).idle(), Ok(()));
+        assert_eq!(
+            slot(index + 1)
+                .expect("slot")
+                .served
+                .load(Ordering::Relaxed),
+            1
+        );
     }
 }

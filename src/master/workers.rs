@@ -198,7 +198,12 @@ impl Arbiter {
         how: &str,
     ) {
         let stopping = self.stop.is_some();
+        let timed_out = self.watchdog.reaped(pid);
         match (code, signal, stopping) {
+            _ if timed_out => warn!(
+                "Worker (pid: {pid}, id: {}) {how} after its timeout; replacing it",
+                worker.id
+            ),
             (_, _, true) => info!("Worker exiting (pid: {pid}): {how}"),
             // A retirement (--max-requests, TTOU, reload) after the handshake: no crash.
             (Some(0), _, false) => info!(
@@ -211,7 +216,7 @@ impl Arbiter {
             ),
             _ => warn!("Worker (pid: {pid}, id: {}) {how}", worker.id),
         }
-        if stopping || worker.told || worker.ready || code == Some(0) {
+        if stopping || worker.told || worker.ready || timed_out || code == Some(0) {
             return;
         }
         // It died before it was ready: it failed to boot.
@@ -277,6 +282,10 @@ impl Arbiter {
             }
         };
         use std::os::fd::AsRawFd;
+        let Some(slot) = self.watchdog.free_slot() else {
+            error!("cannot start a worker: every scoreboard slot is taken");
+            return false;
+        };
         let id = self.next_worker_id;
         self.next_worker_id = self.next_worker_id.wrapping_add(1);
         let mut close = self.master_fds();
@@ -290,12 +299,14 @@ impl Arbiter {
         ) {
             Ok(Forked::Child) => {
                 title::set(&format!("rwsgi: worker [{}]", self.settings.app.text));
-                let code = crate::worker::run(&self.settings, worker_end, id);
+                let code = crate::worker::run(&self.settings, worker_end, id, slot);
                 std::process::exit(code);
             }
             Ok(Forked::Parent(pid)) => {
                 drop(worker_end);
                 info!("Booting worker with pid: {pid}");
+                // Before the front tier hears of it, which reads the slot on its death.
+                self.watchdog.watch(pid, id, slot);
                 let worker = AddWorker {
                     id,
                     pid: pid.as_raw() as u32,

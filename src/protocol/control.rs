@@ -6,6 +6,8 @@
 //!   ancillary data.
 //! - kind 2, `ReloadTls`: read the certificate files again (the master got SIGHUP); id
 //!   and pid are zero.
+//! - kind 3, `WorkerTimedOut`: the master timed this worker out (`--timeout`) and is
+//!   about to abort it: send it nothing more and answer its requests 504 at once.
 //! - kind 4, `WorkerReady` (front tier to master): the worker with this id and pid said
 //!   Hello on its channel and takes requests. The master waits for it before retiring
 //!   the worker it replaces (SIGHUP).
@@ -15,15 +17,18 @@ pub const MESSAGE_LEN: usize = 12;
 
 const ADD_WORKER: u32 = 1;
 const RELOAD_TLS: u32 = 2;
+const WORKER_TIMED_OUT: u32 = 3;
 const WORKER_READY: u32 = 4;
 
-/// One message from the master to the front tier.
+/// One message between the master and the front tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message {
     /// A new worker, whose channel travels with the message.
     AddWorker(AddWorker),
     /// Reload the TLS certificates.
     ReloadTls,
+    /// This worker (id, pid as in its `AddWorker`) was timed out.
+    WorkerTimedOut(AddWorker),
     /// The front tier to the master: this worker is ready.
     WorkerReady(AddWorker),
 }
@@ -34,6 +39,7 @@ impl Message {
         match self {
             Message::AddWorker(worker) => worker.encode(),
             Message::ReloadTls => words(RELOAD_TLS, 0, 0),
+            Message::WorkerTimedOut(worker) => words(WORKER_TIMED_OUT, worker.id, worker.pid),
             Message::WorkerReady(worker) => words(WORKER_READY, worker.id, worker.pid),
         }
     }
@@ -43,6 +49,7 @@ impl Message {
         match split(message)? {
             (ADD_WORKER, id, pid) => Some(Message::AddWorker(AddWorker { id, pid })),
             (RELOAD_TLS, 0, 0) => Some(Message::ReloadTls),
+            (WORKER_TIMED_OUT, id, pid) => Some(Message::WorkerTimedOut(AddWorker { id, pid })),
             (WORKER_READY, id, pid) => Some(Message::WorkerReady(AddWorker { id, pid })),
             _ => None,
         }
@@ -69,6 +76,8 @@ fn split(message: &[u8]) -> Option<(u32, u32, u32)> {
     Some((word(0)?, word(4)?, word(8)?))
 }
 
+/// A worker, named by the master's id and its pid. In `Message::AddWorker` its channel
+/// travels with the message.
 /// A worker, by the master's id and its pid (a new one's channel travels with the
 /// message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +98,7 @@ impl AddWorker {
     pub fn decode(message: &[u8]) -> Option<AddWorker> {
         match Message::decode(message)? {
             Message::AddWorker(worker) => Some(worker),
+            Message::ReloadTls | Message::WorkerTimedOut(_) => None,
             _ => None,
         }
     }
@@ -121,6 +131,23 @@ mod tests {
             Message::decode(&worker.encode()),
             Some(Message::AddWorker(worker))
         );
+    }
+
+    #[test]
+    fn worker_timed_out() {
+        let worker = AddWorker { id: 5, pid: 777 };
+        let bytes = Message::WorkerTimedOut(worker).encode();
+        assert_eq!(bytes[..4], 3u32.to_be_bytes());
+        assert_eq!(
+            Message::decode(&bytes),
+            Some(Message::WorkerTimedOut(worker))
+        );
+        // Not mistaken for a new worker, and refused when cut short.
+        assert_eq!(AddWorker::decode(&bytes), None);
+        assert_eq!(Message::decode(&bytes[..8]), None);
+        let mut unknown = bytes;
+        unknown[3] = 9;
+        assert_eq!(Message::decode(&unknown), None);
     }
 
     #[test]

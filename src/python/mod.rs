@@ -4,6 +4,7 @@
 //! The rest of rwsgi sees Python through this module's small API: [`preload`] and the
 //! fork hooks for the master, [`App`] for a worker.
 
+mod abort;
 mod app;
 mod environ;
 mod errors;
@@ -17,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use pyo3::prelude::*;
 use tracing::error;
 
-pub use hooks::worker_abort;
+pub use abort::install_abort_handler;
 pub use input::WsgiInput;
 pub use response::{Outcome, ResponseSink, send_error_page};
 

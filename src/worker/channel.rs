@@ -15,6 +15,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{MsgFlags, recv};
 
+use crate::master::scoreboard::WorkerSlot;
 use crate::protocol::{
     BodyFile, Decoder, Frame, Hello, Kind, MAX_PAYLOAD, ProtocolError, RequestHead, ResponseHead,
     encode_frame,
@@ -69,6 +70,8 @@ pub struct Channel {
     writer: Mutex<Writer>,
     /// Retire was queued; the worker waits for Retired.
     retiring: AtomicBool,
+    /// The worker's scoreboard slot: each flush of a response is a sign of life.
+    slot: WorkerSlot,
 }
 
 /// How often a blocked read wakes to check whether the worker was told to stop.
@@ -88,8 +91,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Channel {
-    /// Wraps the worker's end of the channel.
-    pub fn new(fd: OwnedFd) -> io::Result<Arc<Channel>> {
+    /// Wraps the worker's end of the channel; `slot` is the worker's scoreboard slot.
+    pub fn new(fd: OwnedFd, slot: WorkerSlot) -> io::Result<Arc<Channel>> {
         let socket = UnixStream::from(fd);
         socket.set_read_timeout(Some(STOP_CHECK))?;
         let writer = socket.try_clone()?;
@@ -106,6 +109,7 @@ impl Channel {
                 buf: Vec::with_capacity(64 * 1024),
             }),
             retiring: AtomicBool::new(false),
+            slot,
         }))
     }
 
@@ -347,6 +351,10 @@ impl ResponseSink for StreamSink {
     }
 
     fn flush(&self) -> io::Result<()> {
+        // Sending a piece of the response keeps the request alive (`--timeout` measures
+        // silence). Once the master has timed the worker out, nothing more is sent: the
+        // client has its 504, and the worker goes.
+        self.channel.slot.alive().map_err(io::Error::other)?;
         lock(&self.channel.writer).flush()
     }
 

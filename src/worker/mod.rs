@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use pyo3::Python;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::Settings;
 use crate::master::WORKER_BOOT_ERROR;
+use crate::master::scoreboard::WorkerSlot;
 use crate::python::{self, App, Outcome, ResponseSink};
 use channel::{Body, Channel, StreamSink};
 use memory::MemoryLimit;
@@ -73,7 +74,8 @@ fn retire_after(settings: &Settings) -> u64 {
 }
 
 /// Runs a worker on its end of the channel until told to stop; returns the exit code.
-pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
+/// `slot` is its slot of the shared scoreboard, where it shows signs of life.
+pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> i32 {
     let mut app = match App::boot(settings, id) {
         Ok(app) => app,
         Err(code) => return code,
@@ -82,7 +84,12 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
         error!("cannot install the worker's signal handlers: {err}");
         return WORKER_BOOT_ERROR;
     }
-    let channel = match Channel::new(channel).and_then(|c| c.hello(1).map(|_| c)) {
+    // Not fatal: without it a timed-out worker is killed without a traceback.
+    if let Err(err) = python::install_abort_handler() {
+        warn!("cannot install the SIGABRT handler (no traceback on --timeout): {err}");
+    }
+    let slot = WorkerSlot::new(slot);
+    let channel = match Channel::new(channel, slot).and_then(|c| c.hello(1).map(|_| c)) {
         Ok(channel) => channel,
         // The front tier is already gone; the master will start everything anew.
         Err(_) => return 0,
@@ -102,6 +109,11 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
                     break;
                 }
             };
+            if slot.alive().is_err() {
+                // The master times out busy workers only, and one that lost that race
+                // left this loop; should it happen anyway, the worker serves no more.
+                break;
+            }
             served += 1;
             if served == max_requests {
                 info!("Autorestarting worker after current request.");
@@ -121,14 +133,19 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32) -> i32 {
                         );
                         let head_only = &request.head.method[..] == b"HEAD";
                         let sent = python::send_error_page(&*sink, head_only);
-                        if py.detach(|| sent.and_then(|_| sink.flush())).is_err() {
+                        if py.detach(|| sent.and_then(|_| sink.flush())).is_err()
+                            || slot.idle().is_err()
+                        {
                             break;
                         }
                         continue;
                     }
                 },
             };
-            if app.handle(py, &request.head, body, sink) == Outcome::ChannelBroken {
+            // A worker timed out meanwhile (its flushes fail then) serves no more.
+            if app.handle(py, &request.head, body, sink) == Outcome::ChannelBroken
+                || slot.idle().is_err()
+            {
                 break;
             }
             if memory.take_if(|limit| limit.exceeded()).is_some() {

@@ -1,0 +1,173 @@
+//! `--timeout`: the master's watch over workers stuck on one request (DESIGN.md §7).
+//!
+//! Each worker has a slot of the shared scoreboard, where it records the time of its
+//! last sign of life on the request it serves (taking it, or sending a piece of the
+//! response). The master looks at the slots of its workers at each turn of its loop. A
+//! worker silent longer than the timeout is marked aborted in its slot (with a
+//! compare-exchange, so a worker that just showed life wins), the front tier is told
+//! (it answers the worker's requests 504 and sends it nothing more), and the worker
+//! gets SIGABRT: its Python handler prints where the application hangs and exits.
+//! One that cannot run Python (stuck in C code, or with SIGABRT blocked) is killed
+//! with SIGKILL after [`ABORT_GRACE`].
+//!
+//! Unlike gunicorn, the timeout measures silence, not the length of the request: a
+//! streaming response that keeps sending lives as long as it sends.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tracing::{error, warn};
+
+use super::control;
+use super::scoreboard::{self, SLOTS};
+use crate::protocol::control::AddWorker;
+
+/// How long an aborted worker has to exit before it is killed.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+
+/// The master's turn when a timeout is set: fine enough that a timed-out request is
+/// answered well within a second of its timeout.
+const TIMEOUT_TICK: Duration = Duration::from_millis(250);
+
+/// The master's turn otherwise.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// The workers' slots and the timeouts under way.
+pub struct Watchdog {
+    timeout: Option<Duration>,
+    workers: HashMap<Pid, Watched>,
+    /// Where the search for a free slot starts: slots are handed out round the ring,
+    /// so the slot of a worker just reaped keeps its facts for the front tier a while.
+    next_slot: usize,
+}
+
+struct Watched {
+    id: u32,
+    slot: usize,
+    /// When the worker was sent SIGABRT, and whether SIGKILL followed.
+    aborted: Option<(Instant, bool)>,
+}
+
+impl Watchdog {
+    /// Watches workers for silences longer than `timeout` (None: only tracks slots).
+    pub fn new(timeout: Option<Duration>) -> Watchdog {
+        Watchdog {
+            timeout,
+            workers: HashMap::new(),
+            next_slot: 0,
+        }
+    }
+
+    /// The longest the master's loop may sleep.
+    pub fn tick(&self) -> Duration {
+        if self.timeout.is_some() {
+            TIMEOUT_TICK
+        } else {
+            IDLE_TICK
+        }
+    }
+
+    /// A slot for the next worker, taken by [`Watchdog::watch`] once it is forked.
+    pub fn free_slot(&self) -> Option<usize> {
+        (0..SLOTS)
+            .map(|i| (self.next_slot + i) % SLOTS)
+            .find(|slot| self.workers.values().all(|w| w.slot != *slot))
+    }
+
+    /// The worker `pid` (the master's `id`) now owns `slot`.
+    pub fn watch(&mut self, pid: Pid, id: u32, slot: usize) {
+        scoreboard::assign(slot, pid.as_raw() as u32);
+        self.next_slot = (slot + 1) % SLOTS;
+        self.workers.insert(
+            pid,
+            Watched {
+                id,
+                slot,
+                aborted: None,
+            },
+        );
+    }
+
+    /// The worker `pid` was reaped; true if it had been timed out. Its slot keeps its
+    /// facts until it is handed out again.
+    pub fn reaped(&mut self, pid: Pid) -> bool {
+        self.workers
+            .remove(&pid)
+            .is_some_and(|w| w.aborted.is_some())
+    }
+
+    /// Times out the workers silent too long, and kills those that outlived their
+    /// grace. `front` is the control socket, when there is a front tier.
+    pub fn check(&mut self, front: Option<&OwnedFd>) {
+        let Some(timeout) = self.timeout else { return };
+        let now = scoreboard::monotonic_nanos();
+        for (&pid, worker) in &mut self.workers {
+            match &mut worker.aborted {
+                Some((at, killed @ false)) if at.elapsed() >= ABORT_GRACE => {
+                    *killed = true;
+                    warn!("Worker (pid: {pid}) still alive {ABORT_GRACE:?} after SIGABRT: SIGKILL");
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                Some(_) => {}
+                None => {
+                    let Some(silent) = scoreboard::time_out_if_silent(worker.slot, timeout, now)
+                    else {
+                        continue;
+                    };
+                    worker.aborted = Some((Instant::now(), false));
+                    abort(pid, worker.id, silent, timeout, front);
+                }
+            }
+        }
+    }
+}
+
+/// gunicorn's line first (people search for it), then what happened.
+fn abort(pid: Pid, id: u32, silent: Duration, timeout: Duration, front: Option<&OwnedFd>) {
+    error!(
+        "WORKER TIMEOUT (pid:{pid}): silent for {:.1} s on one request (--timeout {}); aborting it",
+        silent.as_secs_f64(),
+        timeout.as_secs_f64()
+    );
+    // The front tier first, so that it stops sending to the worker and answers its
+    // clients 504 before the worker's channel closes.
+    let worker = AddWorker {
+        id,
+        pid: pid.as_raw() as u32,
+    };
+    if let Some(control) = front
+        && let Err(err) = control::send_worker_timed_out(control, worker)
+    {
+        warn!("cannot tell the front tier that worker {pid} timed out: {err}");
+    }
+    let _ = kill(pid, Signal::SIGABRT);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_go_round_the_ring_and_a_reaped_one_is_not_reused_at_once() {
+        let mut watchdog = Watchdog::new(None);
+        assert_eq!(watchdog.tick(), IDLE_TICK);
+        assert_eq!(watchdog.free_slot(), Some(0));
+        watchdog.watch(Pid::from_raw(101), 0, 0);
+        assert_eq!(watchdog.free_slot(), Some(1));
+        watchdog.watch(Pid::from_raw(102), 1, 1);
+        assert!(!watchdog.reaped(Pid::from_raw(101)));
+        // Slot 0 is free again, but the next worker gets slot 2: the front tier may
+        // still read what slot 0 says about the dead worker.
+        assert_eq!(watchdog.free_slot(), Some(2));
+        // At the end of the ring, the search wraps round past the slots in use.
+        watchdog.watch(Pid::from_raw(103), 2, SLOTS - 1);
+        assert_eq!(watchdog.free_slot(), Some(0));
+        assert_eq!(
+            Watchdog::new(Some(Duration::from_secs(30))).tick(),
+            TIMEOUT_TICK
+        );
+    }
+}
