@@ -49,6 +49,16 @@ pub struct ServeArgs {
     #[arg(long)]
     pub preload: bool,
 
+    /// Development: restart the workers when a Python file under the working directory
+    /// (or the app's, or a --pythonpath) changes. Implies one worker unless -w is given.
+    #[arg(long)]
+    pub reload: bool,
+
+    /// With --reload: also restart on changes to files matching GLOB (relative to the
+    /// working directory, `**` for any depth). Repeatable.
+    #[arg(long = "reload-extra-file", value_name = "GLOB")]
+    pub reload_extra_file: Vec<String>,
+
     /// Run the front tier and the workers as this user (name or uid); the master keeps
     /// its own to bind ports below 1024.
     #[arg(short = 'u', long, value_name = "USER")]
@@ -103,14 +113,14 @@ pub struct ServeArgs {
 
     /// Seconds a worker may stay silent on one request (sending nothing of its response)
     /// before it is aborted and replaced, and the client answered 504 (0: never).
+    /// [default: 30; 0 under --reload, where a debugger may hold a request]
     #[arg(
         short = 't',
         long,
         value_name = "SECONDS",
-        default_value_t = 30.0,
         allow_negative_numbers = true
     )]
-    pub timeout: f64,
+    pub timeout: Option<f64>,
 
     /// Seconds to let in-flight requests finish after a graceful stop (SIGTERM).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]

@@ -12,6 +12,7 @@ pub mod log;
 pub mod master;
 pub mod protocol;
 pub mod python;
+pub mod watcher;
 pub mod worker;
 
 use cli::{Cli, Command};

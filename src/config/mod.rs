@@ -11,6 +11,7 @@ mod hooks;
 mod identity;
 mod limits;
 mod mounts;
+mod reload;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ pub use hooks::HooksSource;
 pub use identity::Credentials;
 pub use limits::{Limits, Trusted};
 pub use mounts::{FileSettings, Mount};
+pub use reload::Reload;
 pub use tls::{CertSource, LoadedCert, TlsSettings};
 
 use crate::cli::ServeArgs;
@@ -67,6 +69,8 @@ pub struct Settings {
     pub pythonpath: Vec<PathBuf>,
     /// Import the app in the master before forking.
     pub preload: bool,
+    /// `--reload`: the development server's file watcher, and what it watches for.
+    pub reload: Option<Reload>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub graceful_timeout: Duration,
     /// `--timeout`: a worker silent this long on one request is aborted (None: never).
@@ -143,6 +147,7 @@ impl Settings {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
+        let reload = Reload::from_args(args)?;
         let workers = match args.workers {
             Some(0) => return Err(ConfigError::new("--workers", "must be at least 1")),
             Some(n) if n > MAX_WORKERS => {
@@ -152,6 +157,8 @@ impl Settings {
                 ));
             }
             Some(n) => n,
+            // One worker under --reload: each change restarts them all.
+            None if reload.is_some() => 1,
             None => cores,
         };
         // Measured on two cores: one front thread serves more requests than two, whose
@@ -178,14 +185,19 @@ impl Settings {
             ));
         }
         // 0 turns the timeout off, as in gunicorn.
-        let timeout = if args.timeout == 0.0 {
+        let timeout_seconds = match (args.timeout, &reload) {
+            (Some(seconds), _) => seconds,
+            (None, Some(_)) => 0.0,
+            (None, None) => 30.0,
+        };
+        let timeout = if timeout_seconds == 0.0 {
             None
         } else {
             let refused = |_| {
-                let message = format!("{} is not a number of seconds (0: none)", args.timeout);
+                let message = format!("{timeout_seconds} is not a number of seconds (0: none)");
                 ConfigError::new("--timeout", message)
             };
-            Some(limits::seconds("--timeout", args.timeout).map_err(refused)?)
+            Some(limits::seconds("--timeout", timeout_seconds).map_err(refused)?)
         };
         let app = AppSpec::parse(&args.app, args.chdir.as_deref())?;
         let max_worker_memory = args.max_worker_memory.checked_mul(1 << 20).ok_or_else(|| {
@@ -209,6 +221,7 @@ impl Settings {
             chdir: args.chdir.clone(),
             pythonpath: args.pythonpath.clone(),
             preload: args.preload,
+            reload,
             graceful_timeout: Duration::from_secs_f64(args.graceful_timeout),
             timeout,
             max_requests: args.max_requests,

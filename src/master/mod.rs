@@ -121,6 +121,7 @@ pub fn run(settings: Settings, program: Program) -> i32 {
         pidfile,
         upgrade,
         watchdog,
+        watcher: None,
     };
     let code = arbiter.run();
     if !arbiter.upgrade.shares_listeners() {
@@ -193,6 +194,13 @@ struct Arbiter {
     upgrade: Upgrade,
     /// The workers' scoreboard slots and `--timeout`.
     watchdog: timeout::Watchdog,
+    /// The `--reload` file watcher, while it runs.
+    watcher: Option<Watcher>,
+}
+
+struct Watcher {
+    pid: Pid,
+    started: Instant,
 }
 
 impl Arbiter {
@@ -201,6 +209,9 @@ impl Arbiter {
             if self.stop.is_none() && !self.upgrade.winched {
                 if self.front.is_none() && !self.spawn_front() {
                     self.halt(1, "cannot start the front tier");
+                }
+                if self.settings.reload.is_some() && self.watcher.is_none() {
+                    self.spawn_watcher();
                 }
                 self.manage_workers();
             }
@@ -349,6 +360,7 @@ impl Arbiter {
         }
         drop(listeners);
         let front = self.front.as_ref().map(|f| f.pid);
+        signal_all(self.watcher.as_ref().map(|w| w.pid), Signal::SIGTERM);
         if graceful {
             signal_all(front, Signal::SIGTERM);
             // The front tier waits graceful_timeout for its requests; allow a little more
@@ -404,6 +416,8 @@ impl Arbiter {
                 self.worker_exited(pid, worker, code, signal, &how);
             } else if self.upgrade.child == Some(pid) {
                 self.upgrade_exited(pid, &how);
+            } else if let Some(watcher) = self.watcher.take_if(|w| w.pid == pid) {
+                self.watcher_exited(watcher, &how);
             }
         }
     }
@@ -420,6 +434,38 @@ impl Arbiter {
             // Their channels went with the old front tier; they exit on EOF, and are told
             // to in case one is busy.
             self.tell_all_workers();
+        }
+    }
+
+    /// `--reload`: starts the file watcher (a child: the master runs no watcher itself).
+    fn spawn_watcher(&mut self) {
+        let mut close = self.master_fds();
+        close.extend(self.listeners.iter().map(Listener::raw));
+        let master = nix::unistd::getpid();
+        match fork_child("reloader", false, &close, self.settings.credentials) {
+            Ok(Forked::Child) => {
+                title::set("rwsgi: reloader");
+                std::process::exit(crate::watcher::run(&self.settings, master));
+            }
+            Ok(Forked::Parent(pid)) => {
+                let started = Instant::now();
+                self.watcher = Some(Watcher { pid, started });
+            }
+            Err(err) => error!("--reload: cannot fork the file watcher: {err}"),
+        }
+    }
+
+    /// The watcher died: started again, unless it cannot even start (then `--reload`
+    /// is off until rwsgi is restarted, rather than forking it for ever).
+    fn watcher_exited(&mut self, watcher: Watcher, how: &str) {
+        if self.stop.is_some() {
+            return;
+        }
+        if watcher.started.elapsed() < Duration::from_secs(2) {
+            error!("--reload: the file watcher {how} at once; files are no longer watched");
+            self.settings.reload = None;
+        } else {
+            warn!("--reload: the file watcher {how}; starting it again");
         }
     }
 

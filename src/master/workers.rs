@@ -66,7 +66,12 @@ impl Arbiter {
             .values()
             .filter(|w| !w.told && w.generation != generation)
             .count();
-        let keep_old = self.settings.workers.saturating_sub(ready);
+        // Under --reload the old code must not answer once a change is seen: requests
+        // wait for the new workers instead.
+        let keep_old = match self.settings.reload {
+            Some(_) => 0,
+            None => self.settings.workers.saturating_sub(ready),
+        };
         self.retire_oldest(old.saturating_sub(keep_old), |w| {
             !w.told && w.generation != generation
         });

@@ -6,6 +6,7 @@
 
 mod abort;
 mod app;
+mod broken;
 mod environ;
 mod errors;
 mod hooks;
@@ -64,6 +65,17 @@ fn load(settings: &Settings, worker_id: Option<u32>) -> Result<Py<PyAny>, i32> {
         }
         match app::load(py, &settings.app) {
             Ok(app) => Ok(app.unbind()),
+            // --reload: show the error (log and browser) and wait for the next change.
+            Err(err) if settings.reload.is_some() && worker_id.is_some() => {
+                let traceback = response::format_traceback(py, &err);
+                error!(
+                    "{what}\n{}\nServing this traceback as a 500 page until a change is saved (--reload)",
+                    traceback.trim_end()
+                );
+                broken::application(py, &what, &traceback)
+                    .map(Bound::unbind)
+                    .map_err(|err| report_boot_error(py, &what, &err, APP_LOAD_ERROR))
+            }
             Err(err) => Err(report_boot_error(py, &what, &err, APP_LOAD_ERROR)),
         }
     })
