@@ -134,6 +134,11 @@ pub struct ServeArgs {
     #[arg(long, env = "RWSGI_LOG_LEVEL", value_name = "LEVEL", value_parser = ["debug", "info", "warning", "error", "critical"])]
     pub log_level: Option<String>,
 
+    /// A path the front tier answers itself for load balancers and probes: 200 while
+    /// workers are ready, 503 while none is or the server is stopping.
+    #[arg(long, value_name = "PATH")]
+    pub health_path: Option<String>,
+
     /// Write the master's pid to this file once the sockets are bound; removed at exit.
     #[arg(short = 'p', long = "pid", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,

@@ -100,6 +100,8 @@ pub struct Settings {
     pub files: FileSettings,
     /// Compression of app responses (`--compress`), when on.
     pub compress: Option<CompressSettings>,
+    /// `--health-path`: answered by the front tier (readiness).
+    pub health_path: Option<String>,
     /// What a client may send, and how slowly.
     pub limits: Limits,
     /// Peers whose proxy headers are believed.
@@ -212,6 +214,15 @@ impl Settings {
         let hooks = args.hooks.as_deref().map(HooksSource::parse).transpose()?;
         let tls = TlsSettings::from_args(args)?;
         let redirect_http = tls::redirect_binds(args)?;
+        let health_path = match &args.health_path {
+            Some(path) if !path.starts_with('/') || path.contains(['?', '#']) => {
+                return Err(ConfigError::new(
+                    "--health-path",
+                    format!("{path:?} is not a path (it starts with / and has no ? or #)"),
+                ));
+            }
+            path => path.clone(),
+        };
         let error_log = (args.error_logfile.as_os_str() != "-").then(|| args.error_logfile.clone());
         Ok(Settings {
             error_log,
@@ -234,6 +245,7 @@ impl Settings {
             app,
             body_memory_limit: 1 << 20,
             files: FileSettings::from_args(args)?,
+            health_path,
             compress: args.compress.then_some(CompressSettings {
                 min_size: args.compress_min_size,
             }),

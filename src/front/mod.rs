@@ -9,6 +9,7 @@ mod body;
 mod channel;
 mod control;
 pub mod guard;
+mod health;
 mod pool;
 mod proxy;
 mod redirect;
@@ -97,6 +98,7 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
             .as_ref()
             .and_then(|tls| tls.hsts)
             .map(hsts_value),
+        health: settings.health_path.clone().map(health::Health::new),
     });
     let connections = Arc::new(Semaphore::new(settings.limits.max_connections));
     // SIGHUP is the master's to handle (it asks for a reload over the control socket);
@@ -166,6 +168,9 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
         _ = quit.recv() => false,
         _ = int.recv() => false,
     };
+    if let Some(health) = &shared.health {
+        health.stopping();
+    }
     for task in &accept_tasks {
         task.abort();
     }

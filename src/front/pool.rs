@@ -92,6 +92,11 @@ impl Pool {
         self.hand_out(&mut inner, index);
     }
 
+    /// How many workers take requests now (retiring ones excluded).
+    pub fn ready_workers(&self) -> usize {
+        self.lock().workers.len()
+    }
+
     /// Takes a worker out of service (it is retiring): no new lease names it.
     pub fn remove(&self, id: u32) {
         self.lock().workers.retain(|slot| slot.conn.id != id);

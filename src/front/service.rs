@@ -22,6 +22,7 @@ use super::channel::{Event, Failure, Refused, StreamHold};
 use super::compress::Compression;
 use super::guard::check::Reject;
 use super::guard::{ConnGuard, Tracked};
+use super::health::Health;
 use super::pool::Pool;
 use super::proxy::{ClientFacts, client_facts};
 use super::sendfile::Target;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub trusted: Trusted,
     /// `Strict-Transport-Security` for responses over TLS (`--hsts`).
     pub hsts: Option<HeaderValue>,
+    /// `--health-path`, when set.
+    pub health: Option<Health>,
 }
 
 /// Whose fault a failed request is; [`error_response`] turns it into a status.
@@ -177,6 +180,13 @@ async fn dispatch(
     let (parts, incoming) = request.into_parts();
     let limits = &shared.limits;
     check_head(&parts, limits)?;
+    if let Some(response) = shared
+        .health
+        .as_ref()
+        .and_then(|health| health.answer(&parts, &shared.pool))
+    {
+        return Ok(response);
+    }
     if let Some(response) = shared.files.serve_static(&parts) {
         return Ok(response);
     }
