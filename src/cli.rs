@@ -134,6 +134,11 @@ pub struct ServeArgs {
     #[arg(long, env = "RWSGI_LOG_LEVEL", value_name = "LEVEL", value_parser = ["debug", "info", "warning", "error", "critical"])]
     pub log_level: Option<String>,
 
+    /// Serve Prometheus metrics at /metrics on this address (a listener of its own:
+    /// HOST:PORT or unix:PATH).
+    #[arg(long, value_name = "ADDRESS")]
+    pub metrics_bind: Option<String>,
+
     /// A path the front tier answers itself for load balancers and probes: 200 while
     /// workers are ready, 503 while none is or the server is stopping.
     #[arg(long, value_name = "PATH")]

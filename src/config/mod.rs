@@ -102,6 +102,8 @@ pub struct Settings {
     pub compress: Option<CompressSettings>,
     /// `--health-path`: answered by the front tier (readiness).
     pub health_path: Option<String>,
+    /// `--metrics-bind`: where the metrics are served.
+    pub metrics_bind: Option<BindAddr>,
     /// What a client may send, and how slowly.
     pub limits: Limits,
     /// Peers whose proxy headers are believed.
@@ -223,6 +225,17 @@ impl Settings {
             }
             path => path.clone(),
         };
+        let metrics_bind = match args.metrics_bind.as_deref().map(BindAddr::parse) {
+            Some(Ok(BindAddr::Fd(_))) => {
+                return Err(ConfigError::new(
+                    "--metrics-bind",
+                    "takes an address, not fd://",
+                ));
+            }
+            Some(Err(err)) => return Err(ConfigError::new("--metrics-bind", err.message)),
+            Some(Ok(addr)) => Some(addr),
+            None => None,
+        };
         let error_log = (args.error_logfile.as_os_str() != "-").then(|| args.error_logfile.clone());
         Ok(Settings {
             error_log,
@@ -246,6 +259,7 @@ impl Settings {
             body_memory_limit: 1 << 20,
             files: FileSettings::from_args(args)?,
             health_path,
+            metrics_bind,
             compress: args.compress.then_some(CompressSettings {
                 min_size: args.compress_min_size,
             }),

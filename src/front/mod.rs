@@ -10,6 +10,7 @@ mod channel;
 mod control;
 pub mod guard;
 mod health;
+mod metrics;
 mod pool;
 mod proxy;
 mod redirect;
@@ -99,6 +100,10 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
             .and_then(|tls| tls.hsts)
             .map(hsts_value),
         health: settings.health_path.clone().map(health::Health::new),
+        metrics: settings
+            .metrics_bind
+            .as_ref()
+            .map(|_| Arc::new(metrics::Metrics::default())),
     });
     let connections = Arc::new(Semaphore::new(settings.limits.max_connections));
     // SIGHUP is the master's to handle (it asks for a reload over the control socket);
@@ -122,9 +127,28 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
     };
     let reload = Arc::new(Notify::new());
     tokio::spawn(tls::reload_when_asked(tls.clone(), reload.clone()));
-    // The master passes the --bind listeners first, then the --redirect-http ones.
+    // The master passes the --bind listeners first, then the --redirect-http ones, then
+    // the --metrics-bind one.
     let mut listeners = listeners;
-    let redirects = listeners.split_off(settings.binds.len().min(listeners.len()));
+    let mut redirects = listeners.split_off(settings.binds.len().min(listeners.len()));
+    let metrics_listener = redirects.split_off(settings.redirect_http.len().min(redirects.len()));
+    if let (Some(metrics), Some((fd, addr))) =
+        (&shared.metrics, metrics_listener.into_iter().next())
+    {
+        match adopt(fd, addr) {
+            Ok(listener) => {
+                let listener = match listener {
+                    Accepting::Tcp(l, _) => metrics::MetricsListener::Tcp(l),
+                    Accepting::Unix(l, _) => metrics::MetricsListener::Unix(l),
+                };
+                tokio::spawn(metrics::serve(listener, metrics.clone(), pool.clone()));
+            }
+            Err(err) => {
+                error!("cannot use the --metrics-bind listener: {err}");
+                return crate::master::WORKER_BOOT_ERROR;
+            }
+        }
+    }
     let target = redirect::Target::new(listeners.iter().map(|(_, addr)| addr));
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_tasks = Vec::new();

@@ -92,6 +92,21 @@ impl Pool {
         self.hand_out(&mut inner, index);
     }
 
+    /// Requests waiting for a free worker.
+    pub fn queued(&self) -> usize {
+        self.lock().waiters.len()
+    }
+
+    /// The workers taking requests: (the master's id, pid).
+    pub fn workers(&self) -> Vec<(u32, u32)> {
+        let inner = self.lock();
+        inner
+            .workers
+            .iter()
+            .map(|s| (s.conn.id, s.conn.pid))
+            .collect()
+    }
+
     /// How many workers take requests now (retiring ones excluded).
     pub fn ready_workers(&self) -> usize {
         self.lock().workers.len()

@@ -23,6 +23,7 @@ use super::compress::Compression;
 use super::guard::check::Reject;
 use super::guard::{ConnGuard, Tracked};
 use super::health::Health;
+use super::metrics::{Metrics, Observation, RouteKind};
 use super::pool::Pool;
 use super::proxy::{ClientFacts, client_facts};
 use super::sendfile::Target;
@@ -64,6 +65,8 @@ pub struct Shared {
     pub hsts: Option<HeaderValue>,
     /// `--health-path`, when set.
     pub health: Option<Health>,
+    /// `--metrics-bind`: the counters, when it is set.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Whose fault a failed request is; [`error_response`] turns it into a status.
@@ -88,6 +91,7 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Tracked<ResponseBody>>, Infallible> {
+    let mut observation = shared.metrics.clone().map(Observation::new);
     let (index, busy) = conn.guard.begin();
     let version = request.version();
     let result = match conn.guard.refused_head(index) {
@@ -108,7 +112,11 @@ pub async fn handle(
             .entry(STRICT_TRANSPORT_SECURITY)
             .or_insert_with(|| hsts.clone());
     }
-    Ok(response.map(|body| Tracked::new(body, busy)))
+    if let Some(observation) = &mut observation {
+        let kind = response.extensions().get::<RouteKind>().copied();
+        observation.answered(kind.unwrap_or(RouteKind::App), response.status().as_u16());
+    }
+    Ok(response.map(|body| Tracked::new(body, busy, observation)))
 }
 
 fn refused(reject: Reject) -> RequestError {
@@ -185,10 +193,10 @@ async fn dispatch(
         .as_ref()
         .and_then(|health| health.answer(&parts, &shared.pool))
     {
-        return Ok(response);
+        return Ok(with_kind(response, RouteKind::Health));
     }
     if let Some(response) = shared.files.serve_static(&parts) {
-        return Ok(response);
+        return Ok(with_kind(response, RouteKind::Static));
     }
     let body_limits = BodyLimits {
         memory: shared.body_memory_limit,
@@ -266,6 +274,12 @@ async fn dispatch(
         Some(compression) => compression.apply(&parts, response),
         None => response,
     })
+}
+
+/// Marks which part of the front tier answered (for the metrics).
+fn with_kind(mut response: Response<ResponseBody>, kind: RouteKind) -> Response<ResponseBody> {
+    response.extensions_mut().insert(kind);
+    response
 }
 
 fn version_code(version: Version) -> u8 {

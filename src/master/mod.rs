@@ -92,13 +92,17 @@ pub fn run(settings: Settings, program: Program) -> i32 {
     title::set(&format!("rwsgi: master [{}]", settings.app.text));
     let pid = std::process::id();
     info!("Starting rwsgi {}", env!("CARGO_PKG_VERSION"));
+    let redirects = settings.binds.len() + settings.redirect_http.len();
     for (index, listener) in listeners.iter().enumerate() {
         match (index < settings.binds.len(), &listener.addr) {
             (true, BindAddr::Tcp(addr)) if settings.tls.is_some() => {
                 info!("Listening at: https://{addr} ({pid})")
             }
             (true, addr) => info!("Listening at: {addr} ({pid})"),
-            (false, addr) => info!("Listening at: {addr} ({pid}), redirecting to https"),
+            (false, addr) if index < redirects => {
+                info!("Listening at: {addr} ({pid}), redirecting to https")
+            }
+            (false, addr) => info!("Metrics at: {addr}/metrics ({pid})"),
         }
     }
     let notifier = notify::Notifier::from_env();
@@ -132,19 +136,22 @@ pub fn run(settings: Settings, program: Program) -> i32 {
 }
 
 /// The listening sockets: those an old master handed over (USR2), or freshly bound
-/// ones. The front tier finds the --redirect-http listeners after the --bind ones.
+/// ones. The front tier finds the --redirect-http listeners after the --bind ones, and
+/// the --metrics-bind one last.
 fn open_listeners(
     settings: &Settings,
     program: upgrade::Program,
 ) -> Result<(Vec<Listener>, Upgrade), String> {
     let backlog = settings.limits.backlog;
-    let wanted = settings.binds.len() + settings.redirect_http.len();
+    let metrics = settings.metrics_bind.iter().cloned().collect::<Vec<_>>();
+    let wanted = settings.binds.len() + settings.redirect_http.len() + metrics.len();
     if let Some(handed) = upgrade::Handover::from_env() {
         let listeners = handed.listeners(wanted)?;
         return Ok((listeners, Upgrade::new(program, Some(handed.old_master))));
     }
     let mut listeners = listeners::bind_all(&settings.binds, backlog)?;
     listeners.extend(listeners::bind_all(&settings.redirect_http, backlog)?);
+    listeners.extend(listeners::bind_all(&metrics, backlog)?);
     Ok((listeners, Upgrade::new(program, None)))
 }
 

@@ -33,6 +33,8 @@ struct Shared {
     /// 0; then [`CLAIMED`] once a process took on reporting an application import
     /// failure; then [`REPORTED`] once it has.
     boot_error_reported: AtomicU32,
+    /// Workers the master has replaced (for the front tier's metrics).
+    worker_restarts: AtomicU64,
     slots: [Slot; SLOTS],
 }
 
@@ -185,6 +187,28 @@ pub fn time_out_if_silent(index: usize, timeout: Duration, now: u64) -> Option<D
         .compare_exchange(last, ABORTED, Ordering::AcqRel, Ordering::Acquire)
         .ok()
         .map(|_| silent)
+}
+
+/// The master replaced a worker.
+pub fn count_worker_restart() {
+    if let Some(shared) = shared() {
+        shared.worker_restarts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Workers the master has replaced so far.
+pub fn worker_restarts() -> u64 {
+    shared().map_or(0, |shared| shared.worker_restarts.load(Ordering::Relaxed))
+}
+
+/// The requests worker `pid` has served, if it has a slot.
+pub fn served(pid: u32) -> Option<u64> {
+    let shared = shared()?;
+    shared
+        .slots
+        .iter()
+        .find(|slot| slot.pid.load(Ordering::Acquire) == pid)
+        .map(|slot| slot.served.load(Ordering::Relaxed))
 }
 
 /// Whether the master timed out the worker `pid` (read by the front tier when the

@@ -203,6 +203,9 @@ impl Arbiter {
         how: &str,
     ) {
         let stopping = self.stop.is_some();
+        if !stopping {
+            scoreboard::count_worker_restart();
+        }
         let timed_out = self.watchdog.reaped(pid);
         match (code, signal, stopping) {
             _ if timed_out => warn!(

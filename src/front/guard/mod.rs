@@ -25,6 +25,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
+
+use super::metrics::Observation;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
@@ -141,16 +143,22 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that holds its request's [`Busy`] token until it is finished.
+/// A response body that holds its request's [`Busy`] token until it is finished, and
+/// tells its [`Observation`] (`--metrics-bind`) how many bytes it gave.
 pub struct Tracked<B> {
     body: B,
     _busy: Busy,
+    observation: Option<Observation>,
 }
 
 impl<B> Tracked<B> {
     /// `body`, holding `busy` for as long as it lives.
-    pub fn new(body: B, busy: Busy) -> Tracked<B> {
-        Tracked { body, _busy: busy }
+    pub fn new(body: B, busy: Busy, observation: Option<Observation>) -> Tracked<B> {
+        Tracked {
+            body,
+            _busy: busy,
+            observation,
+        }
     }
 }
 
@@ -162,7 +170,14 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some(observation), Poll::Ready(Some(Ok(frame)))) = (&mut this.observation, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            observation.sent(bytes::Buf::remaining(data) as u64);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

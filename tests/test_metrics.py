@@ -1,0 +1,113 @@
+"""--metrics-bind: Prometheus text at /metrics on a listener of its own, scraped and
+parsed after a known number of requests of each kind."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import subprocess
+import time
+
+from conftest import BINARY, free_port
+from test_process import wait_workers
+
+SAMPLE = re.compile(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$")
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset], float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.getheader("content-type").startswith("text/plain; version=0.0.4")
+    samples = {}
+    for line in response.read().decode().splitlines():
+        if line.startswith("#") or not line:
+            continue
+        match = SAMPLE.match(line)
+        assert match, f"not a sample line: {line!r}"
+        name, labels, value = match.groups()
+        pairs = frozenset(re.findall(r'(\w+)="([^"]*)"', labels or ""))
+        samples[(name, pairs)] = float(value)
+    conn.close()
+    return samples
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_metrics_count_what_was_served(serve, tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"x" * 1000)
+    metrics_port = free_port()
+    server = serve("metrics_app:app", "--metrics-bind", f"127.0.0.1:{metrics_port}",
+                   "--static", f"/static={tmp_path}", "--health-path", "/healthz",
+                   "--max-requests", "4", workers=2)
+    server.wait_for_log(rf"Metrics at: http://127.0.0.1:{metrics_port}/metrics")
+    wait_workers(server, 2)
+    statuses = [get(server.port, "/")[0] for _ in range(7)]
+    statuses += [get(server.port, "/missing")[0] for _ in range(3)]
+    statuses += [get(server.port, "/fail")[0]]
+    statuses += [get(server.port, "/static/a.txt")[0] for _ in range(2)]
+    statuses += [get(server.port, "/static/nothing.txt")[0]]
+    statuses += [get(server.port, "/healthz")[0]]
+    assert statuses == [200] * 7 + [404] * 3 + [500] + [200, 200, 404, 200]
+    server.wait_for_log(r"retired; replacing it")  # --max-requests 4: some restarts
+    wait_workers(server, 2)
+
+    # The last responses are counted once their bodies are dropped, and a replacement
+    # worker joins once it has said Hello: scrape until both are so.
+    deadline = time.monotonic() + 10
+    while True:
+        samples = scrape(metrics_port)
+        settled = (value(samples, "rwsgi_requests_in_flight") == 0
+                   and value(samples, "rwsgi_workers_ready") == 2)
+        if settled or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    requests = lambda kind, cls: value(samples, "rwsgi_requests_total", kind=kind, **{"class": cls})  # noqa: E731
+    assert requests("app", "2xx") == 7
+    assert requests("app", "4xx") == 3
+    assert requests("app", "5xx") == 1
+    assert requests("static", "2xx") == 2
+    assert requests("static", "4xx") == 1
+    assert requests("health", "2xx") == 1
+    for kind, total in (("app", 11), ("static", 3), ("health", 1)):
+        assert value(samples, "rwsgi_request_duration_seconds_count", kind=kind) == total
+        buckets = sorted(((float(dict(labels)["le"]), v) for (name, labels), v in samples.items()
+                          if name == "rwsgi_request_duration_seconds_bucket"
+                          and dict(labels)["kind"] == kind))
+        counts = [v for _, v in buckets]
+        assert counts == sorted(counts) and counts[-1] == total, buckets
+        assert value(samples, "rwsgi_request_duration_seconds_sum", kind=kind) >= 0
+    assert value(samples, "rwsgi_response_body_bytes_total", kind="static") >= 2000
+    app_bytes = 7 * len(b"200 OK") + 3 * len(b"404 Not Found") + len(b"500 Internal Server Error")
+    assert value(samples, "rwsgi_response_body_bytes_total", kind="app") == app_bytes
+    assert value(samples, "rwsgi_requests_in_flight") == 0
+    assert value(samples, "rwsgi_requests_queued") == 0
+    assert value(samples, "rwsgi_workers_ready") == 2
+    assert value(samples, "rwsgi_worker_restarts_total") >= 1
+    per_worker = {dict(labels)["pid"]: v for (name, labels), v in samples.items()
+                  if name == "rwsgi_worker_requests_total"}
+    assert len(per_worker) == 2 and all(0 <= v < 4 for v in per_worker.values()), per_worker
+    rss = [v for (name, _), v in samples.items() if name == "rwsgi_worker_resident_bytes"]
+    assert len(rss) == 2 and all(v > 1_000_000 for v in rss), rss
+    # Only /metrics lives there; the app's port has no /metrics of its own.
+    assert get(metrics_port, "/")[0] == 404
+    assert get(server.port, "/metrics")[1] == b"200 OK"
+
+
+def test_a_bad_metrics_address_is_named():
+    proc = subprocess.run([str(BINARY), "serve", "--metrics-bind", "nowhere:xyz", "x:app"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "--metrics-bind" in proc.stderr, proc.stderr
