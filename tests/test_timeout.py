@@ -217,3 +217,19 @@ def test_more_workers_than_the_scoreboard_holds_is_refused():
                            "timeout_app:app"], capture_output=True, text=True, timeout=20)
     assert proc.returncode != 0
     assert "--workers" in proc.stderr and "1024" in proc.stderr, proc.stderr
+
+
+def test_a_hung_request_over_http2_gets_504_and_its_connection_lives(serve):
+    import httpx
+
+    server, before = start_server(serve, "--timeout", str(TIMEOUT))
+    with httpx.Client(http1=False, http2=True, timeout=20) as client:
+        start = time.monotonic()
+        response = client.get(f"http://127.0.0.1:{server.port}/sleep")
+        took = time.monotonic() - start
+        assert response.http_version == "HTTP/2"
+        assert response.status_code == 504, server.log[-3000:]
+        assert TIMEOUT <= took <= TIMEOUT + 2, took
+        # The same connection carries on with the other worker and the new one.
+        assert client.get(f"http://127.0.0.1:{server.port}/").status_code == 200
+    assert_replaced(server, before)
