@@ -1,16 +1,21 @@
 //! Settings: the checked, resolved configuration every role reads.
 //!
-//! Built from the command line (a config file and environment variables come later,
-//! with the command line winning). Everything a user can get wrong is checked here,
-//! before any socket is bound or process forked, and reported as one line naming the
-//! flag.
+//! Built in two steps, as ripgrep does: [`sources`] layers the command line over the
+//! environment over the config file over the defaults into one `ServeArgs` (remembering
+//! where each value came from), then [`Settings::from_args`] checks and resolves it.
+//! Everything a user can get wrong is checked here, before any socket is bound or
+//! process forked, and reported as one line naming the flag or key and where it was set.
 
 mod app;
 mod bind;
+mod env;
+mod file;
 mod hooks;
 mod identity;
 mod limits;
 mod mounts;
+mod show;
+pub mod sources;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -22,6 +27,7 @@ pub use hooks::HooksSource;
 pub use identity::Credentials;
 pub use limits::{Limits, Trusted};
 pub use mounts::{FileSettings, Mount};
+pub use sources::{Layered, LoadError, Origin};
 pub use tls::{CertSource, LoadedCert, TlsSettings};
 
 use crate::cli::ServeArgs;
@@ -165,7 +171,14 @@ impl Settings {
                 "must be a number of seconds >= 0",
             ));
         }
-        let app = AppSpec::parse(&args.app, args.chdir.as_deref())?;
+        let app = args.app.as_deref().ok_or_else(|| {
+            ConfigError::new(
+                "APP",
+                "no application given: name it after the options (module:callable) or as \
+                 `app` in rwsgi.toml",
+            )
+        })?;
+        let app = AppSpec::parse(app, args.chdir.as_deref())?;
         let max_worker_memory = args.max_worker_memory.checked_mul(1 << 20).ok_or_else(|| {
             ConfigError::new(
                 "--max-worker-memory",
