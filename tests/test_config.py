@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import APPS, BINARY, Server, alive, children_of, free_port
+from conftest import APPS, BINARY, ROOT, Server, alive, children_of, free_port
 
 ORIGIN = re.compile(r"^(?:# )?(\w+)\b.*?  # from: (.+)$", re.M)
 
@@ -241,3 +241,29 @@ def test_serve_from_rwsgi_toml_in_the_working_directory(tmp_path):
         assert len([p for p in children_of(server.pid) if p in booted and alive(p)]) == 2
     finally:
         server.stop()
+
+
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Configuration"):]
+    return section[section.index("```toml\n") + 8:section.index("```\n", section.index("```toml"))]
+
+
+def test_readme_example_lists_every_setting(tmp_path):
+    """The README's example rwsgi.toml names every key `rwsgi config` knows (a new flag
+    needs its line there), and every line of it, uncommented, is a valid setting."""
+    example = readme_example()
+    _, origins = effective(cwd=tmp_path)
+    written = set(re.findall(r"^(?:# )?(?:\[\[)?(\w+)(?: =|\]\])", example, re.M))
+    assert set(origins) - written == set(), "keys missing from README's example rwsgi.toml"
+    (tmp_path / "rwsgi.toml").write_text(example)
+    done = rwsgi("config", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert tomllib.loads(done.stdout)["app"] == "myapp:app"
+    # Uncommented, without the app (whose paths do not exist here): the forms are right.
+    everything = re.sub(r"^# (?=\[\[|\w+ = )", "", example, flags=re.M)
+    (tmp_path / "rwsgi.toml").write_text(everything.replace('app = "myapp:app"', ""))
+    done = rwsgi("config", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    values = tomllib.loads(done.stdout)
+    assert values["static"] == ["/assets=static"] and values["tls"] == ["certs/site.pem:certs/site.key"]
