@@ -42,25 +42,28 @@ pub fn run(matches: &ArgMatches) -> i32 {
             return CONFIG_ERROR;
         }
     };
-    let resolved = Settings::from_args(&layered.args).map_err(|err| {
-        eprintln!("rwsgi: error: {}", layered.explain(&err));
-        CONFIG_ERROR
-    });
+    let resolve = || {
+        Settings::from_args(&layered.args).map_err(|err| {
+            eprintln!("rwsgi: error: {}", layered.explain(&err));
+            CONFIG_ERROR
+        })
+    };
+    let log_level = layered.args.log_level.as_deref();
     match command {
-        Command::Serve(_) => match resolved {
-            Ok(settings) => serve(settings, layered.args.log_level.as_deref(), program),
+        Command::Serve(_) => match resolve() {
+            Ok(settings) => serve(settings, log_level, program),
             Err(code) => code,
         },
         Command::Config(_) => {
             print!("{}", layered.describe());
             // Without an APP the rest cannot be resolved; the listing is what was asked.
-            match (&layered.args.app, resolved) {
-                (Some(_), Err(code)) => code,
-                _ => 0,
+            match layered.args.app {
+                Some(_) => resolve().map_or_else(|code| code, |_| 0),
+                None => 0,
             }
         }
-        Command::Check(_) => match resolved {
-            Ok(settings) => check(settings, layered.args.log_level.as_deref()),
+        Command::Check(_) => match resolve() {
+            Ok(settings) => check(settings, log_level),
             Err(code) => code,
         },
     }

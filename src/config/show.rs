@@ -15,7 +15,10 @@ impl Layered {
             Some((path, origin)) => format!("{} (named by {origin})", path.display()),
             None => format!("none (no -c FILE, no {DEFAULT_FILE} here)"),
         };
-        for key in &self.keys {
+        // The APP first, as a file would start; then the flags in the order of --help.
+        let (app, flags): (Vec<_>, Vec<_>) =
+            self.keys.iter().partition(|k| k.kind == Kind::Positional);
+        for key in app.into_iter().chain(flags) {
             let origin = self.origins.get(&key.id).unwrap_or(&Origin::Default);
             let setting = match given_in(&self.matches, key) {
                 Some(Given::Switch(on)) => format!("{} = {on}", key.name),
