@@ -176,15 +176,15 @@ def test_invalid_value_names_where_it_was_set(tmp_path):
     assert "rwsgi.toml:2: workers: must be at least 1" in done.stderr
     done = rwsgi("serve", "config_app:app", cwd=tmp_path.parent, RWSGI_WORKERS="0")
     assert done.returncode == 2
-    assert "RWSGI_WORKERS: must be at least 1" in done.stderr
+    assert "RWSGI_WORKERS (--workers): must be at least 1" in done.stderr
     done = rwsgi("serve", "-w", "0", "config_app:app", cwd=tmp_path.parent)
     assert "--workers: must be at least 1" in done.stderr
 
 
 @pytest.mark.parametrize("var, value, message", [
-    ("RWSGI_WORKERS", "four", 'RWSGI_WORKERS: invalid value "four"'),
-    ("RWSGI_PRELOAD", "maybe", 'RWSGI_PRELOAD: "maybe" is not a boolean'),
-    ("RWSGI_KEEP_ALIVE", "soon", 'RWSGI_KEEP_ALIVE: invalid value "soon"'),
+    ("RWSGI_WORKERS", "four", 'RWSGI_WORKERS (--workers): invalid value "four"'),
+    ("RWSGI_PRELOAD", "maybe", 'RWSGI_PRELOAD (--preload): "maybe" is not a boolean'),
+    ("RWSGI_KEEP_ALIVE", "soon", 'RWSGI_KEEP_ALIVE (--keep-alive): invalid value "soon"'),
 ])
 def test_bad_environment_variable_is_named(tmp_path, var, value, message):
     done = rwsgi("serve", "config_app:app", cwd=tmp_path, **{var: value})

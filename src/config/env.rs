@@ -15,22 +15,18 @@ pub fn read(keys: &[Key], lookup: &dyn Fn(&str) -> Option<OsString>) -> Result<L
         let Some(raw) = lookup(&key.env).filter(|raw| !raw.is_empty()) else {
             continue;
         };
+        let origin = Origin::Env(key.env.clone());
+        let bad = |why: &str| LoadError(format!("{}: {raw:?} {why}", origin.blame(key)));
         let given = match key.kind {
-            Kind::Switch => Given::Switch(switch(&raw).ok_or_else(|| {
-                LoadError(format!(
-                    "{}: {raw:?} is not a boolean: use 1, 0, true or false",
-                    key.env
-                ))
-            })?),
+            Kind::Switch => Given::Switch(
+                switch(&raw).ok_or_else(|| bad("is not a boolean: use 1, 0, true or false"))?,
+            ),
             Kind::Many => {
-                let text = raw
-                    .to_str()
-                    .ok_or_else(|| LoadError(format!("{}: {raw:?} is not valid UTF-8", key.env)))?;
+                let text = raw.to_str().ok_or_else(|| bad("is not valid UTF-8"))?;
                 Given::Values(text.split(',').map(OsString::from).collect())
             }
-            Kind::One | Kind::Positional => Given::Values(vec![raw]),
+            Kind::One | Kind::Positional => Given::Values(vec![raw.clone()]),
         };
-        let origin = Origin::Env(key.env.clone());
         layer.insert(key.id.clone(), Sourced { given, origin });
     }
     Ok(layer)
@@ -80,6 +76,9 @@ mod tests {
     #[test]
     fn a_bad_switch_names_the_variable() {
         let err = read_vars(&[("RWSGI_PRELOAD", "maybe")]).unwrap_err();
-        assert!(err.starts_with("RWSGI_PRELOAD: \"maybe\""), "{err}");
+        assert!(
+            err.starts_with("RWSGI_PRELOAD (--preload): \"maybe\""),
+            "{err}"
+        );
     }
 }

@@ -165,11 +165,12 @@ impl fmt::Display for Origin {
 
 impl Origin {
     /// How a message about `key` names the place: `rwsgi.toml:3: workers`,
-    /// `RWSGI_WORKERS` or `--workers`.
+    /// `RWSGI_WORKERS (--workers)` or `--workers`.
     pub fn blame(&self, key: &Key) -> String {
         match self {
             Origin::File { path, line } => format!("{}:{line}: {}", path.display(), key.name),
-            Origin::Env(var) => var.clone(),
+            // The flag too: the variable's name may not say which it is (FORWARDED_ALLOW_IPS).
+            Origin::Env(var) => format!("{var} ({})", key.flag),
             Origin::CommandLine | Origin::Default => key.flag.clone(),
         }
     }
@@ -418,6 +419,37 @@ mod tests {
             named("forwarded_allow_ips").unwrap().clap_env.as_deref(),
             Some("FORWARDED_ALLOW_IPS")
         );
+    }
+
+    #[test]
+    fn command_line_over_env_over_file() {
+        use clap::CommandFactory;
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"workers = 2\nmax_queue = 5\nbacklog = 7\n").unwrap();
+        let config = file.path().to_str().unwrap();
+        let argv = ["rwsgi", "config", "-c", config, "-w", "4", "app:app"];
+        let matches = crate::cli::Cli::command()
+            .try_get_matches_from(argv)
+            .unwrap();
+        let (_, given) = matches.subcommand().unwrap();
+        let env = |name: &str| {
+            let value = match name {
+                "RWSGI_WORKERS" => "3",
+                "RWSGI_MAX_QUEUE" => "9",
+                _ => return None,
+            };
+            Some(OsString::from(value))
+        };
+        let layered = Layered::load(given, &env).unwrap();
+        assert_eq!(layered.args.workers, Some(4));
+        assert_eq!(layered.args.max_queue, 9);
+        assert_eq!(layered.args.backlog, 7);
+        assert_eq!(layered.args.max_connections, 10_000);
+        let origin = |id: &str| layered.origins[id].to_string();
+        assert_eq!(origin("workers"), "command line");
+        assert_eq!(origin("max_queue"), "env RWSGI_MAX_QUEUE");
+        assert_eq!(origin("backlog"), format!("file {config}:3"));
+        assert_eq!(origin("max_connections"), "default");
     }
 
     #[test]
