@@ -1,5 +1,11 @@
 //! The command line: clap structures with gunicorn's flag names. No I/O happens here;
-//! `config` turns these raw values into checked settings.
+//! `config` layers the config file and the environment under these values and turns
+//! the result into checked settings.
+//!
+//! These structures are the one list of settings: every option of [`ServeArgs`] (and
+//! the APP) also has a key in `rwsgi.toml` (its long name in snake_case) and an
+//! environment variable (`RWSGI_` and the key in capitals), derived from clap's own
+//! metadata in `config::sources`. A new flag needs no other line to get both.
 
 use std::path::PathBuf;
 
@@ -18,11 +24,21 @@ pub struct Cli {
 pub enum Command {
     /// Serve a WSGI application.
     Serve(ServeArgs),
+    /// Print the effective configuration and where each value came from.
+    Config(ServeArgs),
+    /// Load the configuration and import the application without serving: exit 0 when
+    /// both are good, 2 for a configuration error, 4 when the application fails to load.
+    Check(ServeArgs),
 }
 
-/// `rwsgi serve [OPTIONS] APP`.
+/// `rwsgi serve [OPTIONS] APP` (and `config`, `check`).
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// The config file (TOML). [default: rwsgi.toml in the working directory, if there
+    /// is one]
+    #[arg(short = 'c', long, env = "RWSGI_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on: HOST:PORT, [IPV6]:PORT, HOST (port 8000) or unix:PATH.
     /// Repeat to listen on several. [default: 127.0.0.1:8000]
     #[arg(short = 'b', long = "bind", value_name = "ADDRESS")]
@@ -213,9 +229,10 @@ pub struct ServeArgs {
     )]
     pub forwarded_allow_ips: String,
 
-    /// The application: `module:callable`, `module`, `dir/module:callable` or `module:factory()`.
+    /// The application: `module:callable`, `module`, `dir/module:callable` or
+    /// `module:factory()`. Required, here or as `app` in the config file.
     #[arg(value_name = "APP")]
-    pub app: String,
+    pub app: Option<String>,
 
     // TLS (src/config/tls.rs).
     /// Serve HTTPS on every --bind with this PEM certificate chain (leaf first; the

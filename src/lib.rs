@@ -15,35 +15,101 @@ pub mod python;
 pub mod watcher;
 pub mod worker;
 
-use cli::{Cli, Command};
+use clap::{ArgMatches, FromArgMatches};
 
-/// Runs a parsed command line and returns the process exit code.
-pub fn run(cli: Cli) -> i32 {
+use cli::{Cli, Command};
+use config::{Layered, Settings};
+
+/// gunicorn's exit code for a configuration it cannot use (as clap's for a bad flag).
+const CONFIG_ERROR: i32 = 2;
+
+/// Runs the parsed command line (of [`cli::Cli`]) and returns the process exit code.
+pub fn run(matches: &ArgMatches) -> i32 {
     // Before --chdir and before the process title overwrites the arguments: a binary
     // upgrade (USR2) starts the program again as it was started.
     let program = master::Program::capture();
-    match cli.command {
-        Command::Serve(args) => match config::Settings::from_args(&args) {
-            Ok(settings) => {
-                if let Some(path) = &settings.error_log
-                    && let Err(err) = log::redirect_stderr(path)
-                {
-                    eprintln!("rwsgi: error: --error-logfile: {}: {err}", path.display());
-                    return 1;
-                }
-                log::init(args.log_level.as_deref());
-                if let Some(dir) = &settings.chdir
-                    && let Err(err) = std::env::set_current_dir(dir)
-                {
-                    eprintln!("rwsgi: error: --chdir: {}: {err}", dir.display());
-                    return 2;
-                }
-                master::run(settings, program)
-            }
-            Err(err) => {
-                eprintln!("rwsgi: error: {err}");
-                2
-            }
+    let command = match Cli::from_arg_matches(matches) {
+        Ok(cli) => cli.command,
+        Err(err) => return err.exit_code(),
+    };
+    // The subcommand's own matches say which values the command line set.
+    let Some((_, given)) = matches.subcommand() else {
+        return CONFIG_ERROR;
+    };
+    let layered = match Layered::load(given, &|name| std::env::var_os(name)) {
+        Ok(layered) => layered,
+        Err(err) => {
+            eprintln!("rwsgi: error: {err}");
+            return CONFIG_ERROR;
+        }
+    };
+    let resolve = || {
+        Settings::from_args(&layered.args).map_err(|err| {
+            eprintln!("rwsgi: error: {}", layered.explain(&err));
+            CONFIG_ERROR
+        })
+    };
+    let log_level = layered.args.log_level.as_deref();
+    match command {
+        Command::Serve(_) => match resolve() {
+            Ok(settings) => serve(settings, log_level, program),
+            Err(code) => code,
         },
+        Command::Config(_) => {
+            print!("{}", layered.describe());
+            // Without an APP the rest cannot be resolved; the listing is what was asked.
+            match layered.args.app {
+                Some(_) => resolve().map_or_else(|code| code, |_| 0),
+                None => 0,
+            }
+        }
+        Command::Check(_) => match resolve() {
+            Ok(settings) => check(settings, log_level),
+            Err(code) => code,
+        },
+    }
+}
+
+/// `rwsgi serve`: the error log, --chdir, then the master until it stops.
+fn serve(settings: Settings, log_level: Option<&str>, program: master::Program) -> i32 {
+    if let Some(path) = &settings.error_log
+        && let Err(err) = log::redirect_stderr(path)
+    {
+        eprintln!("rwsgi: error: --error-logfile: {}: {err}", path.display());
+        return 1;
+    }
+    log::init(log_level);
+    if let Err(code) = change_dir(&settings) {
+        return code;
+    }
+    master::run(settings, program)
+}
+
+/// `rwsgi check`: imports the application the way `--preload` does, binding nothing;
+/// errors go to the terminal, not to --error-logfile.
+fn check(settings: Settings, log_level: Option<&str>) -> i32 {
+    log::init(log_level);
+    if let Err(code) = change_dir(&settings) {
+        return code;
+    }
+    match python::preload(&settings) {
+        Ok(()) => {
+            println!(
+                "rwsgi: configuration OK, application {:?} loaded",
+                settings.app.text
+            );
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+fn change_dir(settings: &Settings) -> Result<(), i32> {
+    match &settings.chdir {
+        Some(dir) => std::env::set_current_dir(dir).map_err(|err| {
+            eprintln!("rwsgi: error: --chdir: {}: {err}", dir.display());
+            CONFIG_ERROR
+        }),
+        None => Ok(()),
     }
 }

@@ -1,8 +1,10 @@
 //! The `rwsgi` executable: parse the command line, hand over to the library, exit.
 
-use clap::Parser;
+use clap::CommandFactory;
 
 fn main() {
-    let cli = rwsgi::cli::Cli::parse();
-    std::process::exit(rwsgi::run(cli));
+    // Matches, not the derived struct: the config layering needs to know which values
+    // the command line itself set.
+    let matches = rwsgi::cli::Cli::command().get_matches();
+    std::process::exit(rwsgi::run(&matches));
 }

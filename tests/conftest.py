@@ -30,7 +30,7 @@ def free_port() -> int:
 class Server:
     """One running `rwsgi serve`: its process, its address and everything it logged."""
 
-    def __init__(self, app: str, *args: str, workers: int | None = 2, bind: str | None = None,
+    def __init__(self, app: str | None, *args: str, workers: int | None = 2, bind: str | None = None,
                  env: dict | None = None, cwd: str | os.PathLike | None = None,
                  wait: bool = True, port: int | None = None, wrap: list[str] | None = None,
                  **popen):
@@ -45,8 +45,10 @@ class Server:
         if env:
             full_env.update(env)
         binding = ["-b", bind] if bind else []  # bind="": no --bind at all
-        count = ["-w", str(workers)] if workers is not None else []  # None: rwsgi's default
-        self.argv = [*(wrap or []), str(BINARY), "serve", *binding, *count, *args, app]
+        # workers=None, app=None: no -w, no APP (a config file gives them).
+        counting = ["-w", str(workers)] if workers is not None else []
+        self.argv = [*(wrap or []), str(BINARY), "serve", *binding, *counting, *args,
+                     *([app] if app is not None else [])]
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=full_env, cwd=cwd, text=True, errors="replace",
                                      **popen)

@@ -378,3 +378,40 @@ def test_killed_front_tier_never_refuses_a_connection(serve):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("GET", "/")
     assert conn.getresponse().read() == b"Hello, World!\n"
+
+
+# -- HUP re-reads the configuration -----------------------------------------------------
+
+
+def test_hup_rereads_the_config_file(serve, tmp_path):
+    write_version(tmp_path, "v1")
+    config = tmp_path / "rwsgi.toml"
+    config.write_text("workers = 1\nkeep_alive = 5\n")
+    server = serve("reload_app:app", "--pythonpath", str(tmp_path), workers=None, cwd=tmp_path,
+                   env=RELOAD_ENV)
+    wait_until(lambda: len(workers_of(server.pid)) == 1, what="one worker")
+    load = Load(server.port, threads=2)
+    try:
+        # A mistake in the file: the HUP keeps what runs.
+        config.write_text("workers = 2\nwokers = 3\n")
+        server.signal(signal.SIGHUP)
+        server.wait_for_log(r"the configuration is not usable.*wokers")
+        server.wait_for_log(r"Reload done")
+        time.sleep(0.5)  # the old worker retires
+        assert len(workers_of(server.pid)) == 1
+        # Fixed: the workers' settings apply, the front tier's wait for a restart.
+        config.write_text("workers = 2\nkeep_alive = 9\n")
+        server.signal(signal.SIGHUP)
+        server.wait_for_log(r"HUP: 2 workers \(was 1\)")
+        server.wait_for_log(r"apply only after a restart or USR2.*front tier")
+        wait_until(lambda: len(workers_of(server.pid)) == 2, what="two workers")
+        # TTIN then a HUP that leaves the count alone: the TTIN stays.
+        server.signal(signal.SIGTTIN)
+        wait_until(lambda: len(workers_of(server.pid)) == 3, what="three workers")
+        server.signal(signal.SIGHUP)
+        server.wait_for_log(r"Reload done", count=3)
+        time.sleep(1)
+        assert len(workers_of(server.pid)) == 3
+    finally:
+        failures = load.stop()
+    assert not failures, failures[:5]

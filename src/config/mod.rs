@@ -1,17 +1,22 @@
 //! Settings: the checked, resolved configuration every role reads.
 //!
-//! Built from the command line (a config file and environment variables come later,
-//! with the command line winning). Everything a user can get wrong is checked here,
-//! before any socket is bound or process forked, and reported as one line naming the
-//! flag.
+//! Built in two steps, as ripgrep does: [`sources`] layers the command line over the
+//! environment over the config file over the defaults into one `ServeArgs` (remembering
+//! where each value came from), then [`Settings::from_args`] checks and resolves it.
+//! Everything a user can get wrong is checked here, before any socket is bound or
+//! process forked, and reported as one line naming the flag or key and where it was set.
 
 mod app;
 mod bind;
+mod env;
+mod file;
 mod hooks;
 mod identity;
 mod limits;
 mod mounts;
 mod reload;
+mod show;
+pub mod sources;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -24,6 +29,7 @@ pub use identity::Credentials;
 pub use limits::{Limits, Trusted};
 pub use mounts::{FileSettings, Mount};
 pub use reload::Reload;
+pub use sources::{Layered, LoadError, Origin};
 pub use tls::{CertSource, LoadedCert, TlsSettings};
 
 use crate::cli::ServeArgs;
@@ -121,6 +127,23 @@ pub struct CompressSettings {
     pub min_size: u64,
 }
 
+/// The settings of `rwsgi serve ARGS` as the command line, the environment and the
+/// config file give them now (the master's SIGHUP). Call from the directory rwsgi was
+/// started in; the error is the message to log.
+pub fn reread(args: &[std::ffi::OsString]) -> Result<Settings, String> {
+    use clap::CommandFactory;
+    let argv = std::iter::once(std::ffi::OsString::from("rwsgi")).chain(args.iter().cloned());
+    let matches = crate::cli::Cli::command()
+        .try_get_matches_from(argv)
+        .map_err(|err| err.to_string())?;
+    let Some((_, given)) = matches.subcommand() else {
+        return Err("no command".into());
+    };
+    let layered =
+        Layered::load(given, &|name| std::env::var_os(name)).map_err(|e| e.to_string())?;
+    Settings::from_args(&layered.args).map_err(|err| layered.explain(&err))
+}
+
 impl Settings {
     /// Checks and resolves the command line of `rwsgi serve`.
     pub fn from_args(args: &ServeArgs) -> Result<Settings, ConfigError> {
@@ -203,7 +226,14 @@ impl Settings {
             };
             Some(limits::seconds("--timeout", timeout_seconds).map_err(refused)?)
         };
-        let app = AppSpec::parse(&args.app, args.chdir.as_deref())?;
+        let app = args.app.as_deref().ok_or_else(|| {
+            ConfigError::new(
+                "APP",
+                "no application given: name it after the options (module:callable) or as \
+                 `app` in rwsgi.toml",
+            )
+        })?;
+        let app = AppSpec::parse(app, args.chdir.as_deref())?;
         let max_worker_memory = args.max_worker_memory.checked_mul(1 << 20).ok_or_else(|| {
             ConfigError::new(
                 "--max-worker-memory",

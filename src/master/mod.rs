@@ -10,6 +10,7 @@
 mod control;
 pub mod listeners;
 mod notify;
+mod reconfigure;
 pub mod scoreboard;
 mod signals;
 mod spawn;
@@ -107,6 +108,7 @@ pub fn run(settings: Settings, program: Program) -> i32 {
     }
     let notifier = notify::Notifier::from_env();
     let watchdog = timeout::Watchdog::new(settings.timeout);
+    let configured_workers = settings.workers;
     let mut arbiter = Arbiter {
         settings,
         listeners,
@@ -126,6 +128,7 @@ pub fn run(settings: Settings, program: Program) -> i32 {
         upgrade,
         watchdog,
         watcher: None,
+        configured_workers,
     };
     let code = arbiter.run();
     if !arbiter.upgrade.shares_listeners() {
@@ -203,6 +206,8 @@ struct Arbiter {
     watchdog: timeout::Watchdog,
     /// The `--reload` file watcher, while it runs.
     watcher: Option<Watcher>,
+    /// The worker count the configuration gave (TTIN/TTOU change `settings.workers`).
+    configured_workers: usize,
 }
 
 struct Watcher {
@@ -322,6 +327,12 @@ impl Arbiter {
             "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
             notify::monotonic_usec()
         ));
+        match self.upgrade.program.settings_now() {
+            Ok(settings) => self.adopt(settings),
+            Err(err) => {
+                error!("HUP: the configuration is not usable, keeping the current one: {err}")
+            }
+        }
         if self.settings.tls.is_some()
             && let Some(front) = &self.front
             && let Err(err) = control::send_reload_tls(&front.control)

@@ -61,6 +61,11 @@ impl Watchdog {
         }
     }
 
+    /// A new `--timeout` (SIGHUP), for every worker from now on.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
     /// The longest the master's loop may sleep.
     pub fn tick(&self) -> Duration {
         if self.timeout.is_some() {

@@ -41,6 +41,20 @@ pub struct Program {
 }
 
 impl Program {
+    /// The settings as they read now, from the directory rwsgi was started in (the
+    /// master's working directory is put back after).
+    pub fn settings_now(&self) -> Result<crate::config::Settings, String> {
+        let here = std::env::current_dir().map_err(|err| err.to_string())?;
+        if let Some(cwd) = &self.cwd {
+            std::env::set_current_dir(cwd).map_err(|err| format!("{}: {err}", cwd.display()))?;
+        }
+        let settings = crate::config::reread(&self.args);
+        if let Err(err) = std::env::set_current_dir(&here) {
+            error!("cannot go back to {}: {err}", here.display());
+        }
+        settings
+    }
+
     /// Reads the binary's path, the arguments and the working directory. Call before
     /// the process title is set (it writes over the arguments).
     pub fn capture() -> Program {
@@ -92,7 +106,7 @@ impl Handover {
 
 /// The upgrade state of one master.
 pub struct Upgrade {
-    program: Program,
+    pub program: Program,
     /// The new master this one started (USR2), while it runs.
     pub child: Option<Pid>,
     /// The master that started this one, if this one is an upgrade.
