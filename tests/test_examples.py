@@ -1,0 +1,50 @@
+"""The deployment examples in examples/ name only flags rwsgi knows, with values it takes:
+their command lines are run through `rwsgi config` (which parses and lists them without
+serving)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from conftest import BINARY, ROOT
+
+EXAMPLES = ROOT / "examples"
+
+
+def flags_of_service() -> list[str]:
+    text = (EXAMPLES / "systemd" / "rwsgi.service").read_text()
+    command = re.search(r"^ExecStart=(.*?)(?<!\\)$", text, re.M | re.S).group(1)
+    words = command.replace("\\\n", " ").split()
+    assert words[:2] == ["/usr/local/bin/rwsgi", "serve"], words
+    return words[2:-1]  # without the APP
+
+
+def flags_of_deployment() -> list[str]:
+    text = (EXAMPLES / "kubernetes" / "deployment.yaml").read_text()
+    args = re.findall(r"^\s+- (--\S+)", text, re.M)
+    assert "serve" in re.findall(r"^\s+- (serve)$", text, re.M)
+    return args
+
+
+def run_config(flags: list[str]) -> str:
+    proc = subprocess.run([str(BINARY), "config", *flags], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, (flags, proc.stderr)
+    return proc.stdout
+
+
+def test_the_systemd_unit_uses_real_flags():
+    flags = flags_of_service()
+    assert "--health-path" in flags and "--error-logfile" in flags
+    listing = run_config(flags)
+    assert 'health_path = "/healthz"' in listing, listing
+    assert "workers = 4" in listing, listing
+
+
+def test_the_kubernetes_deployment_uses_real_flags():
+    flags = flags_of_deployment()
+    assert "--health-path=/healthz" in flags
+    listing = run_config(flags)
+    assert 'bind = ["0.0.0.0:8000"]' in listing, listing
+    assert "graceful_timeout = 30" in listing, listing
