@@ -68,10 +68,12 @@ def wait_workers(server, count: int, timeout: float = 10.0) -> list[int]:
 
 
 def connect_refused(port: int) -> bool:
+    """Whether a new connection is turned away: refused, or reset when the listener
+    closes with it still in the backlog (both are the kernel's no)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
 
 
