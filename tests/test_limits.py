@@ -398,8 +398,10 @@ def test_queue_full_gets_503_with_retry_after(serve):
     assert statuses == [200, 200, 503], {i: r.statuses for i, (r, _) in results.items()}
     refused = [r for r, _ in results.values() if r.statuses == [503]][0]
     assert refused.responses[0].header("retry-after"), refused.responses[0].headers
-    busy, elapsed = results[2]
-    assert busy.statuses == [503] and elapsed < 1, (busy.statuses, elapsed)
+    # The one turned away (the last to arrive, unless the machine delayed the first)
+    # is answered at once, not after waiting.
+    (elapsed,) = [e for r, e in results.values() if r.statuses == [503]]
+    assert elapsed < 1, elapsed
 
 
 def test_queue_timeout(serve):
