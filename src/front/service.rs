@@ -16,6 +16,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::{error, info, warn};
 
+use super::access_log::{AccessLog, Logged};
 use super::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
 use super::channel::{Event, Failure, Refused, StreamHold};
 use super::compress::Compression;
@@ -23,6 +24,7 @@ use super::guard::check::Reject;
 use super::guard::{ConnGuard, Tracked};
 use super::pool::Pool;
 use super::proxy::{ClientFacts, client_facts};
+use super::request_id::{self, X_REQUEST_ID};
 use super::sendfile::Target;
 use super::static_files::Files;
 use crate::config::{Limits, Trusted};
@@ -60,6 +62,8 @@ pub struct Shared {
     pub trusted: Trusted,
     /// `Strict-Transport-Security` for responses over TLS (`--hsts`).
     pub hsts: Option<HeaderValue>,
+    /// `--access-logfile`, when on.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Whose fault a failed request is; [`error_response`] turns it into a status.
@@ -82,11 +86,17 @@ enum RequestError {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    request: Request<hyper::body::Incoming>,
-) -> Result<Response<Tracked<ResponseBody>>, Infallible> {
+    mut request: Request<hyper::body::Incoming>,
+) -> Result<Response<Tracked<Logged<ResponseBody>>>, Infallible> {
     let (index, busy) = conn.guard.begin();
     let version = request.version();
-    let result = match conn.guard.refused_head(index) {
+    let request_id = request_id::assign(request.headers_mut());
+    let refused_head = conn.guard.refused_head(index);
+    let mut entry = shared.access_log.as_ref().map(|log| {
+        let remote = client_facts(request.headers(), &conn, &shared.trusted).addr;
+        log.begin(&request, remote, &request_id, refused_head.is_some())
+    });
+    let result = match refused_head {
         Some(reject) => Err(refused(reject)),
         None => dispatch(&shared, &conn, index, request).await,
     };
@@ -104,7 +114,16 @@ pub async fn handle(
             .entry(STRICT_TRANSPORT_SECURITY)
             .or_insert_with(|| hsts.clone());
     }
-    Ok(response.map(|body| Tracked::new(body, busy)))
+    // Every response names its request, static files and errors too; an app's own
+    // value wins.
+    response
+        .headers_mut()
+        .entry(X_REQUEST_ID)
+        .or_insert(request_id);
+    if let Some(entry) = &mut entry {
+        entry.respond(&response);
+    }
+    Ok(response.map(|body| Tracked::new(Logged::new(body, entry), busy)))
 }
 
 fn refused(reject: Reject) -> RequestError {
@@ -193,7 +212,7 @@ async fn dispatch(
         })?,
         reject = conn.guard.body_refused(index) => return Err(refused(reject)),
     };
-    let facts = client_facts(&parts, conn, &shared.trusted);
+    let facts = client_facts(&parts.headers, conn, &shared.trusted);
     let (body, spool) = match body {
         RequestBody::Memory(bytes) => (Some(bytes), None),
         RequestBody::File { file, length } => (None, Some((file, length))),
