@@ -18,23 +18,40 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The longest id kept from a request; a longer one is replaced.
 pub const MAX_LENGTH: usize = 128;
 
-/// Makes sure `headers` carry exactly one sane `X-Request-Id` and returns it: the
-/// request's own if it sent one (visible ASCII, 1 to [`MAX_LENGTH`] bytes), else a new
-/// one. Several ids, or one with spaces, control or non-ASCII bytes, are replaced: they
-/// would be ambiguous, or could forge lines in a log.
-pub fn assign(headers: &mut HeaderMap) -> HeaderValue {
+/// A request's id, chosen from its headers by [`pick`].
+pub struct Picked {
+    /// The id.
+    pub id: HeaderValue,
+    /// Whether the request's headers carry it already, alone.
+    sent: bool,
+}
+
+/// The request's own id if it sent one (visible ASCII, 1 to [`MAX_LENGTH`] bytes),
+/// else a new one. Several ids, or one with spaces, control or non-ASCII bytes, are
+/// replaced: they would be ambiguous, or could forge lines in a log.
+pub fn pick(headers: &HeaderMap) -> Picked {
     let mut sent = headers.get_all(&X_REQUEST_ID).iter();
-    let kept = match (sent.next(), sent.next()) {
-        (Some(only), None) if is_sane(only.as_bytes()) => return only.clone(),
-        (None, _) => None,
-        _ => Some(()),
-    };
-    let id = generate();
-    if kept.is_some() {
-        headers.remove(&X_REQUEST_ID);
+    match (sent.next(), sent.next()) {
+        (Some(only), None) if is_sane(only.as_bytes()) => Picked {
+            id: only.clone(),
+            sent: true,
+        },
+        _ => Picked {
+            id: generate(),
+            sent: false,
+        },
     }
-    headers.insert(X_REQUEST_ID, id.clone());
-    id
+}
+
+impl Picked {
+    /// Makes `headers` carry exactly this id (the head the worker gets). Done after the
+    /// request's limits are checked: the client's header count and sizes are its own.
+    pub fn install(&self, headers: &mut HeaderMap) {
+        if !self.sent {
+            // insert() replaces every value the name had.
+            headers.insert(X_REQUEST_ID, self.id.clone());
+        }
+    }
 }
 
 fn is_sane(id: &[u8]) -> bool {
@@ -105,6 +122,12 @@ fn hex(value: u64, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn assign(headers: &mut HeaderMap) -> HeaderValue {
+        let picked = pick(headers);
+        picked.install(headers);
+        picked.id
+    }
 
     #[test]
     fn a_sane_id_is_kept() {

@@ -86,19 +86,19 @@ enum RequestError {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    mut request: Request<hyper::body::Incoming>,
+    request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Tracked<Logged<ResponseBody>>>, Infallible> {
     let (index, busy) = conn.guard.begin();
     let version = request.version();
-    let request_id = request_id::assign(request.headers_mut());
+    let request_id = request_id::pick(request.headers());
     let refused_head = conn.guard.refused_head(index);
     let mut entry = shared.access_log.as_ref().map(|log| {
         let remote = client_facts(request.headers(), &conn, &shared.trusted).addr;
-        log.begin(&request, remote, &request_id, refused_head.is_some())
+        log.begin(&request, remote, &request_id.id, refused_head.is_some())
     });
     let result = match refused_head {
         Some(reject) => Err(refused(reject)),
-        None => dispatch(&shared, &conn, index, request).await,
+        None => dispatch(&shared, &conn, index, request, &request_id).await,
     };
     let mut response = match result {
         Ok(response) => response,
@@ -119,7 +119,7 @@ pub async fn handle(
     response
         .headers_mut()
         .entry(X_REQUEST_ID)
-        .or_insert(request_id);
+        .or_insert(request_id.id);
     if let Some(entry) = &mut entry {
         entry.respond(&response);
     }
@@ -191,10 +191,12 @@ async fn dispatch(
     conn: &ConnInfo,
     index: u64,
     request: Request<hyper::body::Incoming>,
+    request_id: &request_id::Picked,
 ) -> Result<Response<ResponseBody>, RequestError> {
-    let (parts, incoming) = request.into_parts();
+    let (mut parts, incoming) = request.into_parts();
     let limits = &shared.limits;
     check_head(&parts, limits)?;
+    request_id.install(&mut parts.headers);
     if let Some(response) = shared.files.serve_static(&parts) {
         return Ok(response);
     }
