@@ -73,28 +73,21 @@ front_ticks() {
     awk '{print $14 + $15}' "/proc/$front/stat"
 }
 
-# Measures server $1 once on its target_url: sets rps, p99, errors and cpu (the front
-# tier's CPU microseconds per request over the measured run: steadier than requests/s
-# on a machine shared with other work).
+# Called by measure_url around the measured run: the front tier's CPU time over it.
+on_measure() {
+    case $1 in
+        start) ticks_before=$(front_ticks "$server_pid") ;;
+        end) ticks_after=$(front_ticks "$server_pid") ;;
+    esac
+}
+
+# Measures server $1 once: sets rps, p99, errors and cpu (the front tier's CPU
+# microseconds per request over the measured run: steadier than requests/s on a machine
+# shared with other work).
 measure_cpu() {
-    local name=$1 port url report before after requests hz
-    port=$(free_port)
-    url=$(target_url "$name" "$port")
-    start_server "$name" "$port"
-    server_name=$name
-    wait_ready "$url" "$server_pid" "" any || { log "$name did not come up"; tail -n 30 "$LOGS/$name-$port.log" >&2; exit 1; }
-    timeout -k 5 $((WARMUP + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
-    before=$(front_ticks "$server_pid")
-    report=$(timeout -k 5 $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")
-    after=$(front_ticks "$server_pid")
-    stop_server
-    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$report")
-    p99=$(awk '$1 == "99%" {print $2}' <<<"$report")
-    errors=$(grep -E 'Non-2xx|Socket errors' <<<"$report" | sed 's/^ *//' | paste -sd ';' - || true)
-    requests=$(awk '/requests in/ {print $1}' <<<"$report")
-    hz=$(getconf CLK_TCK)
-    [[ -n $rps && -n $requests ]] || { log "could not read wrk's report:"; printf '%s\n' "$report" >&2; exit 1; }
-    cpu=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+    measure_url "$1"
+    cpu=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" \
+        'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
 }
 
 log "$(nproc) CPUs; $(wrk --version 2>&1 | head -n1 | awk '{print "wrk", $2}')"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import rawhttp
 from conftest import BINARY, children_of
+from test_logs import settled_children
 
 APP = "access_apps:app"
 
@@ -216,7 +217,7 @@ def test_no_access_log_by_default(serve):
 def test_usr1_after_moving_the_file_writes_a_new_one(serve, tmp_path):
     log = tmp_path / "access.log"
     server = serve(APP, "--access-logfile", str(log), workers=1)
-    children = sorted(children_of(server.pid))
+    children = sorted(settled_children(server, 2))  # the front tier and the worker
     assert fetch(server.port, "GET", "/before")[0] == 200
     log_lines(log, 1)
     rotated = tmp_path / "access.log.1"

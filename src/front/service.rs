@@ -16,7 +16,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::{error, info, warn};
 
-use super::access_log::{AccessLog, Logged};
+use super::access_log::{AccessLog, Entry};
 use super::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
 use super::channel::{Event, Failure, Refused, StreamHold};
 use super::compress::Compression;
@@ -87,7 +87,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     request: Request<hyper::body::Incoming>,
-) -> Result<Response<Tracked<Logged<ResponseBody>>>, Infallible> {
+) -> Result<Response<Tracked<ResponseBody, Option<Entry>>>, Infallible> {
     let (index, busy) = conn.guard.begin();
     let version = request.version();
     let request_id = request_id::pick(request.headers());
@@ -123,7 +123,7 @@ pub async fn handle(
     if let Some(entry) = &mut entry {
         entry.respond(&response);
     }
-    Ok(response.map(|body| Tracked::new(Logged::new(body, entry), busy)))
+    Ok(response.map(|body| Tracked::new(body, entry, busy)))
 }
 
 fn refused(reject: Reject) -> RequestError {

@@ -2,10 +2,11 @@
 //! every request (static files, app responses, its own errors).
 //!
 //! A request's facts are taken when it arrives ([`AccessLog::begin`]) and when its
-//! response head is ready ([`Entry::respond`]); the response body is then wrapped in
-//! [`Logged`], which counts the body bytes handed to hyper and writes the line when the
-//! body is dropped: after its last byte, or when the client went away (with what was
-//! sent by then). A HEAD response is dropped unpolled: 0 bytes.
+//! response head is ready ([`Entry::respond`]); the entry then goes with the response
+//! body (the guard's [`Tracked`](super::guard::Tracked) body, which shows it the bytes
+//! handed to hyper) and writes the line when the body is dropped: after its last byte,
+//! or when the client went away (with what was sent by then). A HEAD response is
+//! dropped unpolled: 0 bytes.
 //!
 //! Only what the compiled format prints is kept per request. Nothing here does I/O:
 //! lines go to a buffer that a thread of its own writes out ([`sink`]).
@@ -16,17 +17,14 @@ mod sink;
 use std::cell::RefCell;
 use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Buf;
-use http_body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri, Version};
 use tracing::warn;
 
+use super::guard::Observer;
 use crate::config::{self, Format};
 pub use sink::Writer;
 
@@ -129,10 +127,10 @@ impl Entry {
     }
 
     /// Writes the line: the response is over.
-    fn finish(self) {
-        let facts = *self.0;
+    fn finish(&self) {
+        let facts = &*self.0;
         let took = facts.started.elapsed();
-        let record = Record::of(&facts, took, SystemTime::now());
+        let record = Record::of(facts, took, SystemTime::now());
         thread_local! {
             /// A line is made here, then copied whole into the shared buffer.
             static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -238,56 +236,17 @@ fn base64(text: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A response body that counts what it hands to hyper and writes the access log line
-/// when it is dropped. Without an access log it only passes frames on.
-pub struct Logged<B> {
-    body: B,
-    entry: Option<Entry>,
-}
-
-impl<B> Logged<B> {
-    /// `body`, logged through `entry` when there is an access log.
-    pub fn new(body: B, entry: Option<Entry>) -> Logged<B> {
-        Logged { body, entry }
+impl Observer for Entry {
+    fn data(&mut self, bytes: usize) {
+        self.0.bytes += bytes as u64;
     }
 }
 
-impl<B> Drop for Logged<B> {
+/// The line is written when the entry goes, with the response body: after its last
+/// byte, or when the client went away.
+impl Drop for Entry {
     fn drop(&mut self) {
-        if let Some(entry) = self.entry.take() {
-            entry.finish();
-        }
-    }
-}
-
-impl<B> Body for Logged<B>
-where
-    B: Body + Unpin,
-    B::Data: Buf,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(entry)) = (&polled, &mut this.entry)
-            && let Some(data) = frame.data_ref()
-        {
-            entry.0.bytes += data.remaining() as u64;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.finish();
     }
 }
 

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -141,20 +142,45 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that holds its request's [`Busy`] token until it is finished.
-pub struct Tracked<B> {
-    body: B,
-    _busy: Busy,
+/// Told of the data a response body hands to hyper (the access log counts it).
+pub trait Observer {
+    /// `bytes` more of the body are on their way to the client.
+    fn data(&mut self, bytes: usize);
 }
 
-impl<B> Tracked<B> {
-    /// `body`, holding `busy` for as long as it lives.
-    pub fn new(body: B, busy: Busy) -> Tracked<B> {
-        Tracked { body, _busy: busy }
+impl<O: Observer> Observer for Option<O> {
+    fn data(&mut self, bytes: usize) {
+        if let Some(observer) = self {
+            observer.data(bytes);
+        }
     }
 }
 
-impl<B: Body + Unpin> Body for Tracked<B> {
+/// A response body that holds its request's [`Busy`] token until it is finished, and
+/// shows its data to an [`Observer`], dropped with it (after the body).
+pub struct Tracked<B, O> {
+    body: B,
+    observer: O,
+    _busy: Busy,
+}
+
+impl<B, O> Tracked<B, O> {
+    /// `body`, holding `busy` and `observer` for as long as it lives.
+    pub fn new(body: B, observer: O, busy: Busy) -> Tracked<B, O> {
+        Tracked {
+            body,
+            observer,
+            _busy: busy,
+        }
+    }
+}
+
+impl<B, O> Body for Tracked<B, O>
+where
+    B: Body + Unpin,
+    B::Data: Buf,
+    O: Observer + Unpin,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -162,7 +188,14 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.observer.data(data.remaining());
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
