@@ -34,6 +34,8 @@ pub struct AccessLog {
     request_names: Vec<HeaderName>,
     response_names: Vec<HeaderName>,
     sink: Arc<sink::Sink>,
+    /// This process's pid (`%(p)s`), asked once: getpid is a system call.
+    pid: u32,
 }
 
 impl AccessLog {
@@ -46,6 +48,7 @@ impl AccessLog {
             response_names: header_names(&settings.format.response_headers),
             format: settings.format.clone(),
             sink,
+            pid: std::process::id(),
         };
         Ok((Arc::new(log), writer))
     }
@@ -159,6 +162,7 @@ pub struct Record<'a> {
     request_headers: &'a [Option<HeaderValue>],
     response_headers: &'a [Option<HeaderValue>],
     request_id: &'a [u8],
+    pid: u32,
 }
 
 impl<'a> Record<'a> {
@@ -197,6 +201,7 @@ impl<'a> Record<'a> {
             request_headers: &facts.request_headers,
             response_headers: &facts.response_headers,
             request_id: facts.request_id.as_bytes(),
+            pid: facts.log.pid,
         }
     }
 

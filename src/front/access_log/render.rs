@@ -5,7 +5,9 @@
 //! in text, `"`, `\`, control and non-ASCII bytes become `\xHH` (as nginx does); in
 //! JSON, strings are escaped as RFC 8259 says (bytes that are not UTF-8 as `\u00HH`).
 
+use std::cell::RefCell;
 use std::io::Write;
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Atom, Layout, Piece};
@@ -37,7 +39,7 @@ fn text_atom(atom: Atom, r: &Record<'_>, out: &mut Vec<u8>) {
     // Writing to a Vec cannot fail.
     let _ = match atom {
         Atom::RemoteAddr => match r.remote {
-            Some(ip) => write!(out, "{ip}"),
+            Some(ip) => address(ip, out),
             None => dash(out),
         },
         Atom::User(i) => match r.user(i) {
@@ -57,16 +59,21 @@ fn text_atom(atom: Atom, r: &Record<'_>, out: &mut Vec<u8>) {
         Atom::Path => escaped_or_dash(r.path.as_bytes(), out),
         Atom::Query => escaped(r.query.as_bytes(), out),
         Atom::Protocol => escaped_or_dash(r.protocol.as_bytes(), out),
-        Atom::Status => write!(out, "{}", r.status),
+        Atom::Status => number(r.status.into(), out),
         Atom::BytesOrDash if r.bytes == 0 => dash(out),
-        Atom::BytesOrDash | Atom::Bytes => write!(out, "{}", r.bytes),
-        Atom::Seconds => write!(out, "{}", r.took.as_secs()),
-        Atom::Micros => write!(out, "{}", r.took.as_micros()),
-        Atom::Millis => write!(out, "{}", r.took.as_millis()),
+        Atom::BytesOrDash | Atom::Bytes => number(r.bytes, out),
+        Atom::Seconds => number(r.took.as_secs(), out),
+        Atom::Micros => number(r.took.as_micros() as u64, out),
+        Atom::Millis => number(r.took.as_millis() as u64, out),
         Atom::DecimalSeconds => {
             write!(out, "{}.{:06}", r.took.as_secs(), r.took.subsec_micros())
         }
-        Atom::Pid => write!(out, "<{}>", std::process::id()),
+        Atom::Pid => {
+            out.push(b'<');
+            let _ = number(r.pid.into(), out);
+            out.push(b'>');
+            Ok(())
+        }
         Atom::RequestHeader(i) => header(r.request_headers.get(i), out),
         Atom::ResponseHeader(i) => header(r.response_headers.get(i), out),
         Atom::RequestId => escaped_or_dash(r.request_id, out),
@@ -108,13 +115,78 @@ fn escaped(bytes: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
 
 /// `[25/Nov/2026:09:55:00 +0000]`, gunicorn's `%(t)s` (in UTC).
 fn clf_time(at: SystemTime, out: &mut Vec<u8>) -> std::io::Result<()> {
-    let c = Civil::from_unix(unix(at).as_secs());
-    let month = MONTHS[(c.month.clamp(1, 12) - 1) as usize];
-    write!(
-        out,
-        "[{:02}/{month}/{:04}:{:02}:{:02}:{:02} +0000]",
-        c.day, c.year, c.hour, c.minute, c.second
-    )
+    with_clock(unix(at).as_secs(), |clock| {
+        out.extend_from_slice(&clock.clf)
+    });
+    Ok(())
+}
+
+/// A second's two renderings, made once a second per thread rather than once a line.
+struct Clock {
+    secs: u64,
+    /// `[25/Nov/2026:09:55:00 +0000]`.
+    clf: Vec<u8>,
+    /// `2026-11-25T09:55:00`.
+    iso: Vec<u8>,
+}
+
+fn with_clock(secs: u64, f: impl FnOnce(&Clock)) {
+    thread_local! {
+        static CLOCK: RefCell<Option<Clock>> = const { RefCell::new(None) };
+    }
+    CLOCK.with_borrow_mut(|cached| {
+        if cached.as_ref().is_none_or(|clock| clock.secs != secs) {
+            let c = Civil::from_unix(secs);
+            let month = MONTHS[(c.month.clamp(1, 12) - 1) as usize];
+            let clf = format!(
+                "[{:02}/{month}/{:04}:{:02}:{:02}:{:02} +0000]",
+                c.day, c.year, c.hour, c.minute, c.second
+            );
+            let iso = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                c.year, c.month, c.day, c.hour, c.minute, c.second
+            );
+            *cached = Some(Clock {
+                secs,
+                clf: clf.into_bytes(),
+                iso: iso.into_bytes(),
+            });
+        }
+        if let Some(clock) = cached {
+            f(clock);
+        }
+    });
+}
+
+/// `n` in decimal; core::fmt's machinery showed in profiles.
+fn number(mut n: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    Ok(())
+}
+
+fn address(ip: IpAddr, out: &mut Vec<u8>) -> std::io::Result<()> {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                number(octet.into(), out)?;
+            }
+            Ok(())
+        }
+        IpAddr::V6(v6) => write!(out, "{v6}"),
+    }
 }
 
 fn unix(at: SystemTime) -> Duration {
@@ -124,21 +196,21 @@ fn unix(at: SystemTime) -> Duration {
 /// `{"time": …, "remote_addr": …, …}`: the fields are documented in the README.
 fn json(r: &Record<'_>, out: &mut Vec<u8>) {
     let since = unix(r.finished);
-    let c = Civil::from_unix(since.as_secs());
-    let _ = write!(
-        out,
-        "{{\"time\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}+00:00\",\"remote_addr\":",
-        c.year,
-        c.month,
-        c.day,
-        c.hour,
-        c.minute,
-        c.second,
-        since.subsec_millis()
-    );
+    out.extend_from_slice(b"{\"time\":\"");
+    with_clock(since.as_secs(), |clock| out.extend_from_slice(&clock.iso));
+    let millis = since.subsec_millis();
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+    ]);
+    out.extend_from_slice(b"+00:00\",\"remote_addr\":");
     match r.remote {
         Some(ip) => {
-            let _ = write!(out, "\"{ip}\"");
+            out.push(b'"');
+            let _ = address(ip, out);
+            out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
     }
@@ -150,18 +222,17 @@ fn json(r: &Record<'_>, out: &mut Vec<u8>) {
     json_string(r.query.as_bytes(), out);
     out.extend_from_slice(b",\"protocol\":");
     json_string(r.protocol.as_bytes(), out);
-    let micros = r.took.as_micros();
-    let _ = write!(
-        out,
-        ",\"status\":{},\"bytes\":{},\"duration_ms\":{}.{:03}",
-        r.status,
-        r.bytes,
-        micros / 1000,
-        micros % 1000
-    );
+    let micros = r.took.as_micros() as u64;
+    out.extend_from_slice(b",\"status\":");
+    let _ = number(r.status.into(), out);
+    out.extend_from_slice(b",\"bytes\":");
+    let _ = number(r.bytes, out);
+    out.extend_from_slice(b",\"duration_ms\":");
+    let _ = number(micros / 1000, out);
+    let _ = write!(out, ".{:03}", micros % 1000);
     // The json layout puts the referer and user agent first among request headers.
-    for (name, index) in [("referer", 0), ("user_agent", 1)] {
-        let _ = write!(out, ",\"{name}\":");
+    for (name, index) in [(&b",\"referer\":"[..], 0), (b",\"user_agent\":", 1)] {
+        out.extend_from_slice(name);
         match r.request_headers.get(index) {
             Some(Some(value)) => json_string(value.as_bytes(), out),
             _ => out.extend_from_slice(b"null"),
@@ -233,5 +304,14 @@ mod tests {
         let mut out = Vec::new();
         clf_time(UNIX_EPOCH + Duration::from_secs(1_795_000_000), &mut out).unwrap();
         assert_eq!(out, b"[18/Nov/2026:11:06:40 +0000]");
+        out.clear();
+        for n in [0, 7, 10, 1234567890123] {
+            number(n, &mut out).unwrap();
+            out.push(b' ');
+        }
+        assert_eq!(out, b"0 7 10 1234567890123 ");
+        out.clear();
+        address("10.0.255.1".parse().unwrap(), &mut out).unwrap();
+        assert_eq!(out, b"10.0.255.1");
     }
 }
