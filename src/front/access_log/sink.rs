@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::config::AccessTarget;
 
@@ -138,8 +138,10 @@ fn write_loop(sink: &Sink, mut output: Output) {
         let seen = crate::log::usr1_count();
         if seen != usr1 {
             usr1 = seen;
-            if let Err(err) = output.reopen() {
-                error!("USR1: cannot reopen the access log: {err}");
+            match output.reopen() {
+                Ok(true) => info!("Handling signal: usr1; the access log was reopened"),
+                Ok(false) => {}
+                Err(err) => error!("Handling signal: usr1; cannot reopen the access log: {err}"),
             }
         }
         let dropped = sink.dropped.swap(0, Ordering::Relaxed);
@@ -179,11 +181,15 @@ impl Output {
     }
 
     /// Opens the file again by name (logrotate moved it away); stdout stays as it is.
-    fn reopen(&mut self) -> io::Result<()> {
-        if let Output::File(file, path) = self {
-            *file = append(path)?;
+    /// Whether there was a file to reopen.
+    fn reopen(&mut self) -> io::Result<bool> {
+        match self {
+            Output::File(file, path) => {
+                *file = append(path)?;
+                Ok(true)
+            }
+            Output::Stdout => Ok(false),
         }
-        Ok(())
     }
 
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
