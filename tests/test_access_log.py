@@ -205,6 +205,32 @@ def test_access_log_to_stdout(serve):
     assert DEFAULT_LINE.match(line), line
 
 
+def test_a_client_gone_mid_stream_is_logged_with_what_was_sent(serve, tmp_path):
+    log = tmp_path / "access.log"
+    server = serve(APP, "--access-logfile", str(log), workers=1)
+    with rawhttp.Connection(server.port, timeout=5) as conn:
+        conn.send("GET", "/stream")
+        status, _ = conn.read_head()
+        assert status == 200
+        assert conn.read_chunk()  # some of the body came, then the client leaves
+    [line] = log_lines(log, 1)
+    fields = DEFAULT_LINE.match(line).groupdict()
+    assert fields["r"] == "GET /stream HTTP/1.1" and fields["s"] == "200"
+    # Something was sent, far from the whole megabyte.
+    assert 1000 <= int(fields["b"]) < 1_000_000, line
+
+
+def test_a_client_gone_before_the_answer_is_logged_499(serve, tmp_path):
+    log = tmp_path / "access.log"
+    server = serve(APP, "--access-logfile", str(log), workers=1)
+    with rawhttp.Connection(server.port, timeout=5) as conn:
+        conn.send("GET", "/slow")  # the app answers after a second
+        time.sleep(0.3)
+    [line] = log_lines(log, 1)
+    fields = DEFAULT_LINE.match(line).groupdict()
+    assert (fields["r"], fields["s"], fields["b"]) == ("GET /slow HTTP/1.1", "499", "-")
+
+
 def test_no_access_log_by_default(serve):
     server = serve(APP, workers=1)
     assert fetch(server.port, "GET", "/unlogged")[0] == 200

@@ -6,7 +6,8 @@
 //! body (the guard's [`Tracked`](super::guard::Tracked) body, which shows it the bytes
 //! handed to hyper) and writes the line when the body is dropped: after its last byte,
 //! or when the client went away (with what was sent by then). A HEAD response is
-//! dropped unpolled: 0 bytes.
+//! dropped unpolled: 0 bytes. A client gone before the response head was ready is
+//! logged with nginx's 499.
 //!
 //! Only what the compiled format prints is kept per request. Nothing here does I/O:
 //! lines go to a buffer that a thread of its own writes out ([`sink`]).
@@ -194,7 +195,12 @@ impl<'a> Record<'a> {
                 Version::HTTP_3 => "HTTP/3",
                 _ => "HTTP/1.1",
             },
-            status: facts.status,
+            // No response head: the client went away while the request was under way
+            // (nginx's 499, "client closed request").
+            status: match facts.status {
+                0 => 499,
+                status => status,
+            },
             bytes: facts.bytes,
             took,
             finished,
