@@ -159,13 +159,22 @@ measure_url() {
         exit 1
     fi
     timeout -k 5 $((WARMUP + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+    # A script may watch the measured run: `on_measure start|end` (bench/accesslog.sh).
+    if declare -F on_measure >/dev/null; then on_measure start; fi
     report=$(timeout -k 5 $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")
+    if declare -F on_measure >/dev/null; then on_measure end; fi
     printf '%s\n' "$report" >"$LOGS/$name-$port.wrk"
     stop_server
-    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$report")
-    p99=$(awk '$1 == "99%" {print $2}' <<<"$report")
-    errors=$(grep -E 'Non-2xx|Socket errors' <<<"$report" | sed 's/^ *//' | paste -sd ';' - || true)
-    [[ -n $rps ]] || { log "could not read Requests/sec from wrk for $name:"; printf '%s\n' "$report" >&2; exit 1; }
+    read_wrk "$name" "$report"
+}
+
+# Reads wrk's report $2 of server $1: sets rps, p99, errors and requests.
+read_wrk() {
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$2")
+    p99=$(awk '$1 == "99%" {print $2}' <<<"$2")
+    errors=$(grep -E 'Non-2xx|Socket errors' <<<"$2" | sed 's/^ *//' | paste -sd ';' - || true)
+    requests=$(awk '/requests in/ {print $1}' <<<"$2")
+    [[ -n $rps && -n $requests ]] || { log "could not read Requests/sec from wrk for $1:"; printf '%s\n' "$2" >&2; exit 1; }
 }
 
 # Runs ROUNDS rounds of `measure_url` over the servers named after LABEL, printing each

@@ -160,6 +160,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub health_path: Option<String>,
 
+    // -- access log (src/config/access_log.rs) --
+    /// The access log: a file (appended to, reopened on USR1) or `-` for stdout.
+    /// [default: none, as in gunicorn]
+    #[arg(long, value_name = "FILE")]
+    pub access_logfile: Option<PathBuf>,
+
+    /// The access log's line format: gunicorn's atoms (`%(h)s %(r)s %(s)s …`,
+    /// `%({header}i)s`, `%({header}o)s`), or `json` for one JSON object a line.
+    /// [default: gunicorn's, `%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"`]
+    #[arg(long, alias = "access-logformat", value_name = "FORMAT")]
+    pub access_log_format: Option<String>,
+
     /// Write the master's pid to this file once the sockets are bound; removed at exit.
     #[arg(short = 'p', long = "pid", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,

@@ -9,6 +9,8 @@
 //! On USR1 each process opens the file again by name and puts it in place of stderr: the
 //! master first, then (sent by the master) every child, in a signal handler that does
 //! only that (open and dup2 are async-signal-safe), so logrotate can move the file away.
+//! The handler also counts the signal ([`usr1_count`]): the front tier's access log
+//! writer reopens its file when the count moves.
 
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -16,6 +18,7 @@ use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{Event, Level, Subscriber};
@@ -68,7 +71,18 @@ pub fn reopen_on_usr1() {
     let _ = unsafe { sigaction(Signal::SIGUSR1, &action) };
 }
 
+/// USR1 signals this process has received since it started (children: since the fork).
+static USR1_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// How many USR1 this child has received: a file other than stderr (the access log) is
+/// reopened by whoever writes it when the count moves, outside the signal handler.
+pub fn usr1_count() -> u64 {
+    USR1_SEEN.load(Ordering::Acquire)
+}
+
 extern "C" fn on_usr1(_: libc::c_int) {
+    // An atomic add is async-signal-safe (lock-free, no allocation).
+    USR1_SEEN.fetch_add(1, Ordering::AcqRel);
     // SAFETY: errno is this thread's; it is put back so the interrupted code sees its own.
     let errno = unsafe { *libc::__errno_location() };
     if let Some(path) = LOG_PATH.get() {
@@ -172,7 +186,35 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0;
+        let c = Civil::from_unix(self.0);
+        write!(
+            f,
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} +0000",
+            c.year, c.month, c.day, c.hour, c.minute, c.second
+        )
+    }
+}
+
+/// A UTC date and time of day, broken down for printing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Civil {
+    /// The year, as 2026.
+    pub year: i64,
+    /// 1 to 12.
+    pub month: u32,
+    /// 1 to 31.
+    pub day: u32,
+    /// 0 to 23.
+    pub hour: u32,
+    /// 0 to 59.
+    pub minute: u32,
+    /// 0 to 59.
+    pub second: u32,
+}
+
+impl Civil {
+    /// The date and time `secs` seconds after 1970-01-01 00:00:00 UTC.
+    pub fn from_unix(secs: u64) -> Civil {
         let (days, rem) = (secs / 86_400, secs % 86_400);
         // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
         let z = days as i64 + 719_468;
@@ -183,14 +225,14 @@ impl fmt::Display for Timestamp {
         let mp = (5 * doy + 2) / 153;
         let day = doy - (153 * mp + 2) / 5 + 1;
         let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + (month <= 2) as i64;
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} +0000",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
+        Civil {
+            year: yoe + era * 400 + (month <= 2) as i64,
+            month: month as u32,
+            day: day as u32,
+            hour: (rem / 3600) as u32,
+            minute: (rem % 3600 / 60) as u32,
+            second: (rem % 60) as u32,
+        }
     }
 }
 

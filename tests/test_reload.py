@@ -237,3 +237,10 @@ def test_the_watcher_is_a_child_and_goes_with_the_master(serve, tmp_path):
     assert names == want, names
     server.stop()
     assert server.proc.returncode == 0
+
+
+def test_the_access_log_is_on_under_reload(serve, tmp_path):
+    directory = project(tmp_path)
+    server = dev_server(serve, directory, workers=None)
+    assert get(server.port, "/?x=1") == (200, "v1 first")
+    server.wait_for_log(r'"GET /\?x=1 HTTP/1.1" 200 8 ')

@@ -6,6 +6,7 @@
 //! Everything a user can get wrong is checked here, before any socket is bound or
 //! process forked, and reported as one line naming the flag or key and where it was set.
 
+mod access_log;
 mod app;
 mod bind;
 mod env;
@@ -22,6 +23,7 @@ pub mod tls;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use access_log::{AccessLog, Atom, Format, Layout, Piece, Target as AccessTarget};
 pub use app::AppSpec;
 pub use bind::BindAddr;
 pub use hooks::HooksSource;
@@ -65,6 +67,8 @@ pub struct Settings {
     pub binds: Vec<BindAddr>,
     /// The error log file (`--error-logfile`); None for stderr.
     pub error_log: Option<PathBuf>,
+    /// The access log (`--access-logfile`, `--access-log-format`); None for none.
+    pub access_log: Option<AccessLog>,
     /// How many worker processes.
     pub workers: usize,
     /// How many threads the front tier's runtime runs.
@@ -269,6 +273,7 @@ impl Settings {
         let error_log = (args.error_logfile.as_os_str() != "-").then(|| args.error_logfile.clone());
         Ok(Settings {
             error_log,
+            access_log: AccessLog::from_args(args)?,
             binds,
             workers,
             front_threads,

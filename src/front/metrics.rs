@@ -325,10 +325,11 @@ impl Observation {
         self.kind = kind;
         self.status = status;
     }
+}
 
-    /// `bytes` more of the body went out.
-    pub fn sent(&mut self, bytes: u64) {
-        self.bytes += bytes;
+impl super::guard::Observer for Observation {
+    fn data(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
     }
 }
 

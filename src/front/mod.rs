@@ -5,6 +5,7 @@
 //! It runs in its own process, forked by the master; tokio exists only here, built
 //! after the fork. It never runs application code.
 
+mod access_log;
 mod body;
 mod channel;
 mod control;
@@ -14,6 +15,7 @@ mod metrics;
 mod pool;
 mod proxy;
 mod redirect;
+mod request_id;
 mod service;
 mod tls;
 
@@ -39,6 +41,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{BindAddr, Limits, Settings};
 use crate::protocol::Scheme;
+use access_log::AccessLog;
 use service::{ConnInfo, Shared};
 
 /// Runs the front tier until it is told to stop; returns the process exit code.
@@ -54,9 +57,21 @@ pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: Owne
             return crate::master::WORKER_BOOT_ERROR;
         }
     };
-    let code = runtime.block_on(serve(settings, listeners, control));
+    let (access_log, writer) = match settings.access_log.as_ref().map(AccessLog::start) {
+        None => (None, None),
+        Some(Ok((log, writer))) => (Some(log), Some(writer)),
+        Some(Err(err)) => {
+            error!("cannot open the access log: {err}");
+            return crate::master::WORKER_BOOT_ERROR;
+        }
+    };
+    let code = runtime.block_on(serve(settings, listeners, control, access_log));
     // Connections still open after a graceful stop's timeout are simply dropped.
     runtime.shutdown_timeout(Duration::from_millis(100));
+    // After the runtime: the responses it dropped have written their lines.
+    if let Some(writer) = writer {
+        writer.finish();
+    }
     code
 }
 
@@ -85,7 +100,12 @@ fn adopt(fd: RawFd, addr: BindAddr) -> std::io::Result<Accepting> {
     })
 }
 
-async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: OwnedFd) -> i32 {
+async fn serve(
+    settings: &Settings,
+    listeners: Vec<(RawFd, BindAddr)>,
+    control: OwnedFd,
+    access_log: Option<Arc<AccessLog>>,
+) -> i32 {
     let pool = pool::Pool::new(settings.max_queue);
     let shared = Arc::new(Shared {
         pool: pool.clone(),
@@ -104,6 +124,7 @@ async fn serve(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: 
             .metrics_bind
             .as_ref()
             .map(|_| Arc::new(metrics::Metrics::default())),
+        access_log,
     });
     let connections = Arc::new(Semaphore::new(settings.limits.max_connections));
     // SIGHUP is the master's to handle (it asks for a reload over the control socket);

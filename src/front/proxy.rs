@@ -27,11 +27,7 @@ pub struct ClientFacts {
 }
 
 /// The client of a request, from the connection and any trusted proxy headers.
-pub fn client_facts(
-    parts: &hyper::http::request::Parts,
-    conn: &ConnInfo,
-    trusted: &Trusted,
-) -> ClientFacts {
+pub fn client_facts(headers: &HeaderMap, conn: &ConnInfo, trusted: &Trusted) -> ClientFacts {
     let peer = conn.remote.map(|a| a.ip());
     let direct = ClientFacts {
         addr: peer,
@@ -44,7 +40,7 @@ pub fn client_facts(
     if !believed {
         return direct;
     }
-    from_headers(&parts.headers, trusted).map_or(direct, |(addr, scheme)| ClientFacts {
+    from_headers(headers, trusted).map_or(direct, |(addr, scheme)| ClientFacts {
         addr: addr.or(direct.addr),
         scheme: scheme.unwrap_or(direct.scheme),
     })

@@ -17,6 +17,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::{error, info, warn};
 
+use super::access_log::{AccessLog, Entry};
 use super::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
 use super::channel::{Event, Failure, Refused, StreamHold};
 use super::compress::Compression;
@@ -26,6 +27,7 @@ use super::health::Health;
 use super::metrics::{Metrics, Observation, RouteKind};
 use super::pool::Pool;
 use super::proxy::{ClientFacts, client_facts};
+use super::request_id::{self, X_REQUEST_ID};
 use super::sendfile::Target;
 use super::static_files::Files;
 use crate::config::{Limits, Trusted};
@@ -67,6 +69,8 @@ pub struct Shared {
     pub health: Option<Health>,
     /// `--metrics-bind`: the counters, when it is set.
     pub metrics: Option<Arc<Metrics>>,
+    /// `--access-logfile`, when on.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Whose fault a failed request is; [`error_response`] turns it into a status.
@@ -85,18 +89,27 @@ enum RequestError {
     Internal(String),
 }
 
+/// What watches a response body go out: the access log entry and the metrics.
+type Observers = (Option<Entry>, Option<Observation>);
+
 /// The hyper service function.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     request: Request<hyper::body::Incoming>,
-) -> Result<Response<Tracked<ResponseBody>>, Infallible> {
+) -> Result<Response<Tracked<ResponseBody, Observers>>, Infallible> {
     let mut observation = shared.metrics.clone().map(Observation::new);
     let (index, busy) = conn.guard.begin();
     let version = request.version();
-    let result = match conn.guard.refused_head(index) {
+    let request_id = request_id::pick(request.headers());
+    let refused_head = conn.guard.refused_head(index);
+    let mut entry = shared.access_log.as_ref().map(|log| {
+        let remote = client_facts(request.headers(), &conn, &shared.trusted).addr;
+        log.begin(&request, remote, &request_id.id, refused_head.is_some())
+    });
+    let result = match refused_head {
         Some(reject) => Err(refused(reject)),
-        None => dispatch(&shared, &conn, index, request).await,
+        None => dispatch(&shared, &conn, index, request, &request_id).await,
     };
     let mut response = match result {
         Ok(response) => response,
@@ -112,11 +125,20 @@ pub async fn handle(
             .entry(STRICT_TRANSPORT_SECURITY)
             .or_insert_with(|| hsts.clone());
     }
+    // Every response names its request, static files and errors too; an app's own
+    // value wins.
+    response
+        .headers_mut()
+        .entry(X_REQUEST_ID)
+        .or_insert(request_id.id);
+    if let Some(entry) = &mut entry {
+        entry.respond(&response);
+    }
     if let Some(observation) = &mut observation {
         let kind = response.extensions().get::<RouteKind>().copied();
         observation.answered(kind.unwrap_or(RouteKind::App), response.status().as_u16());
     }
-    Ok(response.map(|body| Tracked::new(body, busy, observation)))
+    Ok(response.map(|body| Tracked::new(body, (entry, observation), busy)))
 }
 
 fn refused(reject: Reject) -> RequestError {
@@ -184,10 +206,12 @@ async fn dispatch(
     conn: &ConnInfo,
     index: u64,
     request: Request<hyper::body::Incoming>,
+    request_id: &request_id::Picked,
 ) -> Result<Response<ResponseBody>, RequestError> {
-    let (parts, incoming) = request.into_parts();
+    let (mut parts, incoming) = request.into_parts();
     let limits = &shared.limits;
     check_head(&parts, limits)?;
+    request_id.install(&mut parts.headers);
     if let Some(response) = shared
         .health
         .as_ref()
@@ -212,7 +236,7 @@ async fn dispatch(
         })?,
         reject = conn.guard.body_refused(index) => return Err(refused(reject)),
     };
-    let facts = client_facts(&parts, conn, &shared.trusted);
+    let facts = client_facts(&parts.headers, conn, &shared.trusted);
     let (body, spool) = match body {
         RequestBody::Memory(bytes) => (Some(bytes), None),
         RequestBody::File { file, length } => (None, Some((file, length))),

@@ -346,12 +346,21 @@ impl Arbiter {
     /// USR1: the master reopens the error log file (after logrotate moved it) and asks
     /// every child to do the same.
     fn reopen_logs(&mut self) {
-        if !crate::log::logs_to_file() {
+        // The front tier writes the access log; it reopens the file itself.
+        let access_file = self
+            .settings
+            .access_log
+            .as_ref()
+            .is_some_and(|log| matches!(log.target, crate::config::AccessTarget::File(_)));
+        if !crate::log::logs_to_file() && !access_file {
             return info!("Handling signal: usr1; no log file to reopen (the error log is stderr)");
         }
         // First, so that this line is the new file's first.
         match crate::log::reopen() {
-            Ok(()) => info!("Handling signal: usr1; the error log was reopened"),
+            Ok(()) if crate::log::logs_to_file() => {
+                info!("Handling signal: usr1; the error log was reopened")
+            }
+            Ok(()) => info!("Handling signal: usr1; the front tier reopens the access log"),
             Err(err) => error!("Handling signal: usr1; cannot reopen the error log: {err}"),
         }
         let front = self.front.as_ref().map(|f| f.pid);

@@ -24,9 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
-
-use super::metrics::Observation;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
@@ -143,26 +142,53 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that holds its request's [`Busy`] token until it is finished, and
-/// tells its [`Observation`] (`--metrics-bind`) how many bytes it gave.
-pub struct Tracked<B> {
-    body: B,
-    _busy: Busy,
-    observation: Option<Observation>,
+/// Told of the data a response body hands to hyper (the access log counts it).
+pub trait Observer {
+    /// `bytes` more of the body are on their way to the client.
+    fn data(&mut self, bytes: usize);
 }
 
-impl<B> Tracked<B> {
-    /// `body`, holding `busy` for as long as it lives.
-    pub fn new(body: B, busy: Busy, observation: Option<Observation>) -> Tracked<B> {
-        Tracked {
-            body,
-            _busy: busy,
-            observation,
+impl<O: Observer> Observer for Option<O> {
+    fn data(&mut self, bytes: usize) {
+        if let Some(observer) = self {
+            observer.data(bytes);
         }
     }
 }
 
-impl<B: Body + Unpin> Body for Tracked<B> {
+/// Both observers see the data (the access log and the metrics).
+impl<A: Observer, B: Observer> Observer for (A, B) {
+    fn data(&mut self, bytes: usize) {
+        self.0.data(bytes);
+        self.1.data(bytes);
+    }
+}
+
+/// A response body that holds its request's [`Busy`] token until it is finished, and
+/// shows its data to an [`Observer`], dropped with it (after the body).
+pub struct Tracked<B, O> {
+    body: B,
+    observer: O,
+    _busy: Busy,
+}
+
+impl<B, O> Tracked<B, O> {
+    /// `body`, holding `busy` and `observer` for as long as it lives.
+    pub fn new(body: B, observer: O, busy: Busy) -> Tracked<B, O> {
+        Tracked {
+            body,
+            observer,
+            _busy: busy,
+        }
+    }
+}
+
+impl<B, O> Body for Tracked<B, O>
+where
+    B: Body + Unpin,
+    B::Data: Buf,
+    O: Observer + Unpin,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -172,10 +198,10 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let (Some(observation), Poll::Ready(Some(Ok(frame)))) = (&mut this.observation, &polled)
+        if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            observation.sent(bytes::Buf::remaining(data) as u64);
+            this.observer.data(data.remaining());
         }
         polled
     }
