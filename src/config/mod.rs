@@ -13,6 +13,7 @@ mod limits;
 mod mounts;
 mod reload;
 pub mod tls;
+mod worker_class;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub use limits::{Limits, Trusted};
 pub use mounts::{FileSettings, Mount};
 pub use reload::Reload;
 pub use tls::{CertSource, LoadedCert, TlsSettings};
+pub use worker_class::{MAX_THREADS, WorkerClass};
 
 use crate::cli::ServeArgs;
 
@@ -61,6 +63,8 @@ pub struct Settings {
     pub error_log: Option<PathBuf>,
     /// How many worker processes.
     pub workers: usize,
+    /// What serves requests in a worker, and how many at once (`-k`, `--threads`).
+    pub worker_class: WorkerClass,
     /// How many threads the front tier's runtime runs.
     pub front_threads: usize,
     /// Directory to change to before loading the app.
@@ -217,6 +221,7 @@ impl Settings {
             error_log,
             binds,
             workers,
+            worker_class: WorkerClass::from_args(args)?,
             front_threads,
             chdir: args.chdir.clone(),
             pythonpath: args.pythonpath.clone(),

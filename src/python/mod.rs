@@ -23,7 +23,7 @@ pub use abort::install_abort_handler;
 pub use input::WsgiInput;
 pub use response::{Outcome, ResponseSink, send_error_page};
 
-use crate::config::Settings;
+use crate::config::{Settings, WorkerClass};
 use crate::master::{APP_LOAD_ERROR, WORKER_BOOT_ERROR, scoreboard};
 use crate::protocol::RequestHead;
 use std::time::Duration;
@@ -144,15 +144,27 @@ impl App {
             }
             None => load(settings, Some(id))?,
         };
+        // PEP 3333: multithread is true when another thread of the process may call
+        // the application at the same time, which greenlets do too.
+        let multithread = settings.worker_class != WorkerClass::Sync;
         Python::attach(|py| {
-            let environ =
-                environ::EnvironBuilder::new(py, settings.workers > 1, false).map_err(|err| {
-                    error!("cannot build the environ template: {err}");
-                    APP_LOAD_ERROR
-                })?;
+            let environ = environ::EnvironBuilder::new(py, settings.workers > 1, multithread);
+            let environ = environ.map_err(|err| {
+                error!("cannot build the environ template: {err}");
+                APP_LOAD_ERROR
+            })?;
             hooks::post_worker_init(py, &app);
             Ok(App { app, environ })
         })
+    }
+
+    /// The same application for another thread of the worker, with an environ builder
+    /// of its own (building an environ needs `&mut`).
+    pub fn for_thread(&self, py: Python<'_>) -> App {
+        App {
+            app: self.app.clone_ref(py),
+            environ: self.environ.clone_ref(py),
+        }
     }
 
     /// Serves one request, sending the response through `sink`.
