@@ -333,6 +333,22 @@ impl WorkerConn {
         fail_all(open, Failure::TimedOut);
     }
 
+    /// The master timed out these streams of a gthread worker: they fail with
+    /// [`Failure::TimedOut`] now (their slots go with them); the worker's other streams
+    /// go on. Whatever it still sends for them is dropped.
+    pub fn time_out_streams(&self, ids: &[u32]) {
+        let mut timed_out = HashMap::new();
+        {
+            let mut streams = self.streams();
+            for id in ids {
+                if let Some(stream) = streams.open.remove(id) {
+                    timed_out.insert(*id, stream);
+                }
+            }
+        }
+        fail_all(timed_out, Failure::TimedOut);
+    }
+
     fn close(&self) {
         let open = {
             let mut streams = self.streams();

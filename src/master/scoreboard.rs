@@ -201,9 +201,9 @@ pub fn time_out_stream_if_silent(
     Some((stamp.stream.load(Ordering::Acquire), silent))
 }
 
-/// The streams of the gthread worker `pid` (with `threads` threads) that the master
-/// timed out: their clients are owed a 504.
-pub fn timed_out_streams(pid: u32, threads: usize) -> Vec<u32> {
+/// The streams of the gthread worker `pid` that the master timed out: their clients are
+/// owed a 504.
+pub fn timed_out_streams(pid: u32) -> Vec<u32> {
     let Some(shared) = shared() else {
         return Vec::new();
     };
@@ -216,7 +216,6 @@ pub fn timed_out_streams(pid: u32, threads: usize) -> Vec<u32> {
     };
     shared.stamps[index]
         .iter()
-        .take(threads)
         .filter(|stamp| stamp.active.load(Ordering::Acquire) == ABORTED)
         .map(|stamp| stamp.stream.load(Ordering::Acquire))
         .collect()
@@ -415,13 +414,13 @@ mod tests {
         let (stream, _) =
             time_out_stream_if_silent(index, 0, timeout, later).expect("thread 0 timed out");
         assert_eq!(stream, 41);
-        assert_eq!(timed_out_streams(5151, 2), vec![41]);
+        assert_eq!(timed_out_streams(5151), vec![41]);
         assert_eq!(stuck.alive(), Err(TimedOut));
         assert_eq!(busy.idle(), Ok(()));
         // The worker as a whole is not timed out: its other requests finish.
         assert!(!timed_out(5151));
         // A new worker in the slot starts with clean stamps.
         assign(index, 5152);
-        assert!(timed_out_streams(5152, 2).is_empty());
+        assert!(timed_out_streams(5152).is_empty());
     }
 }
