@@ -45,7 +45,7 @@ def _echo(environ, start_response):
     length = int(environ.get("CONTENT_LENGTH") or 0)
     first = environ["wsgi.input"].read(length // 2)
     time.sleep(0.02)
-    rest = environ["wsgi.input"].read()
+    rest = environ["wsgi.input"].read(length - len(first))
     tag = environ.get("HTTP_X_TAG", "")
     body = f"{tag}|{environ['PATH_INFO']}|{environ['QUERY_STRING']}|".encode() + first + rest
     start_response("200 OK", [("Content-Type", "application/octet-stream"),
@@ -57,8 +57,11 @@ echo = validator(_echo)
 
 
 def _hang(environ, start_response):
-    """/hang waits much longer than any --timeout of the tests; anything else, 200 ms."""
-    time.sleep(60 if environ["PATH_INFO"] == "/hang" else 0.2)
+    """/hang waits much longer than any --timeout of the tests; anything else 200 ms,
+    or ?ms=N."""
+    query = environ.get("QUERY_STRING", "")
+    ms = int(query[3:]) if query.startswith("ms=") else 200
+    time.sleep(60 if environ["PATH_INFO"] == "/hang" else ms / 1000)
     body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"),
                               ("Content-Length", str(len(body)))])
