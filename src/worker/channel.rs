@@ -49,6 +49,12 @@ pub struct Request {
     pub body: Body,
 }
 
+/// The requests of a worker serving many streams whose frames are still arriving.
+#[derive(Default)]
+pub struct Incoming {
+    partial: HashMap<u32, Partial>,
+}
+
 /// A request whose frames are still arriving.
 struct Partial {
     stream: u32,
@@ -220,18 +226,17 @@ impl Channel {
         }
     }
 
-    /// Reads the requests of any number of streams at once (a gthread or gevent worker),
-    /// handing each whole one to `deliver`, until the front tier closes the channel or
-    /// answers Retired. Once `stop` is set the worker asks to retire at once: what is
-    /// under way, and what crosses the Retire on the channel, is still served. An Abort
-    /// for a request being served is remembered for [`StreamSink::client_gone`].
+    /// Reads the requests of any number of streams at once (a gthread worker), handing
+    /// each whole one to `deliver`, until the front tier closes the channel or answers
+    /// Retired. Once `stop` is set the worker asks to retire at once: what is under way,
+    /// and what crosses the Retire on the channel, is still served.
     pub fn read_requests(
         &self,
         stop: &AtomicBool,
         mut deliver: impl FnMut(Request),
     ) -> Result<(), ChannelError> {
         let mut reader = lock(&self.reader);
-        let mut partial: HashMap<u32, Partial> = HashMap::new();
+        let mut incoming = Incoming::default();
         loop {
             let idle = !self.retiring.load(Ordering::Relaxed);
             let frame = match reader.next_frame(stop, idle)? {
@@ -243,27 +248,73 @@ impl Channel {
                     continue;
                 }
             };
-            match frame.kind {
-                Kind::RequestHead if !partial.contains_key(&frame.stream) => {
-                    partial.insert(frame.stream, Partial::new(frame)?);
-                }
-                Kind::Body | Kind::BodyFile => match partial.get_mut(&frame.stream) {
-                    Some(request) => request.add(frame)?,
-                    None => return Err(ProtocolError::Invalid("body of no request").into()),
-                },
-                Kind::End => match partial.remove(&frame.stream) {
-                    Some(request) => deliver(request.finish()),
-                    None => return Err(ProtocolError::Invalid("end of no request").into()),
-                },
-                Kind::Retired => return Ok(()),
-                Kind::Abort => {
-                    if partial.remove(&frame.stream).is_none() {
-                        lock(&self.gone).insert(frame.stream);
-                    }
-                }
-                _ => return Err(ProtocolError::Invalid("frame out of order").into()),
+            if self.take(&mut incoming, frame, &mut deliver)? {
+                return Ok(());
             }
         }
+    }
+
+    /// [`Channel::read_requests`] without waiting (a gevent worker, whose hub waits for
+    /// the channel to be readable): takes what has arrived. `Ok(false)` once the front
+    /// tier has closed the channel or answered Retired.
+    pub fn poll_requests(
+        &self,
+        stop: &AtomicBool,
+        incoming: &mut Incoming,
+        mut deliver: impl FnMut(Request),
+    ) -> Result<bool, ChannelError> {
+        let mut reader = lock(&self.reader);
+        if stop.load(Ordering::Relaxed) && !self.retiring.load(Ordering::Relaxed) {
+            self.retire();
+            lock(&self.writer).flush()?;
+        }
+        loop {
+            let frame = match reader.try_frame()? {
+                Some(Wait::Frame(frame)) => frame,
+                Some(_) => return Ok(false),
+                None => return Ok(true),
+            };
+            if self.take(incoming, frame, &mut deliver)? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// One frame of a worker serving many streams; true at Retired. An Abort for a
+    /// request being served is remembered for [`StreamSink::client_gone`].
+    fn take(
+        &self,
+        incoming: &mut Incoming,
+        frame: Frame,
+        deliver: &mut impl FnMut(Request),
+    ) -> Result<bool, ChannelError> {
+        let partial = &mut incoming.partial;
+        match frame.kind {
+            Kind::RequestHead if !partial.contains_key(&frame.stream) => {
+                partial.insert(frame.stream, Partial::new(frame)?);
+            }
+            Kind::Body | Kind::BodyFile => match partial.get_mut(&frame.stream) {
+                Some(request) => request.add(frame)?,
+                None => return Err(ProtocolError::Invalid("body of no request").into()),
+            },
+            Kind::End => match partial.remove(&frame.stream) {
+                Some(request) => deliver(request.finish()),
+                None => return Err(ProtocolError::Invalid("end of no request").into()),
+            },
+            Kind::Retired => return Ok(true),
+            Kind::Abort => {
+                if partial.remove(&frame.stream).is_none() {
+                    lock(&self.gone).insert(frame.stream);
+                }
+            }
+            _ => return Err(ProtocolError::Invalid("frame out of order").into()),
+        }
+        Ok(false)
+    }
+
+    /// The channel's descriptor, for a gevent hub to wait on.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        lock(&self.reader).socket.as_raw_fd()
     }
 
     /// Queues the Retire frame (once); it leaves with the next flush. Sent ahead of the
@@ -351,6 +402,32 @@ impl Reader {
                     | io::ErrorKind::Interrupted => {}
                     _ => return Err(err.into()),
                 },
+            }
+        }
+    }
+}
+
+impl Reader {
+    /// The next frame if one has arrived, without waiting; `Some(Wait::Closed)` at the
+    /// end of the channel.
+    fn try_frame(&mut self) -> Result<Option<Wait>, ChannelError> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(Some(Wait::Frame(frame)));
+        }
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(Wait::Frame(frame)));
+            }
+            match recv(
+                self.socket.as_raw_fd(),
+                &mut self.scratch,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(0) => return Ok(Some(Wait::Closed)),
+                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(Errno::EINTR) => {}
+                Err(err) => return Err(io::Error::from(err).into()),
             }
         }
     }

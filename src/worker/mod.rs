@@ -7,12 +7,13 @@
 //! client socket.
 
 mod channel;
+mod gevent;
 mod memory;
 mod threads;
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use pyo3::Python;
@@ -104,7 +105,7 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> i32 {
     let finished = match settings.worker_class {
         WorkerClass::Sync => serve_sync(app, &channel, slot, limits, id),
         WorkerClass::Threads(n) => threads::serve(app, &channel, slot, limits, n, &STOP),
-        WorkerClass::Gevent(_) => threads::serve(app, &channel, slot, limits, 1, &STOP),
+        WorkerClass::Gevent(_) => gevent::serve(app, &channel, slot, limits, &STOP),
     };
     info!("Worker exiting (pid: {})", std::process::id());
     python::shutdown();
@@ -208,6 +209,44 @@ fn serve(
         },
     };
     app.handle(py, &request.head, body, sink) != Outcome::ChannelBroken && slot.idle().is_ok()
+}
+
+/// `--max-requests` and `--max-worker-memory` for a worker serving several requests at
+/// once (from several threads, or greenlets).
+struct Retirement {
+    /// Requests taken so far.
+    taken: AtomicU64,
+    max_requests: u64,
+    memory: Mutex<Option<MemoryLimit>>,
+}
+
+impl Retirement {
+    fn new(limits: Limits) -> Retirement {
+        Retirement {
+            taken: AtomicU64::new(0),
+            max_requests: limits.max_requests,
+            memory: Mutex::new(limits.memory),
+        }
+    }
+
+    /// A request is taken: the last one before `--max-requests` queues Retire, ahead of
+    /// its response's End (see Channel::retire).
+    fn took(&self, channel: &Channel) {
+        if self.taken.fetch_add(1, Ordering::Relaxed) + 1 == self.max_requests {
+            info!("Autorestarting worker after current request.");
+            channel.retire();
+        }
+    }
+
+    /// A response is done: retires the worker if it passed `--max-worker-memory`. False
+    /// if the channel broke on the way.
+    fn served(&self, py: Python<'_>, channel: &Channel) -> bool {
+        let mut memory = self
+            .memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        !retire_for_memory(&mut memory, channel) || py.detach(|| channel.flush()).is_ok()
+    }
 }
 
 /// After a response: whether the worker passed `--max-worker-memory` just now. Then it

@@ -12,17 +12,16 @@
 //! exits once its other requests are done, leaving the stuck thread behind.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use pyo3::Python;
-use tracing::{error, info};
+use tracing::error;
 
 use super::channel::{Channel, Request};
-use super::memory::MemoryLimit;
-use super::{Finished, Limits, retire_for_memory, serve as serve_one};
+use super::{Finished, Limits, Retirement, serve as serve_one};
 use crate::master::scoreboard::WorkerSlot;
 use crate::python::App;
 
@@ -36,10 +35,7 @@ struct Queue {
     queued: Condvar,
     /// A serving thread left.
     left: Condvar,
-    /// Requests taken so far, for `--max-requests`.
-    taken: AtomicU64,
-    max_requests: u64,
-    memory: Mutex<Option<MemoryLimit>>,
+    retirement: Retirement,
 }
 
 struct State {
@@ -129,9 +125,7 @@ pub(super) fn serve(
         }),
         queued: Condvar::new(),
         left: Condvar::new(),
-        taken: AtomicU64::new(0),
-        max_requests: limits.max_requests,
-        memory: Mutex::new(limits.memory),
+        retirement: Retirement::new(limits),
     });
     // The signals meant for the worker (SIGTERM above all) must wake this thread's
     // read of the channel, so the serving threads are started with them blocked.
@@ -192,16 +186,8 @@ fn work(app: &mut App, channel: &Arc<Channel>, queue: &Queue, stamp: WorkerSlot)
                 queue.push(request);
                 return;
             }
-            if queue.taken.fetch_add(1, Ordering::Relaxed) + 1 == queue.max_requests {
-                info!("Autorestarting worker after current request.");
-                // Queued ahead of this response's End (see Channel::retire).
-                channel.retire();
-            }
-            if !serve_one(py, app, channel, stamp, request) {
-                return;
-            }
-            if retire_for_memory(&mut lock(&queue.memory), channel)
-                && py.detach(|| channel.flush()).is_err()
+            queue.retirement.took(channel);
+            if !serve_one(py, app, channel, stamp, request) || !queue.retirement.served(py, channel)
             {
                 return;
             }

@@ -1,0 +1,70 @@
+"""-k gevent: the worker monkey-patches at boot, before the application is imported, and
+runs each request in a greenlet, up to --worker-connections at once (issue 6)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from conftest import APPS, BINARY
+from test_process import wait_workers
+from test_threads import at_once, request
+
+pytest.importorskip("gevent")
+
+
+def test_one_gevent_worker_serves_200_sleeping_requests_at_once(serve):
+    server = serve("threads_app:sleepy", "-k", "gevent", workers=1)
+    wait_workers(server, 1)
+    request(server.port)  # Warm up.
+    start = time.monotonic()
+    results = at_once(200, lambda i: request(server.port))
+    took = time.monotonic() - start
+    assert all(r[0] == 200 for r in results), [r for r in results if r[0] != 200][:3]
+    # 200 x 50 ms one at a time would take 10 s; together, one round plus overheads.
+    assert took < 3.0, took
+    assert {body.split()[0] for _, body in results} == {results[0][1].split()[0]}
+    assert all(body.split()[2] == b"True" for _, body in results)  # wsgi.multithread
+
+
+def test_worker_connections_bounds_the_requests_of_one_worker(serve):
+    server = serve("threads_app:sleepy", "-k", "gevent", "--worker-connections", "10",
+                   workers=1)
+    start = time.monotonic()
+    results = at_once(40, lambda i: request(server.port, "/?ms=100"))
+    took = time.monotonic() - start
+    assert all(r[0] == 200 for r in results), results
+    # 40 requests, 10 at a time: 4 rounds of 100 ms, never fewer.
+    assert 0.4 <= took < 3.0, took
+
+
+def test_each_greenlet_sees_its_own_environ_and_body(serve):
+    server = serve("threads_app:echo", "-k", "gevent", workers=1)
+
+    def client(i: int):
+        body = f"[{i}]".encode() * (300 + i)
+        status, answer = request(server.port, f"/g/{i}?n={i}", "POST", body,
+                                 {"X-Tag": f"g{i}"})
+        return status, answer, f"g{i}|/g/{i}|n={i}|".encode() + body
+
+    for result in at_once(50, client):
+        assert not isinstance(result, Exception), result
+        status, answer, expected = result
+        assert (status, answer) == (200, expected), answer[:80]
+
+
+def test_gevent_missing_is_one_clear_error_and_a_failed_start(tmp_path):
+    fake = tmp_path / "gevent"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("no gevent in this environment")\n')
+    done = subprocess.run(
+        [str(BINARY), "serve", "-b", "127.0.0.1:0", "-w", "3", "-k", "gevent",
+         "threads_app:sleepy"],
+        env={"PYTHONPATH": f"{tmp_path}:{APPS}", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    log = done.stdout + done.stderr
+    assert log.count("-k gevent: cannot import gevent") == 1, log
+    assert "no gevent in this environment" in log
