@@ -9,20 +9,14 @@ import time
 import pytest
 
 from conftest import APPS, BINARY
-from test_process import wait_workers
-from test_threads import at_once, request
+from test_threads import at_once, request, sleepers
 
 pytest.importorskip("gevent")
 
 
 def test_one_gevent_worker_serves_200_sleeping_requests_at_once(serve):
     server = serve("threads_app:sleepy", "-k", "gevent", workers=1)
-    wait_workers(server, 1)
-    request(server.port)  # Warm up.
-    start = time.monotonic()
-    results = at_once(200, lambda i: request(server.port))
-    took = time.monotonic() - start
-    assert all(r[0] == 200 for r in results), [r for r in results if r[0] != 200][:3]
+    results, took = sleepers(server, 1, 200)
     # 200 x 50 ms one at a time would take 10 s; together, one round plus overheads.
     assert took < 3.0, took
     assert {body.split()[0] for _, body in results} == {results[0][1].split()[0]}
