@@ -1,7 +1,7 @@
 //! The front tier's side of the control socket: receiving each new worker's channel
 //! from the master (SCM_RIGHTS), the master's requests to reload the TLS certificates
-//! and word of workers (or requests) it timed out; and telling the master when a worker is ready. The
-//! master's side is `master::control`.
+//! and word of workers (or requests) it timed out; and telling the master when a
+//! worker is ready. The master's side is `master::control`.
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
