@@ -3,12 +3,15 @@ runs each request in a greenlet, up to --worker-connections at once (issue 6).""
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import threading
 import time
 
 import pytest
 
 from conftest import APPS, BINARY
+from test_process import wait_workers
 from test_threads import at_once, request, sleepers
 
 pytest.importorskip("gevent")
@@ -62,3 +65,30 @@ def test_gevent_missing_is_one_clear_error_and_a_failed_start(tmp_path):
     log = done.stdout + done.stderr
     assert log.count("-k gevent: cannot import gevent") == 1, log
     assert "no gevent in this environment" in log
+
+
+def test_a_graceful_stop_answers_every_greenlet_in_flight(serve):
+    server = serve("threads_app:sleepy", "-k", "gevent", workers=1)
+    results: list = []
+    load = threading.Thread(
+        target=lambda: results.extend(at_once(50, lambda i: request(server.port, "/?ms=500"))))
+    load.start()
+    time.sleep(0.25)
+    server.signal(signal.SIGTERM)
+    load.join(30)
+    assert len(results) == 50 and all(r[0] == 200 for r in results), results[:3]
+    assert server.wait(15) == 0
+
+
+def test_a_silent_gevent_worker_is_timed_out_as_a_whole(serve):
+    server = serve("threads_app:hang", "-k", "gevent", "--timeout", "1", workers=1)
+    (before,) = wait_workers(server, 1)
+    start = time.monotonic()
+    status, _ = request(server.port, "/hang")
+    assert status == 504 and time.monotonic() - start < 4
+    server.wait_for_log(rf"WORKER TIMEOUT \(pid:{before}\)")
+    deadline = time.monotonic() + 10
+    while before in wait_workers(server, 1):
+        assert time.monotonic() < deadline, server.log[-2000:]
+        time.sleep(0.05)
+    assert request(server.port, "/ok?ms=1")[0] == 200

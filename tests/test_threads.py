@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -178,3 +179,26 @@ def test_bad_worker_flags_are_refused_before_anything_starts():
     assert "--threads" in refused("--threads", "100000")
     assert re.search(r"worker-class|invalid value", refused("-k", "eventlet"))
     assert "--worker-connections" in refused("-k", "gevent", "--worker-connections", "0")
+
+
+def test_hup_retires_gthread_workers_without_losing_their_requests(serve):
+    server = serve("threads_app:sleepy", "--threads", "4", workers=2)
+    before = set(wait_workers(server, 2))
+
+    def client(i: int):
+        time.sleep(0.01 * (i % 10))
+        return request(server.port, "/?ms=300")
+
+    results: list = []
+    load = threading.Thread(target=lambda: results.extend(at_once(24, client)))
+    load.start()
+    time.sleep(0.15)  # Requests are under way in every thread of both workers.
+    server.signal(signal.SIGHUP)
+    load.join(30)
+    assert len(results) == 24 and all(r[0] == 200 for r in results), results
+    served_by = {int(body.split()[0]) for _, body in results}
+    assert served_by & before, served_by  # The old workers finished theirs.
+    deadline = time.monotonic() + 10
+    while set(wait_workers(server, 2)) & before:
+        assert time.monotonic() < deadline, server.log[-2000:]
+        time.sleep(0.05)
