@@ -355,14 +355,24 @@ impl WorkerConn {
             streams.alive = false;
             std::mem::take(&mut streams.open)
         };
-        // The channel may close before the master's word that the worker timed out has
-        // been read; the shared scoreboard already says so.
-        let failure = if !open.is_empty() && scoreboard::timed_out(self.pid) {
-            Failure::TimedOut
-        } else {
-            Failure::WorkerDied
+        if open.is_empty() {
+            return;
+        }
+        // The channel may close before the master's word that the worker (or some of
+        // its requests) timed out has been read; the shared scoreboard already says so.
+        let whole = scoreboard::timed_out(self.pid);
+        let streams = match whole {
+            true => Vec::new(),
+            false => scoreboard::timed_out_streams(self.pid),
         };
-        fail_all(open, failure);
+        for (id, stream) in open {
+            let failure = if whole || streams.contains(&id) {
+                Failure::TimedOut
+            } else {
+                Failure::WorkerDied
+            };
+            let _ = stream.events.send(Event::Failed(failure));
+        }
     }
 }
 

@@ -107,6 +107,15 @@ impl Queue {
     }
 }
 
+/// Marks a serving thread gone when dropped.
+struct Leaving<'a>(&'a Queue, usize);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.0.leave(self.1);
+    }
+}
+
 /// Serves with `threads` Python threads until the channel closes or the worker has
 /// retired, and every thread has finished (or is stuck on a timed-out request).
 pub(super) fn serve(
@@ -142,8 +151,10 @@ pub(super) fn serve(
         let spawned = std::thread::Builder::new()
             .name(format!("rwsgi-thread-{thread}"))
             .spawn(move || {
+                // Leaves even if the thread panics, so that the reader does not wait
+                // for it for ever.
+                let _leaving = Leaving(&shared, thread);
                 work(&mut app, &channel, &shared, slot.thread(thread));
-                shared.leave(thread);
             });
         match spawned {
             Ok(_) => started += 1,
