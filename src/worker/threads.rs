@@ -200,6 +200,12 @@ fn work(app: &mut App, channel: &Arc<Channel>, queue: &Queue, stamp: WorkerSlot)
             queue.retirement.took(channel);
             if !serve_one(py, app, channel, stamp, request) || !queue.retirement.served(py, channel)
             {
+                if !stamp.timed_out() {
+                    // The worker has one thread fewer than the front tier counts on: it
+                    // retires (the master retires it on a timeout already).
+                    channel.retire();
+                    let _ = py.detach(|| channel.flush());
+                }
                 return;
             }
         }
