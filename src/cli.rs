@@ -48,6 +48,21 @@ pub struct ServeArgs {
     #[arg(short = 'w', long, value_name = "INT")]
     pub workers: Option<usize>,
 
+    /// The worker class: sync (one request at a time), gthread (--threads requests at
+    /// once, each in a Python thread) or gevent (greenlets, up to --worker-connections).
+    /// [default: sync, or gthread when --threads is more than 1]
+    #[arg(short = 'k', long, value_name = "CLASS", value_parser = ["sync", "gthread", "gevent"])]
+    pub worker_class: Option<String>,
+
+    /// Python threads per gthread worker: requests one worker serves at once. More than
+    /// 1 implies -k gthread, as in gunicorn. [default: 1]
+    #[arg(long, value_name = "INT")]
+    pub threads: Option<usize>,
+
+    /// Requests one gevent worker serves at once (each in a greenlet).
+    #[arg(long, value_name = "INT", default_value_t = 1000)]
+    pub worker_connections: usize,
+
     /// Threads of the front tier (TLS, HTTP, static files). [default: half the CPU
     /// cores, at least 1: the workers need the rest]
     #[arg(long, value_name = "INT")]

@@ -4,12 +4,20 @@ worker stopped the app but never ended the stream, so its slot stayed taken)."""
 import http.client
 import time
 
+import pytest
+
 from rawhttp import Connection
 
 
-def test_worker_freed_when_client_leaves_mid_stream(serve):
+# gthread and gevent (issue 6): the Abort comes while the worker's reader waits, or
+# while no greenlet yields to the hub, and must still reach the streaming app.
+CLASSES = [(), ("--threads", "2"), ("-k", "gevent", "--worker-connections", "2")]
+
+
+@pytest.mark.parametrize("flags", CLASSES, ids=["sync", "gthread", "gevent"])
+def test_worker_freed_when_client_leaves_mid_stream(serve, flags):
     # No --static/--internal: X-Accel-Redirect is left alone and the endless body streams.
-    server = serve("static_apps:redirecting", workers=1)
+    server = serve("static_apps:redirecting", *flags, workers=1)
     for _ in range(3):
         with Connection(server.port, timeout=5) as conn:
             conn.send("GET", "/accel-forever?to=/x")

@@ -42,7 +42,8 @@ def test_each_hook_is_called_at_its_moment_with_gunicorn_like_arguments(serve, t
         assert fork["worker"]["pid"] == fork["process"]
         assert fork["worker"]["ppid"] == server.pid
         assert fork["server"] == {"pid": server.pid, "num_workers": 2,
-                                  "wsgi_app": "hooks_app:app", "app_uri": "hooks_app:app"}
+                                  "wsgi_app": "hooks_app:app", "app_uri": "hooks_app:app",
+                                  "worker_class": "sync", "threads": 1}
         assert fork["worker"]["alive"] is True
         assert fork["worker"]["booted"] is False
         assert fork["worker"]["log"] == "Logger"
@@ -190,3 +191,22 @@ def test_worker_abort_is_called_when_the_timeout_aborts_a_worker(serve, tmp_path
     assert abort["worker"]["pid"] == worker and abort["worker"]["alive"] is False
     # It ran before the worker went: no worker_exit for an aborted worker.
     assert not [c for c in read_calls(log) if c["hook"] == "worker_exit"]
+
+
+def test_hooks_of_concurrent_requests_in_a_gthread_worker_keep_to_their_own(serve, tmp_path):
+    from test_threads import at_once
+
+    log = tmp_path / "hooks.jsonl"
+    server = serve("hooks_app:app", "--hooks", "hooks_record", "--threads", "4", workers=1,
+                   env={"HOOKS_LOG": str(log)})
+    (fork,) = wait_calls(log, "post_fork")
+    assert (fork["server"]["worker_class"], fork["server"]["threads"]) == ("gthread", 4)
+    results = at_once(12, lambda i: get(server.port, f"/t/{i}"))
+    assert all(status == 200 for status, _ in results), results
+    posts = wait_calls(log, "post_request", 12)
+    assert sorted(p["req"]["path"] for p in posts) == sorted(f"/t/{i}" for i in range(12))
+    for post in posts:
+        # Each request's hook arguments are its own, though they ran side by side.
+        assert post["environ_path"] == post["req"]["path"]
+        assert post["carried"] == "set in pre_request"
+        assert post["resp"]["status_code"] == 200

@@ -19,6 +19,7 @@ mod reload;
 mod show;
 pub mod sources;
 pub mod tls;
+mod worker_class;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub use mounts::{FileSettings, Mount};
 pub use reload::Reload;
 pub use sources::{Layered, LoadError, Origin};
 pub use tls::{CertSource, LoadedCert, TlsSettings};
+pub use worker_class::{MAX_THREADS, WorkerClass};
 
 use crate::cli::ServeArgs;
 
@@ -71,6 +73,8 @@ pub struct Settings {
     pub access_log: Option<AccessLog>,
     /// How many worker processes.
     pub workers: usize,
+    /// What serves requests in a worker, and how many at once (`-k`, `--threads`).
+    pub worker_class: WorkerClass,
     /// How many threads the front tier's runtime runs.
     pub front_threads: usize,
     /// Directory to change to before loading the app.
@@ -276,6 +280,7 @@ impl Settings {
             access_log: AccessLog::from_args(args)?,
             binds,
             workers,
+            worker_class: WorkerClass::from_args(args)?,
             front_threads,
             chdir: args.chdir.clone(),
             pythonpath: args.pythonpath.clone(),

@@ -333,20 +333,46 @@ impl WorkerConn {
         fail_all(open, Failure::TimedOut);
     }
 
+    /// The master timed out these streams of a gthread worker: they fail with
+    /// [`Failure::TimedOut`] now (their slots go with them); the worker's other streams
+    /// go on. Whatever it still sends for them is dropped.
+    pub fn time_out_streams(&self, ids: &[u32]) {
+        let mut timed_out = HashMap::new();
+        {
+            let mut streams = self.streams();
+            for id in ids {
+                if let Some(stream) = streams.open.remove(id) {
+                    timed_out.insert(*id, stream);
+                }
+            }
+        }
+        fail_all(timed_out, Failure::TimedOut);
+    }
+
     fn close(&self) {
         let open = {
             let mut streams = self.streams();
             streams.alive = false;
             std::mem::take(&mut streams.open)
         };
-        // The channel may close before the master's word that the worker timed out has
-        // been read; the shared scoreboard already says so.
-        let failure = if !open.is_empty() && scoreboard::timed_out(self.pid) {
-            Failure::TimedOut
-        } else {
-            Failure::WorkerDied
+        if open.is_empty() {
+            return;
+        }
+        // The channel may close before the master's word that the worker (or some of
+        // its requests) timed out has been read; the shared scoreboard already says so.
+        let whole = scoreboard::timed_out(self.pid);
+        let streams = match whole {
+            true => Vec::new(),
+            false => scoreboard::timed_out_streams(self.pid),
         };
-        fail_all(open, failure);
+        for (id, stream) in open {
+            let failure = if whole || streams.contains(&id) {
+                Failure::TimedOut
+            } else {
+                Failure::WorkerDied
+            };
+            let _ = stream.events.send(Event::Failed(failure));
+        }
     }
 }
 

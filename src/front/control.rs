@@ -1,7 +1,7 @@
 //! The front tier's side of the control socket: receiving each new worker's channel
 //! from the master (SCM_RIGHTS), the master's requests to reload the TLS certificates
-//! and word of workers it timed out; and telling the master when a worker is ready. The
-//! master's side is `master::control`.
+//! and word of workers (or requests) it timed out; and telling the master when a
+//! worker is ready. The master's side is `master::control`.
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 
 use super::channel;
 use super::pool::Pool;
+use crate::master::scoreboard;
 use crate::protocol::control::{AddWorker, MESSAGE_LEN, Message};
 
 /// The front tier's way back to the master over the control socket.
@@ -87,6 +88,13 @@ pub async fn receive(control: OwnedFd, pool: Arc<Pool>, reload: Arc<Notify>) {
         match message {
             Some(Message::ReloadTls) if fds.is_empty() => {
                 reload.notify_one();
+                continue;
+            }
+            Some(Message::StreamsTimedOut(worker)) if fds.is_empty() => {
+                // Out of the pool (it is retiring); its other requests go on.
+                if let Some(conn) = pool.timed_out(worker.id, worker.pid) {
+                    conn.time_out_streams(&scoreboard::timed_out_streams(worker.pid));
+                }
                 continue;
             }
             Some(Message::WorkerTimedOut(worker)) if fds.is_empty() => {

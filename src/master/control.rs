@@ -34,6 +34,11 @@ pub fn send_worker_timed_out(control: &OwnedFd, worker: AddWorker) -> nix::Resul
     send(control, Message::WorkerTimedOut(worker))
 }
 
+/// Tells the front tier that requests of the gthread worker `worker` timed out.
+pub fn send_streams_timed_out(control: &OwnedFd, worker: AddWorker) -> nix::Result<()> {
+    send(control, Message::StreamsTimedOut(worker))
+}
+
 /// Sends a message with no descriptor, never blocking the master's loop.
 fn send(control: &OwnedFd, message: Message) -> nix::Result<()> {
     let message = message.encode();

@@ -107,7 +107,11 @@ pub fn run(settings: Settings, program: Program) -> i32 {
         }
     }
     let notifier = notify::Notifier::from_env();
-    let watchdog = timeout::Watchdog::new(settings.timeout);
+    let watchdog = timeout::Watchdog::new(
+        settings.timeout,
+        settings.worker_class.stamped_threads(),
+        settings.graceful_timeout,
+    );
     let configured_workers = settings.workers;
     let mut arbiter = Arbiter {
         settings,
@@ -247,7 +251,8 @@ impl Arbiter {
             }
             self.on_signals(signals);
             self.reap();
-            self.watchdog.check(self.front.as_ref().map(|f| &f.control));
+            let retire = self.watchdog.check(self.front.as_ref().map(|f| &f.control));
+            retire.into_iter().for_each(|pid| self.tell(pid));
             if let Some(stop) = &mut self.stop {
                 if self.front.is_none() && self.workers.is_empty() {
                     return self.exit_code;

@@ -32,6 +32,10 @@ impl Arbiter {
             ("umask", same(&old.umask, &new.umask)),
             ("user/group", same(&old.credentials, &new.credentials)),
             ("front_threads", old.front_threads == new.front_threads),
+            (
+                "worker_class/threads",
+                same(&old.worker_class, &new.worker_class),
+            ),
             ("max_queue", old.max_queue == new.max_queue),
             ("static/internal", same(&old.files, &new.files)),
             ("compress", same(&old.compress, &new.compress)),
@@ -67,6 +71,8 @@ impl Arbiter {
         new.pidfile = old.pidfile.clone();
         new.umask = old.umask;
         new.credentials = old.credentials;
+        // The scoreboard and the master's watch are laid out for the class at start.
+        new.worker_class = old.worker_class;
         if new.reload.is_some() != old.reload.is_some() {
             new.reload = old.reload.clone();
         }

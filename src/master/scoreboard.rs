@@ -7,6 +7,10 @@
 //!   request it is serving, and how many requests it has served. The master reads the
 //!   slots to abort a worker silent past `--timeout`; the front tier reads them to tell
 //!   a timed-out worker from one that crashed.
+//! - for a gthread worker, one [`Stamp`] per thread: the stream it serves and its last
+//!   sign of life on it. The master times out one stream at a time; the front tier
+//!   reads which streams to answer 504. The stamps are kept apart from the slots, so
+//!   that a scan of the slots touches few pages.
 //!
 //! The memory is mapped `MAP_SHARED | MAP_ANONYMOUS` before the first fork, so every
 //! child sees the same pages; each fact is an atomic. It must never hold a pointer or
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
 
-use crate::config::MAX_WORKERS;
+use crate::config::{MAX_THREADS, MAX_WORKERS};
 
 /// Worker slots: twice the most workers, so that a slot freed by a dead worker is not
 /// handed out again for a long while (slots are given round the ring) and so that
@@ -36,6 +40,18 @@ struct Shared {
     /// Workers the master has replaced (for the front tier's metrics).
     worker_restarts: AtomicU64,
     slots: [Slot; SLOTS],
+    /// Each slot's thread stamps (gthread workers only).
+    stamps: [[Stamp; MAX_THREADS]; SLOTS],
+}
+
+/// One thread of a gthread worker: only the thread writes it, except for the master's
+/// one compare-exchange of `active` to [`ABORTED`].
+#[repr(C)]
+pub struct Stamp {
+    /// As [`Slot::active`], for this thread's request.
+    active: AtomicU64,
+    /// The stream of that request (written before `active`).
+    stream: AtomicU32,
 }
 
 /// One worker's entry. Only its worker writes `active` (and `served`), except for the
@@ -165,17 +181,56 @@ pub fn assign(index: usize, pid: u32) {
             slot.served.store(0, Ordering::Release);
             slot.pid
                 .store(if i == index { pid } else { 0 }, Ordering::Release);
+            for stamp in &shared.stamps[i] {
+                stamp.active.store(0, Ordering::Release);
+            }
         }
     }
 }
 
-/// The master times out the worker in slot `index` if it has been silent on one
-/// request longer than `timeout` at `now`: the slot is marked [`ABORTED`] with a
-/// compare-exchange, so a worker that showed a sign of life meanwhile wins and is left
-/// alone. Returns how long it had been silent when the master won.
-pub fn time_out_if_silent(index: usize, timeout: Duration, now: u64) -> Option<Duration> {
-    let slot = slot(index)?;
-    let last = slot.active.load(Ordering::Acquire);
+/// The master times out the request of thread `thread` of the gthread worker in slot
+/// `index` if it has been silent longer than `timeout` at `now` (the same
+/// compare-exchange as [`time_out_if_silent`], on the thread's stamp). Returns the
+/// request's stream and how long it had been silent when the master won.
+pub fn time_out_stream_if_silent(
+    index: usize,
+    thread: usize,
+    timeout: Duration,
+    now: u64,
+) -> Option<(u32, Duration)> {
+    let stamp = stamp(index, thread)?;
+    let silent = cas_aborted(&stamp.active, timeout, now)?;
+    Some((stamp.stream.load(Ordering::Acquire), silent))
+}
+
+/// The streams of the gthread worker `pid` that the master timed out: their clients are
+/// owed a 504.
+pub fn timed_out_streams(pid: u32) -> Vec<u32> {
+    let Some(shared) = shared() else {
+        return Vec::new();
+    };
+    let Some(index) = shared
+        .slots
+        .iter()
+        .position(|slot| slot.pid.load(Ordering::Acquire) == pid)
+    else {
+        return Vec::new();
+    };
+    shared.stamps[index]
+        .iter()
+        .filter(|stamp| stamp.active.load(Ordering::Acquire) == ABORTED)
+        .map(|stamp| stamp.stream.load(Ordering::Acquire))
+        .collect()
+}
+
+fn stamp(index: usize, thread: usize) -> Option<&'static Stamp> {
+    shared().and_then(|shared| shared.stamps.get(index)?.get(thread))
+}
+
+/// Marks `active` [`ABORTED`] if it shows a request silent longer than `timeout` at
+/// `now`, unless the worker showed a sign of life meanwhile.
+fn cas_aborted(active: &AtomicU64, timeout: Duration, now: u64) -> Option<Duration> {
+    let last = active.load(Ordering::Acquire);
     if last == 0 || last == ABORTED {
         return None;
     }
@@ -183,7 +238,7 @@ pub fn time_out_if_silent(index: usize, timeout: Duration, now: u64) -> Option<D
     if silent <= timeout {
         return None;
     }
-    slot.active
+    active
         .compare_exchange(last, ABORTED, Ordering::AcqRel, Ordering::Acquire)
         .ok()
         .map(|_| silent)
@@ -211,6 +266,14 @@ pub fn served(pid: u32) -> Option<u64> {
         .map(|slot| slot.served.load(Ordering::Relaxed))
 }
 
+/// The master times out the worker in slot `index` if it has been silent on one
+/// request longer than `timeout` at `now`: the slot is marked [`ABORTED`] with a
+/// compare-exchange, so a worker that showed a sign of life meanwhile wins and is left
+/// alone. Returns how long it had been silent when the master won.
+pub fn time_out_if_silent(index: usize, timeout: Duration, now: u64) -> Option<Duration> {
+    cas_aborted(&slot(index)?.active, timeout, now)
+}
+
 /// Whether the master timed out the worker `pid` (read by the front tier when the
 /// worker's channel closes: the client is owed a 504, not a 502).
 pub fn timed_out(pid: u32) -> bool {
@@ -227,38 +290,80 @@ pub fn timed_out(pid: u32) -> bool {
 #[error("the master timed this worker out (--timeout)")]
 pub struct TimedOut;
 
-/// A worker's own slot: how it reports its signs of life. Without the shared memory
-/// every report succeeds and nothing is recorded.
+/// A worker's own slot, or one thread's stamp in it: how it reports its signs of life.
+/// Without the shared memory every report succeeds and nothing is recorded.
 #[derive(Clone, Copy)]
-pub struct WorkerSlot(Option<&'static Slot>);
+pub struct WorkerSlot {
+    index: usize,
+    slot: Option<&'static Slot>,
+    /// Set for a thread of a gthread worker: its signs of life go here.
+    stamp: Option<&'static Stamp>,
+}
 
 impl WorkerSlot {
     /// The slot the master gave this worker.
     pub fn new(index: usize) -> WorkerSlot {
-        WorkerSlot(slot(index))
+        WorkerSlot {
+            index,
+            slot: slot(index),
+            stamp: None,
+        }
+    }
+
+    /// Thread `thread`'s stamp in this worker's slot (the slot itself past the last).
+    pub fn thread(&self, thread: usize) -> WorkerSlot {
+        WorkerSlot {
+            stamp: stamp(self.index, thread),
+            ..*self
+        }
+    }
+
+    /// A thread takes the request of `stream`: its silence starts now.
+    pub fn begin(&self, stream: u32) -> Result<(), TimedOut> {
+        if let Some(stamp) = self.stamp
+            && stamp.active.load(Ordering::Acquire) != ABORTED
+        {
+            stamp.stream.store(stream, Ordering::Release);
+        }
+        self.alive()
     }
 
     /// A sign of life on the current request (taking it, or sending a piece of its
     /// response): the silence the master measures starts again. Fails once the master
-    /// has timed the worker out.
+    /// has timed the request (the worker, or this thread) out.
     pub fn alive(&self) -> Result<(), TimedOut> {
         self.set(monotonic_nanos())
     }
 
-    /// The request is finished: the worker is idle, and has served one more.
+    /// The request is finished: the worker (or thread) is idle, and the worker has
+    /// served one more.
     pub fn idle(&self) -> Result<(), TimedOut> {
         self.set(0)?;
-        if let Some(slot) = self.0 {
+        if let Some(slot) = self.slot {
             slot.served.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
+    /// Whether the master timed out this worker, or this thread's request.
+    pub fn timed_out(&self) -> bool {
+        let active = match (self.stamp, self.slot) {
+            (Some(stamp), _) => &stamp.active,
+            (None, Some(slot)) => &slot.active,
+            (None, None) => return false,
+        };
+        active.load(Ordering::Acquire) == ABORTED
+    }
+
     /// Stores `value` unless the master got there first with [`ABORTED`] (a
     /// compare-exchange loop, the other half of [`time_out_if_silent`]).
     fn set(&self, value: u64) -> Result<(), TimedOut> {
-        let Some(slot) = self.0 else { return Ok(()) };
-        slot.active
+        let active = match (self.stamp, self.slot) {
+            (Some(stamp), _) => &stamp.active,
+            (None, Some(slot)) => &slot.active,
+            (None, None) => return Ok(()),
+        };
+        active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
                 (current != ABORTED).then_some(value)
             })
@@ -312,5 +417,34 @@ mod tests {
                 .load(Ordering::Relaxed),
             1
         );
+    }
+
+    #[test]
+    fn one_thread_of_a_gthread_worker_times_out_alone() {
+        create().expect("the shared memory maps");
+        let index = 11;
+        assign(index, 5151);
+        let worker = WorkerSlot::new(index);
+        let (stuck, busy) = (worker.thread(0), worker.thread(1));
+        let timeout = Duration::from_secs(1);
+        stuck.begin(41).expect("not timed out");
+        busy.begin(42).expect("not timed out");
+        let now = monotonic_nanos();
+        assert_eq!(time_out_stream_if_silent(index, 0, timeout, now), None);
+        busy.alive().expect("not timed out");
+        let later = monotonic_nanos() + 1_500_000_000;
+        // Thread 1 keeps showing life; only thread 0's stream goes.
+        busy.alive().expect("not timed out");
+        let (stream, _) =
+            time_out_stream_if_silent(index, 0, timeout, later).expect("thread 0 timed out");
+        assert_eq!(stream, 41);
+        assert_eq!(timed_out_streams(5151), vec![41]);
+        assert_eq!(stuck.alive(), Err(TimedOut));
+        assert_eq!(busy.idle(), Ok(()));
+        // The worker as a whole is not timed out: its other requests finish.
+        assert!(!timed_out(5151));
+        // A new worker in the slot starts with clean stamps.
+        assign(index, 5152);
+        assert!(timed_out_streams(5152).is_empty());
     }
 }

@@ -10,6 +10,12 @@
 //! One that cannot run Python (stuck in C code, or with SIGABRT blocked) is killed
 //! with SIGKILL after [`ABORT_GRACE`].
 //!
+//! A gthread worker keeps one stamp per thread instead, and is timed out one request
+//! at a time: the front tier answers that request 504 (the scoreboard names its
+//! stream), and the worker is told to retire (SIGTERM, the lossless handshake), so it
+//! exits once its other requests are done; it is killed if it has not after
+//! `--graceful-timeout`. No SIGABRT: that would end the other requests too.
+//!
 //! Unlike gunicorn, the timeout measures silence, not the length of the request: a
 //! streaming response that keeps sending lives as long as it sends.
 
@@ -38,6 +44,10 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 /// The workers' slots and the timeouts under way.
 pub struct Watchdog {
     timeout: Option<Duration>,
+    /// Threads per worker with a stamp each (gthread), 0 otherwise.
+    threads: usize,
+    /// How long a worker told to retire after a timed-out request may take.
+    graceful: Duration,
     workers: HashMap<Pid, Watched>,
     /// Where the search for a free slot starts: slots are handed out round the ring,
     /// so the slot of a worker just reaped keeps its facts for the front tier a while.
@@ -47,15 +57,20 @@ pub struct Watchdog {
 struct Watched {
     id: u32,
     slot: usize,
-    /// When the worker was sent SIGABRT, and whether SIGKILL followed.
+    /// When the worker was sent SIGABRT (or, gthread, told to retire after a request
+    /// timed out), and whether SIGKILL followed.
     aborted: Option<(Instant, bool)>,
 }
 
 impl Watchdog {
     /// Watches workers for silences longer than `timeout` (None: only tracks slots).
-    pub fn new(timeout: Option<Duration>) -> Watchdog {
+    /// Workers with `threads` stamped threads (gthread) are watched thread by thread,
+    /// and a retiring one is killed after `graceful`.
+    pub fn new(timeout: Option<Duration>, threads: usize, graceful: Duration) -> Watchdog {
         Watchdog {
             timeout,
+            threads,
+            graceful,
             workers: HashMap::new(),
             next_slot: 0,
         }
@@ -104,30 +119,89 @@ impl Watchdog {
             .is_some_and(|w| w.aborted.is_some())
     }
 
-    /// Times out the workers silent too long, and kills those that outlived their
-    /// grace. `front` is the control socket, when there is a front tier.
-    pub fn check(&mut self, front: Option<&OwnedFd>) {
-        let Some(timeout) = self.timeout else { return };
+    /// Times out the workers (or, gthread, the requests) silent too long, and kills
+    /// those that outlived their grace. `front` is the control socket, when there is a
+    /// front tier. Returns the gthread workers to tell to retire.
+    pub fn check(&mut self, front: Option<&OwnedFd>) -> Vec<Pid> {
+        let mut retire = Vec::new();
+        let Some(timeout) = self.timeout else {
+            return retire;
+        };
         let now = scoreboard::monotonic_nanos();
+        let grace = if self.threads > 0 {
+            self.graceful
+        } else {
+            ABORT_GRACE
+        };
         for (&pid, worker) in &mut self.workers {
-            match &mut worker.aborted {
-                Some((at, killed @ false)) if at.elapsed() >= ABORT_GRACE => {
-                    *killed = true;
-                    warn!("Worker (pid: {pid}) still alive {ABORT_GRACE:?} after SIGABRT: SIGKILL");
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
-                Some(_) => {}
-                None => {
-                    let Some(silent) = scoreboard::time_out_if_silent(worker.slot, timeout, now)
-                    else {
-                        continue;
-                    };
-                    worker.aborted = Some((Instant::now(), false));
-                    abort(pid, worker.id, silent, timeout, front);
-                }
+            if let Some((at, killed @ false)) = &mut worker.aborted
+                && at.elapsed() >= grace
+            {
+                *killed = true;
+                warn!("Worker (pid: {pid}) still alive {grace:?} after its timeout: SIGKILL");
+                let _ = kill(pid, Signal::SIGKILL);
             }
+            if self.threads > 0 {
+                // Each thread's request on its own; the worker may hold more.
+                if time_out_streams(pid, worker, self.threads, timeout, now, front) {
+                    retire.push(pid);
+                }
+                continue;
+            }
+            if worker.aborted.is_some() {
+                continue;
+            }
+            let Some(silent) = scoreboard::time_out_if_silent(worker.slot, timeout, now) else {
+                continue;
+            };
+            worker.aborted = Some((Instant::now(), false));
+            abort(pid, worker.id, silent, timeout, front);
         }
+        retire
     }
+}
+
+/// Times out the requests of a gthread worker's threads silent past `timeout`; true if
+/// the worker is to be told to retire (the first time one of its requests times out).
+fn time_out_streams(
+    pid: Pid,
+    worker: &mut Watched,
+    threads: usize,
+    timeout: Duration,
+    now: u64,
+    front: Option<&OwnedFd>,
+) -> bool {
+    let mut any = false;
+    for thread in 0..threads {
+        let Some((stream, silent)) =
+            scoreboard::time_out_stream_if_silent(worker.slot, thread, timeout, now)
+        else {
+            continue;
+        };
+        any = true;
+        error!(
+            "WORKER TIMEOUT (pid:{pid}): thread {thread} silent for {:.1} s on one request (stream {stream}, --timeout {}); answering it 504 and retiring the worker",
+            silent.as_secs_f64(),
+            timeout.as_secs_f64()
+        );
+    }
+    if !any {
+        return false;
+    }
+    let message = AddWorker {
+        id: worker.id,
+        pid: pid.as_raw() as u32,
+    };
+    if let Some(control) = front
+        && let Err(err) = control::send_streams_timed_out(control, message)
+    {
+        warn!("cannot tell the front tier that requests of worker {pid} timed out: {err}");
+    }
+    if worker.aborted.is_some() {
+        return false;
+    }
+    worker.aborted = Some((Instant::now(), false));
+    true
 }
 
 /// gunicorn's line first (people search for it), then what happened.
@@ -157,7 +231,7 @@ mod tests {
 
     #[test]
     fn slots_go_round_the_ring_and_a_reaped_one_is_not_reused_at_once() {
-        let mut watchdog = Watchdog::new(None);
+        let mut watchdog = Watchdog::new(None, 0, Duration::from_secs(30));
         assert_eq!(watchdog.tick(), IDLE_TICK);
         assert_eq!(watchdog.free_slot(), Some(0));
         watchdog.watch(Pid::from_raw(101), 0, 0);
@@ -171,7 +245,7 @@ mod tests {
         watchdog.watch(Pid::from_raw(103), 2, SLOTS - 1);
         assert_eq!(watchdog.free_slot(), Some(0));
         assert_eq!(
-            Watchdog::new(Some(Duration::from_secs(30))).tick(),
+            Watchdog::new(Some(Duration::from_secs(30)), 0, Duration::ZERO).tick(),
             TIMEOUT_TICK
         );
     }

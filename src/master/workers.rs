@@ -102,7 +102,7 @@ impl Arbiter {
     }
 
     /// Tells a worker to stop: it finishes (and hands back) what it holds, then exits.
-    fn tell(&mut self, pid: Pid) {
+    pub(super) fn tell(&mut self, pid: Pid) {
         if let Some(worker) = self.workers.get_mut(&pid) {
             worker.told = true;
             signal_all([pid], Signal::SIGTERM);

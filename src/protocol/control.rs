@@ -11,6 +11,10 @@
 //! - kind 4, `WorkerReady` (front tier to master): the worker with this id and pid said
 //!   Hello on its channel and takes requests. The master waits for it before retiring
 //!   the worker it replaces (SIGHUP).
+//! - kind 5, `StreamsTimedOut`: the master timed out one or more requests of this
+//!   gthread worker (`--timeout`) and told it to retire: answer those requests 504 at
+//!   once (the scoreboard names their streams) and send it nothing more; its other
+//!   requests go on.
 
 /// Bytes in one control message.
 pub const MESSAGE_LEN: usize = 12;
@@ -19,6 +23,7 @@ const ADD_WORKER: u32 = 1;
 const RELOAD_TLS: u32 = 2;
 const WORKER_TIMED_OUT: u32 = 3;
 const WORKER_READY: u32 = 4;
+const STREAMS_TIMED_OUT: u32 = 5;
 
 /// One message between the master and the front tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +36,8 @@ pub enum Message {
     WorkerTimedOut(AddWorker),
     /// The front tier to the master: this worker is ready.
     WorkerReady(AddWorker),
+    /// Some requests of this (gthread) worker were timed out.
+    StreamsTimedOut(AddWorker),
 }
 
 impl Message {
@@ -41,6 +48,7 @@ impl Message {
             Message::ReloadTls => words(RELOAD_TLS, 0, 0),
             Message::WorkerTimedOut(worker) => words(WORKER_TIMED_OUT, worker.id, worker.pid),
             Message::WorkerReady(worker) => words(WORKER_READY, worker.id, worker.pid),
+            Message::StreamsTimedOut(worker) => words(STREAMS_TIMED_OUT, worker.id, worker.pid),
         }
     }
 
@@ -51,6 +59,7 @@ impl Message {
             (RELOAD_TLS, 0, 0) => Some(Message::ReloadTls),
             (WORKER_TIMED_OUT, id, pid) => Some(Message::WorkerTimedOut(AddWorker { id, pid })),
             (WORKER_READY, id, pid) => Some(Message::WorkerReady(AddWorker { id, pid })),
+            (STREAMS_TIMED_OUT, id, pid) => Some(Message::StreamsTimedOut(AddWorker { id, pid })),
             _ => None,
         }
     }
@@ -155,6 +164,18 @@ mod tests {
         let worker = AddWorker { id: 7, pid: 99 };
         let bytes = Message::WorkerReady(worker).encode();
         assert_eq!(Message::decode(&bytes), Some(Message::WorkerReady(worker)));
+        assert_eq!(AddWorker::decode(&bytes), None);
+    }
+
+    #[test]
+    fn streams_timed_out_is_its_own_kind() {
+        let worker = AddWorker { id: 8, pid: 1234 };
+        let bytes = Message::StreamsTimedOut(worker).encode();
+        assert_eq!(bytes[..4], 5u32.to_be_bytes());
+        assert_eq!(
+            Message::decode(&bytes),
+            Some(Message::StreamsTimedOut(worker))
+        );
         assert_eq!(AddWorker::decode(&bytes), None);
     }
 }

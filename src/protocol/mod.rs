@@ -22,6 +22,9 @@
 //!
 //! 1. The worker opens with one [`Kind::Hello`] frame on stream 0 (magic, protocol
 //!    version, pid, capacity). The front tier refuses a worker whose version differs.
+//!    Capacity is how many streams the worker serves at once: 1 (sync), `--threads`
+//!    (gthread) or `--worker-connections` (gevent); the frames of its streams interleave
+//!    on the channel, each frame whole.
 //! 2. The front tier opens a stream with [`Kind::RequestHead`], then sends the body as
 //!    [`Kind::Body`] frames or one [`Kind::BodyFile`] frame (a spooled body), then
 //!    [`Kind::End`]. A stream id is never reused while the stream is open.
@@ -33,9 +36,10 @@
 //!    client went away. The worker still finishes such a stream with `End` or `Abort`,
 //!    because only that frees its slot.
 //! 5. Retirement (`--max-requests`, or a graceful stop): the worker sends
-//!    [`Kind::Retire`] on stream 0 when it is idle. The front tier stops dispatching to
-//!    it and answers [`Kind::Retired`] on stream 0, written under the same lock as
-//!    request frames and after which no request is written. The worker serves every
+//!    [`Kind::Retire`] on stream 0 when it is idle (a sync worker) or at once (a worker
+//!    of several streams, whose reader never waits on a request). The front tier stops
+//!    dispatching to it and answers [`Kind::Retired`] on stream 0, written under the
+//!    same lock as request frames and after which no request is written. The worker serves every
 //!    request that arrived before `Retired`, then exits. Both payloads are empty.
 //!
 //! Payload fields inside heads are encoded with [`FieldWriter`] and read with

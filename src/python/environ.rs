@@ -81,6 +81,15 @@ impl EnvironBuilder {
         })
     }
 
+    /// A builder sharing this one's template, with a cache of its own.
+    pub fn clone_ref(&self, py: Python<'_>) -> EnvironBuilder {
+        EnvironBuilder {
+            template: self.template.clone_ref(py),
+            header_keys: HashMap::new(),
+            script_name: self.script_name.clone(),
+        }
+    }
+
     fn header_key<'py>(&mut self, py: Python<'py>, name: &Bytes) -> Bound<'py, PyString> {
         if let Some(key) = self.header_keys.get(name) {
             return key.bind(py).clone();

@@ -169,6 +169,9 @@ fn arguments<'py>(
         let binds: Vec<String> = settings.binds.iter().map(|b| b.to_string()).collect();
         cfg.set_item("bind", binds)?;
         cfg.set_item("workers", settings.workers)?;
+        let class = settings.worker_class;
+        cfg.set_item("worker_class_str", class.name())?;
+        cfg.set_item("threads", class.stamped_threads().max(1))?;
         cfg.set_item("max_requests", settings.max_requests)?;
         cfg.set_item("max_requests_jitter", settings.max_requests_jitter)?;
         cfg.set_item("max_worker_memory", settings.max_worker_memory >> 20)?;

@@ -21,9 +21,9 @@ use tracing::error;
 
 pub use abort::install_abort_handler;
 pub use input::WsgiInput;
-pub use response::{Outcome, ResponseSink, send_error_page};
+pub use response::{Outcome, ResponseSink, format_traceback, send_error_page};
 
-use crate::config::Settings;
+use crate::config::{Settings, WorkerClass};
 use crate::master::{APP_LOAD_ERROR, WORKER_BOOT_ERROR, scoreboard};
 use crate::protocol::RequestHead;
 use std::time::Duration;
@@ -63,6 +63,7 @@ fn load(settings: &Settings, worker_id: Option<u32>) -> Result<Py<PyAny>, i32> {
         if let Some(id) = worker_id {
             install_hooks(py, settings, id)?;
         }
+        patch_for_gevent(py, settings)?;
         match app::load(py, &settings.app) {
             Ok(app) => Ok(app.unbind()),
             // --reload: show the error (log and browser) and wait for the next change.
@@ -93,6 +94,23 @@ fn install_hooks(py: Python<'_>, settings: &Settings, worker_id: u32) -> Result<
         let what = format!("--hooks: cannot load the hooks module {source:?}");
         report_boot_error(py, &what, &err, WORKER_BOOT_ERROR)
     })
+}
+
+/// `-k gevent`: monkey-patches the standard library before the application is imported
+/// (as gunicorn does), so that its waits switch greenlets. gevent missing from the
+/// application's environment stops the server with one clear report.
+fn patch_for_gevent(py: Python<'_>, settings: &Settings) -> Result<(), i32> {
+    if !matches!(settings.worker_class, WorkerClass::Gevent(_)) {
+        return Ok(());
+    }
+    py.import("gevent.monkey")
+        .and_then(|monkey| monkey.call_method0("patch_all"))
+        .map(|_| ())
+        .map_err(|err| {
+            let what = "-k gevent: cannot import gevent in the application's Python \
+                        environment (pip install gevent there, or choose another -k)";
+            report_boot_error(py, what, &err, WORKER_BOOT_ERROR)
+        })
 }
 
 /// `--preload`: imports the application in the master, before any fork.
@@ -139,20 +157,35 @@ impl App {
     /// `--hooks` are loaded and `post_fork` and `post_worker_init` called on the way.
     pub fn boot(settings: &Settings, id: u32) -> Result<App, i32> {
         let app = match PRELOADED.get() {
-            Some(app) => {
-                Python::attach(|py| install_hooks(py, settings, id).map(|_| app.clone_ref(py)))?
-            }
+            Some(app) => Python::attach(|py| {
+                install_hooks(py, settings, id)?;
+                // Patched in the master already (before the preload); idempotent.
+                patch_for_gevent(py, settings)?;
+                Ok::<_, i32>(app.clone_ref(py))
+            })?,
             None => load(settings, Some(id))?,
         };
+        // PEP 3333: multithread is true when another thread of the process may call
+        // the application at the same time, which greenlets do too.
+        let multithread = settings.worker_class != WorkerClass::Sync;
         Python::attach(|py| {
-            let environ =
-                environ::EnvironBuilder::new(py, settings.workers > 1, false).map_err(|err| {
-                    error!("cannot build the environ template: {err}");
-                    APP_LOAD_ERROR
-                })?;
+            let environ = environ::EnvironBuilder::new(py, settings.workers > 1, multithread);
+            let environ = environ.map_err(|err| {
+                error!("cannot build the environ template: {err}");
+                APP_LOAD_ERROR
+            })?;
             hooks::post_worker_init(py, &app);
             Ok(App { app, environ })
         })
+    }
+
+    /// The same application for another thread of the worker, with an environ builder
+    /// of its own (building an environ needs `&mut`).
+    pub fn for_thread(&self, py: Python<'_>) -> App {
+        App {
+            app: self.app.clone_ref(py),
+            environ: self.environ.clone_ref(py),
+        }
     }
 
     /// Serves one request, sending the response through `sink`.

@@ -1,7 +1,7 @@
 //! The worker's end of its channel: blocking reads of request frames (called with the
 //! GIL released) and buffered writes of response frames.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -49,6 +49,64 @@ pub struct Request {
     pub body: Body,
 }
 
+/// The requests of a worker serving many streams whose frames are still arriving.
+#[derive(Default)]
+pub struct Incoming {
+    partial: HashMap<u32, Partial>,
+}
+
+/// A request whose frames are still arriving.
+struct Partial {
+    stream: u32,
+    head: RequestHead,
+    chunks: Vec<Bytes>,
+    file: Option<BodyFile>,
+}
+
+impl Partial {
+    /// A request begun by its RequestHead frame.
+    fn new(frame: Frame) -> Result<Partial, ProtocolError> {
+        Ok(Partial {
+            stream: frame.stream,
+            head: RequestHead::decode(frame.payload)?,
+            chunks: Vec::new(),
+            file: None,
+        })
+    }
+
+    /// A Body or BodyFile frame of the request.
+    fn add(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        match frame.kind {
+            Kind::BodyFile => self.file = Some(BodyFile::decode(frame.payload)?),
+            _ => self.chunks.push(frame.payload),
+        }
+        Ok(())
+    }
+
+    /// The whole request, once its End frame has come.
+    fn finish(self) -> Request {
+        let body = match self.file {
+            Some(file) => {
+                use std::os::unix::ffi::OsStrExt;
+                let path = PathBuf::from(std::ffi::OsStr::from_bytes(&file.path));
+                Body::File {
+                    path,
+                    length: file.length,
+                }
+            }
+            None if self.chunks.len() == 1 => {
+                Body::Memory(self.chunks.into_iter().next().unwrap_or_default())
+            }
+            None => Body::Memory(self.chunks.concat().into()),
+        };
+        Request {
+            stream: self.stream,
+            head: self.head,
+            body,
+        }
+    }
+}
+
 struct Reader {
     socket: UnixStream,
     buf: BytesMut,
@@ -70,8 +128,9 @@ pub struct Channel {
     writer: Mutex<Writer>,
     /// Retire was queued; the worker waits for Retired.
     retiring: AtomicBool,
-    /// The worker's scoreboard slot: each flush of a response is a sign of life.
-    slot: WorkerSlot,
+    /// Streams of requests being served whose clients went away (Abort frames read by
+    /// [`Channel::read_requests`]).
+    gone: Mutex<HashSet<u32>>,
 }
 
 /// How often a blocked read wakes to check whether the worker was told to stop.
@@ -91,8 +150,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Channel {
-    /// Wraps the worker's end of the channel; `slot` is the worker's scoreboard slot.
-    pub fn new(fd: OwnedFd, slot: WorkerSlot) -> io::Result<Arc<Channel>> {
+    /// Wraps the worker's end of the channel.
+    pub fn new(fd: OwnedFd) -> io::Result<Arc<Channel>> {
         let socket = UnixStream::from(fd);
         socket.set_read_timeout(Some(STOP_CHECK))?;
         let writer = socket.try_clone()?;
@@ -109,7 +168,7 @@ impl Channel {
                 buf: Vec::with_capacity(64 * 1024),
             }),
             retiring: AtomicBool::new(false),
-            slot,
+            gone: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -129,7 +188,7 @@ impl Channel {
     /// asks to retire, and serves what arrives until the answer (protocol/mod.rs, 5).
     pub fn next_request(&self, stop: &AtomicBool) -> Result<Option<Request>, ChannelError> {
         let mut reader = lock(&self.reader);
-        let mut current: Option<(u32, RequestHead, Vec<Bytes>, Option<BodyFile>)> = None;
+        let mut current: Option<Partial> = None;
         loop {
             let idle = current.is_none() && !self.retiring.load(Ordering::Relaxed);
             let frame = match reader.next_frame(stop, idle)? {
@@ -141,47 +200,18 @@ impl Channel {
                     continue;
                 }
             };
-            let ours = current
-                .as_ref()
-                .is_some_and(|(stream, ..)| *stream == frame.stream);
+            let ours = current.as_ref().is_some_and(|p| p.stream == frame.stream);
             match frame.kind {
-                Kind::RequestHead if current.is_none() => {
-                    current = Some((
-                        frame.stream,
-                        RequestHead::decode(frame.payload)?,
-                        Vec::new(),
-                        None,
-                    ));
-                }
-                Kind::Body if ours => {
-                    if let Some((_, _, chunks, _)) = &mut current {
-                        chunks.push(frame.payload);
-                    }
-                }
-                Kind::BodyFile if ours => {
-                    if let Some((_, _, _, file)) = &mut current {
-                        *file = Some(BodyFile::decode(frame.payload)?);
+                Kind::RequestHead if current.is_none() => current = Some(Partial::new(frame)?),
+                Kind::Body | Kind::BodyFile if ours => {
+                    if let Some(partial) = &mut current {
+                        partial.add(frame)?;
                     }
                 }
                 Kind::End if ours => {
-                    let Some((stream, head, chunks, file)) = current.take() else {
-                        continue;
-                    };
-                    let body = match file {
-                        Some(file) => {
-                            use std::os::unix::ffi::OsStrExt;
-                            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&file.path));
-                            Body::File {
-                                path,
-                                length: file.length,
-                            }
-                        }
-                        None if chunks.len() == 1 => {
-                            Body::Memory(chunks.into_iter().next().unwrap_or_default())
-                        }
-                        None => Body::Memory(chunks.concat().into()),
-                    };
-                    return Ok(Some(Request { stream, head, body }));
+                    if let Some(partial) = current.take() {
+                        return Ok(Some(partial.finish()));
+                    }
                 }
                 Kind::Retired if current.is_none() => return Ok(None),
                 Kind::Abort if ours => current = None,
@@ -194,6 +224,97 @@ impl Channel {
                 }
             }
         }
+    }
+
+    /// Reads the requests of any number of streams at once (a gthread worker), handing
+    /// each whole one to `deliver`, until the front tier closes the channel or answers
+    /// Retired. Once `stop` is set the worker asks to retire at once: what is under way,
+    /// and what crosses the Retire on the channel, is still served.
+    pub fn read_requests(
+        &self,
+        stop: &AtomicBool,
+        mut deliver: impl FnMut(Request),
+    ) -> Result<(), ChannelError> {
+        let mut reader = lock(&self.reader);
+        let mut incoming = Incoming::default();
+        loop {
+            let idle = !self.retiring.load(Ordering::Relaxed);
+            let frame = match reader.next_frame(stop, idle)? {
+                Wait::Frame(frame) => frame,
+                Wait::Closed => return Ok(()),
+                Wait::Stopping => {
+                    self.retire();
+                    lock(&self.writer).flush()?;
+                    continue;
+                }
+            };
+            if self.take(&mut incoming, frame, &mut deliver)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// [`Channel::read_requests`] without waiting (a gevent worker, whose hub waits for
+    /// the channel to be readable): takes what has arrived. `Ok(false)` once the front
+    /// tier has closed the channel or answered Retired.
+    pub fn poll_requests(
+        &self,
+        stop: &AtomicBool,
+        incoming: &mut Incoming,
+        mut deliver: impl FnMut(Request),
+    ) -> Result<bool, ChannelError> {
+        let mut reader = lock(&self.reader);
+        if stop.load(Ordering::Relaxed) && !self.retiring.load(Ordering::Relaxed) {
+            self.retire();
+            lock(&self.writer).flush()?;
+        }
+        loop {
+            let frame = match reader.try_frame()? {
+                Some(Wait::Frame(frame)) => frame,
+                Some(_) => return Ok(false),
+                None => return Ok(true),
+            };
+            if self.take(incoming, frame, &mut deliver)? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// One frame of a worker serving many streams; true at Retired. An Abort for a
+    /// request being served is remembered for [`StreamSink::client_gone`].
+    fn take(
+        &self,
+        incoming: &mut Incoming,
+        frame: Frame,
+        deliver: &mut impl FnMut(Request),
+    ) -> Result<bool, ChannelError> {
+        let partial = &mut incoming.partial;
+        match frame.kind {
+            Kind::RequestHead if !partial.contains_key(&frame.stream) => {
+                partial.insert(frame.stream, Partial::new(frame)?);
+            }
+            Kind::Body | Kind::BodyFile => match partial.get_mut(&frame.stream) {
+                Some(request) => request.add(frame)?,
+                None => return Err(ProtocolError::Invalid("body of no request").into()),
+            },
+            Kind::End => match partial.remove(&frame.stream) {
+                Some(request) => deliver(request.finish()),
+                None => return Err(ProtocolError::Invalid("end of no request").into()),
+            },
+            Kind::Retired => return Ok(true),
+            Kind::Abort => {
+                if partial.remove(&frame.stream).is_none() {
+                    lock(&self.gone).insert(frame.stream);
+                }
+            }
+            _ => return Err(ProtocolError::Invalid("frame out of order").into()),
+        }
+        Ok(false)
+    }
+
+    /// The channel's descriptor, for a gevent hub to wait on.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        lock(&self.reader).socket.as_raw_fd()
     }
 
     /// Queues the Retire frame (once); it leaves with the next flush. Sent ahead of the
@@ -212,7 +333,14 @@ impl Channel {
 
     /// Whether the front tier has aborted `stream` (its client went away). Never blocks.
     pub fn aborted(&self, stream: u32) -> bool {
-        let mut reader = lock(&self.reader);
+        if lock(&self.gone).remove(&stream) {
+            return true;
+        }
+        // A gthread or gevent worker's reader holds the reader for good, and notes
+        // aborts in `gone` as they come.
+        let Ok(mut reader) = self.reader.try_lock() else {
+            return false;
+        };
         let reader = &mut *reader;
         let mut chunk = [0u8; 4096];
         while let Ok(n @ 1..) = recv(
@@ -279,6 +407,32 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// The next frame if one has arrived, without waiting; `Some(Wait::Closed)` at the
+    /// end of the channel.
+    fn try_frame(&mut self) -> Result<Option<Wait>, ChannelError> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(Some(Wait::Frame(frame)));
+        }
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(Wait::Frame(frame)));
+            }
+            match recv(
+                self.socket.as_raw_fd(),
+                &mut self.scratch,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(0) => return Ok(Some(Wait::Closed)),
+                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(Errno::EINTR) => {}
+                Err(err) => return Err(io::Error::from(err).into()),
+            }
+        }
+    }
+}
+
 impl Writer {
     fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
@@ -294,12 +448,18 @@ impl Writer {
 pub struct StreamSink {
     channel: Arc<Channel>,
     stream: u32,
+    /// Where the request shows signs of life: the worker's slot, or its thread's stamp.
+    slot: WorkerSlot,
 }
 
 impl StreamSink {
-    /// The sink for `stream`.
-    pub fn new(channel: Arc<Channel>, stream: u32) -> StreamSink {
-        StreamSink { channel, stream }
+    /// The sink for `stream`, whose signs of life go to `slot`.
+    pub fn new(channel: Arc<Channel>, stream: u32, slot: WorkerSlot) -> StreamSink {
+        StreamSink {
+            channel,
+            stream,
+            slot,
+        }
     }
 
     fn queue(&self, fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
@@ -354,11 +514,18 @@ impl ResponseSink for StreamSink {
         // Sending a piece of the response keeps the request alive (`--timeout` measures
         // silence). Once the master has timed the worker out, nothing more is sent: the
         // client has its 504, and the worker goes.
-        self.channel.slot.alive().map_err(io::Error::other)?;
+        self.slot.alive().map_err(io::Error::other)?;
         lock(&self.channel.writer).flush()
     }
 
     fn client_gone(&self) -> bool {
         self.channel.aborted(self.stream)
+    }
+}
+
+impl Drop for StreamSink {
+    fn drop(&mut self) {
+        // An abort that came after the response was done is forgotten with it.
+        lock(&self.channel.gone).remove(&self.stream);
     }
 }

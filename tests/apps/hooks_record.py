@@ -19,7 +19,8 @@ def _worker(worker):
 
 def _server(server):
     return {"pid": server.pid, "num_workers": server.num_workers,
-            "wsgi_app": server.cfg.wsgi_app, "app_uri": server.app.app_uri}
+            "wsgi_app": server.cfg.wsgi_app, "app_uri": server.app.app_uri,
+            "worker_class": server.cfg.worker_class_str, "threads": server.cfg.threads}
 
 
 def _req(req):
