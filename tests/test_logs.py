@@ -147,3 +147,14 @@ def test_bad_log_flags_are_named(tmp_path):
                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parent / "apps")})
     assert bad_file.returncode == 1, bad_file.stderr
     assert "--error-logfile" in bad_file.stderr and str(nowhere) in bad_file.stderr
+
+
+def test_an_app_error_names_the_request_id(serve):
+    server = serve("logs_app:app", workers=1)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/boom", headers={"X-Request-Id": "trace-7"})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    assert response.status == 500 and response.getheader("x-request-id") == "trace-7"
+    server.wait_for_log(r"Error handling request /boom \(request id trace-7\)")

@@ -203,7 +203,17 @@ impl App {
             Body::Memory(bytes) => WsgiInput::memory(bytes),
             Body::File { file, length } => WsgiInput::file(file, length),
         };
-        let label = String::from_utf8_lossy(&head.raw_uri).into_owned();
+        // Names the request in the error log, with the id the front tier gave it (also
+        // in the access log and the response), so the two logs can be joined.
+        let uri = String::from_utf8_lossy(&head.raw_uri);
+        let label = match head
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(b"x-request-id"))
+        {
+            Some((_, id)) => format!("{uri} (request id {})", String::from_utf8_lossy(id)),
+            None => uri.into_owned(),
+        };
         let environ = match self.environ.build(py, head, input) {
             Ok(environ) => environ,
             Err(err) => {
