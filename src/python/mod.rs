@@ -9,6 +9,7 @@ mod app;
 mod broken;
 mod environ;
 mod errors;
+mod head;
 mod hooks;
 mod input;
 mod interp;

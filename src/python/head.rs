@@ -1,0 +1,130 @@
+//! Checking what the application passes to `start_response` (PEP 3333): the status line
+//! and the headers become bytes HTTP can carry, or a Python error (which the response
+//! code turns into a 500). Hop-by-hop headers are dropped: the front tier frames the
+//! response itself.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A field value HTTP can carry: no control characters but HTAB (RFC 9110 §5.5).
+fn is_field_value(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+fn latin1_bytes(text: &str, what: &str) -> PyResult<Vec<u8>> {
+    text.chars()
+        .map(|c| {
+            u8::try_from(c as u32)
+                .map_err(|_| PyValueError::new_err(format!("{what} is not Latin-1: {text:?}")))
+        })
+        .collect()
+}
+
+/// Headers HTTP/1.1 uses per connection; the front tier frames the response itself.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The status code and reason phrase of `status` (`"200 OK"`).
+pub fn parse_status(status: &str) -> PyResult<(u16, Vec<u8>)> {
+    let bytes = latin1_bytes(status, "status")?;
+    let bad = || PyValueError::new_err(format!("invalid status {status:?}: want '200 OK'"));
+    if bytes.len() < 3
+        || !bytes[..3].iter().all(u8::is_ascii_digit)
+        || (bytes.len() > 3 && bytes[3] != b' ')
+    {
+        return Err(bad());
+    }
+    let code =
+        (bytes[0] - b'0') as u16 * 100 + (bytes[1] - b'0') as u16 * 10 + (bytes[2] - b'0') as u16;
+    if code < 200 {
+        return Err(PyValueError::new_err(format!(
+            "status {status:?}: an informational status cannot end a response"
+        )));
+    }
+    let reason = bytes.get(4..).unwrap_or_default().to_vec();
+    if !is_field_value(&reason) {
+        return Err(PyValueError::new_err(format!(
+            "invalid character in status {status:?}"
+        )));
+    }
+    Ok((code, reason))
+}
+
+/// The app's headers as checked bytes, its Content-Length, and whether it asked to close.
+pub type ParsedHeaders = (Vec<(Vec<u8>, Vec<u8>)>, Option<u64>, bool);
+
+/// The application's headers, checked.
+pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
+    let mut parsed = Vec::new();
+    let (mut content_length, mut close) = (None, false);
+    for item in headers.try_iter()? {
+        let item = item?;
+        let pair = item.cast::<PyTuple>().map_err(|_| {
+            PyTypeError::new_err(format!("header must be a (name, value) tuple, not {item}"))
+        })?;
+        if pair.len() != 2 {
+            return Err(PyTypeError::new_err(format!(
+                "header must be a (name, value) tuple, not {pair}"
+            )));
+        }
+        let name_obj = pair.get_item(0)?;
+        let value_obj = pair.get_item(1)?;
+        let name: &str = name_obj
+            .extract()
+            .map_err(|_| PyTypeError::new_err("header names must be str"))?;
+        let value: &str = value_obj
+            .extract()
+            .map_err(|_| PyTypeError::new_err("header values must be str"))?;
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Err(PyValueError::new_err(format!(
+                "invalid header name {name:?}"
+            )));
+        }
+        let value = latin1_bytes(value, "header value")?;
+        if !is_field_value(&value) {
+            return Err(PyValueError::new_err(format!(
+                "invalid header value for {name:?}: {:?}",
+                String::from_utf8_lossy(&value)
+            )));
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower == "content-length" {
+            let text = std::str::from_utf8(&value).unwrap_or("").trim();
+            let length = text
+                .parse::<u64>()
+                .ok()
+                .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| PyValueError::new_err(format!("invalid Content-Length {text:?}")))?;
+            if content_length.is_some_and(|l| l != length) {
+                return Err(PyValueError::new_err("conflicting Content-Length headers"));
+            }
+            if content_length.is_some() {
+                continue;
+            }
+            content_length = Some(length);
+        } else if HOP_BY_HOP.contains(&lower.as_str()) {
+            if lower == "connection" {
+                close |= value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            }
+            continue;
+        }
+        parsed.push((name.as_bytes().to_vec(), value));
+    }
+    Ok((parsed, content_length, close))
+}
