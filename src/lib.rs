@@ -79,6 +79,7 @@ fn serve(settings: Settings, log_level: Option<&str>, program: master::Program) 
         return 1;
     }
     log::init(log_level);
+    hand_over_log_files(&settings);
     if let Err(code) = change_dir(&settings) {
         return code;
     }
@@ -111,5 +112,25 @@ fn change_dir(settings: &Settings) -> Result<(), i32> {
             CONFIG_ERROR
         }),
         None => Ok(()),
+    }
+}
+
+/// With `--user`/`--group`, the log files become theirs (as gunicorn does), so that the
+/// front tier and the workers, which run as them, can open them again on USR1.
+fn hand_over_log_files(settings: &Settings) {
+    let Some(credentials) = settings.credentials else {
+        return;
+    };
+    let access = settings
+        .access_log
+        .as_ref()
+        .and_then(|log| match &log.target {
+            config::AccessTarget::File(path) => Some(path),
+            config::AccessTarget::Stdout => None,
+        });
+    for path in settings.error_log.iter().chain(access) {
+        if let Err(err) = nix::unistd::chown(path, Some(credentials.uid), Some(credentials.gid)) {
+            tracing::warn!("cannot give {} to --user/--group: {err}", path.display());
+        }
     }
 }

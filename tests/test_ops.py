@@ -210,3 +210,26 @@ def test_umask_applies_to_the_unix_socket(serve, tmp_path):
                           "ops_apps:whoami"], capture_output=True, text=True, timeout=15,
                          env={**os.environ, "PYTHONPATH": str(APPS)})
     assert bad.returncode == 2 and "--umask" in bad.stderr, bad.stderr
+
+
+def test_log_files_belong_to_the_user(tmp_path):
+    import grp
+    import pwd
+    if os.geteuid() != 0:
+        # Not root: --user is refused at start (test_user_and_group); nothing to hand over.
+        return
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    error_log, access_log = tmp_path / "error.log", tmp_path / "access.log"
+    # --group only: the app under /root stays readable (see test_user_and_group).
+    server = Server("ops_apps:whoami", "--group", group, "--error-logfile", str(error_log),
+                    "--access-logfile", str(access_log), workers=1, wait=False)
+    try:
+        deadline = time.monotonic() + 15
+        while not (error_log.exists() and "Listening at" in error_log.read_text()):
+            assert time.monotonic() < deadline and server.proc.poll() is None
+            time.sleep(0.05)
+        for path in (error_log, access_log):
+            assert os.stat(path).st_gid == nobody.pw_gid, path
+    finally:
+        server.stop()
