@@ -14,6 +14,7 @@ import time
 
 from conftest import BINARY, alive
 from test_process import wait_workers
+from test_timeout import LOG_LINE
 
 
 def request(port: int, path: str = "/", method: str = "GET", body: bytes | None = None,
@@ -142,6 +143,13 @@ def test_a_request_past_the_timeout_gets_504_alone_and_the_worker_retires(serve)
     assert (status, body) == (200, str(before).encode()), (status, body, server.log[-2000:])
     log = server.wait_for_log(rf"WORKER TIMEOUT \(pid:{before}\): thread \d+ silent")
     assert "answering it 504 and retiring the worker" in log
+    # faulthandler's dump of every thread (SIGUSR2 from the master) shows the hung one;
+    # it is written in pieces, so whole log lines of other processes are taken out first.
+    deadline = time.monotonic() + 5
+    while not re.search(r'File ".*threads_app\.py", line \d+ in _hang\n',
+                        LOG_LINE.sub("", server.log)):
+        assert time.monotonic() < deadline, server.log[-3000:]
+        time.sleep(0.05)
     server.wait_for_log(rf"Worker \(pid: {before}, id: \d+\) .* after its timeout; replacing it")
     # No SIGABRT, no SIGKILL: the worker left on its own once its other request was done.
     assert "SIGKILL" not in server.log and "SIGABRT" not in server.log

@@ -197,6 +197,9 @@ fn time_out_streams(
     {
         warn!("cannot tell the front tier that requests of worker {pid} timed out: {err}");
     }
+    // Where its threads are, in the error log: faulthandler's dump, registered for SIGUSR2
+    // by every worker before it takes requests. The worker goes on serving the others.
+    let _ = kill(pid, Signal::SIGUSR2);
     if worker.aborted.is_some() {
         return false;
     }

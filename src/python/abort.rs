@@ -56,3 +56,18 @@ fn on_abort(py: Python<'_>, _signum: i32, _frame: &Bound<'_, PyAny>) {
     // were written with one write(2) per line and Python's streams just flushed.
     unsafe { libc::_exit(1) }
 }
+
+/// Makes SIGUSR2 print the traceback of every thread to the error log (faulthandler,
+/// from C, without stopping anything): the master sends it when one thread's request of
+/// a gthread worker times out, so the log shows where it hangs while the worker's other
+/// requests finish.
+pub fn install_dump_handler() -> PyResult<()> {
+    Python::attach(|py| {
+        let faulthandler = py.import("faulthandler")?;
+        let signal = py.import("signal")?;
+        let options = PyDict::new(py);
+        options.set_item("all_threads", true)?;
+        faulthandler.call_method("register", (signal.getattr("SIGUSR2")?,), Some(&options))?;
+        Ok(())
+    })
+}

@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use pyo3::prelude::*;
 use tracing::error;
 
-pub use abort::install_abort_handler;
+pub use abort::{install_abort_handler, install_dump_handler};
 pub use input::WsgiInput;
 pub use response::{Outcome, ResponseSink, format_traceback, send_error_page};
 

@@ -91,6 +91,9 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> i32 {
     if let Err(err) = python::install_abort_handler() {
         warn!("cannot install the SIGABRT handler (no traceback on --timeout): {err}");
     }
+    if let Err(err) = python::install_dump_handler() {
+        warn!("cannot install the SIGUSR2 traceback dump (none on a thread's --timeout): {err}");
+    }
     let slot = WorkerSlot::new(slot);
     let capacity = settings.worker_class.capacity();
     let channel = match Channel::new(channel).and_then(|c| c.hello(capacity).map(|_| c)) {
