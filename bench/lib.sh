@@ -93,10 +93,11 @@ EOF
 # The median of the numbers on standard input (separated by spaces or lines).
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
 
-# Prints "label = a/b x (target >= t: met | NOT met)".
-ratio() { # label numerator denominator target
-    awk -v l="$1" -v a="$2" -v b="$3" -v t="$4" 'BEGIN {
+# Prints "label = a/b x (target >= t: met | NOT met)"; without a target, "label = a/b x".
+ratio() { # label numerator denominator [target]
+    awk -v l="$1" -v a="$2" -v b="$3" -v t="${4:-}" 'BEGIN {
         if (b <= 0) { printf "%-22s = n/a\n", l; exit }
+        if (t == "") { printf "%-22s = %6.2fx\n", l, a / b; exit }
         printf "%-22s = %6.2fx  (target >= %gx: %s)\n", l, a / b, t, (a / b >= t ? "met" : "NOT met")
     }'
 }
@@ -141,6 +142,8 @@ stop_server() {
 on_exit() {
     local status=$?
     trap - EXIT INT TERM
+    # A script that starts more than the server stops it in `on_stop` (bench/io.sh).
+    if declare -F on_stop >/dev/null; then on_stop; fi
     stop_server
     rm -rf "$LOGS"
     exit "$status"
@@ -178,24 +181,25 @@ read_wrk() {
 }
 
 # Runs ROUNDS rounds of `measure_url` over the servers named after LABEL, printing each
-# run; sets med[LABEL/server] to each server's median.
+# run (with run_note, if a script's on_measure sets it); sets med[LABEL/server] to each
+# server's median.
 declare -A med=()
 rounds() {
     local label=$1; shift
     local -A runs=()
     local round name error_count=0
-    printf '%-10s %-6s %-9s %12s %10s  %s\n' case round server "requests/s" "p99" "wrk errors"
+    printf '%-12s %-5s %-16s %12s %10s  %s\n' case round server "requests/s" "p99" "wrk errors"
     for round in $(seq "$ROUNDS"); do
         for name in "$@"; do
             measure_url "$name"
             runs[$name]="${runs[$name]:-} $rps"
-            printf '%-10s %-6s %-9s %12.0f %10s  %s\n' "$label" "$round" "$name" "$rps" "${p99:-?}" "${errors:-none}"
+            printf '%-12s %-5s %-16s %12.0f %10s  %s%s\n' "$label" "$round" "$name" "$rps" "${p99:-?}" "${errors:-none}" "${run_note:+  ($run_note)}"
             [[ -z $errors ]] || error_count=$((error_count + 1))
         done
     done
     for name in "$@"; do
         med[$label/$name]=$(median <<<"${runs[$name]}")
-        printf 'median %-10s %-9s %12.0f requests/s\n' "$label" "$name" "${med[$label/$name]}"
+        printf 'median %-12s %-16s %12.0f requests/s\n' "$label" "$name" "${med[$label/$name]}"
     done
     ((error_count == 0)) || echo "WARNING: wrk reported errors in $error_count run(s) of $label (last column): those figures are suspect."
 }
