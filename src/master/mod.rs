@@ -330,7 +330,8 @@ impl Arbiter {
         }
         self.notifier.notify(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
-            notify::monotonic_usec()
+            // systemd wants CLOCK_MONOTONIC in microseconds with RELOADING=1.
+            scoreboard::monotonic_nanos() / 1_000
         ));
         match self.upgrade.program.settings_now() {
             Ok(settings) => self.adopt(settings),

@@ -112,10 +112,3 @@ impl Notifier {
         }
     }
 }
-
-/// CLOCK_MONOTONIC in microseconds, which systemd wants with `RELOADING=1`.
-pub fn monotonic_usec() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|now| now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000)
-        .unwrap_or(0)
-}
