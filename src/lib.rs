@@ -10,6 +10,7 @@ pub mod config;
 pub mod front;
 pub mod log;
 pub mod master;
+pub mod procfs;
 pub mod protocol;
 pub mod python;
 pub mod watcher;

@@ -27,6 +27,7 @@ use tracing::warn;
 
 use super::pool::Pool;
 use crate::master::scoreboard;
+use crate::procfs;
 
 /// Which part of the front tier answered a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,13 +220,10 @@ impl Metrics {
     }
 }
 
-/// A process's resident memory, from the second field of `/proc/PID/statm` (pages).
+/// A process's resident memory.
 fn resident_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_ascii_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
+    let statm = std::fs::read(format!("/proc/{pid}/statm")).ok()?;
+    procfs::resident_bytes(&statm, procfs::page_size())
 }
 
 /// The metrics listener: either kind of socket the master may have bound.

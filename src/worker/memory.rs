@@ -24,10 +24,7 @@ impl MemoryLimit {
         if limit == 0 {
             return None;
         }
-        let page_size = match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
-            Ok(Some(size)) if size > 0 => size as u64,
-            _ => 4096,
-        };
+        let page_size = crate::procfs::page_size();
         match File::open("/proc/self/statm") {
             Ok(statm) => Some(MemoryLimit {
                 statm,
@@ -45,10 +42,7 @@ impl MemoryLimit {
     fn rss(&self) -> Option<u64> {
         let mut buf = [0u8; 128];
         let n = self.statm.read_at(&mut buf, 0).ok()?;
-        // "size resident shared text lib data dt", in pages.
-        let text = std::str::from_utf8(buf.get(..n)?).ok()?;
-        let pages: u64 = text.split_ascii_whitespace().nth(1)?.parse().ok()?;
-        Some(pages.saturating_mul(self.page_size))
+        crate::procfs::resident_bytes(buf.get(..n)?, self.page_size)
     }
 
     /// Whether the worker has passed the limit; says so in the log when it has.
