@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import http.client
 import subprocess
 import time
 import zlib
@@ -14,6 +13,7 @@ import zstandard
 
 from conftest import ROOT, Server
 from rawhttp import Connection
+from test_static import get
 
 PUBLIC = ROOT / "static-test" / "public"
 
@@ -39,16 +39,6 @@ def server():
                     "--static", f"/assets={PUBLIC}", workers=1)
     yield server
     server.stop()
-
-
-def get(server, path, headers=None, method="GET"):
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    try:
-        conn.request(method, path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp, resp.read()
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])

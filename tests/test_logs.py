@@ -11,17 +11,7 @@ import time
 from pathlib import Path
 
 from conftest import BINARY, Server, children_of
-
-
-def get(port: int, path: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
+from test_process import get
 
 
 def wait_for_text(path: Path, text: str, timeout: float = 10.0) -> str:
@@ -71,8 +61,8 @@ def test_error_logfile_takes_every_process_and_python_traceback(tmp_path):
     log = tmp_path / "error.log"
     server = start_logging_to(log)
     try:
-        assert get(server.port, "/boom") == 500
-        assert get(server.port, "/errors") == 200
+        assert get(server.port, "/boom")[0] == 500
+        assert get(server.port, "/errors")[0] == 200
         content = wait_for_text(log, "a line on wsgi.errors")
         wait_for_text(log, "RuntimeError: boom for the error log")
         assert "Booting worker with pid" in content  # the master's lines
@@ -98,7 +88,7 @@ def test_usr1_reopens_the_log_file_after_it_was_moved(tmp_path):
         # Each child reopens it too: a traceback from any worker lands in the new file.
         deadline = time.monotonic() + 10
         for _ in range(6):
-            assert get(server.port, "/boom") == 500
+            assert get(server.port, "/boom")[0] == 500
         content = wait_for_text(log, "RuntimeError: boom for the error log")
         assert content.count("RuntimeError: boom") == 6, content
         assert "RuntimeError" not in rotated.read_text()
@@ -121,7 +111,7 @@ def test_usr1_with_the_log_on_stderr_changes_nothing(serve):
     children = settled_children(server, 2)
     server.signal(signal.SIGUSR1)
     server.wait_for_log(r"no log file to reopen")
-    assert get(server.port, "/") == 200
+    assert get(server.port, "/")[0] == 200
     assert sorted(children_of(server.pid)) == sorted(children)
 
 
@@ -130,7 +120,7 @@ def test_log_level_warning_drops_info_lines(tmp_path):
     server = FileLoggingServer("logs_app:app", "--error-logfile", str(log), "--log-level",
                                "warning", workers=1)
     try:
-        assert get(server.port, "/boom") == 500
+        assert get(server.port, "/boom")[0] == 500
         content = wait_for_text(log, "RuntimeError")
         assert "[INFO]" not in content, content
     finally:

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from conftest import BINARY, free_port
-from test_process import wait_workers
+from test_process import get, wait_workers
 
 SAMPLE = re.compile(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$")
 
@@ -35,16 +35,6 @@ def scrape(port: int) -> dict[tuple[str, frozenset], float]:
 
 def value(samples, name: str, **labels) -> float:
     return samples[(name, frozenset(labels.items()))]
-
-
-def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def test_metrics_count_what_was_served(serve, tmp_path):
