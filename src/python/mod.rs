@@ -204,17 +204,7 @@ impl App {
             Body::Memory(bytes) => WsgiInput::memory(bytes),
             Body::File { file, length } => WsgiInput::file(file, length),
         };
-        // Names the request in the error log, with the id the front tier gave it (also
-        // in the access log and the response), so the two logs can be joined.
-        let uri = String::from_utf8_lossy(&head.raw_uri);
-        let label = match head
-            .headers
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(b"x-request-id"))
-        {
-            Some((_, id)) => format!("{uri} (request id {})", String::from_utf8_lossy(id)),
-            None => uri.into_owned(),
-        };
+        let label = RequestLabel(head);
         let environ = match self.environ.build(py, head, input) {
             Ok(environ) => environ,
             Err(err) => {
@@ -232,6 +222,26 @@ impl App {
         let outcome = response::respond(py, app, environ.clone(), sink, head_only, &label);
         hooks.post_request(py, &req, &environ, &recorder);
         outcome
+    }
+}
+
+/// Names a request in the error log, with the id the front tier gave it (also in the
+/// access log and the response), so the two logs can be joined. Written only when a
+/// line is: nothing is formatted for a request that logs nothing.
+struct RequestLabel<'a>(&'a RequestHead);
+
+impl std::fmt::Display for RequestLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let head = self.0;
+        write!(f, "{}", String::from_utf8_lossy(&head.raw_uri))?;
+        let id = head
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(b"x-request-id"));
+        match id {
+            Some((_, id)) => write!(f, " (request id {})", String::from_utf8_lossy(id)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -267,7 +267,7 @@ pub fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
     }
 }
 
-fn log_app_error(py: Python<'_>, err: &PyErr, label: &str) {
+fn log_app_error(py: Python<'_>, err: &PyErr, label: &dyn std::fmt::Display) {
     error!(
         "Error handling request {label}\n{}",
         format_traceback(py, err).trim_end()
@@ -284,7 +284,7 @@ pub fn respond(
     environ: Bound<'_, pyo3::types::PyDict>,
     sink: Arc<dyn ResponseSink>,
     head_only: bool,
-    label: &str,
+    label: &dyn std::fmt::Display,
 ) -> Outcome {
     let start = match Bound::new(py, StartResponse::new(sink.clone(), head_only)) {
         Ok(start) => start,
