@@ -11,9 +11,11 @@
 //! has fewer ready workers than it should. New code that does not load leaves the old
 //! workers serving.
 
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
@@ -277,11 +279,11 @@ impl Arbiter {
         let Some(front) = &self.front else {
             return false;
         };
-        let (front_end, worker_end) = match nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
+        let (front_end, worker_end) = match socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
             None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            SockFlag::SOCK_CLOEXEC,
         ) {
             Ok(pair) => pair,
             Err(err) => {
@@ -289,7 +291,6 @@ impl Arbiter {
                 return false;
             }
         };
-        use std::os::fd::AsRawFd;
         let Some(slot) = self.watchdog.free_slot() else {
             error!("cannot start a worker: every scoreboard slot is taken");
             return false;
