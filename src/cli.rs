@@ -64,7 +64,7 @@ pub struct ServeArgs {
     pub worker_connections: usize,
 
     /// Threads of the front tier (TLS, HTTP, static files). [default: half the CPU
-    /// cores, at least 1: the workers need the rest]
+    /// cores, at least 2 (1 on one core): the workers need the rest]
     #[arg(long, value_name = "INT")]
     pub front_threads: Option<usize>,
 
@@ -241,6 +241,11 @@ pub struct ServeArgs {
     /// Most requests waiting for a free worker; more are answered 503.
     #[arg(long, value_name = "INT", default_value_t = 4096)]
     pub max_queue: usize,
+
+    /// Requests a sync worker may hold queued behind the one it runs, when every worker
+    /// is busy and its requests are short (under a millisecond); 0: none.
+    #[arg(long, value_name = "INT", default_value_t = 7)]
+    pub prefetch: usize,
 
     /// Seconds a request may wait for a free worker before it is answered 503.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]

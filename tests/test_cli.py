@@ -244,10 +244,12 @@ def test_import_error_with_preload_traceback_once():
     assert not seen, f"forked children although the preload failed: {seen}\n{out}"
 
 
-def runtime_threads(pid: int) -> int:
-    """How many tokio runtime threads process `pid` runs."""
+def front_threads(pid: int) -> int:
+    """How many front-tier threads (one runtime each) process `pid` runs: the main
+    thread, `rwsgi-front`, and `rwsgi-front-N` for the others."""
     tasks = Path(f"/proc/{pid}/task")
-    return sum((task / "comm").read_text().strip() == "tokio-rt-worker" for task in tasks.iterdir())
+    return sum((task / "comm").read_text().strip().startswith("rwsgi-front")
+               for task in tasks.iterdir())
 
 
 def test_front_threads_sets_the_front_tier_runtime(serve):
@@ -256,8 +258,8 @@ def test_front_threads_sets_the_front_tier_runtime(serve):
     conn.request("GET", "/")
     assert conn.getresponse().status == 200
     conn.close()
-    counts = [runtime_threads(pid) for pid in children_of(server.pid)]
-    # One child is the front tier; the worker runs no runtime.
+    counts = [front_threads(pid) for pid in children_of(server.pid)]
+    # One child is the front tier; the worker runs none.
     assert sorted(counts) == [0, 3], counts
 
 

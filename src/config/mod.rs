@@ -110,6 +110,8 @@ pub struct Settings {
     pub body_memory_limit: usize,
     /// Requests that may wait for a free worker before new ones get 503.
     pub max_queue: usize,
+    /// `--prefetch`: requests a sync worker may hold queued behind the one it runs.
+    pub prefetch: usize,
     /// Static files and internal redirects (`--static`, `--internal`).
     pub files: FileSettings,
     /// Compression of app responses (`--compress`), when on.
@@ -196,12 +198,12 @@ impl Settings {
             None if reload.is_some() => 1,
             None => cores,
         };
-        // Measured on two cores: one front thread serves more requests than two, whose
-        // wake-ups and stealing take CPU time the workers need.
+        // Each front thread runs its own connections and reads its own workers'
+        // channels (see front::shard), so two are worth it even on two cores.
         let front_threads = match args.front_threads {
             Some(0) => return Err(ConfigError::new("--front-threads", "must be at least 1")),
             Some(n) => n,
-            None => (cores / 2).max(1),
+            None => (cores / 2).max(cores.min(2)),
         };
         if let Some(dir) = &args.chdir
             && !dir.is_dir()
@@ -304,6 +306,7 @@ impl Settings {
                 min_size: args.compress_min_size,
             }),
             max_queue: args.max_queue,
+            prefetch: args.prefetch,
             limits,
             forwarded_allow,
             tls,

@@ -291,6 +291,11 @@ impl WorkerBody {
                         "a second response head".into(),
                     )))))
                 }
+                // Only a request whose head has not come can be given back.
+                Poll::Ready(Some(Event::Returned(_))) => {
+                    self.finished = true;
+                    Poll::Ready(Some(Err(ResponseAborted(Failure::WorkerDied))))
+                }
                 Poll::Ready(None) => {
                     self.finished = true;
                     Poll::Ready(Some(Err(ResponseAborted(Failure::WorkerDied))))

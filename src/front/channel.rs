@@ -18,7 +18,7 @@ use std::os::fd::AsRawFd;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::control::Reporter;
 use super::pool::{Lease, Pool};
@@ -39,6 +39,18 @@ pub enum Event {
     End,
     /// The response cannot be completed.
     Failed(Failure),
+    /// The worker died before it began this request (it was queued behind another, see
+    /// `pool`): it may go to another worker.
+    Returned(Returned),
+}
+
+/// A request given back unstarted, with what it held.
+pub struct Returned(pub StreamHold);
+
+impl std::fmt::Debug for Returned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Returned")
+    }
 }
 
 /// Response bytes kept in the stream's temporary file: `len` bytes from `offset`.
@@ -102,7 +114,7 @@ struct Stream {
     spill: Option<(Arc<File>, u64)>,
     /// Whether spilling failed (the rest of the response is kept in memory).
     spill_failed: bool,
-    _hold: StreamHold,
+    hold: StreamHold,
 }
 
 impl Stream {
@@ -163,6 +175,11 @@ pub struct WorkerConn {
     pub id: u32,
     /// The worker's pid, from its Hello.
     pub pid: u32,
+    /// The front tier's shard (thread) that reads its channel.
+    pub shard: usize,
+    /// It serves one request at a time, in the order they were written (a sync worker):
+    /// when it dies, the requests after the first it has not finished never began.
+    sequential: bool,
     socket: Arc<UnixStream>,
     /// Held while one stream's frames are written, so that they are not interleaved.
     /// True once Retired was written: nothing may be written after it but aborts.
@@ -187,17 +204,18 @@ impl WorkerConn {
         hold: StreamHold,
         encode: impl FnOnce(u32, &mut Vec<u8>) -> Result<(), ProtocolError>,
     ) -> Result<(u32, Events), Refused> {
+        // Checked and written under the writer lock, the same one `retire` holds while
+        // it writes Retired: no request can follow that frame. Stream ids are taken
+        // under it too, so that they follow the order of the requests on the channel.
+        let mut writing = self.writing.lock().await;
+        if *writing {
+            return Err(Refused::Retired(hold));
+        }
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let mut frames = Vec::new();
         if let Err(err) = encode(id, &mut frames) {
             warn!("cannot encode a request for worker {}: {err}", self.pid);
             return Err(Refused::Failed(Failure::Aborted(err.to_string())));
-        }
-        // Checked and written under the writer lock, the same one `retire` holds while
-        // it writes Retired: no request can follow that frame.
-        let mut writing = self.writing.lock().await;
-        if *writing {
-            return Err(Refused::Retired(hold));
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let in_memory = Arc::new(AtomicUsize::new(0));
@@ -216,7 +234,7 @@ impl WorkerConn {
                     in_memory: in_memory.clone(),
                     spill: None,
                     spill_failed: false,
-                    _hold: hold,
+                    hold,
                 },
             );
         }
@@ -330,7 +348,24 @@ impl WorkerConn {
             streams.timed_out = true;
             std::mem::take(&mut streams.open)
         };
+        let (open, unstarted) = self.split_unstarted(open);
         fail_all(open, Failure::TimedOut);
+        self.give_back(unstarted);
+    }
+
+    /// Of the streams open when a sequential worker stopped, those it never began: all
+    /// but the first (it serves them in stream order). A worker serving several at once
+    /// may have begun any, so none is taken out.
+    fn split_unstarted(
+        &self,
+        mut open: HashMap<u32, Stream>,
+    ) -> (HashMap<u32, Stream>, Vec<Stream>) {
+        let Some(first) = open.keys().min().copied().filter(|_| self.sequential) else {
+            return (open, Vec::new());
+        };
+        let begun = open.remove(&first).map(|stream| (first, stream));
+        let unstarted = open.into_values().collect();
+        (begun.into_iter().collect(), unstarted)
     }
 
     /// The master timed out these streams of a gthread worker: they fail with
@@ -349,12 +384,30 @@ impl WorkerConn {
         fail_all(timed_out, Failure::TimedOut);
     }
 
+    /// Gives requests the worker never began back to their tasks, with what they hold.
+    fn give_back(&self, unstarted: Vec<Stream>) {
+        if unstarted.is_empty() {
+            return;
+        }
+        info!(
+            "worker {} stopped before it began {} request(s) queued on it: they go to other workers",
+            self.pid,
+            unstarted.len()
+        );
+        for stream in unstarted {
+            let Stream { events, hold, .. } = stream;
+            let _ = events.send(Event::Returned(Returned(hold)));
+        }
+    }
+
     fn close(&self) {
         let open = {
             let mut streams = self.streams();
             streams.alive = false;
             std::mem::take(&mut streams.open)
         };
+        let (open, unstarted) = self.split_unstarted(open);
+        self.give_back(unstarted);
         if open.is_empty() {
             return;
         }
@@ -382,9 +435,28 @@ fn fail_all(open: HashMap<u32, Stream>, failure: Failure) {
     }
 }
 
-/// Takes over a worker's channel: waits for its Hello, adds it to the pool (and tells the
-/// master), then routes its frames until the channel closes.
-pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>, reporter: Reporter) {
+/// Takes over a worker's channel on shard `shard` (from [`Pool::assign_shard`]): waits
+/// for its Hello, adds it to the pool (and tells the master), then routes its frames
+/// until the channel closes.
+pub fn start(
+    id: u32,
+    (shard, runtime): (usize, &tokio::runtime::Handle),
+    stream: std::os::unix::net::UnixStream,
+    pool: Arc<Pool>,
+    reporter: Reporter,
+) {
+    // Registered with the shard's own reactor, so that its thread alone reads it.
+    let _entered = runtime.enter();
+    let stream = match stream
+        .set_nonblocking(true)
+        .and_then(|_| UnixStream::from_std(stream))
+    {
+        Ok(stream) => stream,
+        Err(err) => {
+            pool.unassign_shard(shard);
+            return warn!("cannot use worker {id}'s channel: {err}");
+        }
+    };
     tokio::spawn(async move {
         let socket = Arc::new(stream);
         let reader = socket.clone();
@@ -393,16 +465,24 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>, reporter: Reporter) {
         let hello = match read_frame(&reader, &mut decoder, &mut buf).await {
             Ok(Some(frame)) if frame.kind == Kind::Hello => Hello::decode(frame.payload),
             Ok(Some(_)) => Err(ProtocolError::Invalid("first frame is not Hello")),
-            Ok(None) => return debug!("worker {id} closed its channel before it was ready"),
+            Ok(None) => {
+                pool.unassign_shard(shard);
+                return debug!("worker {id} closed its channel before it was ready");
+            }
             Err(err) => Err(err),
         };
         let hello = match hello {
             Ok(hello) => hello,
-            Err(err) => return warn!("worker {id} spoke badly on its channel: {err}"),
+            Err(err) => {
+                pool.unassign_shard(shard);
+                return warn!("worker {id} spoke badly on its channel: {err}");
+            }
         };
         let conn = Arc::new(WorkerConn {
             id,
             pid: hello.pid,
+            shard,
+            sequential: hello.capacity == 1,
             socket,
             writing: tokio::sync::Mutex::new(false),
             streams: Mutex::new(Streams {
@@ -437,7 +517,7 @@ pub fn start(id: u32, stream: UnixStream, pool: Arc<Pool>, reporter: Reporter) {
                 }
             }
         }
-        pool.forget(id);
+        pool.forget(id, shard);
         conn.close();
     });
 }

@@ -37,7 +37,12 @@ impl Reporter {
 
 /// Receives workers until the master closes the control socket (the master is gone);
 /// a reload request wakes `reload`.
-pub async fn receive(control: OwnedFd, pool: Arc<Pool>, reload: Arc<Notify>) {
+pub async fn receive(
+    control: OwnedFd,
+    pool: Arc<Pool>,
+    shards: Vec<tokio::runtime::Handle>,
+    reload: Arc<Notify>,
+) {
     let reporter = match control.try_clone() {
         Ok(fd) => Reporter(Arc::new(fd)),
         Err(err) => return warn!("cannot share the control socket: {err}"),
@@ -112,14 +117,17 @@ pub async fn receive(control: OwnedFd, pool: Arc<Pool>, reload: Arc<Notify>) {
             warn!("ignoring a malformed control message ({length} bytes)");
             continue;
         };
-        let id = worker.id;
         let stream = std::os::unix::net::UnixStream::from(fd);
-        match stream
-            .set_nonblocking(true)
-            .and_then(|_| tokio::net::UnixStream::from_std(stream))
-        {
-            Ok(stream) => channel::start(id, stream, pool.clone(), reporter.clone()),
-            Err(err) => warn!("cannot use worker {id}'s channel: {err}"),
-        }
+        let shard = pool.assign_shard();
+        let Some(runtime) = shards.get(shard).or(shards.first()) else {
+            return warn!("the front tier has no runtime for worker {}", worker.id);
+        };
+        channel::start(
+            worker.id,
+            (shard, runtime),
+            stream,
+            pool.clone(),
+            reporter.clone(),
+        );
     }
 }

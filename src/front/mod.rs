@@ -17,6 +17,7 @@ mod proxy;
 mod redirect;
 mod request_id;
 mod service;
+mod shard;
 mod tls;
 
 mod compress;
@@ -46,14 +47,17 @@ use service::{ConnInfo, Shared};
 
 /// Runs the front tier until it is told to stop; returns the process exit code.
 pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: OwnedFd) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.front_threads)
-        .enable_all()
-        .build()
-    {
+    let runtime = match shard::runtime() {
         Ok(runtime) => runtime,
         Err(err) => {
             error!("cannot start the front tier's runtime: {err}");
+            return crate::master::WORKER_BOOT_ERROR;
+        }
+    };
+    let shards = match shard::Shards::start(settings.front_threads, runtime.handle().clone()) {
+        Ok(shards) => shards,
+        Err(err) => {
+            error!("cannot start the front tier's threads: {err}");
             return crate::master::WORKER_BOOT_ERROR;
         }
     };
@@ -65,8 +69,9 @@ pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: Owne
             return crate::master::WORKER_BOOT_ERROR;
         }
     };
-    let code = runtime.block_on(serve(settings, listeners, control, access_log));
+    let code = runtime.block_on(serve(settings, listeners, control, access_log, &shards));
     // Connections still open after a graceful stop's timeout are simply dropped.
+    shards.stop();
     runtime.shutdown_timeout(Duration::from_millis(100));
     // After the runtime: the responses it dropped have written their lines.
     if let Some(writer) = writer {
@@ -80,10 +85,15 @@ enum Accepting {
     Unix(UnixListener, BindAddr),
 }
 
-fn adopt(fd: RawFd, addr: BindAddr) -> std::io::Result<Accepting> {
+/// Takes ownership of an inherited listener.
+fn own(fd: RawFd) -> OwnedFd {
     // SAFETY: the master bound this descriptor and the fork gave this process its own
     // copy, which nothing else here owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Registers a listener with the runtime of the calling context.
+fn adopt(owned: OwnedFd, addr: BindAddr) -> std::io::Result<Accepting> {
     Ok(match addr {
         BindAddr::Tcp(_) => {
             let listener = std::net::TcpListener::from(owned);
@@ -105,8 +115,9 @@ async fn serve(
     listeners: Vec<(RawFd, BindAddr)>,
     control: OwnedFd,
     access_log: Option<Arc<AccessLog>>,
+    shards: &shard::Shards,
 ) -> i32 {
-    let pool = pool::Pool::new(settings.max_queue);
+    let pool = pool::Pool::new(settings.max_queue, shards.count(), settings.prefetch);
     let shared = Arc::new(Shared {
         pool: pool.clone(),
         body_memory_limit: settings.body_memory_limit,
@@ -156,7 +167,7 @@ async fn serve(
     if let (Some(metrics), Some((fd, addr))) =
         (&shared.metrics, metrics_listener.into_iter().next())
     {
-        match adopt(fd, addr) {
+        match adopt(own(fd), addr) {
             Ok(listener) => {
                 let listener = match listener {
                     Accepting::Tcp(l, _) => metrics::MetricsListener::Tcp(l),
@@ -173,23 +184,29 @@ async fn serve(
     let target = redirect::Target::new(listeners.iter().map(|(_, addr)| addr));
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_tasks = Vec::new();
+    // Every shard accepts on every listener: whichever is free first takes the
+    // connection.
     for (fd, addr) in listeners {
-        match adopt(fd, addr) {
-            Ok(listener) => accept_tasks.push(tokio::spawn(accept_loop(
-                listener,
-                shared.clone(),
-                graceful.clone(),
-                connections.clone(),
-                tls.clone(),
-            ))),
-            Err(err) => {
-                error!("cannot use an inherited listener: {err}");
-                return crate::master::WORKER_BOOT_ERROR;
+        let fd = own(fd);
+        for runtime in shards.handles() {
+            let _entered = runtime.enter();
+            match fd.try_clone().and_then(|fd| adopt(fd, addr.clone())) {
+                Ok(listener) => accept_tasks.push(tokio::spawn(accept_loop(
+                    listener,
+                    shared.clone(),
+                    graceful.clone(),
+                    connections.clone(),
+                    tls.clone(),
+                ))),
+                Err(err) => {
+                    error!("cannot use an inherited listener: {err}");
+                    return crate::master::WORKER_BOOT_ERROR;
+                }
             }
         }
     }
     for (fd, addr) in redirects {
-        match adopt(fd, addr) {
+        match adopt(own(fd), addr) {
             Ok(listener) => accept_tasks.push(tokio::spawn(redirect::accept_loop(
                 listener,
                 target,
@@ -203,7 +220,12 @@ async fn serve(
             }
         }
     }
-    let mut master_gone = tokio::spawn(control::receive(control, pool, reload));
+    let mut master_gone = tokio::spawn(control::receive(
+        control,
+        pool,
+        shards.handles().to_vec(),
+        reload,
+    ));
     let graceful_stop = tokio::select! {
         _ = term.recv() => true,
         _ = &mut master_gone => {

@@ -4,13 +4,32 @@
 //! [`Lease`] on the least-loaded worker with a free slot, or waits in a bounded FIFO
 //! queue. Dropping the lease frees the slot (the channel drops it when the worker ends
 //! the stream); a lease of a worker that has died frees nothing.
+//!
+//! Prefetch (`--prefetch N`): when every worker is busy, a sync worker whose requests
+//! are short may be given up to N more, queued on its channel behind the one it runs.
+//! It then goes from one request to the next without sleeping in between, and the front
+//! tier writes to a worker that is awake: both save a wake-up per request, which is
+//! most of what a short request costs. Only short requests qualify, so that a request
+//! queued in a worker waits about as long as it would have in the front tier's queue:
+//! the worker's recent requests times the ones queued must stay under
+//! [`PREFETCH_BUDGET`], as must the time the current one has run so far. A sync worker
+//! serves its requests in order, so when it dies, the ones it had not started yet are
+//! given back and go to another worker (see `channel`).
+//!
+//! Each worker's channel is read by one of the front tier's shards (threads), and each
+//! request is served by one. Between equally loaded workers, a request takes one of its
+//! own shard; a freed slot goes to the oldest waiting request of the worker's shard,
+//! else to the oldest of any other. So the common path stays on one thread, and no
+//! worker idles while any request waits.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::channel::WorkerConn;
+use super::shard;
 
 /// No worker could take the request: the queue is full or the server is stopping.
 #[derive(Debug)]
@@ -20,29 +39,156 @@ pub struct Busy;
 pub struct Pool {
     inner: Mutex<Inner>,
     max_queue: usize,
+    /// `--prefetch`: requests a sync worker may hold queued behind the one it runs.
+    prefetch: usize,
+}
+
+/// A request waiting for a worker: when it began waiting, and where to send its lease.
+struct Waiter {
+    since: u64,
+    lease: oneshot::Sender<Lease>,
 }
 
 struct Slot {
     conn: Arc<WorkerConn>,
     free: usize,
+    /// For a sync worker with `--prefetch`: requests queued on it beyond its one slot,
+    /// and how long its requests take.
+    prefetch: Option<Prefetch>,
 }
 
-#[derive(Default)]
+impl Slot {
+    /// Whether the worker may be given one more request now, beyond its slots.
+    fn may_prefetch(&self, now: Instant) -> bool {
+        self.free == 0
+            && self.prefetch.as_ref().is_some_and(|prefetch| {
+                prefetch.queued < prefetch.depth && prefetch.pace.allows(prefetch.queued + 1, now)
+            })
+    }
+}
+
+/// Prefetch accounting of one sync worker.
+struct Prefetch {
+    /// The most requests it may hold beyond the one it runs (`--prefetch`).
+    depth: usize,
+    /// Requests it holds beyond the one it runs.
+    queued: usize,
+    pace: Pace,
+}
+
+/// A sync worker's pace: how long its requests take, as the front tier sees them end.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// When the request it runs now began (was dispatched to it idle, or the one before
+    /// it ended).
+    since: Instant,
+    /// A moving average of its requests' times, in nanoseconds; starts at
+    /// [`PREFETCH_BUDGET`], so that a new worker earns prefetch by serving short
+    /// requests first.
+    average: u64,
+}
+
+/// How long a request may expect to wait queued in a worker (prefetch): about the
+/// time one request spends in the front tier's queue when the workers are that busy.
+pub const PREFETCH_BUDGET: Duration = Duration::from_millis(1);
+
+impl Pace {
+    fn new(now: Instant) -> Pace {
+        Pace {
+            since: now,
+            average: PREFETCH_BUDGET.as_nanos() as u64,
+        }
+    }
+
+    /// Whether `queued` requests behind the current one stay within the budget: the
+    /// current one has not run long, and `queued` requests of the average time are
+    /// short enough.
+    fn allows(&self, queued: usize, now: Instant) -> bool {
+        let budget = PREFETCH_BUDGET.as_nanos() as u64;
+        now.saturating_duration_since(self.since) < PREFETCH_BUDGET
+            && self.average.saturating_mul(queued as u64) < budget
+    }
+
+    /// A request ended at `now`; the next one (if any) begins.
+    fn ended(&mut self, now: Instant) {
+        let took = now.saturating_duration_since(self.since).as_nanos();
+        let took = u64::try_from(took).unwrap_or(u64::MAX);
+        // An eighth of the new time: a slow request counts at once, a run of short
+        // ones brings the average down within a few dozen requests.
+        self.average = self.average - self.average / 8 + took / 8;
+        self.since = now;
+    }
+}
+
 struct Inner {
     workers: Vec<Slot>,
-    waiters: VecDeque<oneshot::Sender<Lease>>,
+    /// Each shard's waiting requests, oldest first.
+    waiters: Vec<VecDeque<Waiter>>,
+    /// Requests ever queued: orders waiters across shards.
+    queued_ever: u64,
     /// Every worker whose channel is open, retiring ones included (by the master's id),
     /// so that one timed out can be found.
     channels: HashMap<u32, Weak<WorkerConn>>,
+    /// Channels each shard reads.
+    channels_per_shard: Vec<usize>,
+}
+
+impl Inner {
+    fn waiting(&self) -> usize {
+        self.waiters.iter().map(VecDeque::len).sum()
+    }
+
+    /// The oldest waiter of shard `first`, else the oldest of all.
+    fn next_waiter(&mut self, first: usize) -> Option<Waiter> {
+        if let Some(waiter) = self.waiters.get_mut(first).and_then(VecDeque::pop_front) {
+            return Some(waiter);
+        }
+        let oldest = self
+            .waiters
+            .iter()
+            .enumerate()
+            .filter_map(|(shard, queue)| queue.front().map(|w| (w.since, shard)))
+            .min()?
+            .1;
+        self.waiters[oldest].pop_front()
+    }
 }
 
 impl Pool {
-    /// An empty pool whose queue holds at most `max_queue` waiting requests.
-    pub fn new(max_queue: usize) -> Arc<Pool> {
+    /// An empty pool for `shards` shards, whose queue holds at most `max_queue` waiting
+    /// requests; a sync worker may hold `prefetch` more (see the module's text).
+    pub fn new(max_queue: usize, shards: usize, prefetch: usize) -> Arc<Pool> {
+        let shards = shards.max(1);
         Arc::new(Pool {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                workers: Vec::new(),
+                waiters: (0..shards).map(|_| VecDeque::new()).collect(),
+                queued_ever: 0,
+                channels: HashMap::new(),
+                channels_per_shard: vec![0; shards],
+            }),
             max_queue,
+            prefetch,
         })
+    }
+
+    /// The shard that is to read a new worker's channel: the one reading the fewest.
+    pub fn assign_shard(&self) -> usize {
+        let mut inner = self.lock();
+        let shard = (0..inner.channels_per_shard.len())
+            .min_by_key(|&shard| inner.channels_per_shard[shard])
+            .unwrap_or(0);
+        if let Some(count) = inner.channels_per_shard.get_mut(shard) {
+            *count += 1;
+        }
+        shard
+    }
+
+    /// A channel of `shard` (from [`Pool::assign_shard`]) closed or never opened.
+    pub fn unassign_shard(&self, shard: usize) {
+        if let Some(count) = self.lock().channels_per_shard.get_mut(shard) {
+            *count = count.saturating_sub(1);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -55,26 +201,39 @@ impl Pool {
 
     /// A free slot on the least-loaded worker, waiting for one if all are busy.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Busy> {
+        let here = shard::current();
         let waiter = {
             let mut inner = self.lock();
             let best = inner
                 .workers
-                .iter_mut()
-                .filter(|s| s.free > 0)
-                .max_by_key(|s| s.free);
-            if let Some(slot) = best {
-                slot.free -= 1;
-                return Ok(Lease {
-                    pool: self.clone(),
-                    conn: slot.conn.clone(),
-                    armed: true,
-                });
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.free > 0)
+                .max_by_key(|(_, s)| (s.free, s.conn.shard == here))
+                .map(|(index, _)| index);
+            let now = Instant::now();
+            let best = best.or_else(|| {
+                inner
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.may_prefetch(now))
+                    .min_by_key(|(_, s)| {
+                        (s.prefetch.as_ref().map(|p| p.queued), s.conn.shard != here)
+                    })
+                    .map(|(index, _)| index)
+            });
+            if let Some(index) = best {
+                return Ok(self.take(&mut inner.workers[index], now));
             }
-            if inner.waiters.len() >= self.max_queue {
+            if inner.waiting() >= self.max_queue {
                 return Err(Busy);
             }
             let (tx, rx) = oneshot::channel();
-            inner.waiters.push_back(tx);
+            let since = inner.queued_ever;
+            inner.queued_ever += 1;
+            let shard = here.min(inner.waiters.len() - 1);
+            inner.waiters[shard].push_back(Waiter { since, lease: tx });
             rx
         };
         waiter.await.map_err(|_| Busy)
@@ -84,9 +243,17 @@ impl Pool {
     pub fn add(self: &Arc<Self>, conn: Arc<WorkerConn>, capacity: usize) {
         let mut inner = self.lock();
         inner.channels.insert(conn.id, Arc::downgrade(&conn));
+        // A worker of one slot serves its requests one at a time, in order: a sync
+        // worker, which alone may prefetch.
+        let prefetch = (capacity == 1 && self.prefetch > 0).then(|| Prefetch {
+            depth: self.prefetch,
+            queued: 0,
+            pace: Pace::new(Instant::now()),
+        });
         inner.workers.push(Slot {
             conn,
             free: capacity,
+            prefetch,
         });
         let index = inner.workers.len() - 1;
         self.hand_out(&mut inner, index);
@@ -94,7 +261,7 @@ impl Pool {
 
     /// Requests waiting for a free worker.
     pub fn queued(&self) -> usize {
-        self.lock().waiters.len()
+        self.lock().waiting()
     }
 
     /// The workers taking requests: (the master's id, pid).
@@ -117,11 +284,14 @@ impl Pool {
         self.lock().workers.retain(|slot| slot.conn.id != id);
     }
 
-    /// Forgets a worker whose channel has closed.
-    pub fn forget(&self, id: u32) {
+    /// Forgets a worker whose channel (read by `shard`) has closed.
+    pub fn forget(&self, id: u32, shard: usize) {
         let mut inner = self.lock();
         inner.workers.retain(|slot| slot.conn.id != id);
         inner.channels.remove(&id);
+        if let Some(count) = inner.channels_per_shard.get_mut(shard) {
+            *count = count.saturating_sub(1);
+        }
     }
 
     /// The master timed out worker `id` (`pid`): takes it out of service and returns it,
@@ -144,27 +314,66 @@ impl Pool {
             .iter()
             .position(|s| Arc::ptr_eq(&s.conn, &conn))
         {
-            inner.workers[index].free += 1;
+            let slot = &mut inner.workers[index];
+            match &mut slot.prefetch {
+                Some(prefetch) => {
+                    prefetch.pace.ended(Instant::now());
+                    match prefetch.queued {
+                        0 => slot.free += 1,
+                        _ => prefetch.queued -= 1,
+                    }
+                }
+                None => slot.free += 1,
+            }
             self.hand_out(&mut inner, index);
         }
     }
 
-    /// Gives the free slots of worker `index` to waiting requests, oldest first.
+    /// Takes a slot of `slot`'s worker, or a place in its prefetch queue if it has no
+    /// free slot (the caller checked that it may).
+    fn take(self: &Arc<Self>, slot: &mut Slot, now: Instant) -> Lease {
+        match (&mut slot.prefetch, slot.free) {
+            (Some(prefetch), 0) => prefetch.queued += 1,
+            (Some(prefetch), _) => {
+                // An idle worker begins a request now.
+                prefetch.pace.since = now;
+                slot.free -= 1;
+            }
+            (None, _) => slot.free -= 1,
+        }
+        Lease {
+            pool: self.clone(),
+            conn: slot.conn.clone(),
+            armed: true,
+        }
+    }
+
+    /// Gives back what [`Pool::take`] took, for a request that gave up waiting.
+    fn untake(slot: &mut Slot) {
+        match &mut slot.prefetch {
+            Some(prefetch) if prefetch.queued > 0 => prefetch.queued -= 1,
+            _ => slot.free += 1,
+        }
+    }
+
+    /// Gives the free slots of worker `index` to waiting requests: its own shard's
+    /// first, oldest first.
     fn hand_out(self: &Arc<Self>, inner: &mut Inner, index: usize) {
-        while inner.workers[index].free > 0 {
-            let Some(waiter) = inner.waiters.pop_front() else {
+        let shard = inner.workers[index].conn.shard;
+        let now = Instant::now();
+        loop {
+            let slot = &inner.workers[index];
+            if slot.free == 0 && !slot.may_prefetch(now) {
+                return;
+            }
+            let Some(waiter) = inner.next_waiter(shard) else {
                 return;
             };
-            let conn = inner.workers[index].conn.clone();
-            inner.workers[index].free -= 1;
-            if let Err(mut lease) = waiter.send(Lease {
-                pool: self.clone(),
-                conn,
-                armed: true,
-            }) {
+            let lease = self.take(&mut inner.workers[index], now);
+            if let Err(mut lease) = waiter.lease.send(lease) {
                 // That request gave up waiting: the slot stays free for the next one.
                 lease.armed = false;
-                inner.workers[index].free += 1;
+                Self::untake(&mut inner.workers[index]);
             }
         }
     }
@@ -190,5 +399,63 @@ impl Drop for Lease {
         if self.armed {
             self.pool.release(self.conn.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pace after `count` requests of `each`, ending at the returned instant.
+    fn after(count: u32, each: Duration) -> (Pace, Instant) {
+        let start = Instant::now();
+        let mut pace = Pace::new(start);
+        let mut now = start;
+        for _ in 0..count {
+            now += each;
+            pace.ended(now);
+        }
+        (pace, now)
+    }
+
+    #[test]
+    fn a_new_worker_gets_no_prefetch_until_it_has_served_short_requests() {
+        let now = Instant::now();
+        assert!(!Pace::new(now).allows(1, now));
+        let (pace, now) = after(30, Duration::from_micros(20));
+        assert!(pace.allows(1, now));
+        assert!(pace.allows(7, now));
+    }
+
+    #[test]
+    fn the_queue_stays_within_the_budget() {
+        // About 200 µs a request: four fit in a millisecond, five do not.
+        let (pace, now) = after(100, Duration::from_micros(200));
+        assert!(pace.allows(4, now));
+        assert!(!pace.allows(5, now));
+    }
+
+    #[test]
+    fn nothing_is_queued_behind_a_request_that_has_run_past_the_budget() {
+        let (pace, now) = after(30, Duration::from_micros(20));
+        assert!(pace.allows(1, now + Duration::from_micros(900)));
+        assert!(!pace.allows(1, now + PREFETCH_BUDGET));
+    }
+
+    #[test]
+    fn one_slow_request_stops_prefetch_at_once() {
+        let (mut pace, now) = after(30, Duration::from_micros(20));
+        let now = now + Duration::from_millis(50);
+        pace.ended(now);
+        assert!(!pace.allows(1, now));
+        // ... until enough short ones have followed.
+        let mut later = now;
+        let mut short = 0;
+        while !pace.allows(1, later) {
+            later += Duration::from_micros(20);
+            pace.ended(later);
+            short += 1;
+        }
+        assert!((10..100).contains(&short), "{short}");
     }
 }

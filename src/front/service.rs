@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 
 use super::access_log::{AccessLog, Entry};
 use super::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
-use super::channel::{Event, Failure, Refused, StreamHold};
+use super::channel::{Event, Failure, Refused, Returned, StreamHold};
 use super::compress::Compression;
 use super::guard::check::Reject;
 use super::guard::{ConnGuard, Tracked};
@@ -257,10 +257,11 @@ async fn dispatch(
             out,
         )
     };
-    let queued_until = tokio::time::Instant::now() + limits.queue_timeout;
-    // A worker that retired between our lease and our write never saw the request:
+    let mut queued_until = tokio::time::Instant::now() + limits.queue_timeout;
+    // A worker that retired between our lease and our write never saw the request, and
+    // one that died before it began a request it held queued gives it back: either way
     // it goes to another worker instead of failing.
-    let (worker, stream, mut events) = loop {
+    let (worker, stream, events, head) = loop {
         let lease = tokio::time::timeout_at(queued_until, shared.pool.acquire())
             .await
             .map_err(|_| RequestError::Busy)?
@@ -270,24 +271,31 @@ async fn dispatch(
             lease,
             spool: spool.take(),
         };
-        match worker.open_stream(hold, encode).await {
-            Ok((stream, events)) => break (worker, stream, events),
-            Err(Refused::Retired(hold)) => spool = hold.spool,
+        let (stream, mut events) = match worker.open_stream(hold, encode).await {
+            Ok(opened) => opened,
+            Err(Refused::Retired(hold)) => {
+                spool = hold.spool;
+                continue;
+            }
             Err(Refused::Failed(Failure::Aborted(why))) => {
                 return Err(RequestError::Internal(why));
             }
             Err(Refused::Failed(died)) => return Err(RequestError::Worker(died)),
+        };
+        match events.receiver.recv().await {
+            Some(Event::Head(head)) => break (worker, stream, events, head),
+            Some(Event::Returned(Returned(hold))) => {
+                spool = hold.spool;
+                queued_until = tokio::time::Instant::now() + limits.queue_timeout;
+            }
+            Some(Event::Failed(failure)) => return Err(RequestError::Worker(failure)),
+            Some(other) => {
+                return Err(RequestError::BadResponse(format!(
+                    "{other:?} before the response head"
+                )));
+            }
+            None => return Err(RequestError::Worker(Failure::WorkerDied)),
         }
-    };
-    let head = match events.receiver.recv().await {
-        Some(Event::Head(head)) => head,
-        Some(Event::Failed(failure)) => return Err(RequestError::Worker(failure)),
-        Some(other) => {
-            return Err(RequestError::BadResponse(format!(
-                "{other:?} before the response head"
-            )));
-        }
-        None => return Err(RequestError::Worker(Failure::WorkerDied)),
     };
     let body = WorkerBody::new(events, worker, stream);
     let response = build_response(head, ResponseBody::Worker(body), parts.version)?;

@@ -37,6 +37,7 @@ impl Arbiter {
                 same(&old.worker_class, &new.worker_class),
             ),
             ("max_queue", old.max_queue == new.max_queue),
+            ("prefetch", old.prefetch == new.prefetch),
             ("static/internal", same(&old.files, &new.files)),
             ("compress", same(&old.compress, &new.compress)),
             ("health_path", same(&old.health_path, &new.health_path)),
