@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 
 use tokio::io::Interest;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use super::control::Reporter;
@@ -181,11 +181,22 @@ pub struct WorkerConn {
     /// when it dies, the requests after the first it has not finished never began.
     sequential: bool,
     socket: Arc<UnixStream>,
-    /// Held while one stream's frames are written, so that they are not interleaved.
-    /// True once Retired was written: nothing may be written after it but aborts.
-    writing: tokio::sync::Mutex<bool>,
+    /// Frames for the worker, written by the channel's writer task (see [`writer`]).
+    outbox: Mutex<Outbox>,
+    /// Wakes the writer task when the outbox has something.
+    outbox_ready: Notify,
     streams: Mutex<Streams>,
     next_stream: AtomicU32,
+}
+
+/// Frames waiting for the writer task.
+#[derive(Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    /// Retired was queued: nothing may follow it but aborts.
+    retired: bool,
+    /// The channel is done with: the writer task has stopped or is to stop.
+    closed: bool,
 }
 
 impl WorkerConn {
@@ -195,25 +206,67 @@ impl WorkerConn {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Opens a stream: registers it, then writes `frames` (built by `encode` for the new
-    /// stream id) to the worker. Events for the stream arrive on the returned receiver.
-    /// A worker that has been told [`Kind::Retired`] gets nothing: the hold comes back
-    /// in [`Refused::Retired`] so that the request can go to another worker.
-    pub async fn open_stream(
+    /// The front tier's end of worker `id`'s channel, once it has said Hello; spawns
+    /// the channel's writer task on the current runtime.
+    fn new(
+        id: u32,
+        pid: u32,
+        shard: usize,
+        sequential: bool,
+        socket: Arc<UnixStream>,
+    ) -> Arc<WorkerConn> {
+        let conn = Arc::new(WorkerConn {
+            id,
+            pid,
+            shard,
+            sequential,
+            socket,
+            outbox: Mutex::new(Outbox::default()),
+            outbox_ready: Notify::new(),
+            streams: Mutex::new(Streams {
+                open: HashMap::new(),
+                alive: true,
+                timed_out: false,
+            }),
+            next_stream: AtomicU32::new(1),
+        });
+        tokio::spawn(writer(conn.clone()));
+        conn
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Opens a stream: registers it and queues its frames (built by `encode` for the
+    /// new stream id) for the worker. Events for the stream arrive on the returned
+    /// receiver. A worker that has been told [`Kind::Retired`] gets nothing: the hold
+    /// comes back in [`Refused::Retired`] so that the request can go to another worker.
+    ///
+    /// The request's task does no I/O here: the channel's writer task writes what is
+    /// queued, so that a request given up half-way (its client went away) can never
+    /// leave half a frame on the channel, and requests queued together go in one write.
+    pub fn open_stream(
         self: &Arc<Self>,
         hold: StreamHold,
         encode: impl FnOnce(u32, &mut Vec<u8>) -> Result<(), ProtocolError>,
     ) -> Result<(u32, Events), Refused> {
-        // Checked and written under the writer lock, the same one `retire` holds while
-        // it writes Retired: no request can follow that frame. Stream ids are taken
-        // under it too, so that they follow the order of the requests on the channel.
-        let mut writing = self.writing.lock().await;
-        if *writing {
+        // Checked and queued under the outbox lock, the one `retire` holds while it
+        // queues Retired: no request can follow that frame. Stream ids are taken under
+        // it too, so that they follow the order of the requests on the channel.
+        let mut outbox = self.outbox();
+        if outbox.retired {
             return Err(Refused::Retired(hold));
         }
+        if outbox.closed {
+            return Err(Refused::Failed(Failure::WorkerDied));
+        }
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let mut frames = Vec::new();
-        if let Err(err) = encode(id, &mut frames) {
+        let queued = outbox.bytes.len();
+        if let Err(err) = encode(id, &mut outbox.bytes) {
+            outbox.bytes.truncate(queued);
             warn!("cannot encode a request for worker {}: {err}", self.pid);
             return Err(Refused::Failed(Failure::Aborted(err.to_string())));
         }
@@ -221,29 +274,30 @@ impl WorkerConn {
         let in_memory = Arc::new(AtomicUsize::new(0));
         {
             let mut streams = self.streams();
-            if streams.timed_out {
-                return Err(Refused::Retired(hold));
+            let refused = match (streams.timed_out, streams.alive) {
+                (true, _) => Some(Refused::Retired(hold)),
+                (false, false) => Some(Refused::Failed(Failure::WorkerDied)),
+                (false, true) => {
+                    streams.open.insert(
+                        id,
+                        Stream {
+                            events: tx,
+                            in_memory: in_memory.clone(),
+                            spill: None,
+                            spill_failed: false,
+                            hold,
+                        },
+                    );
+                    None
+                }
+            };
+            if let Some(refused) = refused {
+                outbox.bytes.truncate(queued);
+                return Err(refused);
             }
-            if !streams.alive {
-                return Err(Refused::Failed(Failure::WorkerDied));
-            }
-            streams.open.insert(
-                id,
-                Stream {
-                    events: tx,
-                    in_memory: in_memory.clone(),
-                    spill: None,
-                    spill_failed: false,
-                    hold,
-                },
-            );
         }
-        let written = self.write_locked(&mut writing, &frames).await;
-        drop(writing);
-        if written.is_err() {
-            self.streams().open.remove(&id);
-            return Err(Refused::Failed(Failure::WorkerDied));
-        }
+        drop(outbox);
+        self.outbox_ready.notify_one();
         Ok((
             id,
             Events {
@@ -254,53 +308,27 @@ impl WorkerConn {
     }
 
     /// Answers a worker's Retire: from now on no request is written to it.
-    async fn retire(&self) {
-        let mut writing = self.writing.lock().await;
-        if *writing {
+    fn retire(&self) {
+        let mut outbox = self.outbox();
+        if outbox.retired {
             return;
         }
-        *writing = true;
-        let mut frame = Vec::new();
-        encode_frame(&mut frame, Kind::Retired, 0, b"");
-        // A failed write means the worker is gone, which the reader sees as EOF.
-        let _ = self.write_locked(&mut writing, &frame).await;
+        outbox.retired = true;
+        encode_frame(&mut outbox.bytes, Kind::Retired, 0, b"");
+        drop(outbox);
+        self.outbox_ready.notify_one();
     }
 
     /// Tells the worker that the client of `stream` went away. The stream stays open
     /// (its slot busy) until the worker ends it.
-    pub fn abort_stream(self: &Arc<Self>, stream: u32) {
+    pub fn abort_stream(&self, stream: u32) {
         if !self.streams().open.contains_key(&stream) {
             return;
         }
-        let conn = self.clone();
-        tokio::spawn(async move {
-            let mut frame = Vec::new();
-            encode_frame(&mut frame, Kind::Abort, stream, b"client went away");
-            let _ = conn.write_all(&frame).await;
-        });
-    }
-
-    async fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let mut writing = self.writing.lock().await;
-        self.write_locked(&mut writing, bytes).await
-    }
-
-    /// Writes `bytes` while the caller holds the writer lock (`_writing` proves it).
-    async fn write_locked(
-        &self,
-        _writing: &mut tokio::sync::MutexGuard<'_, bool>,
-        mut bytes: &[u8],
-    ) -> std::io::Result<()> {
-        while !bytes.is_empty() {
-            self.socket.writable().await?;
-            match self.socket.try_write(bytes) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => bytes = &bytes[n..],
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(())
+        let mut outbox = self.outbox();
+        encode_frame(&mut outbox.bytes, Kind::Abort, stream, b"client went away");
+        drop(outbox);
+        self.outbox_ready.notify_one();
     }
 
     fn route(&self, frame: Frame) -> Result<(), ProtocolError> {
@@ -401,6 +429,12 @@ impl WorkerConn {
     }
 
     fn close(&self) {
+        {
+            let mut outbox = self.outbox();
+            outbox.closed = true;
+            outbox.bytes.clear();
+        }
+        self.outbox_ready.notify_one();
         let open = {
             let mut streams = self.streams();
             streams.alive = false;
@@ -433,6 +467,50 @@ fn fail_all(open: HashMap<u32, Stream>, failure: Failure) {
     for (_, stream) in open {
         let _ = stream.events.send(Event::Failed(failure.clone()));
     }
+}
+
+/// The channel's writer task: writes whatever the outbox holds, all of it in one write
+/// when several requests were queued meanwhile, until the channel is closed or a write
+/// fails (the worker is gone; the reader sees the channel end).
+async fn writer(conn: Arc<WorkerConn>) {
+    let mut spare = Vec::new();
+    loop {
+        let closed = {
+            let mut outbox = conn.outbox();
+            std::mem::swap(&mut outbox.bytes, &mut spare);
+            outbox.closed
+        };
+        if spare.is_empty() {
+            if closed {
+                return;
+            }
+            conn.outbox_ready.notified().await;
+            continue;
+        }
+        if write_all(&conn.socket, &spare).await.is_err() {
+            conn.outbox().closed = true;
+            return;
+        }
+        spare.clear();
+        // A big request body passed through: do not keep its buffer for every channel.
+        spare.shrink_to(KEPT_OUTBOX);
+    }
+}
+
+/// The most an idle channel's writer keeps allocated for the next frames.
+const KEPT_OUTBOX: usize = 64 * 1024;
+
+async fn write_all(socket: &UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Takes over a worker's channel on shard `shard` (from [`Pool::assign_shard`]): waits
@@ -478,20 +556,7 @@ pub fn start(
                 return warn!("worker {id} spoke badly on its channel: {err}");
             }
         };
-        let conn = Arc::new(WorkerConn {
-            id,
-            pid: hello.pid,
-            shard,
-            sequential: hello.capacity == 1,
-            socket,
-            writing: tokio::sync::Mutex::new(false),
-            streams: Mutex::new(Streams {
-                open: HashMap::new(),
-                alive: true,
-                timed_out: false,
-            }),
-            next_stream: AtomicU32::new(1),
-        });
+        let conn = WorkerConn::new(id, hello.pid, shard, hello.capacity == 1, socket);
         pool.add(conn.clone(), hello.capacity as usize);
         reporter.worker_ready(id, hello.pid);
         debug!("worker {} (pid {}) is ready", id, hello.pid);
@@ -501,7 +566,7 @@ pub fn start(
                     // Out of the pool first, so no new lease names it; a request that
                     // already holds one is turned away by `open_stream`.
                     pool.remove(id);
-                    conn.retire().await;
+                    conn.retire();
                     debug!("worker {} (pid {}) is retiring", id, hello.pid);
                 }
                 Ok(Some(frame)) => {
@@ -574,5 +639,88 @@ async fn read_some(reader: &UnixStream, buf: &mut BytesMut) -> std::io::Result<u
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(err) => return Err(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// Requests opened on a worker that is not reading (a busy sync worker holding a
+    /// prefetched request) are queued at once, without waiting on the channel; the
+    /// writer task then delivers every frame whole and in order, also of a request given
+    /// up meanwhile, so nothing its client does can cut a frame in half.
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_for_a_worker_that_is_not_reading_arrive_whole_and_in_order() {
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let socket = Arc::new(UnixStream::from_std(ours).unwrap());
+        let conn = WorkerConn::new(1, 4242, 0, false, socket);
+        let pool = Pool::new(16, 1, 0);
+        pool.add(conn.clone(), 2);
+
+        // Far more than the socket's buffer holds.
+        let piece = 64 * 1024;
+        let body = vec![b'b'; 16 * piece];
+        let mut streams = Vec::new();
+        for pieces in [&body[..], b"tail"] {
+            let hold = StreamHold {
+                lease: pool.acquire().await.unwrap(),
+                spool: None,
+            };
+            let opened = conn.open_stream(hold, |id, out| {
+                for chunk in pieces.chunks(piece) {
+                    encode_frame(out, Kind::Body, id, chunk);
+                }
+                encode_frame(out, Kind::End, id, b"");
+                Ok(())
+            });
+            let (id, events) = opened.unwrap_or_else(|_| panic!("not opened"));
+            streams.push((id, events));
+            if streams.len() == 1 {
+                conn.abort_stream(id); // its client went away at once
+            }
+        }
+        let (first, second) = (streams[0].0, streams[1].0);
+
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut decoder = Decoder::new();
+            let mut buf = BytesMut::new();
+            let mut frames = Vec::new();
+            let mut chunk = vec![0; 8192];
+            let done = |frames: &[Frame]| {
+                frames.last().map(|f| (f.kind, f.stream)) == Some((Kind::End, second))
+            };
+            loop {
+                while let Some(frame) = decoder.decode(&mut buf).unwrap() {
+                    frames.push(frame);
+                }
+                if done(&frames) {
+                    break;
+                }
+                let n = theirs.read(&mut chunk).unwrap();
+                assert!(n > 0, "the channel ended early");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            frames
+        });
+        let frames = reader.await.unwrap();
+        let kinds: Vec<(Kind, u32)> = frames.iter().map(|f| (f.kind, f.stream)).collect();
+        let mut expected = vec![(Kind::Body, first); 16];
+        expected.extend([
+            (Kind::End, first),
+            (Kind::Abort, first),
+            (Kind::Body, second),
+            (Kind::End, second),
+        ]);
+        assert_eq!(kinds, expected);
+        let received: Vec<u8> = frames[..16]
+            .iter()
+            .flat_map(|f| f.payload.to_vec())
+            .collect();
+        assert!(received == body, "the body arrived altered");
+        assert_eq!(&frames[18].payload[..], b"tail");
     }
 }

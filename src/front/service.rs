@@ -271,7 +271,7 @@ async fn dispatch(
             lease,
             spool: spool.take(),
         };
-        let (stream, mut events) = match worker.open_stream(hold, encode).await {
+        let (stream, mut events) = match worker.open_stream(hold, encode) {
             Ok(opened) => opened,
             Err(Refused::Retired(hold)) => {
                 spool = hold.spool;
