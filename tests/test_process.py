@@ -161,6 +161,42 @@ def test_sigterm_refuses_new_connections_while_draining(serve):
     assert server.wait(10) == 0, server.log
 
 
+def read_to_close(sock: socket.socket) -> bytes:
+    reply = b""
+    while chunk := sock.recv(65536):
+        reply += chunk
+    return reply
+
+
+def test_a_connection_accepted_before_sigterm_gets_its_first_request_answered(serve):
+    """A client whose connection was accepted just before the stop sends its request
+    just after: it gets its answer (and `Connection: close`), not a closed connection."""
+    server = serve("proc_apps:app", workers=1)
+    wait_workers(server, 1)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        time.sleep(0.3)  # accepted by the front tier, nothing sent yet
+        server.signal(signal.SIGTERM)
+        time.sleep(0.3)  # the stop has begun
+        sock.sendall(b"GET /pid HTTP/1.1\r\nHost: test\r\n\r\n")
+        reply = read_to_close(sock)
+    assert reply.startswith(b"HTTP/1.1 200 "), (reply, server.log)
+    assert b"\r\nconnection: close\r\n" in reply.lower(), reply
+    assert server.wait(10) == 0, server.log
+
+
+def test_a_silent_connection_holds_the_graceful_stop_a_moment_only(serve):
+    server = serve("proc_apps:app", "--graceful-timeout", "20", workers=1)
+    wait_workers(server, 1)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        time.sleep(0.3)
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert server.wait(10) == 0, server.log
+        elapsed = time.monotonic() - started
+        assert read_to_close(sock) == b""  # closed unanswered
+    assert elapsed < 5, f"a silent connection held the stop {elapsed:.1f} s\n{server.log}"
+
+
 def _fast_stop(serve, sig):
     server = serve("proc_apps:app", workers=2)
     wait_workers(server, 2)

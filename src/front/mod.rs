@@ -18,6 +18,7 @@ mod redirect;
 mod request_id;
 mod service;
 mod shard;
+mod stopping;
 mod tls;
 
 mod compress;
@@ -33,7 +34,6 @@ use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
@@ -182,7 +182,7 @@ async fn serve(
         }
     }
     let target = redirect::Target::new(listeners.iter().map(|(_, addr)| addr));
-    let graceful = Arc::new(GracefulShutdown::new());
+    let stop = Arc::new(stopping::Stop::new());
     let mut accept_tasks = Vec::new();
     // Every shard accepts on every listener: whichever is free first takes the
     // connection.
@@ -194,7 +194,7 @@ async fn serve(
                 Ok(listener) => accept_tasks.push(tokio::spawn(accept_loop(
                     listener,
                     shared.clone(),
-                    graceful.clone(),
+                    stop.clone(),
                     connections.clone(),
                     tls.clone(),
                 ))),
@@ -211,7 +211,7 @@ async fn serve(
                 listener,
                 target,
                 settings.limits.header_timeout,
-                graceful.clone(),
+                stop.clone(),
                 connections.clone(),
             ))),
             Err(err) => {
@@ -244,19 +244,14 @@ async fn serve(
     if !graceful_stop {
         return 0;
     }
-    // The accept loops share the shutdown handle; once they are gone it is ours alone.
     for task in accept_tasks {
         let _ = task.await;
     }
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        error!("the graceful shutdown handle is still shared; stopping now");
-        return 0;
-    };
     info!(
         "Stopping gracefully: finishing {} open connections",
-        graceful.count()
+        stop.open()
     );
-    if tokio::time::timeout(settings.graceful_timeout, graceful.shutdown())
+    if tokio::time::timeout(settings.graceful_timeout, stop.stop())
         .await
         .is_err()
     {
@@ -329,7 +324,7 @@ const H2_MAX_LOCAL_RESETS: usize = 256;
 async fn accept_loop(
     listener: Accepting,
     shared: Arc<Shared>,
-    graceful: Arc<GracefulShutdown>,
+    stop: Arc<stopping::Stop>,
     connections: Arc<Semaphore>,
     tls: Option<Arc<tls::Tls>>,
 ) {
@@ -387,7 +382,7 @@ async fn accept_loop(
         };
         let conn = Conn {
             builders: builders.clone(),
-            watcher: graceful.watcher(),
+            watch: stop.watch(),
             shared: shared.clone(),
             info: Arc::new(info),
             _permit: permit,
@@ -402,7 +397,7 @@ async fn accept_loop(
 /// What one accepted connection is served with.
 struct Conn {
     builders: Arc<Builders>,
-    watcher: Watcher,
+    watch: stopping::Watch,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
     /// Its place under --max-connections, held for the connection's life.
@@ -434,7 +429,7 @@ where
 {
     let Conn {
         builders,
-        watcher,
+        watch,
         shared,
         info,
         _permit,
@@ -455,11 +450,12 @@ where
         true => (stream.pass_through(), &builders.h2),
         false => (stream, &builders.any),
     };
+    let guard = info.guard.clone();
     let service = service_fn(move |request| service::handle(shared.clone(), info.clone(), request));
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)
         .into_owned();
-    if let Err(err) = watcher.watch(connection).await {
+    if let Err(err) = watch.serve(connection, || guard.begun()).await {
         tracing::debug!("connection ended with an error: {err}");
     }
 }

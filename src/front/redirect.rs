@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,12 +18,12 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::Accepting;
+use super::stopping::Stop;
 use crate::config::BindAddr;
 
 /// Where redirects point: the port of the HTTPS listener.
@@ -84,7 +85,7 @@ pub async fn accept_loop(
     listener: Accepting,
     target: Target,
     header_timeout: Duration,
-    graceful: Arc<GracefulShutdown>,
+    stop: Arc<Stop>,
     connections: Arc<Semaphore>,
 ) {
     let builder = Arc::new(builder(header_timeout));
@@ -94,10 +95,10 @@ pub async fn accept_loop(
         };
         let accepted = match &listener {
             Accepting::Tcp(listener, _) => listener.accept().await.map(|(stream, _)| {
-                tokio::spawn(serve(stream, target, builder.clone(), &graceful, permit));
+                tokio::spawn(serve(stream, target, builder.clone(), &stop, permit));
             }),
             Accepting::Unix(listener, _) => listener.accept().await.map(|(stream, _)| {
-                tokio::spawn(serve(stream, target, builder.clone(), &graceful, permit));
+                tokio::spawn(serve(stream, target, builder.clone(), &stop, permit));
             }),
         };
         if let Err(err) = accepted {
@@ -111,23 +112,29 @@ fn serve<S>(
     stream: S,
     target: Target,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
+    stop: &Stop,
     permit: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let watcher = graceful.watcher();
+    let watch = stop.watch();
     async move {
         let _permit = permit;
+        let begun = Arc::new(AtomicBool::new(false));
+        let begins = begun.clone();
         let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+            begins.store(true, Ordering::Relaxed);
             let response = respond(target.location(&request));
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        if let Err(err) = watcher.watch(connection).await {
+        if let Err(err) = watch
+            .serve(connection, || begun.load(Ordering::Relaxed))
+            .await
+        {
             debug!("redirect connection ended with an error: {err}");
         }
     }

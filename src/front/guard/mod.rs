@@ -89,6 +89,11 @@ impl ConnGuard {
         (index, Busy(self.clone()))
     }
 
+    /// Whether a request has begun on this connection.
+    pub fn begun(&self) -> bool {
+        self.lock().requests > 0
+    }
+
     /// The refusal of request `index`'s head, if it was refused (it is the stand-in).
     pub fn refused_head(&self, index: u64) -> Option<Reject> {
         match self.lock().refused {

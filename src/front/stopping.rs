@@ -1,0 +1,94 @@
+//! The graceful stop of the front tier's connections.
+//!
+//! hyper-util's `GracefulShutdown` tells every connection to stop the moment the stop
+//! begins. A connection accepted just before, whose request is on its way or not read
+//! yet, is then closed unanswered: its client saw the connection accepted and sent a
+//! request into it. Here a connection whose first request has not begun gets
+//! [`FIRST_REQUEST_GRACE`] for it; that request is answered (`Connection: close`), and
+//! only a connection that stays silent that long is closed without one.
+
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::sync::watch;
+
+/// How long a connection with no request yet is given for its first one once the stop
+/// has begun: a request sent as the connection was accepted arrives within a round trip.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// The stop signal, shared by the accept loops; each connection holds a [`Watch`].
+pub struct Stop {
+    signal: watch::Sender<bool>,
+}
+
+/// One connection's view of the stop; the stop waits for every one of them to go.
+pub struct Watch {
+    stopping: watch::Receiver<bool>,
+}
+
+impl Stop {
+    pub fn new() -> Stop {
+        Stop {
+            signal: watch::Sender::new(false),
+        }
+    }
+
+    /// A watch for one more connection.
+    pub fn watch(&self) -> Watch {
+        Watch {
+            stopping: self.signal.subscribe(),
+        }
+    }
+
+    /// Connections open (their watches alive).
+    pub fn open(&self) -> usize {
+        self.signal.receiver_count()
+    }
+
+    /// Tells every connection to stop and waits until all have closed.
+    pub async fn stop(&self) {
+        self.signal.send_replace(true);
+        self.signal.closed().await;
+    }
+}
+
+impl Watch {
+    /// Serves `connection` until it ends. When the stop begins, it is told to stop at
+    /// once if a request has begun on it (`begun`), else once one begins or
+    /// [`FIRST_REQUEST_GRACE`] has passed.
+    pub async fn serve<C: GracefulConnection>(
+        mut self,
+        connection: C,
+        begun: impl Fn() -> bool,
+    ) -> Result<(), C::Error> {
+        let mut connection = pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            // An error means the stop's sender is gone: the front tier is ending anyway.
+            _ = self.stopping.wait_for(|stopping| *stopping) => {}
+        }
+        if !begun() {
+            let mut grace = pin!(tokio::time::sleep(FIRST_REQUEST_GRACE));
+            // Polled by hand: a request begins inside the connection's own poll, so it
+            // is checked right after it.
+            let ended = poll_fn(|cx| {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Some(result));
+                }
+                if begun() || grace.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await;
+            if let Some(result) = ended {
+                return result;
+            }
+        }
+        connection.as_mut().graceful_shutdown();
+        connection.await
+    }
+}
