@@ -287,12 +287,14 @@ impl Builders {
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The guard enforces the head timeout and the header limits of HTTP/1 before
-    // hyper parses; hyper's own bounds stay as a second line.
+    // hyper parses; hyper's header bound stays as a second line. hyper's own head
+    // timer is off: the guard's times every head already, and hyper's would arm and
+    // disarm a timer for each request.
     builder
         .http1()
         .keep_alive(true)
         .max_headers(limits.fields.saturating_add(8).min(MAX_H1_HEADERS))
-        .timer(hyper_util::rt::TokioTimer::new());
+        .header_read_timeout(None);
     let header_list = limits
         .field_size
         .saturating_add(32)
