@@ -11,6 +11,7 @@ mod channel;
 mod control;
 pub mod guard;
 mod health;
+mod ip_text;
 mod metrics;
 mod pool;
 mod proxy;

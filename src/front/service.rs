@@ -24,6 +24,7 @@ use super::compress::Compression;
 use super::guard::check::Reject;
 use super::guard::{ConnGuard, Tracked};
 use super::health::Health;
+use super::ip_text::IpText;
 use super::metrics::{Metrics, Observation, RouteKind};
 use super::pool::Pool;
 use super::proxy::{ClientFacts, client_facts};
@@ -341,7 +342,7 @@ fn encode_request(
     } else {
         path_and_query
     };
-    let remote_addr = facts.addr.map(|ip| ip.to_string()).unwrap_or_default();
+    let remote_addr = facts.addr.map(IpText::new);
     let mut headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(parts.headers.len() + 1);
     if parts.version == Version::HTTP_2
         && !parts.headers.contains_key(HOST)
@@ -362,7 +363,7 @@ fn encode_request(
         raw_uri: raw_uri.as_bytes(),
         path: uri.path().as_bytes(),
         query: uri.query().unwrap_or("").as_bytes(),
-        remote_addr: remote_addr.as_bytes(),
+        remote_addr: remote_addr.as_ref().map_or(&[][..], IpText::as_bytes),
         remote_port: conn.remote.map(|a| a.port()),
         server_name: conn.server_name.as_bytes(),
         server_port: conn.server_port.as_bytes(),

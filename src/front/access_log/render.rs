@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Atom, Layout, Piece};
+use crate::front::ip_text::IpText;
 use crate::log::Civil;
 
 use super::Record;
@@ -175,18 +176,8 @@ fn number(mut n: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
 }
 
 fn address(ip: IpAddr, out: &mut Vec<u8>) -> std::io::Result<()> {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                number(octet.into(), out)?;
-            }
-            Ok(())
-        }
-        IpAddr::V6(v6) => write!(out, "{v6}"),
-    }
+    out.extend_from_slice(IpText::new(ip).as_bytes());
+    Ok(())
 }
 
 fn unix(at: SystemTime) -> Duration {
