@@ -244,7 +244,7 @@ pub struct ServeArgs {
 
     /// Requests a sync worker may hold queued behind the one it runs, when every worker
     /// is busy and its requests are short (under a millisecond); 0: none.
-    #[arg(long, value_name = "INT", default_value_t = 7)]
+    #[arg(long, value_name = "INT", default_value_t = 15)]
     pub prefetch: usize,
 
     /// Seconds a request may wait for a free worker before it is answered 503.
