@@ -6,6 +6,14 @@ from __future__ import annotations
 import socket
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
 class Response:
     def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes):
         self.status = status

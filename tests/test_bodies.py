@@ -9,6 +9,8 @@ import socket
 
 import pytest
 
+from rawhttp import read_until_closed
+
 TIMEOUT = 20
 MiB = 1 << 20
 
@@ -26,13 +28,6 @@ def post(port, path, body, headers=(), chunked=False):
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def recv_until_closed(sock) -> bytes:
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
 
 
 def test_chunked_upload(serve):
@@ -60,7 +55,7 @@ def test_chunked_upload_raw_with_extensions_and_trailer(serve):
                b"0\r\nX-Trailer: ignored\r\n\r\n")
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(request)
-        data = recv_until_closed(sock)
+        data = read_until_closed(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
     assert body == b"hello, chunked world (26 bytes)"
@@ -202,7 +197,7 @@ def test_post_without_length_or_chunking_has_an_empty_body(serve):
     server = serve("wsgi_bodies:digest")
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        data = recv_until_closed(sock)
+        data = read_until_closed(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
     report = json.loads(body)
@@ -222,7 +217,7 @@ def test_expect_100_continue(serve):
             interim += chunk
         assert interim.startswith(b"HTTP/1.1 100 Continue\r\n")
         sock.sendall(b"hello world")
-        data = interim.partition(b"\r\n\r\n")[2] + recv_until_closed(sock)
+        data = interim.partition(b"\r\n\r\n")[2] + read_until_closed(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
     assert body == b"hello world"

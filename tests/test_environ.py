@@ -8,6 +8,8 @@ import json
 import socket
 import uuid
 
+from rawhttp import read_until_closed
+
 TIMEOUT = 5
 
 
@@ -153,9 +155,7 @@ def test_server_protocol_http10(serve):
     server = serve("wsgi_environ:dump")
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(b"GET /old?v=10 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        data = read_until_closed(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0]
     env = json.loads(body)["environ"]

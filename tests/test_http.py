@@ -14,14 +14,9 @@ import threading
 import httpx
 import pytest
 
+from rawhttp import read_until_closed
+
 TIMEOUT = 5
-
-
-def read_until_closed(sock) -> bytes:
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
 
 
 def parse_responses(data: bytes):

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from conftest import BINARY, alive, children_of
+from rawhttp import read_until_closed
 
 SLEEP_BODY = b"x" * 200_000 + b"END"  # what proc_apps answers on /sleep
 BOOT_WORKER = re.compile(r"Booting worker with pid: (\d+)")
@@ -161,13 +162,6 @@ def test_sigterm_refuses_new_connections_while_draining(serve):
     assert server.wait(10) == 0, server.log
 
 
-def read_to_close(sock: socket.socket) -> bytes:
-    reply = b""
-    while chunk := sock.recv(65536):
-        reply += chunk
-    return reply
-
-
 def test_a_connection_accepted_before_sigterm_gets_its_first_request_answered(serve):
     """A client whose connection was accepted just before the stop sends its request
     just after: it gets its answer (and `Connection: close`), not a closed connection."""
@@ -178,7 +172,7 @@ def test_a_connection_accepted_before_sigterm_gets_its_first_request_answered(se
         server.signal(signal.SIGTERM)
         time.sleep(0.3)  # the stop has begun
         sock.sendall(b"GET /pid HTTP/1.1\r\nHost: test\r\n\r\n")
-        reply = read_to_close(sock)
+        reply = read_until_closed(sock)
     assert reply.startswith(b"HTTP/1.1 200 "), (reply, server.log)
     assert b"\r\nconnection: close\r\n" in reply.lower(), reply
     assert server.wait(10) == 0, server.log
@@ -193,7 +187,7 @@ def test_a_silent_connection_holds_the_graceful_stop_a_moment_only(serve):
         server.signal(signal.SIGTERM)
         assert server.wait(10) == 0, server.log
         elapsed = time.monotonic() - started
-        assert read_to_close(sock) == b""  # closed unanswered
+        assert read_until_closed(sock) == b""  # closed unanswered
     assert elapsed < 5, f"a silent connection held the stop {elapsed:.1f} s\n{server.log}"
 
 

@@ -20,6 +20,7 @@ import time
 import httpx
 
 from conftest import APPS, BINARY, ROOT, free_port
+from rawhttp import read_until_closed
 
 CERTS = ROOT / "certs"
 CA = str(CERTS / "ca.pem")
@@ -375,10 +376,7 @@ def tls_exchange(port: int, request: bytes) -> bytes:
     with ctx.wrap_socket(raw, server_hostname="localhost") as sock:
         assert sock.selected_alpn_protocol() == "http/1.1"
         sock.sendall(request)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
+        return read_until_closed(sock)
 
 
 def test_guard_refuses_smuggling_over_tls(serve):
