@@ -264,37 +264,35 @@ impl WorkerConn {
             return Err(Refused::Failed(Failure::WorkerDied));
         }
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let queued = outbox.bytes.len();
-        if let Err(err) = encode(id, &mut outbox.bytes) {
-            outbox.bytes.truncate(queued);
-            warn!("cannot encode a request for worker {}: {err}", self.pid);
-            return Err(Refused::Failed(Failure::Aborted(err.to_string())));
-        }
         let (tx, rx) = mpsc::unbounded_channel();
         let in_memory = Arc::new(AtomicUsize::new(0));
         {
             let mut streams = self.streams();
-            let refused = match (streams.timed_out, streams.alive) {
-                (true, _) => Some(Refused::Retired(hold)),
-                (false, false) => Some(Refused::Failed(Failure::WorkerDied)),
-                (false, true) => {
-                    streams.open.insert(
-                        id,
-                        Stream {
-                            events: tx,
-                            in_memory: in_memory.clone(),
-                            spill: None,
-                            spill_failed: false,
-                            hold,
-                        },
-                    );
-                    None
-                }
-            };
-            if let Some(refused) = refused {
-                outbox.bytes.truncate(queued);
-                return Err(refused);
+            if streams.timed_out {
+                return Err(Refused::Retired(hold));
             }
+            if !streams.alive {
+                return Err(Refused::Failed(Failure::WorkerDied));
+            }
+            streams.open.insert(
+                id,
+                Stream {
+                    events: tx,
+                    in_memory: in_memory.clone(),
+                    spill: None,
+                    spill_failed: false,
+                    hold,
+                },
+            );
+        }
+        let queued = outbox.bytes.len();
+        if let Err(err) = encode(id, &mut outbox.bytes) {
+            outbox.bytes.truncate(queued);
+            drop(outbox);
+            // Its hold goes with it, freeing the worker's slot.
+            self.streams().open.remove(&id);
+            warn!("cannot encode a request for worker {}: {err}", self.pid);
+            return Err(Refused::Failed(Failure::Aborted(err.to_string())));
         }
         drop(outbox);
         self.outbox_ready.notify_one();
