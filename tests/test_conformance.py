@@ -290,6 +290,13 @@ def environ_headers(request: dict, host_added: bool) -> dict:
         headers[key] = f"{headers[key]},{value}" if key in headers else value
     if host_added and needs_host(request):
         headers["HTTP_HOST"] = ADDED_HOST.split(b":", 1)[1].strip().decode()
+    # Where rwsgi differs from gunicorn on purpose: the body is buffered whole before the
+    # app runs, so a chunked body reaches it with its length and without its framing
+    # (as behind nginx; issue 13).
+    if headers.pop("HTTP_TRANSFER_ENCODING", None) is not None:
+        body = request["body"]
+        headers["CONTENT_LENGTH"] = str(len(body.encode("latin-1") if isinstance(body, str)
+                                            else body))
     return headers
 
 

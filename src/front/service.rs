@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::header::{
     CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderName, HeaderValue, RETRY_AFTER,
-    STRICT_TRANSPORT_SECURITY,
+    STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::{error, info, warn};
@@ -172,6 +172,9 @@ fn check_head(parts: &hyper::http::request::Parts, limits: &Limits) -> Result<()
             "header field too long".into(),
         ));
     }
+    if parts.version == Version::HTTP_2 {
+        check_h2_head(parts)?;
+    }
     if parts.method == Method::CONNECT {
         // rwsgi is no forward proxy, and WSGI has no way to hold a tunnel.
         return Err(RequestError::Client(
@@ -202,6 +205,51 @@ fn check_head(parts: &hyper::http::request::Parts, limits: &Limits) -> Result<()
     Ok(())
 }
 
+/// What the guard checks for HTTP/1 and hyper's h2 lets through.
+fn check_h2_head(parts: &hyper::http::request::Parts) -> Result<(), RequestError> {
+    let malformed = |why: &str| Err(RequestError::Client(StatusCode::BAD_REQUEST, why.into()));
+    // RFC 9113 §8.2.1: a field value with leading or trailing whitespace is malformed.
+    let padded = |value: &[u8]| {
+        matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t'))
+    };
+    if parts.headers.values().any(|value| padded(value.as_bytes())) {
+        return malformed("a field value with leading or trailing whitespace");
+    }
+    // RFC 9113 §8.3.1: `:path *` is for OPTIONS only (RFC 9112 §3.2.4 for HTTP/1.1).
+    if parts.uri.path() == "*" && parts.method != Method::OPTIONS {
+        return malformed("the asterisk-form target is for OPTIONS only");
+    }
+    Ok(())
+}
+
+/// The request's authority wins over its Host header: RFC 9112 §3.2.2 (an absolute-form
+/// target) and RFC 9113 §8.3.1 (`:authority`). An app that trusted a Host the target
+/// contradicts could be steered by it (host-header poisoning).
+fn authority_as_host(parts: &mut hyper::http::request::Parts) {
+    let Some(authority) = parts.uri.authority() else {
+        return;
+    };
+    // The host and port only: userinfo (`user:pass@`) is no part of Host (RFC 9110 §7.2).
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, host)| host);
+    if let Ok(host) = HeaderValue::from_str(host_port) {
+        parts.headers.insert(HOST, host);
+    }
+}
+
+/// The body is whole before the app runs, so the app gets its length, never its HTTP/1.1
+/// chunking or HTTP/2 framing: `Transfer-Encoding` goes, `Content-Length` comes (as nginx
+/// does). Without it an app reads a chunked or length-less HTTP/2 body as empty
+/// (PEP 3333: `CONTENT_LENGTH` says how much `wsgi.input` holds).
+fn declare_length(parts: &mut hyper::http::request::Parts, length: u64) {
+    let chunked = parts.headers.remove(TRANSFER_ENCODING).is_some();
+    if chunked || (length > 0 && !parts.headers.contains_key(CONTENT_LENGTH)) {
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+}
+
 async fn dispatch(
     shared: &Shared,
     conn: &ConnInfo,
@@ -212,6 +260,7 @@ async fn dispatch(
     let (mut parts, incoming) = request.into_parts();
     let limits = &shared.limits;
     check_head(&parts, limits)?;
+    authority_as_host(&mut parts);
     request_id.install(&mut parts.headers);
     if let Some(response) = shared
         .health
@@ -237,11 +286,17 @@ async fn dispatch(
         })?,
         reject = conn.guard.body_refused(index) => return Err(refused(reject)),
     };
-    let facts = client_facts(&parts.headers, conn, &shared.trusted);
     let (body, spool) = match body {
         RequestBody::Memory(bytes) => (Some(bytes), None),
         RequestBody::File { file, length } => (None, Some((file, length))),
     };
+    let length = match (&body, &spool) {
+        (_, Some((_, length))) => *length,
+        (Some(bytes), None) => bytes.len() as u64,
+        (None, None) => 0,
+    };
+    declare_length(&mut parts, length);
+    let facts = client_facts(&parts.headers, conn, &shared.trusted);
     let spool_path = spool.as_ref().map(|(file, length)| BodyFile {
         path: Bytes::copy_from_slice(file.path().as_os_str().as_encoded_bytes()),
         length: *length,
@@ -343,19 +398,11 @@ fn encode_request(
         path_and_query
     };
     let remote_addr = facts.addr.map(IpText::new);
-    let mut headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(parts.headers.len() + 1);
-    if parts.version == Version::HTTP_2
-        && !parts.headers.contains_key(HOST)
-        && let Some(authority) = uri.authority()
-    {
-        headers.push((b"host", authority.as_str().as_bytes()));
-    }
-    headers.extend(
-        parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
-    );
+    let headers: Vec<(&[u8], &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .collect();
     RequestHeadRef {
         method: parts.method.as_str().as_bytes(),
         scheme: facts.scheme,
@@ -397,6 +444,10 @@ fn build_response(
         let value =
             HeaderValue::from_bytes(value).map_err(|e| RequestError::BadResponse(e.to_string()))?;
         headers.append(name, value);
+    }
+    if status == StatusCode::NO_CONTENT {
+        // RFC 9110 §8.6: never in a 204, whatever the worker said.
+        headers.remove(CONTENT_LENGTH);
     }
     if version != Version::HTTP_2 {
         if head.close {

@@ -38,8 +38,26 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
+/// The most header fields one response may carry. A head past it is the app's error,
+/// answered 500 for that request alone, rather than a frame the channel cannot carry
+/// or a head no client would take.
+pub const MAX_RESPONSE_FIELDS: usize = 1000;
+
+/// The most bytes one response head may take, counted as HTTP/1.1 writes it
+/// (`name: value\r\n` per field). Beyond the largest header list clients accept
+/// (HTTP/2 clients commonly stop at 256 KiB), and well inside one channel frame.
+pub const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+
+/// The longest status (`"200 OK"`) an application may pass.
+const MAX_STATUS: usize = 1024;
+
 /// The status code and reason phrase of `status` (`"200 OK"`).
 pub fn parse_status(status: &str) -> PyResult<(u16, Vec<u8>)> {
+    if status.len() > MAX_STATUS {
+        return Err(PyValueError::new_err(format!(
+            "the status line is longer than {MAX_STATUS} bytes (rwsgi's limit)"
+        )));
+    }
     let bytes = latin1_bytes(status, "status")?;
     let bad = || PyValueError::new_err(format!("invalid status {status:?}: want '200 OK'"));
     if bytes.len() < 3
@@ -71,8 +89,15 @@ pub type ParsedHeaders = (Vec<(Vec<u8>, Vec<u8>)>, Option<u64>, bool);
 pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
     let mut parsed = Vec::new();
     let (mut content_length, mut close) = (None, false);
+    let (mut fields, mut size) = (0usize, 0usize);
     for item in headers.try_iter()? {
         let item = item?;
+        fields += 1;
+        if fields > MAX_RESPONSE_FIELDS {
+            return Err(PyValueError::new_err(format!(
+                "the response has more than {MAX_RESPONSE_FIELDS} header fields (rwsgi's limit)"
+            )));
+        }
         let pair = item.cast::<PyTuple>().map_err(|_| {
             PyTypeError::new_err(format!("header must be a (name, value) tuple, not {item}"))
         })?;
@@ -92,6 +117,12 @@ pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
         if name.is_empty() || !name.bytes().all(is_tchar) {
             return Err(PyValueError::new_err(format!(
                 "invalid header name {name:?}"
+            )));
+        }
+        size += name.len() + value.len() + 4;
+        if size > MAX_RESPONSE_HEAD {
+            return Err(PyValueError::new_err(format!(
+                "the response headers take more than {MAX_RESPONSE_HEAD} bytes (rwsgi's limit)"
             )));
         }
         let value = latin1_bytes(value, "header value")?;

@@ -92,6 +92,16 @@ impl StartResponse {
         }
     }
 
+    /// Whether the response may carry no body: HEAD, and the statuses RFC 9110 §15.3.5
+    /// (204) and §15.4.5 (304) define without one. Its chunks are counted, never sent.
+    fn bodyless(&self, state: &State) -> bool {
+        self.head_only
+            || state
+                .head
+                .as_ref()
+                .is_some_and(|head| matches!(head.status, 204 | 304))
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -136,7 +146,7 @@ impl StartResponse {
             None => chunk.len(),
         };
         state.body_sent += chunk.len() as u64;
-        if self.head_only || allowed == 0 {
+        if allowed == 0 || self.bodyless(&state) {
             return Ok(());
         }
         let result = self.sink.body(&chunk[..allowed]);
@@ -183,7 +193,13 @@ impl StartResponse {
             .extract()
             .map_err(|_| PyTypeError::new_err("status must be a str"))?;
         let (code, reason) = parse_status(status)?;
-        let (headers, content_length, close) = parse_headers(headers)?;
+        let (mut headers, mut content_length, close) = parse_headers(headers)?;
+        if code == 204 {
+            // RFC 9110 §8.6: no Content-Length in a 204. (A 304 keeps the app's own: it
+            // is the length of the representation the 304 stands for.)
+            headers.retain(|(name, _)| !name.eq_ignore_ascii_case(b"content-length"));
+            content_length = None;
+        }
         this.state().head = Some(Head {
             status: code,
             reason,
@@ -429,14 +445,19 @@ fn client_went_away(py: Python<'_>, start: &StartResponse) -> PyResult<Outcome> 
         .abort("the client went away")
         .and_then(|_| py.detach(|| start.sink.flush()))
         .map(|_| Outcome::Aborted)
-        .map_err(|err| pyo3::exceptions::PyConnectionError::new_err(err.to_string()))
+        .map_err(|err| StartResponse::broken(&mut start.state(), err))
 }
 
+/// Declares the body's length when the whole of it is known, unless the head already
+/// went out (the app called `write()` first): a length added then would count only the
+/// list, and the bytes past it would be cut (PEP 3333: both reach the client, in order).
 fn set_length_if_known(start: &StartResponse, lengths: impl Iterator<Item = Option<usize>>) {
     let mut state = start.state();
+    if state.head_sent || start.bodyless(&state) {
+        return;
+    }
     if let Some(head) = &mut state.head
         && head.content_length.is_none()
-        && !start.head_only
         && let Some(total) = lengths.sum::<Option<usize>>()
     {
         head.content_length = Some(total as u64);
@@ -452,7 +473,7 @@ fn finish(start: &StartResponse) -> PyResult<Outcome> {
     start.send_head(&mut state)?;
     let declared = state.head.as_ref().and_then(|h| h.content_length);
     let result = match declared {
-        Some(length) if state.body_sent < length && !start.head_only => {
+        Some(length) if state.body_sent < length && !start.bodyless(&state) => {
             error!(
                 "the application declared Content-Length: {length} but sent {} bytes; aborting the response",
                 state.body_sent

@@ -31,6 +31,31 @@ pub enum ChannelError {
     Protocol(#[from] ProtocolError),
 }
 
+impl ChannelError {
+    /// The front tier closed its end: it stopped or was restarted (a stop signal sent to
+    /// the whole process group reaches it as soon as the workers). The master answers
+    /// for it; for this worker it is the end of its work, not an error.
+    pub fn front_tier_gone(&self) -> bool {
+        matches!(self, ChannelError::Io(err) if matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionAborted
+        ))
+    }
+
+    /// Logs why the worker's channel ended: at INFO when the front tier went away,
+    /// as an error otherwise (a protocol error is a bug on one side).
+    pub fn log_end(&self, worker: &dyn std::fmt::Display) {
+        if self.front_tier_gone() {
+            tracing::info!("worker {worker}: the front tier closed the channel ({self})");
+        } else {
+            tracing::error!("worker {worker}: {self}");
+        }
+    }
+}
+
 /// A request body as it arrived on the channel.
 pub enum Body {
     /// The bytes.

@@ -130,7 +130,7 @@ fn run(py: Python<'_>, greenlets: &Arc<Greenlets>, stop: &AtomicBool) -> PyResul
             Ok(true) => {}
             Ok(false) => break,
             Err(err) => {
-                error!("worker channel: {err}");
+                err.log_end(&std::process::id());
                 break;
             }
         }

@@ -155,7 +155,7 @@ fn serve_sync(
                 Ok(Some(request)) => request,
                 Ok(None) => break,
                 Err(err) => {
-                    error!("worker {id}: {err}");
+                    err.log_end(&id);
                     break;
                 }
             };

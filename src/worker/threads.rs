@@ -174,7 +174,7 @@ pub(super) fn serve(
             if started > 0
                 && let Err(err) = channel.read_requests(stop, |request| queue.push(request))
             {
-                error!("worker channel: {err}");
+                err.log_end(&std::process::id());
             }
             queue.close();
             queue.wait_for_threads(slot)
