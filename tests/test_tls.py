@@ -102,6 +102,21 @@ def test_alpn_prefers_h2_and_takes_http11(serve):
     assert code != 0 and "no application protocol" in out, out
 
 
+
+def test_the_server_chooses_the_cipher_suite(serve):
+    """Issue 13, item 13: the server's order wins over the client's, so a client that
+    lists a weaker suite first still gets the strongest both support."""
+    server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+    for flag, offered, expected in (
+        ("-tls1_2", ("-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"),
+         "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        ("-tls1_3", ("-ciphersuites", "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384"),
+         "TLS_AES_256_GCM_SHA384"),
+    ):
+        code, out = s_client(server.port, flag, *offered)
+        assert code == 0, out
+        assert f"Ciphersuite: {expected}" in out, out
+
 def test_tls11_is_refused(serve):
     server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
     # SECLEVEL=0 makes this OpenSSL really offer TLS 1.1, so the refusal is the server's.

@@ -53,6 +53,9 @@ impl Tls {
             .map_err(|err| format!("cannot set up TLS: {err}"))?
             .with_no_client_auth()
             .with_cert_resolver(certificates.clone());
+        // The server's order of cipher suites wins (its strongest first), not the
+        // client's: as nginx's ssl_prefer_server_ciphers, which TLS scanners check for.
+        config.ignore_client_order = true;
         // HTTP/2 when the client can, HTTP/1.1 otherwise (RFC 7301, RFC 9113 §3.2).
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Tls {
