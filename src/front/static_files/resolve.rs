@@ -274,7 +274,7 @@ impl Beneath<'_> {
     /// root after all, refused otherwise. The check is made on the canonical path; what
     /// is opened is that path relative to the root, beneath the root's descriptor again,
     /// never by its absolute name: a directory on the way swapped for a symlink between
-    /// the check and the open cannot lead outside (issue 13, item 12).
+    /// the check and the open cannot lead outside.
     fn absolute_link(&self, path: &Path) -> Result<(File, Metadata), Resolved> {
         let (Ok(root), Ok(canonical)) = (
             self.shown.canonicalize(),
