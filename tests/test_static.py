@@ -9,6 +9,7 @@ import gzip
 import http.client
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -397,6 +398,57 @@ def test_symlink_escape_refused(serve, tmp_path):
     resp = raw(server.port, "GET", "/s/ok.txt", {"Accept-Encoding": "gzip"})
     assert (resp.status, resp.body) == (200, b"inside")
     assert resp.header("Content-Encoding") is None
+
+
+# Swaps two names in one step with renameat2(2)'s RENAME_EXCHANGE, as fast as Python can,
+# until the deadline (argv[3], seconds) or until it is stopped.
+SWAPPER = """
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+a, b = sys.argv[1].encode(), sys.argv[2].encode()
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    for _ in range(100):
+        if libc.renameat2(-100, a, -100, b, 2) != 0:
+            sys.exit("renameat2: errno %d" % ctypes.get_errno())
+"""
+
+
+def test_directory_swapped_for_an_escaping_symlink_never_leaks(serve, tmp_path):
+    """Issue 13, item 12: a directory inside the root swapped with a symlink to an
+    outside directory, over and over, between the lookup's check and its open."""
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    (root / "inside").mkdir(parents=True)
+    outside.mkdir()
+    (root / "inside" / "page.txt").write_bytes(b"inside")
+    (outside / "page.txt").write_bytes(SECRET)
+    # Absolute, so that the lookup's symlink check runs on every swapped request.
+    (root / "swap").symlink_to(outside)
+    server = serve("static_apps:counting", "--static", f"/s={root}", workers=1)
+    # Two swappers, so that the name can change twice between a check and an open.
+    swappers = [subprocess.Popen([sys.executable, "-c", SWAPPER, str(root / "inside"),
+                                  str(root / "swap"), "30"]) for _ in range(2)]
+    answers: dict[tuple[int, bytes], int] = {}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for _ in range(3000):
+            conn.request("GET", "/s/inside/page.txt")
+            resp = conn.getresponse()
+            body = resp.read()
+            key = (resp.status, body if resp.status == 200 else b"")
+            answers[key] = answers.get(key, 0) + 1
+    finally:
+        conn.close()
+        early = [swapper.poll() for swapper in swappers]
+        for swapper in swappers:
+            swapper.kill()
+            swapper.wait()
+    assert early == [None, None], "a swapper stopped before the requests did"
+    assert not any(SECRET in body for _, body in answers), answers
+    # Only the inside file or "not found" (while the name is the symlink).
+    assert set(answers) <= {(200, b"inside"), (404, b"")}, answers
+    assert answers.get((200, b"inside"), 0) > 300, answers
 
 
 # -- mounts ------------------------------------------------------------------------------

@@ -102,6 +102,22 @@ def test_alpn_prefers_h2_and_takes_http11(serve):
     assert code != 0 and "no application protocol" in out, out
 
 
+
+def test_the_server_chooses_the_cipher_suite(serve):
+    """Issue 13, item 13: the server's order wins over the client's, so a client that
+    lists a weaker suite first still gets the strongest both support."""
+    server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+    for flag, offered, expected in (
+        ("-tls1_2", ("-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"),
+         "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        ("-tls1_3", ("-ciphersuites", "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384"),
+         "TLS_AES_256_GCM_SHA384"),
+    ):
+        code, out = s_client(server.port, flag, *offered)
+        assert code == 0, out
+        assert f"Ciphersuite: {expected}" in out, out
+
+
 def test_tls11_is_refused(serve):
     server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
     # SECLEVEL=0 makes this OpenSSL really offer TLS 1.1, so the refusal is the server's.
@@ -334,15 +350,55 @@ def test_sighup_without_tls_keeps_serving(serve):
 # -- handshake hygiene --------------------------------------------------------------
 
 
-def test_plain_http_on_the_tls_port_is_dropped_quietly(serve):
-    server = serve("basic:hello", "--tls", LOCALHOST, workers=1)
+HTTPS_REQUIRED = b"The plain HTTP request was sent to HTTPS port"
+
+
+def assert_https_required(answer: bytes) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+    assert b"\r\nContent-Type: text/html" in head, answer
+    assert b"\r\nConnection: close" in head, answer
+    assert f"\r\nContent-Length: {len(body)}".encode() in head, answer
+    assert HTTPS_REQUIRED in body, answer
+
+
+def test_plain_http_on_the_tls_port_gets_a_400_saying_https_is_required(serve, tmp_path):
+    """Issue 13, item 14: as nginx, not a TLS alert (curl: "Received HTTP/0.9")."""
+    sock_path = tmp_path / "tls.sock"
+    server = serve("basic:hello", "--tls", LOCALHOST, "-b", f"unix:{sock_path}", workers=1)
+    code, out = curl("-w", "\n%{http_code}", f"http://127.0.0.1:{server.port}/")
+    assert code == 0, out
+    assert out.endswith("\n400"), out
+    assert HTTPS_REQUIRED.decode() in out, out
+    # The same on a Unix socket served with TLS.
+    code, out = curl("-w", "\n%{http_code}", "--unix-socket", str(sock_path), "http://localhost/")
+    assert code == 0 and out.endswith("\n400") and HTTPS_REQUIRED.decode() in out, out
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = sock.recv(4096)
-    assert b"HTTP/1.1" not in data  # a TLS alert at most, never a plain answer
+        assert_https_required(read_until_closed(sock))
+    # A body the answer does not wait for does not reset the answer away.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 40000\r\n\r\n"
+                     + b"x" * 40000)
+        assert_https_required(read_until_closed(sock))
+    # HTTPS is untouched, HTTP/1.1 and HTTP/2.
+    url = f"https://localhost:{server.port}/"
+    resolve = f"localhost:{server.port}:127.0.0.1"
+    for flag, version in (("--http1.1", "1.1"), ("--http2", "2")):
+        code, out = curl(flag, "--resolve", resolve, "-w", "\n%{http_version}", url)
+        assert (code, out) == (0, f"Hello, World!\n\n{version}"), out
     time.sleep(0.3)
     assert "handshake" not in server.log.lower(), server.log
-    assert https_get(server.port)[0] == 200
+
+
+def test_a_plain_http_client_that_stalls_is_closed_after_the_header_timeout(serve):
+    server = serve("basic:hello", "--tls", LOCALHOST, "--header-timeout", "1.5", workers=1)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n")  # the head never ends
+        started = time.monotonic()
+        assert read_until_closed(sock) == b""
+        waited = time.monotonic() - started
+    assert 1.0 < waited < 5, waited
 
 
 def test_a_silent_client_is_dropped_after_the_header_timeout(serve):

@@ -410,7 +410,7 @@ struct Conn {
 /// Serves an accepted connection, after the TLS handshake when the listeners are TLS.
 async fn serve_accepted<S>(stream: S, tls: Option<Arc<tls::Tls>>, conn: Conn)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + tls::Peek + Unpin + Send + 'static,
 {
     let Some(tls) = tls else {
         return serve_connection(stream, false, conn).await;

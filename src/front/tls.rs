@@ -5,6 +5,9 @@
 //! Certificates are swapped behind the resolver, so a reload touches only handshakes
 //! that start after it; open connections keep the keys they agreed on. A handshake
 //! that fails or stalls must never cost more than a debug line and the head timeout.
+//! Plain HTTP sent to the port is answered in plain HTTP ([`plain`]).
+
+mod plain;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +24,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, error, info, warn};
 
 use crate::config::TlsSettings;
+pub use plain::Peek;
 use crate::config::tls::{CertSource, LoadedCert, load_all, provider};
 
 /// The front tier's TLS: what every TLS connection shares.
@@ -53,6 +57,9 @@ impl Tls {
             .map_err(|err| format!("cannot set up TLS: {err}"))?
             .with_no_client_auth()
             .with_cert_resolver(certificates.clone());
+        // The server's order of cipher suites wins (its strongest first), not the
+        // client's: as nginx's ssl_prefer_server_ciphers, which TLS scanners check for.
+        config.ignore_client_order = true;
         // HTTP/2 when the client can, HTTP/1.1 otherwise (RFC 7301, RFC 9113 §3.2).
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Tls {
@@ -63,7 +70,8 @@ impl Tls {
     }
 
     /// Runs the server side of the handshake; `None` (after a debug line) if it fails
-    /// or takes longer than `timeout`.
+    /// or takes longer than `timeout`. A client that speaks plain HTTP instead is
+    /// answered 400 ([`plain`]) within the same time, and `None` returned.
     pub async fn accept<S>(
         &self,
         stream: S,
@@ -71,11 +79,23 @@ impl Tls {
         timeout: Duration,
     ) -> Option<TlsStream<S>>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Peek + Unpin,
     {
-        let why = match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
+        let handshake = async {
+            match stream.first_byte().await {
+                Ok(Some(first)) if plain::is_plain_http(first) => {
+                    Err(match plain::refuse(stream).await {
+                        Ok(()) => "plain HTTP, answered 400".to_string(),
+                        Err(err) => format!("plain HTTP, while answering 400: {err}"),
+                    })
+                }
+                Err(err) => Err(err.to_string()),
+                Ok(_) => self.acceptor.accept(stream).await.map_err(|err| err.to_string()),
+            }
+        };
+        let why = match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(stream)) => return Some(stream),
-            Ok(Err(err)) => err.to_string(),
+            Ok(Err(why)) => why,
             Err(_) => "timed out".to_string(),
         };
         match peer {

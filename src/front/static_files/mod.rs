@@ -11,6 +11,7 @@
 //! It must never serve a file outside the configured directories, list a directory, or
 //! read a file on the async threads.
 
+mod beneath;
 mod body;
 mod conditional;
 mod range;

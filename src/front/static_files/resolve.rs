@@ -4,11 +4,15 @@
 //! as nginx does. The rules:
 //! - the path is percent-decoded once; a NUL byte or a `..` segment (in any encoding,
 //!   `%2e%2e`, `..%2f`) refuses the request, whatever it would resolve to;
-//! - the file, its `index.html` and every precompressed sibling are opened with
-//!   `openat2(2)` relative to the mount's directory with RESOLVE_BENEATH: the kernel
-//!   refuses any resolution that would leave the directory (Linux 5.6 or later); an
-//!   absolute symlink is then checked on its canonical path, and followed only if that
-//!   lies inside; what leads outside is refused like a missing file;
+//! - the file, its `index.html` and every precompressed sibling are opened relative to
+//!   the mount's directory descriptor, never by an absolute path ([`beneath`]:
+//!   `openat2(2)` with RESOLVE_BENEATH, or a walk keeping the same rules before Linux
+//!   5.6): nothing that would leave the directory is followed, however the tree
+//!   changes during the lookup; relative symlinks that stay inside are followed;
+//! - an absolute symlink is checked on its canonical path, and followed only if that
+//!   lies inside: the canonical path is then opened relative to the directory again,
+//!   so a change after the check cannot lead outside either; what leads outside is
+//!   refused like a missing file;
 //! - only regular files are served: no directory listing, no devices or FIFOs.
 //!
 //! The root directory is opened again each second (so a swapped `current` symlink is
@@ -20,7 +24,7 @@ use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -28,11 +32,12 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use hyper::header::HeaderValue;
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use percent_encoding::percent_decode_str;
 use tracing::{debug, warn};
 
+use super::beneath;
 use super::body::{INLINE_READ, Source, read_file_at};
 use crate::front::encoding::{Accepted, Coding};
 
@@ -244,9 +249,9 @@ fn open_root(root: &Path) -> nix::Result<OwnedFd> {
     )
 }
 
-/// A mount's directory, opened: every file is opened relative to it with `openat2`'s
-/// RESOLVE_BENEATH, so the kernel itself refuses any path, `..` or symlink that would
-/// lead outside (one system call, no race between checking and opening).
+/// A mount's directory, opened: every file is opened relative to it ([`beneath`]), so
+/// that no path, `..` or symlink leads outside, whatever changes between a check and
+/// the open.
 struct Beneath<'a> {
     root: Arc<OwnedFd>,
     /// The root as configured, for log lines.
@@ -257,30 +262,19 @@ struct Beneath<'a> {
 impl Beneath<'_> {
     /// `path` (relative to the root) opened for reading, with its metadata.
     fn file(&self, path: &Path) -> Result<(File, Metadata), Resolved> {
-        let name: &Path = if path.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            path
-        };
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        let fd = match openat2(&*self.root, name, how) {
-            Ok(fd) => fd,
+        match beneath::open(&self.root, path, READ) {
+            Ok(fd) => with_metadata(fd),
             // An absolute symlink, or one leading outside: RESOLVE_BENEATH refuses both.
-            Err(Errno::EXDEV) => return self.absolute_link(path),
-            Err(errno) => return Err(from_io(io::Error::from(errno))),
-        };
-        let file = File::from(fd);
-        match file.metadata() {
-            Ok(meta) => Ok((file, meta)),
-            Err(err) => Err(Resolved::Failed(err)),
+            Err(Errno::EXDEV) => self.absolute_link(path),
+            Err(errno) => Err(from_io(io::Error::from(errno))),
         }
     }
 
     /// `path` when a symlink on the way is absolute: allowed if it resolves inside the
-    /// root after all (checked on the canonical path, which is then opened without
-    /// following a last symlink), refused otherwise.
+    /// root after all, refused otherwise. The check is made on the canonical path; what
+    /// is opened is that path relative to the root, beneath the root's descriptor again,
+    /// never by its absolute name: a directory on the way swapped for a symlink between
+    /// the check and the open cannot lead outside.
     fn absolute_link(&self, path: &Path) -> Result<(File, Metadata), Resolved> {
         let (Ok(root), Ok(canonical)) = (
             self.shown.canonicalize(),
@@ -288,7 +282,7 @@ impl Beneath<'_> {
         ) else {
             return Err(Resolved::NotFound);
         };
-        if !canonical.starts_with(&root) {
+        let Ok(inside) = canonical.strip_prefix(&root) else {
             warn!(
                 "refused {}: it resolves to {}, outside {}",
                 path.display(),
@@ -296,15 +290,14 @@ impl Beneath<'_> {
                 root.display()
             );
             return Err(Resolved::NotFound);
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&canonical)
-            .map_err(from_io)?;
-        match file.metadata() {
-            Ok(meta) => Ok((file, meta)),
-            Err(err) => Err(Resolved::Failed(err)),
+        };
+        match beneath::open(&self.root, inside, READ) {
+            Ok(fd) => with_metadata(fd),
+            Err(Errno::EXDEV) => {
+                debug!("refused {}: it changed while looked up", path.display());
+                Err(Resolved::NotFound)
+            }
+            Err(errno) => Err(from_io(io::Error::from(errno))),
         }
     }
 
@@ -435,6 +428,19 @@ impl Beneath<'_> {
             encoding,
             varies,
         })
+    }
+}
+
+/// How every file is opened: for reading, never blocking on a FIFO.
+const READ: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_NONBLOCK)
+    .union(OFlag::O_CLOEXEC);
+
+fn with_metadata(fd: OwnedFd) -> Result<(File, Metadata), Resolved> {
+    let file = File::from(fd);
+    match file.metadata() {
+        Ok(meta) => Ok((file, meta)),
+        Err(err) => Err(Resolved::Failed(err)),
     }
 }
 
