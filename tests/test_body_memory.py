@@ -238,3 +238,22 @@ def test_bad_max_temp_file_size_values_name_the_flag():
                               capture_output=True, text=True, timeout=20)
         assert proc.returncode != 0, value
         assert "--max-temp-file-size" in proc.stderr, proc.stderr
+
+
+def test_a_worker_held_back_by_a_slow_client_is_not_timed_out(serve, tmp_path):
+    """Backpressure blocks the worker's writes for as long as the client takes: that is
+    not the silence --timeout is for, and the response must not be cut by it."""
+    server = serve("guard_apps:app", "--timeout", "2", workers=1,
+                   env={"TMPDIR": str(tmp_path), "RWSGI_MAX_TEMP_FILE_SIZE": "1m"})
+    front = front_tier_of(server.pid)
+    slow = connect(server.port, rcvbuf=32 * 1024, timeout=10)
+    try:
+        slow.sendall(request("GET", "/pattern?mib=32"))
+        wait_for(lambda: spilled_bytes(front, tmp_path) >= 1 * MIB, 10, "nothing was spilled")
+        time.sleep(4)  # twice --timeout with the worker held back
+        head, body = read_head_and_rest(slow, 32 * MIB)
+    finally:
+        slow.close()
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert_pattern(body, 32)
+    assert "timed out" not in server.log, server.log[-2000:]
