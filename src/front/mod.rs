@@ -321,7 +321,9 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// hyper's HTTP/1 header array; the guard's limit is what counts.
 const MAX_H1_HEADERS: usize = 1024;
-/// Concurrent HTTP/2 streams per connection (nginx's default).
+/// Concurrent HTTP/2 streams per connection (nginx's default). Kept: bodies are budgeted
+/// per connection (see `budget`), so streams no longer multiply memory, and browsers
+/// open dozens at once on one page.
 const H2_MAX_STREAMS: u32 = 128;
 /// The most a HTTP/2 header list may decode to.
 const H2_MAX_HEADER_LIST: usize = 1 << 20;
