@@ -230,6 +230,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     pub send_timeout: f64,
 
+    /// Most bytes of one response spilled to a temporary file for a slow client and not
+    /// yet read by it (suffixes k, m, g; 0: no spilling), as nginx's
+    /// proxy_max_temp_file_size. Beyond it, and when spilling fails, the worker waits
+    /// for the client. The front tier spills at most 4 times this in all.
+    #[arg(long, value_name = "SIZE", default_value = "1g")]
+    pub max_temp_file_size: String,
+
     /// Most open client connections per front tier; more wait in the listen backlog.
     #[arg(long, value_name = "INT", default_value_t = 10_000)]
     pub max_connections: usize,

@@ -19,9 +19,11 @@ from conftest import children_of
 class RawH2:
     """A prior-knowledge HTTP/2 connection driven by hand."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, settings: dict | None = None):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        if settings:  # our SETTINGS, sent with the preface
+            self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings)
         self.conn.initiate_connection()
         self.flush()
         self.events: list = []

@@ -36,6 +36,9 @@ pub struct Limits {
     pub keepalive: Duration,
     /// A client reading nothing of its response.
     pub send_timeout: Duration,
+    /// Most bytes of one response spilled to a temporary file and not yet read by its
+    /// client (`--max-temp-file-size`).
+    pub max_temp_file_size: u64,
     /// Open connections per front tier.
     pub max_connections: usize,
     /// The listen backlog.
@@ -68,6 +71,12 @@ impl Limits {
             body_timeout: seconds("--body-timeout", args.body_timeout)?,
             keepalive: seconds("--keep-alive", args.keep_alive)?,
             send_timeout: seconds("--send-timeout", args.send_timeout)?,
+            max_temp_file_size: parse_size(&args.max_temp_file_size).ok_or_else(|| {
+                ConfigError::new(
+                    "--max-temp-file-size",
+                    format!("{:?} is not a size such as 1g", args.max_temp_file_size),
+                )
+            })?,
             max_connections: args.max_connections,
             backlog: args.backlog,
             queue_timeout: seconds("--queue-timeout", args.queue_timeout)?,

@@ -1,10 +1,11 @@
 //! Bodies in the front tier: request bodies buffered whole before dispatch (memory up
-//! to a threshold, then a temporary file), and the response body fed by a worker.
+//! to a threshold and within the connection's budget, then a temporary file), and the
+//! response body fed by a worker.
 
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -12,15 +13,15 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::budget::{Backlog, Budget, Held};
 use super::channel::{Event, Events, Failure, Spilled, WorkerConn};
 
 /// A request body, complete.
 pub enum RequestBody {
-    /// Held in memory.
-    Memory(Bytes),
+    /// Held in memory, counted against the connection's budget until dropped.
+    Memory(Bytes, Held),
     /// Spooled to a temporary file of `length` bytes.
     File {
         file: tempfile::NamedTempFile,
@@ -56,11 +57,18 @@ pub struct BodyLimits {
     pub idle: std::time::Duration,
 }
 
-/// Reads the whole body: in memory up to `limits.memory` bytes, then into a temporary
-/// file in the system's temporary directory.
-pub async fn buffer(mut body: Incoming, limits: BodyLimits) -> Result<RequestBody, BodyError> {
+/// Reads the whole body: in memory up to `limits.memory` bytes while `budget` (the
+/// connection's, which counts all its streams) has room, then into a temporary file in
+/// the system's temporary directory.
+pub async fn buffer(
+    mut body: Incoming,
+    limits: BodyLimits,
+    budget: &Arc<Budget>,
+) -> Result<RequestBody, BodyError> {
     let mut memory = BytesMut::new();
-    let mut spool: Option<(tempfile::NamedTempFile, tokio::fs::File)> = None;
+    // Nothing is refused at 0 bytes.
+    let mut held = budget.hold(0);
+    let mut spool: Option<tempfile::NamedTempFile> = None;
     let mut length: u64 = 0;
     loop {
         let frame = match tokio::time::timeout(limits.idle, body.frame()).await {
@@ -76,12 +84,15 @@ pub async fn buffer(mut body: Incoming, limits: BodyLimits) -> Result<RequestBod
         if length > limits.max {
             return Err(BodyError::TooLarge(limits.max));
         }
-        if let Some((_, file)) = &mut spool {
-            file.write_all(&data).await.map_err(BodyError::Spool)?;
-        } else if memory.len() + data.len() <= limits.memory {
+        // Writes to the page cache: brief, so done here, as a response's spill is. On
+        // blocking threads, an HTTP/2 connection's streams spooling at once took a
+        // thread each, and each thread its own memory.
+        if let Some(file) = &mut spool {
+            file.as_file().write_all(&data).map_err(BodyError::Spool)?;
+        } else if memory.len() + data.len() <= limits.memory && held.try_add(data.len() as u64) {
             if memory.is_empty() && body.is_end_stream() {
                 // The common case of a body in one piece: no copy.
-                return Ok(RequestBody::Memory(data));
+                return Ok(RequestBody::Memory(data, held));
             }
             memory.extend_from_slice(&data);
         } else {
@@ -89,23 +100,17 @@ pub async fn buffer(mut body: Incoming, limits: BodyLimits) -> Result<RequestBod
                 .prefix("rwsgi-body-")
                 .tempfile()
                 .map_err(BodyError::Spool)?;
-            let mut file =
-                tokio::fs::File::from_std(named.as_file().try_clone().map_err(BodyError::Spool)?);
-            file.write_all(&memory).await.map_err(BodyError::Spool)?;
-            file.write_all(&data).await.map_err(BodyError::Spool)?;
+            let mut file = named.as_file();
+            file.write_all(&memory).map_err(BodyError::Spool)?;
+            file.write_all(&data).map_err(BodyError::Spool)?;
             memory = BytesMut::new();
-            spool = Some((named, file));
+            held = budget.hold(0);
+            spool = Some(named);
         }
     }
     match spool {
-        Some((named, mut file)) => {
-            file.flush().await.map_err(BodyError::Spool)?;
-            Ok(RequestBody::File {
-                file: named,
-                length,
-            })
-        }
-        None => Ok(RequestBody::Memory(memory.freeze())),
+        Some(file) => Ok(RequestBody::File { file, length }),
+        None => Ok(RequestBody::Memory(memory.freeze(), held)),
     }
 }
 
@@ -147,8 +152,8 @@ impl ResponseBody {
 /// client went away), it tells the worker to stop.
 pub struct WorkerBody {
     events: mpsc::UnboundedReceiver<Event>,
-    /// The stream's count of response bytes held in memory.
-    in_memory: Arc<AtomicUsize>,
+    /// What the stream holds for the client.
+    backlog: Arc<Backlog>,
     /// The spilled chunk being read back, if any.
     reading: Option<Spilled>,
     conn: Arc<WorkerConn>,
@@ -163,7 +168,7 @@ impl WorkerBody {
     pub fn new(events: Events, conn: Arc<WorkerConn>, stream: u32) -> WorkerBody {
         WorkerBody {
             events: events.receiver,
-            in_memory: events.in_memory,
+            backlog: events.backlog,
             reading: None,
             conn,
             stream,
@@ -181,12 +186,14 @@ impl WorkerBody {
     /// done in place like the write that put it there.
     fn read_spilled(&mut self) -> Option<Result<Bytes, Failure>> {
         let chunk = self.reading.as_mut()?;
+        self.backlog.moved();
         let len = chunk.len.min(SPILL_READ);
         let mut piece = vec![0; len as usize];
         let result = chunk.file.read_exact_at(&mut piece, chunk.offset);
         chunk.offset += len;
         chunk.len -= len;
         if chunk.len == 0 {
+            // Its hold on the spill budget goes with it.
             self.reading = None;
         }
         Some(match result {
@@ -264,8 +271,9 @@ impl WorkerBody {
             }
             return match self.events.poll_recv(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Event::Data(data))) => {
-                    self.in_memory.fetch_sub(data.len(), Ordering::AcqRel);
+                Poll::Ready(Some(Event::Data(data, held))) => {
+                    self.backlog.moved();
+                    drop(held);
                     Poll::Ready(Some(Ok(Frame::data(data))))
                 }
                 Poll::Ready(Some(Event::Spilled(spilled))) => {

@@ -5,11 +5,20 @@
 //! the channel closes, every open stream learns at once that its worker died; no other
 //! worker's streams are touched. A worker the master timed out (`--timeout`) is cut off
 //! the same way when the master says so, before its channel closes.
+//!
+//! What a slow client has not taken yet is held in memory within its connection's
+//! budget, then spilled to a temporary file within the spill budgets (see `budget`).
+//! Beyond both, or when spilling fails, the reader stops reading the channel until that
+//! client has taken what its stream holds (or gone away): the worker's writes block, and
+//! memory and disk stay bounded. The channel is multiplexed, so a gthread worker's other
+//! streams wait too; a credit per stream belongs to the shared-memory transport
+//! (DESIGN.md, "Where the design goes next"), where the worker can be told which stream
+//! to hold back.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -20,6 +29,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
+use super::budget::{Backlog, Held};
 use super::control::Reporter;
 use super::pool::{Lease, Pool};
 use crate::master::scoreboard;
@@ -30,8 +40,9 @@ use crate::protocol::{Decoder, Frame, Hello, Kind, ProtocolError, ResponseHead, 
 pub enum Event {
     /// The response status and headers.
     Head(ResponseHead),
-    /// A chunk of the response body.
-    Data(Bytes),
+    /// A chunk of the response body, held against the stream's memory budget until it
+    /// is dropped.
+    Data(Bytes, Held),
     /// A chunk of the response body, written to the stream's spill file because the
     /// client is slower than the worker.
     Spilled(Spilled),
@@ -54,7 +65,7 @@ impl std::fmt::Debug for Returned {
 }
 
 /// Response bytes kept in the stream's temporary file: `len` bytes from `offset`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Spilled {
     /// The spill file (unlinked; it goes when the last handle does).
     pub file: Arc<File>,
@@ -62,19 +73,18 @@ pub struct Spilled {
     pub offset: u64,
     /// How many.
     pub len: u64,
+    /// Held against the stream's spill budget until the bytes are read back; nothing
+    /// reads it, dropping it is its job.
+    #[allow(dead_code)]
+    pub held: Held,
 }
 
-/// Response bytes a stream holds in memory before further ones go to its spill file:
-/// a client slower than the worker costs the front tier this much memory at most
-/// (DESIGN.md §5), the rest waits on disk (in practice, the page cache).
-const RESPONSE_MEMORY: usize = 1 << 20;
-
-/// A stream's events, and the count of response bytes it holds in memory.
+/// A stream's events, and what its response holds for its client.
 pub struct Events {
     /// The events, in order.
     pub receiver: mpsc::UnboundedReceiver<Event>,
-    /// Bytes of `Data` events sent and not yet taken; the taker subtracts them.
-    pub in_memory: Arc<AtomicUsize>,
+    /// The response's bytes held in memory and in its spill file.
+    pub backlog: Arc<Backlog>,
 }
 
 /// Why a stream failed.
@@ -109,40 +119,76 @@ pub struct StreamHold {
 
 struct Stream {
     events: mpsc::UnboundedSender<Event>,
-    in_memory: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
     /// The spill file once one was needed, and its length.
     spill: Option<(Arc<File>, u64)>,
-    /// Whether spilling failed (the rest of the response is kept in memory).
+    /// Whether spilling failed (the rest of the response goes through memory).
     spill_failed: bool,
     hold: StreamHold,
 }
 
+/// The reader must wait before it reads the channel again: a stream holds more than
+/// its budgets allow, until its client takes it all or goes away.
+struct Pause {
+    backlog: Arc<Backlog>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Pause {
+    async fn wait(self) {
+        tokio::select! {
+            () = self.backlog.memory.drained() => {}
+            () = self.events.closed() => {}
+        }
+    }
+}
+
 impl Stream {
-    /// The event for a chunk of the response body: in memory while the stream holds
-    /// less than [`RESPONSE_MEMORY`], otherwise in its spill file.
-    fn data(&mut self, data: Bytes) -> Event {
-        let held = self.in_memory.load(Ordering::Acquire);
-        if held + data.len() <= RESPONSE_MEMORY {
-            self.in_memory.fetch_add(data.len(), Ordering::AcqRel);
-            return Event::Data(data);
+    /// The event for a chunk of the response body: in memory while the budgets allow,
+    /// otherwise in the stream's spill file while the spill budgets allow. Beyond both
+    /// (or when spilling fails) in memory all the same, since it has been read, with
+    /// the word to pause the channel.
+    fn data(&mut self, data: Bytes) -> (Event, Option<Pause>) {
+        let n = data.len() as u64;
+        let backlog = self.backlog.clone();
+        if !backlog.waiting() {
+            // Bytes begin to wait for the client now (the HTTP/2 send timeout).
+            backlog.moved();
+        }
+        if let Some(held) = backlog.memory.try_hold(n) {
+            return (Event::Data(data, held), None);
         }
         if !self.spill_failed {
             match self.spill_out(&data) {
-                Ok(spilled) => return Event::Spilled(spilled),
+                Ok(Some(spilled)) => return (Event::Spilled(spilled), None),
+                Ok(None) => {}
                 Err(err) => {
-                    // Said once per response; the rest of it stays in memory.
+                    // Said once per response; the worker now waits for the client.
                     warn!(
-                        "cannot spill a response to a temporary file, keeping it in memory: {err}"
+                        "cannot spill a response to a temporary file, the worker waits for the client: {err}"
                     );
                     self.spill_failed = true;
                 }
             }
         }
-        self.in_memory.fetch_add(data.len(), Ordering::AcqRel);
-        Event::Data(data)
+        let held = backlog.memory.hold(n);
+        let pause = Pause {
+            backlog,
+            events: self.events.clone(),
+        };
+        (Event::Data(data, held), Some(pause))
     }
 
-    fn spill_out(&mut self, data: &[u8]) -> std::io::Result<Spilled> {
+    /// Writes `data` to the spill file if the spill budgets have room for it.
+    fn spill_out(&mut self, data: &[u8]) -> std::io::Result<Option<Spilled>> {
+        if self.backlog.spill.used() == 0 {
+            // The client has read back all that was spilled: a new file, so that disk
+            // use follows what waits, not what passed.
+            self.spill = None;
+        }
+        let Some(held) = self.backlog.spill.try_hold(data.len() as u64) else {
+            return Ok(None);
+        };
         let (file, end) = match &mut self.spill {
             Some(spill) => spill,
             None => self.spill.insert((Arc::new(tempfile::tempfile()?), 0)),
@@ -154,9 +200,10 @@ impl Stream {
             file: file.clone(),
             offset: *end,
             len: data.len() as u64,
+            held,
         };
         *end += data.len() as u64;
-        Ok(spilled)
+        Ok(Some(spilled))
     }
 }
 
@@ -251,6 +298,7 @@ impl WorkerConn {
     pub fn open_stream(
         self: &Arc<Self>,
         hold: StreamHold,
+        backlog: &Arc<Backlog>,
         encode: impl FnOnce(u32, &mut Vec<u8>) -> Result<(), ProtocolError>,
     ) -> Result<(u32, Events), Refused> {
         // Checked and queued under the outbox lock, the one `retire` holds while it
@@ -265,7 +313,6 @@ impl WorkerConn {
         }
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        let in_memory = Arc::new(AtomicUsize::new(0));
         {
             let mut streams = self.streams();
             if streams.timed_out {
@@ -278,7 +325,7 @@ impl WorkerConn {
                 id,
                 Stream {
                     events: tx,
-                    in_memory: in_memory.clone(),
+                    backlog: backlog.clone(),
                     spill: None,
                     spill_failed: false,
                     hold,
@@ -300,7 +347,7 @@ impl WorkerConn {
             id,
             Events {
                 receiver: rx,
-                in_memory,
+                backlog: backlog.clone(),
             },
         ))
     }
@@ -329,7 +376,8 @@ impl WorkerConn {
         self.outbox_ready.notify_one();
     }
 
-    fn route(&self, frame: Frame) -> Result<(), ProtocolError> {
+    /// Routes one frame to its stream; a [`Pause`] says to wait before reading on.
+    fn route(&self, frame: Frame) -> Result<Option<Pause>, ProtocolError> {
         let event = match frame.kind {
             Kind::ResponseHead => Event::Head(ResponseHead::decode(frame.payload)?),
             Kind::Body => {
@@ -339,10 +387,11 @@ impl WorkerConn {
                 if let Some(stream) = streams.open.get_mut(&frame.stream)
                     && !stream.events.is_closed()
                 {
-                    let event = stream.data(frame.payload);
+                    let (event, pause) = stream.data(frame.payload);
                     let _ = stream.events.send(event);
+                    return Ok(pause);
                 }
-                return Ok(());
+                return Ok(None);
             }
             Kind::End => Event::End,
             Kind::Abort => Event::Failed(Failure::Aborted(
@@ -361,7 +410,7 @@ impl WorkerConn {
         } else if let Some(stream) = streams.open.get(&frame.stream) {
             let _ = stream.events.send(event);
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The master timed the worker out: its open streams fail with [`Failure::TimedOut`]
@@ -567,12 +616,14 @@ pub fn start(
                     conn.retire();
                     debug!("worker {} (pid {}) is retiring", id, hello.pid);
                 }
-                Ok(Some(frame)) => {
-                    if let Err(err) = conn.route(frame) {
+                Ok(Some(frame)) => match conn.route(frame) {
+                    Ok(None) => {}
+                    Ok(Some(pause)) => pause.wait().await,
+                    Err(err) => {
                         warn!("worker {} broke the channel protocol: {err}", hello.pid);
                         break;
                     }
-                }
+                },
                 Ok(None) => break,
                 Err(err) => {
                     warn!("worker {} broke the channel protocol: {err}", hello.pid);
@@ -668,7 +719,10 @@ mod tests {
                 lease: pool.acquire().await.unwrap(),
                 spool: None,
             };
-            let opened = conn.open_stream(hold, |id, out| {
+            let backlog = crate::front::budget::Budgets::new(1 << 30)
+                .connection()
+                .response();
+            let opened = conn.open_stream(hold, &backlog, |id, out| {
                 for chunk in pieces.chunks(piece) {
                     encode_frame(out, Kind::Body, id, chunk);
                 }

@@ -7,6 +7,7 @@
 
 mod access_log;
 mod body;
+mod budget;
 mod channel;
 mod control;
 pub mod guard;
@@ -19,6 +20,7 @@ mod redirect;
 mod request_id;
 mod service;
 mod shard;
+mod stall;
 mod stopping;
 mod tls;
 
@@ -122,6 +124,7 @@ async fn serve(
     let shared = Arc::new(Shared {
         pool: pool.clone(),
         body_memory_limit: settings.body_memory_limit,
+        budgets: budget::Budgets::new(settings.limits.max_temp_file_size),
         files: static_files::Files::new(&settings.files),
         compression: settings.compress.as_ref().map(compress::Compression::new),
         limits: settings.limits.clone(),
@@ -181,6 +184,9 @@ async fn serve(
                 return crate::master::WORKER_BOOT_ERROR;
             }
         }
+    }
+    for runtime in shards.handles() {
+        runtime.spawn(budget::return_freed_memory(shared.budgets.memory()));
     }
     let target = redirect::Target::new(listeners.iter().map(|(_, addr)| addr));
     let stop = Arc::new(stopping::Stop::new());
@@ -315,7 +321,9 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// hyper's HTTP/1 header array; the guard's limit is what counts.
 const MAX_H1_HEADERS: usize = 1024;
-/// Concurrent HTTP/2 streams per connection (nginx's default).
+/// Concurrent HTTP/2 streams per connection (nginx's default). Kept: bodies are budgeted
+/// per connection (see `budget`), so streams no longer multiply memory, and browsers
+/// open dozens at once on one page.
 const H2_MAX_STREAMS: u32 = 128;
 /// The most a HTTP/2 header list may decode to.
 const H2_MAX_HEADER_LIST: usize = 1 << 20;
@@ -353,6 +361,8 @@ async fn accept_loop(
                     server_port: local.map(|a| a.port().to_string()).unwrap_or_default(),
                     scheme,
                     guard: Arc::default(),
+                    budgets: shared.budgets.connection(),
+                    stalls: Arc::default(),
                 };
                 (Connection::Tcp(stream), info)
             }),
@@ -369,6 +379,8 @@ async fn accept_loop(
                         server_port: String::new(),
                         scheme,
                         guard: Arc::default(),
+                        budgets: shared.budgets.connection(),
+                        stalls: Arc::default(),
                     },
                 )
             }),
@@ -454,12 +466,18 @@ where
         false => (stream, &builders.any),
     };
     let guard = info.guard.clone();
+    let stalls = info.stalls.clone();
     let service = service_fn(move |request| service::handle(shared.clone(), info.clone(), request));
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)
         .into_owned();
-    if let Err(err) = watch.serve(connection, || guard.begun()).await {
-        tracing::debug!("connection ended with an error: {err}");
+    // An HTTP/2 response stalled by flow control for --send-timeout drops the
+    // connection (see `stall`).
+    tokio::select! {
+        served = watch.serve(connection, || guard.begun()) => if let Err(err) = served {
+            tracing::debug!("connection ended with an error: {err}");
+        },
+        () = stalls.fired() => {}
     }
 }
 

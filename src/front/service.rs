@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 
 use super::access_log::{AccessLog, Entry};
 use super::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
+use super::budget::{Budgets, ConnBudgets};
 use super::channel::{Event, Failure, Refused, Returned, StreamHold};
 use super::compress::Compression;
 use super::guard::check::Reject;
@@ -30,6 +31,7 @@ use super::pool::Pool;
 use super::proxy::{ClientFacts, client_facts};
 use super::request_id::{self, X_REQUEST_ID};
 use super::sendfile::Target;
+use super::stall::Stalls;
 use super::static_files::Files;
 use crate::config::{Limits, Trusted};
 use crate::protocol::{
@@ -48,6 +50,10 @@ pub struct ConnInfo {
     pub scheme: Scheme,
     /// What the connection's guard found, shared with it.
     pub guard: Arc<ConnGuard>,
+    /// The memory its bodies may hold, all its streams together.
+    pub budgets: ConnBudgets,
+    /// The send timeout of its HTTP/2 responses.
+    pub stalls: Arc<Stalls>,
 }
 
 /// What every request of the front tier shares.
@@ -56,6 +62,8 @@ pub struct Shared {
     pub pool: Arc<Pool>,
     /// Request bodies above this size are spooled to disk.
     pub body_memory_limit: usize,
+    /// The memory and spill budgets every connection's are made from.
+    pub budgets: Budgets,
     /// `--static` and `--internal` files.
     pub files: Files,
     /// `--compress`, when on.
@@ -278,7 +286,7 @@ async fn dispatch(
         idle: limits.body_timeout,
     };
     let body = tokio::select! {
-        body = body::buffer(incoming, body_limits) => body.map_err(|err| match err {
+        body = body::buffer(incoming, body_limits, &conn.budgets.requests) => body.map_err(|err| match err {
             BodyError::Client(e) => RequestError::Client(StatusCode::BAD_REQUEST, e.to_string()),
             BodyError::TooLarge(_) => RequestError::Client(StatusCode::PAYLOAD_TOO_LARGE, err.to_string()),
             BodyError::TimedOut => RequestError::Client(StatusCode::REQUEST_TIMEOUT, err.to_string()),
@@ -286,9 +294,11 @@ async fn dispatch(
         })?,
         reject = conn.guard.body_refused(index) => return Err(refused(reject)),
     };
-    let (body, spool) = match body {
-        RequestBody::Memory(bytes) => (Some(bytes), None),
-        RequestBody::File { file, length } => (None, Some((file, length))),
+    // `_held` counts the body against the connection's budget until the request is
+    // done with it.
+    let (body, _held, spool) = match body {
+        RequestBody::Memory(bytes, held) => (Some(bytes), Some(held), None),
+        RequestBody::File { file, length } => (None, None, Some((file, length))),
     };
     let length = match (&body, &spool) {
         (_, Some((_, length))) => *length,
@@ -313,6 +323,7 @@ async fn dispatch(
             out,
         )
     };
+    let backlog = conn.budgets.response();
     let mut queued_until = tokio::time::Instant::now() + limits.queue_timeout;
     // A worker that retired between our lease and our write never saw the request, and
     // one that died before it began a request it held queued gives it back: either way
@@ -327,7 +338,7 @@ async fn dispatch(
             lease,
             spool: spool.take(),
         };
-        let (stream, mut events) = match worker.open_stream(hold, encode) {
+        let (stream, mut events) = match worker.open_stream(hold, &backlog, encode) {
             Ok(opened) => opened,
             Err(Refused::Retired(hold)) => {
                 spool = hold.spool;
@@ -353,6 +364,9 @@ async fn dispatch(
             None => return Err(RequestError::Worker(Failure::WorkerDied)),
         }
     };
+    if parts.version == Version::HTTP_2 {
+        conn.stalls.watch(&backlog, limits.send_timeout);
+    }
     let body = WorkerBody::new(events, worker, stream);
     let response = build_response(head, ResponseBody::Worker(body), parts.version)?;
     if let Some(target) = Target::of(&shared.files, response.headers()) {

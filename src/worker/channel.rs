@@ -179,6 +179,8 @@ impl Channel {
     pub fn new(fd: OwnedFd) -> io::Result<Arc<Channel>> {
         let socket = UnixStream::from(fd);
         socket.set_read_timeout(Some(STOP_CHECK))?;
+        // A write the front tier holds back returns now and then (see Writer::write_out).
+        socket.set_write_timeout(Some(STOP_CHECK))?;
         let writer = socket.try_clone()?;
         Ok(Arc::new(Channel {
             reader: Mutex::new(Reader {
@@ -460,10 +462,38 @@ impl Reader {
 
 impl Writer {
     fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let result = self.socket.write_all(&self.buf);
+        self.write_out(None)
+    }
+
+    /// Writes what is queued. The front tier stops reading the channel while a slow
+    /// client holds more than its budgets allow (backpressure, see front::channel), so
+    /// a write may wait as long as the client takes: every [`STOP_CHECK`] of that wait
+    /// shows life in `slot`, since a worker waiting to send is not silent (`--timeout`
+    /// measures silence). Only the waiting request's own stamp is refreshed: in a
+    /// gthread worker, threads queued behind this one on the writer's lock are not.
+    fn write_out(&mut self, slot: Option<&WorkerSlot>) -> io::Result<()> {
+        let mut rest = &self.buf[..];
+        let result = loop {
+            if rest.is_empty() {
+                break Ok(());
+            }
+            match self.socket.write(rest) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if let Some(Err(timed_out)) = slot.map(WorkerSlot::alive) {
+                        break Err(io::Error::other(timed_out));
+                    }
+                }
+                Err(err) => break Err(err),
+            }
+        };
         self.buf.clear();
         result
     }
@@ -491,7 +521,7 @@ impl StreamSink {
         let mut writer = lock(&self.channel.writer);
         fill(&mut writer.buf)?;
         if writer.buf.len() >= WRITE_HIGH_WATER {
-            writer.flush()?;
+            writer.write_out(Some(&self.slot))?;
         }
         Ok(())
     }
@@ -540,7 +570,7 @@ impl ResponseSink for StreamSink {
         // silence). Once the master has timed the worker out, nothing more is sent: the
         // client has its 504, and the worker goes.
         self.slot.alive().map_err(io::Error::other)?;
-        lock(&self.channel.writer).flush()
+        lock(&self.channel.writer).write_out(Some(&self.slot))
     }
 
     fn client_gone(&self) -> bool {

@@ -1,0 +1,321 @@
+//! Memory and disk budgets for the bodies the front tier holds (DESIGN.md §5).
+//!
+//! A [`Budget`] counts bytes held against a limit, and against its parent's too: a
+//! stream's response bytes count against its connection, the connection's against the
+//! whole front tier. What holds the bytes holds a [`Held`], which gives them back when
+//! it is dropped, whatever path drops it (taken by the client, a stream abandoned, a
+//! channel closed): a budget can never leak.
+//!
+//! The budgets of the front tier:
+//! - per connection, [`CONN_REQUEST_MEMORY`] of request bodies and [`CONN_RESPONSE_MEMORY`]
+//!   of responses in memory, whatever the number of its HTTP/2 streams; beyond that a
+//!   request body is spooled to a temporary file and a response spilled to one;
+//! - for the whole front tier, [`FRONT_MEMORY`] in memory, both ways together;
+//! - per response, `--max-temp-file-size` of spill not yet read by its client, and
+//!   [`SPILL_TOTAL_FACTOR`] times that for the whole front tier. Beyond those (or when a
+//!   spill fails) the worker is made to wait: see `channel`.
+//!
+//! It must never block or allocate per byte: taking and giving are a few atomics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Notify;
+
+/// Request body bytes one connection may hold in memory, all its streams together
+/// (nginx's `client_body_buffer_size` is per request; per connection, HTTP/2's streams
+/// cannot multiply it).
+pub const CONN_REQUEST_MEMORY: u64 = 1 << 20;
+
+/// Response bytes one connection may hold in memory for slow clients, all its streams
+/// together.
+pub const CONN_RESPONSE_MEMORY: u64 = 1 << 20;
+
+/// Body bytes the whole front tier may hold in memory, requests and responses together;
+/// beyond it every connection spools and spills, however little it holds.
+pub const FRONT_MEMORY: u64 = 64 << 20;
+
+/// The front tier's whole spill, in units of `--max-temp-file-size`.
+pub const SPILL_TOTAL_FACTOR: u64 = 4;
+
+/// Bytes held against a limit (and the parent's).
+pub struct Budget {
+    limit: u64,
+    used: AtomicU64,
+    parent: Option<Arc<Budget>>,
+    /// Woken when `used` falls to 0 (see [`Budget::drained`]).
+    empty: Notify,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes, counted against `parent` too.
+    pub fn new(limit: u64, parent: Option<Arc<Budget>>) -> Arc<Budget> {
+        Arc::new(Budget {
+            limit,
+            used: AtomicU64::new(0),
+            parent,
+            empty: Notify::new(),
+        })
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Takes `n` bytes if this budget and every parent have room for them, else none.
+    pub fn try_hold(self: &Arc<Self>, n: u64) -> Option<Held> {
+        self.take(n, false).then(|| Held {
+            budget: self.clone(),
+            n,
+        })
+    }
+
+    /// Takes `n` bytes whatever the limits say (the bytes are here already and must be
+    /// kept; the caller then stops more from coming).
+    pub fn hold(self: &Arc<Self>, n: u64) -> Held {
+        self.take(n, true);
+        Held {
+            budget: self.clone(),
+            n,
+        }
+    }
+
+    fn take(&self, n: u64, force: bool) -> bool {
+        let taken = if force {
+            self.used.fetch_add(n, Ordering::AcqRel);
+            true
+        } else {
+            self.used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    used.checked_add(n).filter(|&total| total <= self.limit)
+                })
+                .is_ok()
+        };
+        if !taken {
+            return false;
+        }
+        if let Some(parent) = &self.parent
+            && !parent.take(n, force)
+        {
+            self.give(n);
+            return false;
+        }
+        true
+    }
+
+    fn give(&self, n: u64) {
+        if self.used.fetch_sub(n, Ordering::AcqRel) == n {
+            // One waiter at most (a channel's reader); a stored permit only costs it a
+            // second look.
+            self.empty.notify_one();
+        }
+    }
+
+    /// Waits until nothing is held.
+    pub async fn drained(&self) {
+        while self.used() > 0 {
+            self.empty.notified().await;
+        }
+    }
+}
+
+/// Bytes held against a [`Budget`] (and its parents) until this is dropped.
+pub struct Held {
+    budget: Arc<Budget>,
+    n: u64,
+}
+
+impl Held {
+    /// Holds `n` more bytes if the budgets have room for them.
+    pub fn try_add(&mut self, n: u64) -> bool {
+        let taken = self.budget.take(n, false);
+        if taken {
+            self.n += n;
+        }
+        taken
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut budget = Some(&self.budget);
+        while let Some(each) = budget {
+            each.give(self.n);
+            budget = each.parent.as_ref();
+        }
+    }
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Held({})", self.n)
+    }
+}
+
+/// The front tier's budgets, from which each connection's are made.
+pub struct Budgets {
+    memory: Arc<Budget>,
+    spill: Arc<Budget>,
+    /// `--max-temp-file-size`.
+    max_spill: u64,
+}
+
+impl Budgets {
+    /// The front tier's budgets, with `max_spill` bytes of spill per response.
+    pub fn new(max_spill: u64) -> Budgets {
+        Budgets {
+            memory: Budget::new(FRONT_MEMORY, None),
+            spill: Budget::new(max_spill.saturating_mul(SPILL_TOTAL_FACTOR), None),
+            max_spill,
+        }
+    }
+
+    /// The front tier's memory budget.
+    pub fn memory(&self) -> Arc<Budget> {
+        self.memory.clone()
+    }
+
+    /// A new connection's budgets.
+    pub fn connection(&self) -> ConnBudgets {
+        ConnBudgets {
+            requests: Budget::new(CONN_REQUEST_MEMORY, Some(self.memory.clone())),
+            responses: Budget::new(CONN_RESPONSE_MEMORY, Some(self.memory.clone())),
+            spill: self.spill.clone(),
+            max_spill: self.max_spill,
+        }
+    }
+}
+
+/// One connection's budgets.
+pub struct ConnBudgets {
+    /// Its request bodies in memory.
+    pub requests: Arc<Budget>,
+    /// Its responses in memory.
+    pub responses: Arc<Budget>,
+    spill: Arc<Budget>,
+    max_spill: u64,
+}
+
+impl ConnBudgets {
+    /// The budgets of a new response on this connection.
+    pub fn response(&self) -> Arc<Backlog> {
+        Arc::new(Backlog {
+            memory: Budget::new(u64::MAX, Some(self.responses.clone())),
+            spill: Budget::new(self.max_spill, Some(self.spill.clone())),
+            since: AtomicU64::new(0),
+        })
+    }
+}
+
+/// What one response holds for its client: its bytes in memory and in its spill file,
+/// and since when they have waited without the client taking any (for the HTTP/2
+/// send timeout, see `stall`).
+pub struct Backlog {
+    /// Its bytes in memory (counted against the connection's budget).
+    pub memory: Arc<Budget>,
+    /// Its spilled bytes its client has not read yet (counted against the front tier's
+    /// spill budget).
+    pub spill: Arc<Budget>,
+    /// Milliseconds (see [`now_ms`]) when the client last took bytes, or when bytes
+    /// began to wait for it.
+    since: AtomicU64,
+}
+
+impl Backlog {
+    /// Whether bytes wait for the client.
+    pub fn waiting(&self) -> bool {
+        self.memory.used() > 0 || self.spill.used() > 0
+    }
+
+    /// The client took bytes, or bytes began to wait for it: the clock starts afresh.
+    pub fn moved(&self) {
+        self.since.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds (see [`now_ms`]) since when the waiting bytes have waited.
+    pub fn since(&self) -> u64 {
+        self.since.load(Ordering::Relaxed)
+    }
+}
+
+// SAFETY: the declaration matches mimalloc's `void mi_collect(bool force)` (mimalloc.h),
+// linked in with the allocator (main.rs); it touches only mimalloc's own state, so it is
+// safe to call from any thread at any time.
+unsafe extern "C" {
+    /// mimalloc's own: frees what the calling thread's heap no longer uses, and purges
+    /// (returns to the system) what was freed longer ago than its purge delay.
+    safe fn mi_collect(force: bool);
+}
+
+/// How often each front-tier thread hands freed memory back to the system.
+const RETURN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs on each front-tier thread for its life: hands freed memory back to the system
+/// whenever no body is held in memory (`front`, the front tier's budget, is empty).
+///
+/// mimalloc purges freed memory only after a delay, and only when the thread that freed
+/// it allocates or frees again; pages a thread emptied may stay in its heap. A thread
+/// left idle once its clients are gone (the bodies of a burst of slow clients freed)
+/// kept that memory resident for as long as it stayed idle. A forced collect of an
+/// idle heap costs next to nothing; under load it runs at most once a second.
+pub async fn return_freed_memory(front: Arc<Budget>) {
+    loop {
+        tokio::time::sleep(RETURN_EVERY).await;
+        if front.used() == 0 {
+            mi_collect(true);
+        }
+    }
+}
+
+/// Milliseconds on the runtime's monotonic clock since the first call.
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(tokio::time::Instant::now);
+    start.elapsed().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_counts_against_every_parent_and_goes_back_when_dropped() {
+        let front = Budget::new(10, None);
+        let conn = Budget::new(8, Some(front.clone()));
+        let other = Budget::new(8, Some(front.clone()));
+        let a = conn.try_hold(6).unwrap();
+        assert!(conn.try_hold(3).is_none(), "over the connection's limit");
+        let b = other.try_hold(4).unwrap();
+        assert!(other.try_hold(1).is_none(), "over the front tier's limit");
+        assert_eq!(other.used(), 4, "a refused hold leaves nothing behind");
+        let forced = other.hold(5);
+        assert_eq!(front.used(), 15);
+        drop((a, b, forced));
+        assert_eq!((front.used(), conn.used(), other.used()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_hold_grows_within_the_limits() {
+        let conn = Budget::new(8, None);
+        let mut held = conn.try_hold(0).unwrap();
+        assert!(held.try_add(8));
+        assert!(!held.try_add(1));
+        drop(held);
+        assert_eq!(conn.used(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn drained_waits_for_the_last_byte() {
+        let budget = Budget::new(u64::MAX, None);
+        let held = budget.hold(3);
+        let waiter = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.drained().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        waiter.await.unwrap();
+    }
+}
