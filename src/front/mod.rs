@@ -455,10 +455,13 @@ where
     };
     let guard = info.guard.clone();
     let service = service_fn(move |request| service::handle(shared.clone(), info.clone(), request));
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .into_owned();
-    if let Err(err) = watch.serve(connection, || guard.begun()).await {
+    let connection = Box::pin(
+        builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned(),
+    );
+    let served = watch.serve(connection, || guard.begun(), guard.h2_idle());
+    if let Err(err) = served.await {
         tracing::debug!("connection ended with an error: {err}");
     }
 }
