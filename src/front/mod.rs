@@ -12,6 +12,7 @@ mod control;
 pub mod guard;
 mod health;
 mod ip_text;
+mod memory;
 mod metrics;
 mod pool;
 mod proxy;
@@ -62,6 +63,7 @@ pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: Owne
             return crate::master::WORKER_BOOT_ERROR;
         }
     };
+    memory::start(&shards);
     let (access_log, writer) = match settings.access_log.as_ref().map(AccessLog::start) {
         None => (None, None),
         Some(Ok((log, writer))) => (Some(log), Some(writer)),
@@ -454,7 +456,11 @@ where
         false => (stream, &builders.any),
     };
     let guard = info.guard.clone();
-    let service = service_fn(move |request| service::handle(shared.clone(), info.clone(), request));
+    // Boxed: hyper keeps room for one request's future for the connection's life, and
+    // this one is kilobytes; boxed, it lives only while a request does.
+    let service = service_fn(move |request| {
+        Box::pin(service::handle(shared.clone(), info.clone(), request))
+    });
     let connection = Box::pin(
         builder
             .serve_connection(TokioIo::new(stream), service)
