@@ -29,8 +29,9 @@ mod sendfile;
 mod static_files;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
@@ -380,7 +381,9 @@ async fn accept_loop(
             Err(err) => {
                 // Out of descriptors or a connection reset before accept: pause briefly
                 // rather than spin.
-                warn!("accept failed: {err}");
+                if accept_failure_to_log() {
+                    warn!("accept failed: {err}");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -397,6 +400,22 @@ async fn accept_loop(
             Connection::Unix(stream) => tokio::spawn(serve_accepted(stream, tls.clone(), conn)),
         };
     }
+}
+
+/// Whether to log an accept failure now: once a second at most for the whole front
+/// tier, however many shards' accept loops meet it (out of descriptors, every one of
+/// them fails every 50 ms).
+fn accept_failure_to_log() -> bool {
+    static SINCE: OnceLock<Instant> = OnceLock::new();
+    /// Milliseconds after SINCE of the last line logged, NEVER before the first.
+    static LOGGED: AtomicU64 = AtomicU64::new(NEVER);
+    const NEVER: u64 = u64::MAX;
+    let now = SINCE.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    let last = LOGGED.load(Ordering::Relaxed);
+    (last == NEVER || now.saturating_sub(last) >= 1000)
+        && LOGGED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// What one accepted connection is served with.
