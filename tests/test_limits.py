@@ -4,6 +4,7 @@ and bad flag values."""
 
 from __future__ import annotations
 
+import resource
 import selectors
 import socket
 import subprocess
@@ -375,6 +376,54 @@ def test_max_connections(serve):
         for s in (first, second, third):
             if s is not None:
                 s.close()
+
+
+def _open_files(soft: int, hard: int):
+    """A preexec_fn giving rwsgi (and so its children) these limits of open files."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_soft_limit_of_open_files_is_raised_for_max_connections(serve):
+    """Under a soft limit of 256 (hard 4096) the front tier still holds 400 connections:
+    the master raised the soft limit to what --max-connections 1000 needs."""
+    server = serve("guard_apps:echo", "--max-connections", "1000", "--header-timeout", "30",
+                   workers=1, preexec_fn=_open_files(256, 4096))
+    held = [connect(server.port) for _ in range(399)]
+    try:
+        last = exchange(server.port, request("GET", "/four-hundredth"), until=1, timeout=5)
+        assert last.statuses == [200], last.raw[:200]
+    finally:
+        for s in held:
+            s.close()
+    assert "Raised the soft limit of open files from 256 to 1256" in server.log, server.log
+    assert "accept failed" not in server.log
+    assert "hard limit of open files" not in server.log
+
+
+def test_hard_limit_below_max_connections_is_named_in_the_log(serve):
+    server = serve("guard_apps:echo", workers=1, preexec_fn=_open_files(256, 4096))
+    server.wait_for_log(r"\[WARNING\] the hard limit of open files \(4096\) is below the "
+                        r"10256 that --max-connections 10000 needs")
+    assert "Raised the soft limit of open files from 256 to 4096" in server.log
+
+
+def test_accept_failures_are_logged_once_a_second(serve):
+    """Out of descriptors (soft = hard = 64), 150 waiting connections: accept fails
+    over and over in every shard, and says so at most once a second."""
+    server = serve("guard_apps:echo", "--header-timeout", "30", workers=1,
+                   preexec_fn=_open_files(64, 64))
+    held = []
+    try:
+        start = time.monotonic()
+        held = [connect(server.port) for _ in range(150)]
+        server.wait_for_log(r"accept failed: Too many open files")
+        time.sleep(max(0.0, 3 - (time.monotonic() - start)))
+        lines = server.log.count("accept failed: Too many open files")
+        seconds = time.monotonic() - start
+    finally:
+        for s in held:
+            s.close()
+    assert 1 <= lines <= seconds + 1, f"{lines} lines in {seconds:.1f} s"
 
 
 def _timed_request(port, target, results, key, delay):

@@ -239,35 +239,6 @@ impl Backlog {
     }
 }
 
-// SAFETY: the declaration matches mimalloc's `void mi_collect(bool force)` (mimalloc.h),
-// linked in with the allocator (main.rs); it touches only mimalloc's own state, so it is
-// safe to call from any thread at any time.
-unsafe extern "C" {
-    /// mimalloc's own: frees what the calling thread's heap no longer uses, and purges
-    /// (returns to the system) what was freed longer ago than its purge delay.
-    safe fn mi_collect(force: bool);
-}
-
-/// How often each front-tier thread hands freed memory back to the system.
-const RETURN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Runs on each front-tier thread for its life: hands freed memory back to the system
-/// whenever no body is held in memory (`front`, the front tier's budget, is empty).
-///
-/// mimalloc purges freed memory only after a delay, and only when the thread that freed
-/// it allocates or frees again; pages a thread emptied may stay in its heap. A thread
-/// left idle once its clients are gone (the bodies of a burst of slow clients freed)
-/// kept that memory resident for as long as it stayed idle. A forced collect of an
-/// idle heap costs next to nothing; under load it runs at most once a second.
-pub async fn return_freed_memory(front: Arc<Budget>) {
-    loop {
-        tokio::time::sleep(RETURN_EVERY).await;
-        if front.used() == 0 {
-            mi_collect(true);
-        }
-    }
-}
-
 /// Milliseconds on the runtime's monotonic clock since the first call.
 pub fn now_ms() -> u64 {
     static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();

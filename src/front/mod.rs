@@ -13,6 +13,7 @@ mod control;
 pub mod guard;
 mod health;
 mod ip_text;
+mod memory;
 mod metrics;
 mod pool;
 mod proxy;
@@ -30,8 +31,9 @@ mod sendfile;
 mod static_files;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
@@ -64,6 +66,7 @@ pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: Owne
             return crate::master::WORKER_BOOT_ERROR;
         }
     };
+    memory::no_huge_pages();
     let (access_log, writer) = match settings.access_log.as_ref().map(AccessLog::start) {
         None => (None, None),
         Some(Ok((log, writer))) => (Some(log), Some(writer)),
@@ -185,9 +188,7 @@ async fn serve(
             }
         }
     }
-    for runtime in shards.handles() {
-        runtime.spawn(budget::return_freed_memory(shared.budgets.memory()));
-    }
+    memory::start(shards, shared.budgets.memory());
     let target = redirect::Target::new(listeners.iter().map(|(_, addr)| addr));
     let stop = Arc::new(stopping::Stop::new());
     let mut accept_tasks = Vec::new();
@@ -390,7 +391,9 @@ async fn accept_loop(
             Err(err) => {
                 // Out of descriptors or a connection reset before accept: pause briefly
                 // rather than spin.
-                warn!("accept failed: {err}");
+                if accept_failure_to_log() {
+                    warn!("accept failed: {err}");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -407,6 +410,22 @@ async fn accept_loop(
             Connection::Unix(stream) => tokio::spawn(serve_accepted(stream, tls.clone(), conn)),
         };
     }
+}
+
+/// Whether to log an accept failure now: once a second at most for the whole front
+/// tier, however many shards' accept loops meet it (out of descriptors, every one of
+/// them fails every 50 ms).
+fn accept_failure_to_log() -> bool {
+    static SINCE: OnceLock<Instant> = OnceLock::new();
+    /// Milliseconds after SINCE of the last line logged, NEVER before the first.
+    static LOGGED: AtomicU64 = AtomicU64::new(NEVER);
+    const NEVER: u64 = u64::MAX;
+    let now = SINCE.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    let last = LOGGED.load(Ordering::Relaxed);
+    (last == NEVER || now.saturating_sub(last) >= 1000)
+        && LOGGED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// What one accepted connection is served with.
@@ -467,14 +486,20 @@ where
     };
     let guard = info.guard.clone();
     let stalls = info.stalls.clone();
-    let service = service_fn(move |request| service::handle(shared.clone(), info.clone(), request));
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .into_owned();
+    // Boxed: hyper keeps room for one request's future for the connection's life, and
+    // this one is kilobytes; boxed, it lives only while a request does.
+    let service = service_fn(move |request| {
+        Box::pin(service::handle(shared.clone(), info.clone(), request))
+    });
+    let connection = Box::pin(
+        builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned(),
+    );
     // An HTTP/2 response stalled by flow control for --send-timeout drops the
     // connection (see `stall`).
     tokio::select! {
-        served = watch.serve(connection, || guard.begun()) => if let Err(err) = served {
+        served = watch.serve(connection, || guard.begun(), guard.h2_idle()) => if let Err(err) = served {
             tracing::debug!("connection ended with an error: {err}");
         },
         () = stalls.fired() => {}

@@ -131,8 +131,10 @@ where
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
+        // Its HTTP/1 connections are closed by hyper's own timers, never as idle here.
+        let idle = std::future::pending();
         if let Err(err) = watch
-            .serve(connection, || begun.load(Ordering::Relaxed))
+            .serve(Box::pin(connection), || begun.load(Ordering::Relaxed), idle)
             .await
         {
             debug!("redirect connection ended with an error: {err}");

@@ -6,9 +6,12 @@
 //! request into it. Here a connection whose first request has not begun gets
 //! [`FIRST_REQUEST_GRACE`] for it; that request is answered (`Connection: close`), and
 //! only a connection that stays silent that long is closed without one.
+//!
+//! The same graceful shutdown ends an HTTP/2 connection that has been idle too long
+//! (GOAWAY, then close): the guard says when.
 
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -58,17 +61,26 @@ impl Stop {
 impl Watch {
     /// Serves `connection` until it ends. When the stop begins, it is told to stop at
     /// once if a request has begun on it (`begun`), else once one begins or
-    /// [`FIRST_REQUEST_GRACE`] has passed.
+    /// [`FIRST_REQUEST_GRACE`] has passed. When `idle` resolves, it is told to stop
+    /// too, and served until it has.
+    ///
+    /// The connection comes boxed: the task serving it then stays small, and the
+    /// connection's state takes only the room it needs.
     pub async fn serve<C: GracefulConnection>(
         mut self,
-        connection: C,
+        mut connection: Pin<Box<C>>,
         begun: impl Fn() -> bool,
+        idle: impl Future<Output = ()>,
     ) -> Result<(), C::Error> {
-        let mut connection = pin!(connection);
-        tokio::select! {
+        let stopping = tokio::select! {
             result = connection.as_mut() => return result,
             // An error means the stop's sender is gone: the front tier is ending anyway.
-            _ = self.stopping.wait_for(|stopping| *stopping) => {}
+            _ = self.stopping.wait_for(|stopping| *stopping) => true,
+            () = idle => false,
+        };
+        if !stopping {
+            connection.as_mut().graceful_shutdown();
+            return connection.await;
         }
         if !begun() {
             let mut grace = pin!(tokio::time::sleep(FIRST_REQUEST_GRACE));

@@ -10,6 +10,7 @@
 mod control;
 pub mod listeners;
 mod notify;
+mod open_files;
 mod reconfigure;
 pub mod scoreboard;
 mod signals;
@@ -93,6 +94,8 @@ pub fn run(settings: Settings, program: Program) -> i32 {
     title::set(&format!("rwsgi: master [{}]", settings.app.text));
     let pid = std::process::id();
     info!("Starting rwsgi {}", env!("CARGO_PKG_VERSION"));
+    // Single-threaded and before any fork: every child inherits the raised limit.
+    open_files::raise(settings.limits.max_connections);
     let redirects = settings.binds.len() + settings.redirect_http.len();
     for (index, listener) in listeners.iter().enumerate() {
         match (index < settings.binds.len(), &listener.addr) {

@@ -12,12 +12,19 @@
 //!   `send_timeout` is dropped.
 //! - An HTTP/2 connection (prior knowledge) is recognised by its preface and passed
 //!   through unchecked: hyper's h2 does its own framing, bounded by the builder's limits.
+//!   Its deadlines are the same as HTTP/1's, counted in requests rather than bytes (a
+//!   client answering PINGs is not busy): with no request begun within `head_timeout`
+//!   of the start it is closed; with no stream open for `keepalive_timeout` the server
+//!   is told to send GOAWAY ([`ConnGuard::h2_idle`]), as nginx's `keepalive_timeout`
+//!   does for HTTP/2; and a connection still idle `keepalive_timeout` after that (a
+//!   client that never answers the GOAWAY's PING) is closed.
 
 pub mod check;
 #[cfg(test)]
 mod tests;
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,6 +67,8 @@ pub struct ConnGuard {
     inner: Mutex<Shared>,
     /// Woken when a body is refused.
     body_refused: Notify,
+    /// Told when an HTTP/2 connection has been idle for the keep-alive timeout.
+    h2_idle: Notify,
     /// Requests whose responses are not finished yet.
     busy: AtomicUsize,
 }
@@ -91,7 +100,18 @@ impl ConnGuard {
 
     /// Whether a request has begun on this connection.
     pub fn begun(&self) -> bool {
-        self.lock().requests > 0
+        self.requests() > 0
+    }
+
+    fn requests(&self) -> u64 {
+        self.lock().requests
+    }
+
+    /// Resolves once this HTTP/2 connection has had no stream open for the keep-alive
+    /// timeout: its server should then send GOAWAY (never, for HTTP/1, which the guard
+    /// closes itself).
+    pub async fn h2_idle(&self) {
+        self.h2_idle.notified().await
     }
 
     /// The refusal of request `index`'s head, if it was refused (it is the stand-in).
@@ -252,6 +272,10 @@ pub struct Guarded<S> {
     /// When the current head's first byte arrived, or the connection became idle.
     read_since: Option<(Instant, bool)>,
     read_timer: Option<Pin<Box<Sleep>>>,
+    /// HTTP/2: since when no stream has been open, at which count of requests begun.
+    h2_idle_since: Option<(Instant, u64)>,
+    /// HTTP/2: the server was told to send GOAWAY for idleness.
+    h2_goaway: bool,
     write_timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -271,6 +295,8 @@ impl<S> Guarded<S> {
             accepted: Instant::now(),
             read_since: None,
             read_timer: None,
+            h2_idle_since: None,
+            h2_goaway: false,
             write_timer: None,
         }
     }
@@ -366,6 +392,101 @@ impl<S> Guarded<S> {
     }
 }
 
+impl<S: AsyncRead + Unpin> Guarded<S> {
+    /// Reads an HTTP/2 connection's bytes straight into hyper's buffer, under the
+    /// deadlines of [`Guarded::h2_deadline`].
+    fn poll_through(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Err(_))) {
+            return polled;
+        }
+        loop {
+            let Some(deadline) = self.h2_deadline(cx) else {
+                self.read_timer = None;
+                return polled;
+            };
+            let timer = self
+                .read_timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return polled;
+            }
+            if self.guard.requests() > 0 && !self.h2_goaway {
+                debug!("HTTP/2 connection idle for the keep-alive timeout: GOAWAY");
+                self.h2_goaway = true;
+                self.h2_idle_since = None;
+                self.guard.h2_idle.notify_one();
+                // Armed again: a client that never answers the GOAWAY is closed.
+                continue;
+            }
+            debug!("closing an HTTP/2 connection: no request in time, or GOAWAY unanswered");
+            self.mode = Mode::Ended;
+            // Bytes already read go to hyper first; the end follows on the next read.
+            return match polled {
+                Poll::Pending => Poll::Ready(Ok(())),
+                ready => ready,
+            };
+        }
+    }
+
+    /// An HTTP/2 connection's next deadline: the head timeout until a request has
+    /// begun, then the keep-alive timeout from when its last stream ended (or from the
+    /// GOAWAY), none while a stream is open.
+    fn h2_deadline(&mut self, cx: &Context<'_>) -> Option<Instant> {
+        let requests = self.guard.requests();
+        if requests == 0 {
+            return Some(self.accepted + self.timeouts.head);
+        }
+        if !self.guard.idle(cx) {
+            self.h2_idle_since = None;
+            return None;
+        }
+        let since = match self.h2_idle_since {
+            Some((since, seen)) if seen == requests => since,
+            // A request begun since the last look ended the idle time, even if it
+            // was over before this look.
+            _ => {
+                let now = Instant::now();
+                self.h2_idle_since = Some((now, requests));
+                now
+            }
+        };
+        Some(since + self.timeouts.keepalive)
+    }
+
+    /// Reads from the client onto the end of `inbuf`; returns the poll and the bytes
+    /// read. With nothing held, the read lands on the stack and only what arrived is
+    /// copied to the heap: a connection waiting for its next request (most of them,
+    /// most of the time) then holds no buffer at all.
+    fn read_more(&mut self, cx: &mut Context<'_>) -> (Poll<io::Result<()>>, usize) {
+        if self.inbuf.is_empty() {
+            let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+            let mut read = ReadBuf::uninit(&mut stack);
+            let polled = Pin::new(&mut self.io).poll_read(cx, &mut read);
+            self.inbuf.extend_from_slice(read.filled());
+            return (polled, read.filled().len());
+        }
+        let from = self.inbuf.len();
+        self.inbuf.reserve(READ_SIZE);
+        // Read into the spare capacity: zeroing 16 KiB before every read showed in
+        // profiles.
+        let mut read = ReadBuf::uninit(self.inbuf.spare_capacity_mut());
+        let polled = Pin::new(&mut self.io).poll_read(cx, &mut read);
+        let filled = read.filled().len();
+        // SAFETY: ReadBuf guarantees its first `filled` bytes were initialised, and
+        // they are the bytes right after the vector's current length.
+        unsafe { self.inbuf.set_len(from + filled) };
+        (polled, filled)
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -374,7 +495,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.mode == Mode::Through && this.start == this.inbuf.len() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+            return this.poll_through(cx, buf);
         }
         loop {
             if this.start < this.released {
@@ -382,7 +503,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 buf.put_slice(&this.inbuf[this.start..this.start + n]);
                 this.start += n;
                 if this.start == this.inbuf.len() {
-                    this.inbuf.clear();
+                    // Freed, not cleared: an idle connection holds no read buffer.
+                    this.inbuf = Vec::new();
                     this.start = 0;
                     this.released = 0;
                 }
@@ -404,7 +526,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 return Poll::Ready(Ok(()));
             }
             if this.mode == Mode::Through {
-                return Pin::new(&mut this.io).poll_read(cx, buf);
+                return this.poll_through(cx, buf);
             }
             if this.start > 0 && this.start == this.released {
                 // Keep the held bytes only.
@@ -413,15 +535,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 this.start = 0;
             }
             let from = this.inbuf.len();
-            this.inbuf.reserve(READ_SIZE);
-            // Read into the spare capacity: zeroing 16 KiB before every read (twice a
-            // request, counting the read that finds nothing) showed in profiles.
-            let mut read = ReadBuf::uninit(this.inbuf.spare_capacity_mut());
-            let polled = Pin::new(&mut this.io).poll_read(cx, &mut read);
-            let filled = read.filled().len();
-            // SAFETY: ReadBuf guarantees its first `filled` bytes were initialised, and
-            // they are the bytes right after the vector's current length.
-            unsafe { this.inbuf.set_len(from + filled) };
+            let (polled, filled) = this.read_more(cx);
             match polled {
                 Poll::Ready(Ok(())) if filled == 0 => {
                     // End of input; a partly received head is dropped with it.
