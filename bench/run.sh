@@ -189,6 +189,11 @@ counter_deltas() {
          END {for (s in sides) print s, cpu[s] + 0, ctx[s] + 0}' "$1" "$2"
 }
 
+# The threads the running straces say they have attached.
+attached_threads() {
+    cat "$LOGS"/strace-*.err 2>/dev/null | awk '/ attached with [0-9]+ threads/ {n += $(NF - 1); next} / attached$/ {n++} END {print n + 0}'
+}
+
 # System calls of each side over a SYSCALL_SECONDS wrk run on URL $1: one
 # `strace -c -f` per side, attached by pid to every process of that side (and, with
 # -f, to all their threads) and stopped by pid after the run. Writes "SIDE CALLS
@@ -208,13 +213,16 @@ count_syscalls() {
         strace_pids[$side]=$!
         tracing+=("$!")
     done
-    # Wait until every thread is attached (strace says so on stderr), 10 s at most.
+    # Wait until every thread is attached, 10 s at most: strace says "Process N attached"
+    # or "Process N attached with T threads" on stderr.
     local deadline=$((SECONDS + 10))
-    while (($(cat "$LOGS"/strace-*.err | grep -c attached || true) < tasks)) && ((SECONDS < deadline)); do sleep 0.1; done
+    while (($(attached_threads) < tasks)) && ((SECONDS < deadline)); do sleep 0.1; done
+    (($(attached_threads) >= tasks)) || log "strace attached $(attached_threads) of $tasks threads within 10s"
     report=$(wrk_load "$SYSCALL_SECONDS" "$url")
     for side in "${!strace_pids[@]}"; do kill -INT "${strace_pids[$side]}" 2>/dev/null || true; done
     for side in "${!strace_pids[@]}"; do wait "${strace_pids[$side]}" || true; done
     tracing=()
+    rm -f "$LOGS"/strace-*.err
     : >"$LOGS/syscalls"
     for side in "${!strace_pids[@]}"; do
         awk -v s="$side" -v n="$(awk '/requests in/ {print $1}' <<<"$report")" \
@@ -309,7 +317,7 @@ done
 fmt_med() { local m; m=$(median <<<"$1"); [[ -z $1 ]] && echo "-" || echo "$m"; }
 
 echo "Ratios of medians (first server / second), ${ROUNDS} round(s); 'apart' = (max - min) / median of each server's rounds"
-printf '%-17s %-26s %8s %8s %-8s %9s %8s %-8s %s\n' scenario servers "req/s" target "" "p99" target "" "rounds apart"
+printf '%-17s %-34s %7s %9s %-8s %8s %8s %-8s %s\n' scenario servers "req/s" target "" "p99" target "" "rounds apart"
 for sc in "${scenarios[@]}"; do
     scenario "$sc"
     a=${servers[0]} b=${servers[1]}
@@ -320,7 +328,7 @@ for sc in "${scenarios[@]}"; do
         read -r p pok < <(awk -v x="${med_p99[$sc/$a]:-0}" -v y="${med_p99[$sc/$b]:-0}" -v t="$p99_target" \
             'BEGIN {if (y > 0) printf "%.2fx %s\n", x / y, (x / y <= t ? "met" : "NOT-met"); else print "n/a n/a"}')
     fi
-    printf '%-17s %-26s %8s %8s %-8s %9s %8s %-8s %s\n' "$sc" "$a / $b" "$r" ">= ${target}x" "${ok//-/ }" \
+    printf '%-17s %-34s %7s %9s %-8s %8s %8s %-8s %s\n' "$sc" "$a / $b" "$r" ">= ${target}x" "${ok//-/ }" \
         "${p:--}" "${p99_target:+<= ${p99_target}x}" "${pok//-/ }" "$a ${spread[$sc/$a]}%, $b ${spread[$sc/$b]}%"
 done
 
