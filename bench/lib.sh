@@ -1,4 +1,5 @@
-# Helpers shared by the benchmark scripts (bench/run.sh, bench/tls.sh); sourced, not run.
+# Helpers shared by the benchmark scripts (bench/run.sh, bench/tls.sh, bench/io.sh);
+# sourced, not run.
 # They expect STOP_TIMEOUT and START_TIMEOUT to be set.
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -103,7 +104,7 @@ ratio() { # label numerator denominator [target]
 }
 
 # ---------------------------------------------------------------- one-URL scripts
-# For a script that measures servers on one URL each (bench/static.sh): it sets its
+# For a script that measures servers on one URL each (bench/run.sh, bench/io.sh): it sets its
 # knobs, calls `begin_runs`, defines `start_server NAME PORT` (start it in the
 # background, set server_pid) and `target_url NAME PORT`, then calls `rounds`.
 
@@ -149,7 +150,19 @@ on_exit() {
     exit "$status"
 }
 
-# Measures server $1 once with wrk on its target_url; sets rps, p99 and errors.
+# wrk with THREADS threads and CONNECTIONS connections for $1 seconds on URL $2, plus
+# the script's WRK_ARGS (an array: a Lua script, a header) and any further arguments;
+# prints wrk's report.
+WRK_ARGS=()
+wrk_load() {
+    local seconds=$1 url=$2
+    shift 2
+    timeout -k 5 $((seconds + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${seconds}s" \
+        "${WRK_ARGS[@]}" "$@" "$url"
+}
+
+# Measures server $1 once with wrk on its target_url; sets rps, p99, errors and
+# requests.
 measure_url() {
     local name=$1 port url report
     port=$(free_port)
@@ -161,45 +174,72 @@ measure_url() {
         tail -n 30 "$LOGS/$name-$port.log" >&2 || true
         exit 1
     fi
-    timeout -k 5 $((WARMUP + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
-    # A script may watch the measured run: `on_measure start|end` (bench/accesslog.sh).
-    if declare -F on_measure >/dev/null; then on_measure start; fi
-    report=$(timeout -k 5 $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")
-    if declare -F on_measure >/dev/null; then on_measure end; fi
+    wrk_load "$WARMUP" "$url" >/dev/null
+    # A script may watch the measured run: `on_measure start|end URL` (bench/io.sh,
+    # bench/run.sh).
+    if declare -F on_measure >/dev/null; then on_measure start "$url"; fi
+    report=$(wrk_load "$DURATION" "$url" --latency)
+    if declare -F on_measure >/dev/null; then on_measure end "$url"; fi
     printf '%s\n' "$report" >"$LOGS/$name-$port.wrk"
     stop_server
     read_wrk "$name" "$report"
 }
 
-# Reads wrk's report $2 of server $1: sets rps, p99, errors and requests.
+# Reads wrk's report $2 of server $1: sets rps, p99 (as wrk wrote it), p99_ms, errors
+# and requests.
 read_wrk() {
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$2")
     p99=$(awk '$1 == "99%" {print $2}' <<<"$2")
+    p99_ms=$(to_ms "$p99")
     errors=$(grep -E 'Non-2xx|Socket errors' <<<"$2" | sed 's/^ *//' | paste -sd ';' - || true)
     requests=$(awk '/requests in/ {print $1}' <<<"$2")
     [[ -n $rps && -n $requests ]] || { log "could not read Requests/sec from wrk for $1:"; printf '%s\n' "$2" >&2; exit 1; }
 }
 
+# A duration as wrk writes it (850.00us, 2.13ms, 1.02s, 1.50m) in milliseconds; empty
+# if there is none.
+to_ms() {
+    awk -v d="$1" 'BEGIN {
+        if (d == "") exit
+        n = d + 0; u = d; sub(/^[0-9.]+/, "", u)
+        f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : (u == "h") ? 3600000 : -1
+        if (f > 0) printf "%.3f", n * f
+    }'
+}
+
+# How far apart the numbers on standard input are: (max - min) / median, in percent.
+spread() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR] = $1} END {
+    m = (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)
+    if (NR > 0 && m > 0) printf "%.0f", (a[NR] - a[1]) / m * 100; else print 0 }'; }
+
 # Runs ROUNDS rounds of `measure_url` over the servers named after LABEL, printing each
-# run (with run_note, if a script's on_measure sets it); sets med[LABEL/server] to each
-# server's median.
-declare -A med=()
+# run (with run_note, if a script's on_measure or on_run sets it); sets med[LABEL/server]
+# to each server's median requests/s, med_p99[LABEL/server] to its median p99 in ms and
+# spread[LABEL/server] to how far apart its rounds were (percent of the median). A
+# script may read each run's figures in `on_run LABEL SERVER`, called after the run.
+declare -A med=() med_p99=() spread=()
 rounds() {
     local label=$1; shift
-    local -A runs=()
+    local -A runs=() p99_runs=()
     local round name error_count=0
     printf '%-12s %-5s %-16s %12s %10s  %s\n' case round server "requests/s" "p99" "wrk errors"
     for round in $(seq "$ROUNDS"); do
         for name in "$@"; do
+            run_note=""
             measure_url "$name"
+            if declare -F on_run >/dev/null; then on_run "$label" "$name"; fi
             runs[$name]="${runs[$name]:-} $rps"
+            p99_runs[$name]="${p99_runs[$name]:-} $p99_ms"
             printf '%-12s %-5s %-16s %12.0f %10s  %s%s\n' "$label" "$round" "$name" "$rps" "${p99:-?}" "${errors:-none}" "${run_note:+  ($run_note)}"
             [[ -z $errors ]] || error_count=$((error_count + 1))
         done
     done
     for name in "$@"; do
         med[$label/$name]=$(median <<<"${runs[$name]}")
-        printf 'median %-12s %-16s %12.0f requests/s\n' "$label" "$name" "${med[$label/$name]}"
+        med_p99[$label/$name]=$(median <<<"${p99_runs[$name]}")
+        spread[$label/$name]=$(spread <<<"${runs[$name]}")
+        printf 'median %-12s %-16s %12.0f requests/s  p99 %s ms  rounds %s%% apart\n' "$label" "$name" \
+            "${med[$label/$name]}" "${med_p99[$label/$name]:-?}" "${spread[$label/$name]}"
     done
     ((error_count == 0)) || echo "WARNING: wrk reported errors in $error_count run(s) of $label (last column): those figures are suspect."
 }
