@@ -369,7 +369,9 @@ fn used(write: u64, read: u64, capacity: usize) -> Result<usize, RingError> {
 
 /// One single-producer single-consumer byte ring in the mapping. Exactly one process
 /// writes and one reads each ring; within a process the caller serialises producers (a
-/// Mutex) and consumers.
+/// Mutex) and consumers. Producer methods count from this mapping's own record of the
+/// write position and consumer methods from its own read position, so each side's
+/// methods are only meaningful in the process that plays that side.
 #[derive(Clone, Copy)]
 pub struct Ring<'a> {
     shared: &'a Control,
