@@ -44,11 +44,15 @@
 //!
 //! Payload fields inside heads are encoded with [`FieldWriter`] and read with
 //! [`FieldReader`]: fixed-width integers and `u32`-length-prefixed byte strings.
+//!
+//! The frames travel over the channel's Unix socket, or through the shared-memory rings
+//! of [`ring`] (its own byte table), with the socket kept for doorbells and death.
 
 mod codec;
 pub mod control;
 mod fields;
 mod messages;
+pub mod ring;
 
 pub use codec::{Decoder, Frame, HEADER_LEN, encode_frame, encode_frame_header};
 pub use fields::{FieldReader, FieldWriter};
@@ -143,5 +147,56 @@ pub fn fuzz_decode(data: &[u8]) {
         let _ = RequestHead::decode(payload.clone());
         let _ = ResponseHead::decode(payload.clone());
         let _ = BodyFile::decode(payload);
+    }
+}
+
+/// The fuzzing entry point for the shared-memory rings: overwrites a fresh region's
+/// header and data with `data`, as a hostile worker could, then drives both sides of both
+/// rings over it and decodes whatever frames come out. Every call must end in a value or
+/// a [`ring::RingError`]; a panic, an abort or a read outside the mapping is a bug.
+pub fn fuzz_ring(data: &[u8]) {
+    let Ok((map, fd)) = ring::RingMap::create(ring::MIN_CAPACITY) else {
+        return;
+    };
+    if ring::scribble(&fd, data).is_err() {
+        return;
+    }
+    // The front tier's view (its own positions intact), then the worker's view of the
+    // same bytes through `open`, which takes up the scribbled positions if they pass.
+    exercise_ring(&map, data);
+    if let Ok(opened) = fd
+        .try_clone()
+        .map_err(ring::RingError::from)
+        .and_then(ring::RingMap::open)
+    {
+        exercise_ring(&opened, data);
+    }
+}
+
+/// Every operation of both rings once, with the invariants any answer must keep.
+fn exercise_ring(map: &ring::RingMap, data: &[u8]) {
+    let capacity = map.capacity();
+    for ring in [map.to_front(), map.to_worker()] {
+        let max = data.first().map_or(capacity, |&b| usize::from(b) * 64 + 1);
+        let mut out = bytes::BytesMut::new();
+        if let Ok(n) = ring.pop_into(&mut out, max) {
+            assert!(n <= max.min(capacity) && out.len() == n);
+        }
+        let _ = ring.pending().map(|n| assert!(n <= capacity));
+        let _ = ring.take_waiting();
+        if let Ok(false) = ring.park() {
+            let _ = ring.pop_into(&mut out, capacity);
+        }
+        ring.unpark();
+        let _ = ring.free().map(|n| assert!(n <= capacity));
+        let _ = ring.push(&data[..data.len().min(capacity)]);
+        let _ = ring.push_partial(data);
+        let _ = ring.take_parked();
+        let _ = ring.wait_for_room(data.len());
+        let mut decoder = Decoder::new();
+        while let Ok(Some(frame)) = decoder.decode(&mut out) {
+            let _ = ResponseHead::decode(frame.payload.clone());
+            let _ = RequestHead::decode(frame.payload);
+        }
     }
 }
