@@ -237,6 +237,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", default_value = "1g")]
     pub max_temp_file_size: String,
 
+    /// Bytes of each of the two shared-memory rings between the front tier and a sync or
+    /// gthread worker (suffixes k, m, g), through which requests and responses pass
+    /// without a system call while both sides are busy; each worker costs twice this
+    /// plus 4 KiB of shared memory. 0: the worker's Unix socket carries every frame.
+    #[arg(long, value_name = "SIZE", default_value = "1m")]
+    pub ring_size: String,
+
     /// Most open client connections per front tier; more wait in the listen backlog.
     #[arg(long, value_name = "INT", default_value_t = 10_000)]
     pub max_connections: usize,

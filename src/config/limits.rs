@@ -39,6 +39,9 @@ pub struct Limits {
     /// Most bytes of one response spilled to a temporary file and not yet read by its
     /// client (`--max-temp-file-size`).
     pub max_temp_file_size: u64,
+    /// Bytes of each shared-memory ring of a worker's channel; 0: the socket alone
+    /// (`--ring-size`).
+    pub ring_size: usize,
     /// Open connections per front tier.
     pub max_connections: usize,
     /// The listen backlog.
@@ -77,6 +80,7 @@ impl Limits {
                     format!("{:?} is not a size such as 1g", args.max_temp_file_size),
                 )
             })?,
+            ring_size: ring_size(&args.ring_size)?,
             max_connections: args.max_connections,
             backlog: args.backlog,
             queue_timeout: seconds("--queue-timeout", args.queue_timeout)?,
@@ -153,6 +157,19 @@ impl Trusted {
     }
 }
 
+/// `--ring-size`: 0, or a size the rings can have (4 KiB to 1 GiB; rounded up to a power
+/// of two when they are made).
+fn ring_size(text: &str) -> Result<usize, ConfigError> {
+    use crate::protocol::ring::{MAX_CAPACITY, MIN_CAPACITY};
+    let bad = |why: &str| ConfigError::new("--ring-size", format!("{text:?} {why}"));
+    let size = parse_size(text).ok_or_else(|| bad("is not a size such as 1m"))?;
+    let size = usize::try_from(size).map_err(|_| bad("is too large"))?;
+    if size != 0 && !(MIN_CAPACITY..=MAX_CAPACITY).contains(&size) {
+        return Err(bad("is not 0 or between 4k and 1g"));
+    }
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,3 +200,4 @@ mod tests {
         assert!(Trusted::parse("nope").is_err());
     }
 }
+

@@ -33,7 +33,11 @@ use super::budget::{Backlog, Held};
 use super::control::Reporter;
 use super::pool::{Lease, Pool};
 use crate::master::scoreboard;
-use crate::protocol::{Decoder, Frame, Hello, Kind, ProtocolError, ResponseHead, encode_frame};
+use crate::protocol::ring::RingMap;
+use crate::protocol::{
+    Decoder, Frame, HEADER_LEN, Hello, Kind, ProtocolError, ResponseHead, encode_frame,
+    encode_frame_header,
+};
 
 /// What happens on a stream, as the request's task sees it.
 #[derive(Debug)]
@@ -228,6 +232,9 @@ pub struct WorkerConn {
     /// when it dies, the requests after the first it has not finished never began.
     sequential: bool,
     socket: Arc<UnixStream>,
+    /// The shared-memory rings, when the worker asked for them: every frame then
+    /// travels in them, and the socket carries only doorbells (see `protocol::ring`).
+    ring: Option<Arc<RingMap>>,
     /// Frames for the worker, written by the channel's writer task (see [`writer`]).
     outbox: Mutex<Outbox>,
     /// Wakes the writer task when the outbox has something.
@@ -261,6 +268,7 @@ impl WorkerConn {
         shard: usize,
         sequential: bool,
         socket: Arc<UnixStream>,
+        ring: Option<Arc<RingMap>>,
     ) -> Arc<WorkerConn> {
         let conn = Arc::new(WorkerConn {
             id,
@@ -268,6 +276,7 @@ impl WorkerConn {
             shard,
             sequential,
             socket,
+            ring,
             outbox: Mutex::new(Outbox::default()),
             outbox_ready: Notify::new(),
             streams: Mutex::new(Streams {
@@ -534,13 +543,95 @@ async fn writer(conn: Arc<WorkerConn>) {
             conn.outbox_ready.notified().await;
             continue;
         }
-        if write_all(&conn.socket, &spare).await.is_err() {
+        let written = match &conn.ring {
+            Some(ring) => push_all(ring, &conn.socket, &spare, &conn).await,
+            None => write_all(&conn.socket, &spare).await,
+        };
+        if written.is_err() {
             conn.outbox().closed = true;
             return;
         }
         spare.clear();
         // A big request body passed through: do not keep its buffer for every channel.
         spare.shrink_to(KEPT_OUTBOX);
+    }
+}
+
+/// How long the writer waits for room in a full ring before it looks again, at most:
+/// a worker leaves its requests unread only while it is busy with one.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Pushes `bytes` into the worker's ring, as much at a time as there is room, and rings
+/// the worker's doorbell when it sleeps. A full ring is waited out (the worker reads
+/// its requests in its own time); a closed channel or a corrupt ring ends the writer.
+async fn push_all(
+    ring: &RingMap,
+    socket: &UnixStream,
+    mut bytes: &[u8],
+    conn: &WorkerConn,
+) -> std::io::Result<()> {
+    let ring = ring.to_worker();
+    let mut wait = std::time::Duration::from_micros(100);
+    while !bytes.is_empty() {
+        let room = ring.free().map_err(std::io::Error::other)?;
+        if room > 0 {
+            let piece = room.min(bytes.len());
+            if ring.push(&bytes[..piece]).map_err(std::io::Error::other)? {
+                bytes = &bytes[piece..];
+                wait = std::time::Duration::from_micros(100);
+                if ring.take_parked() {
+                    ring_doorbell(socket)?;
+                }
+                continue;
+            }
+        }
+        if conn.outbox().closed {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(ROOM_WAIT);
+    }
+    Ok(())
+}
+
+/// Rings a worker's doorbell: one byte on its socket. A full socket buffer already
+/// holds doorbells the worker has yet to read, so that is no error.
+fn ring_doorbell(socket: &UnixStream) -> std::io::Result<()> {
+    match socket.try_write(b"!") {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Sends the [`Kind::Ring`] frame with the rings' descriptor: the first bytes the
+/// front tier writes on a channel whose worker asked for rings.
+async fn send_ring(socket: &UnixStream, fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use nix::sys::socket::{ControlMessage, sendmsg};
+    use std::os::fd::AsRawFd as _;
+    let mut frame = Vec::with_capacity(HEADER_LEN);
+    encode_frame_header(&mut frame, Kind::Ring, 0, 0);
+    let fds = [fd.as_raw_fd()];
+    loop {
+        socket.writable().await?;
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            let iov = [std::io::IoSlice::new(&frame)];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(
+                socket.as_raw_fd(),
+                &iov,
+                &cmsg,
+                nix::sys::socket::MsgFlags::empty(),
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(n) if n == HEADER_LEN => return Ok(()),
+            Ok(_) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
     }
 }
 
@@ -569,6 +660,7 @@ pub fn start(
     stream: std::os::unix::net::UnixStream,
     pool: Arc<Pool>,
     reporter: Reporter,
+    ring_size: usize,
 ) {
     // Registered with the shard's own reactor, so that its thread alone reads it.
     let _entered = runtime.enter();
@@ -603,12 +695,35 @@ pub fn start(
                 return warn!("worker {id} spoke badly on its channel: {err}");
             }
         };
-        let conn = WorkerConn::new(id, hello.pid, shard, hello.capacity == 1, socket);
+        let ring = match hello.ring {
+            false => None,
+            true => {
+                let made = RingMap::create(ring_size)
+                    .map_err(std::io::Error::other)
+                    .map(|(map, fd)| (Arc::new(map), fd));
+                let sent = match made {
+                    Ok((map, fd)) => send_ring(&socket, &fd).await.map(|_| map),
+                    Err(err) => Err(err),
+                };
+                match sent {
+                    Ok(map) => Some(map),
+                    Err(err) => {
+                        pool.unassign_shard(shard);
+                        return warn!("cannot give worker {id} its rings: {err}");
+                    }
+                }
+            }
+        };
+        let conn = WorkerConn::new(id, hello.pid, shard, hello.capacity == 1, socket, ring);
         pool.add(conn.clone(), hello.capacity as usize);
         reporter.worker_ready(id, hello.pid);
         debug!("worker {} (pid {}) is ready", id, hello.pid);
         loop {
-            match read_frame(&reader, &mut decoder, &mut buf).await {
+            let frame = match &conn.ring {
+                Some(ring) => read_ring_frame(&reader, ring, &mut decoder, &mut buf).await,
+                None => read_frame(&reader, &mut decoder, &mut buf).await,
+            };
+            match frame {
                 Ok(Some(frame)) if frame.kind == Kind::Retire => {
                     // Out of the pool first, so no new lease names it; a request that
                     // already holds one is turned away by `open_stream`.
@@ -635,6 +750,73 @@ pub fn start(
         conn.close();
     });
 }
+
+/// [`read_frame`] for a channel with rings: frames come from the worker's ring, and
+/// the reader sleeps on the socket only after saying so in the ring (`park`), so that
+/// a worker rings the doorbell only then. Under load the ring is read again after the
+/// shard's other tasks had their turn, often without any wake-up. `Ok(None)` when the
+/// worker closed its socket.
+async fn read_ring_frame(
+    reader: &UnixStream,
+    ring: &RingMap,
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+) -> Result<Option<Frame>, ProtocolError> {
+    let ring = ring.to_front();
+    let corrupt = |_| ProtocolError::Invalid("a corrupt shared-memory ring");
+    let mut yielded = 0;
+    // The worker closed its socket: what it pushed before is still read, then the end.
+    let mut closed = false;
+    loop {
+        if let Some(frame) = decoder.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        if ring.pop_into(buf, RING_READ).map_err(corrupt)? > 0 {
+            yielded = 0;
+            continue;
+        }
+        if closed {
+            return Ok(None);
+        }
+        if yielded < RING_YIELDS {
+            yielded += 1;
+            tokio::task::yield_now().await;
+            continue;
+        }
+        if ring.park().map_err(corrupt)? {
+            let woken = reader.readable().await;
+            ring.unpark();
+            if woken.is_err() {
+                closed = true;
+                continue;
+            }
+            let mut doorbells = [0u8; 256];
+            loop {
+                match reader.try_read(&mut doorbells) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        yielded = 0;
+    }
+}
+
+
+/// How often the reader lets the shard's other tasks run before it sleeps on an empty
+/// ring: a worker about to answer often does so meanwhile, sparing both doorbells.
+const RING_YIELDS: usize = 1;
+
+/// The most read from a worker's ring at a time.
+const RING_READ: usize = 256 * 1024;
 
 /// Reads until one whole frame is buffered; `Ok(None)` at a clean end of the channel.
 async fn read_frame(
@@ -706,7 +888,7 @@ mod tests {
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         let socket = Arc::new(UnixStream::from_std(ours).unwrap());
-        let conn = WorkerConn::new(1, 4242, 0, false, socket);
+        let conn = WorkerConn::new(1, 4242, 0, false, socket, None);
         let pool = Pool::new(16, 1, 0);
         pool.add(conn.clone(), 2);
 

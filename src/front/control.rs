@@ -42,6 +42,7 @@ pub async fn receive(
     pool: Arc<Pool>,
     shards: Vec<tokio::runtime::Handle>,
     reload: Arc<Notify>,
+    ring_size: usize,
 ) {
     let reporter = match control.try_clone() {
         Ok(fd) => Reporter(Arc::new(fd)),
@@ -128,6 +129,7 @@ pub async fn receive(
             stream,
             pool.clone(),
             reporter.clone(),
+            ring_size,
         );
     }
 }

@@ -233,6 +233,7 @@ async fn serve(
         pool,
         shards.handles().to_vec(),
         reload,
+        settings.limits.ring_size,
     ));
     let graceful_stop = tokio::select! {
         _ = term.recv() => true,

@@ -60,6 +60,9 @@ pub struct Hello {
     pub pid: u32,
     /// How many streams the worker serves at once (1 for a sync worker).
     pub capacity: u16,
+    /// Whether the worker takes its frames through shared-memory rings (see `ring`);
+    /// the front tier then answers with a [`Kind::Ring`] frame.
+    pub ring: bool,
 }
 
 impl Hello {
@@ -69,7 +72,8 @@ impl Hello {
             w.u32(u32::from_be_bytes(*MAGIC))
                 .u16(VERSION)
                 .u32(self.pid)
-                .u16(self.capacity);
+                .u16(self.capacity)
+                .u8(u8::from(self.ring));
         });
         debug_assert!(fits.is_ok());
     }
@@ -87,6 +91,11 @@ impl Hello {
         let hello = Hello {
             pid: reader.u32()?,
             capacity: reader.u16()?,
+            ring: match reader.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(ProtocolError::Invalid("ring flag")),
+            },
         };
         reader.finish()?;
         if hello.capacity == 0 {

@@ -21,7 +21,7 @@
 //! The conversation:
 //!
 //! 1. The worker opens with one [`Kind::Hello`] frame on stream 0 (magic, protocol
-//!    version, pid, capacity). The front tier refuses a worker whose version differs.
+//!    version, pid, capacity, whether it takes rings: see 6). The front tier refuses a worker whose version differs.
 //!    Capacity is how many streams the worker serves at once: 1 (sync), `--threads`
 //!    (gthread) or `--worker-connections` (gevent); the frames of its streams interleave
 //!    on the channel, each frame whole.
@@ -42,6 +42,18 @@
 //!    same lock as request frames and after which no request is written. The worker serves every
 //!    request that arrived before `Retired`, then exits. Both payloads are empty.
 //!
+//! 6. Rings (protocol version 2): a worker whose Hello sets its `ring` flag (a sync or
+//!    gthread worker; a gevent hub waits on the socket itself and does not) gets, as the
+//!    front tier's first bytes on the socket, one empty [`Kind::Ring`] frame on stream 0
+//!    carrying a memfd as SCM_RIGHTS: two single-producer rings in shared memory
+//!    ([`ring`], whose module documentation gives the layout). From then on every frame
+//!    of the conversation above, in both directions, is written into a ring instead of
+//!    the socket, byte for byte as it would have been written to the socket, and decoded
+//!    by the same [`Decoder`]. The socket carries only doorbells: a byte (its value means
+//!    nothing) written when the reader of a ring has said it sleeps, and never otherwise,
+//!    so that a busy pair exchanges frames without a system call. The socket still tells
+//!    each side at once when the other is gone (end of file, hang-up).
+//!
 //! Payload fields inside heads are encoded with [`FieldWriter`] and read with
 //! [`FieldReader`]: fixed-width integers and `u32`-length-prefixed byte strings.
 //!
@@ -59,7 +71,7 @@ pub use fields::{FieldReader, FieldWriter};
 pub use messages::{BodyFile, Hello, RequestHead, RequestHeadRef, ResponseHead, Scheme};
 
 /// The protocol version spoken by this build; both sides must agree.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// Magic bytes opening the Hello payload, so a stray writer is detected at once.
 pub const MAGIC: &[u8; 4] = b"RWSG";
@@ -92,6 +104,9 @@ pub enum Kind {
     Retire = 8,
     /// Front → worker, stream 0: no request follows this frame.
     Retired = 9,
+    /// Front → worker, stream 0, empty, sent on the socket with the shared-memory
+    /// rings' descriptor (SCM_RIGHTS): from now on every frame travels in the rings.
+    Ring = 10,
 }
 
 impl Kind {
@@ -107,6 +122,7 @@ impl Kind {
             7 => Kind::Abort,
             8 => Kind::Retire,
             9 => Kind::Retired,
+            10 => Kind::Ring,
             _ => return None,
         })
     }

@@ -62,8 +62,11 @@
 //! sleeps calls [`Ring::park`]: true means sleep until the socket is readable, false
 //! means bytes arrived meanwhile. After waking it drains the doorbell bytes and calls
 //! [`Ring::unpark`]. The worker parks right before its `poll(2)`; the front tier's reader
-//! parks from tokio's `on_thread_park` hook (waking its own task when `park` returns
-//! false) and waits for the doorbell with `AsyncFd` on the socket. Doorbells can be
+//! task, finding its ring empty, first lets the shard's other tasks run once (a worker
+//! about to answer often does meanwhile), then parks and waits for the doorbell on the
+//! socket with tokio. Neither side uses `waiting` yet: a producer short of room waits a
+//! little and looks again (rooms run short only while a slow client holds a response
+//! back or a body larger than the ring passes). Doorbells can be
 //! spurious (both sides saw each other), so a wake-up is only a hint to look again.
 
 use std::fmt;

@@ -46,6 +46,7 @@ fn conversation() -> (Vec<u8>, Vec<(Kind, u32)>) {
     Hello {
         pid: 42,
         capacity: 1,
+        ring: false,
     }
     .encode(&mut out);
     sample_request().encode(&mut out, 7).unwrap();
@@ -99,7 +100,8 @@ fn every_kind_round_trips() {
         Hello::decode(frames[0].payload.clone()).unwrap(),
         Hello {
             pid: 42,
-            capacity: 1
+            capacity: 1,
+            ring: false
         }
     );
     assert_eq!(
@@ -123,7 +125,8 @@ fn retire_kinds_have_stable_wire_bytes() {
     // Both sides of a rotation must agree on these bytes across builds.
     assert_eq!(Kind::from_u8(8), Some(Kind::Retire));
     assert_eq!(Kind::from_u8(9), Some(Kind::Retired));
-    assert_eq!(Kind::from_u8(10), None);
+    assert_eq!(Kind::from_u8(10), Some(Kind::Ring));
+    assert_eq!(Kind::from_u8(11), None);
     let mut out = Vec::new();
     encode_frame(&mut out, Kind::Retired, 0, b"");
     assert_eq!(out, [0, 0, 0, 0, 9, 0, 0, 0, 0, 0]);
@@ -168,6 +171,7 @@ fn hello_checks_magic_version_and_capacity() {
     Hello {
         pid: 1,
         capacity: 4,
+        ring: true,
     }
     .encode(&mut out);
     let mut payload = out[HEADER_LEN..].to_vec();
@@ -186,6 +190,7 @@ fn hello_checks_magic_version_and_capacity() {
     Hello {
         pid: 1,
         capacity: 0,
+        ring: false,
     }
     .encode(&mut zero);
     assert!(Hello::decode(Bytes::copy_from_slice(&zero[HEADER_LEN..])).is_err());

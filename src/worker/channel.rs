@@ -16,9 +16,10 @@ use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{MsgFlags, recv};
 
 use crate::master::scoreboard::WorkerSlot;
+use crate::protocol::ring::{RingError, RingMap};
 use crate::protocol::{
-    BodyFile, Decoder, Frame, Hello, Kind, MAX_PAYLOAD, ProtocolError, RequestHead, ResponseHead,
-    encode_frame,
+    BodyFile, Decoder, Frame, HEADER_LEN, Hello, Kind, MAX_PAYLOAD, ProtocolError, RequestHead,
+    ResponseHead, encode_frame,
 };
 use crate::python::ResponseSink;
 
@@ -29,6 +30,8 @@ pub enum ChannelError {
     Io(#[from] io::Error),
     #[error("channel protocol: {0}")]
     Protocol(#[from] ProtocolError),
+    #[error("channel ring: {0}")]
+    Ring(#[from] RingError),
 }
 
 impl ChannelError {
@@ -134,6 +137,9 @@ impl Partial {
 
 struct Reader {
     socket: UnixStream,
+    /// The shared-memory rings, once the front tier sent them: frames then come in
+    /// `to_worker`, and the socket carries only doorbells.
+    ring: Option<Arc<RingMap>>,
     buf: BytesMut,
     decoder: Decoder,
     /// Frames read while checking for an abort, not yet consumed.
@@ -144,6 +150,8 @@ struct Reader {
 
 struct Writer {
     socket: UnixStream,
+    /// As the reader's: frames then go out in `to_front`.
+    ring: Option<Arc<RingMap>>,
     buf: Vec<u8>,
 }
 
@@ -185,6 +193,7 @@ impl Channel {
         Ok(Arc::new(Channel {
             reader: Mutex::new(Reader {
                 socket,
+                ring: None,
                 buf: BytesMut::with_capacity(64 * 1024),
                 decoder: Decoder::new(),
                 pending: VecDeque::new(),
@@ -192,6 +201,7 @@ impl Channel {
             }),
             writer: Mutex::new(Writer {
                 socket: writer,
+                ring: None,
                 buf: Vec::with_capacity(64 * 1024),
             }),
             retiring: AtomicBool::new(false),
@@ -199,15 +209,30 @@ impl Channel {
         }))
     }
 
-    /// Announces the worker: it is ready for `capacity` requests at once.
-    pub fn hello(&self, capacity: u16) -> io::Result<()> {
+    /// Announces the worker: it is ready for `capacity` requests at once. With `ring`,
+    /// it asks for the shared-memory rings and waits for them: the front tier's first
+    /// frame then carries their descriptor.
+    pub fn hello(&self, capacity: u16, ring: bool) -> io::Result<()> {
         let mut writer = lock(&self.writer);
         Hello {
             pid: std::process::id(),
             capacity,
+            ring,
         }
         .encode(&mut writer.buf);
-        writer.flush()
+        writer.flush()?;
+        drop(writer);
+        if !ring {
+            return Ok(());
+        }
+        let map = {
+            let mut reader = lock(&self.reader);
+            let map = Arc::new(receive_ring(&reader.socket)?);
+            reader.ring = Some(map.clone());
+            map
+        };
+        lock(&self.writer).ring = Some(map);
+        Ok(())
     }
 
     /// Waits for the next whole request. `Ok(None)`: the front tier closed the channel,
@@ -369,8 +394,12 @@ impl Channel {
             return false;
         };
         let reader = &mut *reader;
+        if let Some(ring) = &reader.ring {
+            let _ = ring.to_worker().pop_into(&mut reader.buf, READ_SIZE);
+        }
         let mut chunk = [0u8; 4096];
-        while let Ok(n @ 1..) = recv(
+        while reader.ring.is_none()
+            && let Ok(n @ 1..) = recv(
             reader.socket.as_raw_fd(),
             &mut chunk,
             MsgFlags::MSG_DONTWAIT,
@@ -406,6 +435,34 @@ impl Reader {
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Wait::Frame(frame));
+            }
+            if let Some(ring) = &self.ring {
+                if ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0 {
+                    continue;
+                }
+                if idle && stop.load(Ordering::Relaxed) {
+                    return Ok(Wait::Stopping);
+                }
+                if ring.to_worker().park()? {
+                    let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+                    let woken = poll(&mut fds, STOP_CHECK_MS);
+                    ring.to_worker().unpark();
+                    match woken {
+                        Ok(0) | Err(Errno::EINTR) => continue,
+                        Ok(_) => {}
+                        Err(err) => return Err(io::Error::from(err).into()),
+                    }
+                } else {
+                    continue;
+                }
+                if drain_doorbells(&self.socket, &mut self.scratch)? {
+                    // What the front tier pushed before it closed is still served.
+                    if ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0 {
+                        continue;
+                    }
+                    return Ok(Wait::Closed);
+                }
+                continue;
             }
             if idle && stop.load(Ordering::Relaxed) {
                 return Ok(Wait::Stopping);
@@ -445,6 +502,16 @@ impl Reader {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(Wait::Frame(frame)));
             }
+            if let Some(ring) = &self.ring {
+                if ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0 {
+                    continue;
+                }
+                return match drain_doorbells(&self.socket, &mut self.scratch)? {
+                    true if ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0 => continue,
+                    true => Ok(Some(Wait::Closed)),
+                    false => Ok(None),
+                };
+            }
             match recv(
                 self.socket.as_raw_fd(),
                 &mut self.scratch,
@@ -472,6 +539,11 @@ impl Writer {
     /// measures silence). Only the waiting request's own stamp is refreshed: in a
     /// gthread worker, threads queued behind this one on the writer's lock are not.
     fn write_out(&mut self, slot: Option<&WorkerSlot>) -> io::Result<()> {
+        if let Some(ring) = &self.ring {
+            let result = push_all(ring, &self.socket, &self.buf, slot);
+            self.buf.clear();
+            return result;
+        }
         let mut rest = &self.buf[..];
         let result = loop {
             if rest.is_empty() {
@@ -497,6 +569,114 @@ impl Writer {
         self.buf.clear();
         result
     }
+}
+
+/// Waits for the front tier's [`Kind::Ring`] frame, the first it sends after a Hello
+/// that asked for rings, and maps the rings its descriptor names.
+fn receive_ring(socket: &UnixStream) -> io::Result<RingMap> {
+    use nix::sys::socket::{ControlMessageOwned, recvmsg};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut header = [0u8; HEADER_LEN];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    loop {
+        let mut iov = [io::IoSliceMut::new(&mut header)];
+        let received = recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        );
+        let message = match received {
+            Ok(message) => message,
+            Err(Errno::EAGAIN | Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        };
+        if message.bytes == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut fd = None;
+        for cmsg in message.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                for raw in fds {
+                    // SAFETY: the kernel installed this descriptor in our table for this
+                    // message; nothing else owns it.
+                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                    fd.get_or_insert(owned);
+                }
+            }
+        }
+        if message.bytes != HEADER_LEN || header[4] != Kind::Ring as u8 {
+            return Err(io::Error::other("the front tier did not answer with the rings"));
+        }
+        let fd = fd.ok_or_else(|| io::Error::other("the rings came without a descriptor"))?;
+        return RingMap::open(fd).map_err(io::Error::other);
+    }
+}
+
+/// Reads the doorbell bytes the front tier wrote (their value means nothing) without
+/// waiting; true if the front tier closed the channel.
+fn drain_doorbells(socket: &UnixStream, scratch: &mut [u8]) -> io::Result<bool> {
+    loop {
+        match recv(socket.as_raw_fd(), scratch, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return Ok(true),
+            Ok(_) => {}
+            Err(Errno::EAGAIN) => return Ok(false),
+            Err(Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Rings the front tier's doorbell: one byte on the socket. A full socket buffer
+/// already holds doorbells the front tier has yet to read, so that is no error.
+fn ring_doorbell(socket: &UnixStream) -> io::Result<()> {
+    match nix::sys::socket::send(socket.as_raw_fd(), b"!", MsgFlags::MSG_DONTWAIT) {
+        Ok(_) | Err(Errno::EAGAIN) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// How long a worker whose ring is full waits before it looks again, at most: the
+/// front tier is slow to read only while it holds a slow client's response back.
+const ROOM_WAIT_MS: u16 = 10;
+
+/// Pushes `bytes` into `to_front`, as much at a time as there is room, ringing the
+/// doorbell when the front tier sleeps. With no room it waits (showing life in `slot`,
+/// as `write_out` does) and watches the socket for the front tier's end.
+fn push_all(
+    ring: &RingMap,
+    socket: &UnixStream,
+    mut bytes: &[u8],
+    slot: Option<&WorkerSlot>,
+) -> io::Result<()> {
+    let ring = ring.to_front();
+    let mut waited_ms: u16 = 1;
+    while !bytes.is_empty() {
+        let room = ring.free().map_err(io::Error::other)?;
+        if room > 0 {
+            let piece = room.min(bytes.len());
+            if ring.push(&bytes[..piece]).map_err(io::Error::other)? {
+                bytes = &bytes[piece..];
+                waited_ms = 1;
+                if ring.take_parked() {
+                    ring_doorbell(socket)?;
+                }
+                continue;
+            }
+        }
+        if let Some(Err(timed_out)) = slot.map(WorkerSlot::alive) {
+            return Err(io::Error::other(timed_out));
+        }
+        // No events asked: poll reports only the front tier's end (HUP, ERR).
+        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::empty())];
+        match poll(&mut fds, waited_ms) {
+            Ok(0) | Err(Errno::EINTR) => {}
+            Ok(_) => return Err(io::ErrorKind::BrokenPipe.into()),
+            Err(err) => return Err(err.into()),
+        }
+        waited_ms = (waited_ms * 2).min(ROOM_WAIT_MS);
+    }
+    Ok(())
 }
 
 /// A response's way back to the front tier: one stream of the channel.

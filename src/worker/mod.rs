@@ -96,7 +96,11 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> i32 {
     }
     let slot = WorkerSlot::new(slot);
     let capacity = settings.worker_class.capacity();
-    let channel = match Channel::new(channel).and_then(|c| c.hello(capacity).map(|_| c)) {
+    // The rings are read by a blocking loop (sync, gthread); a gevent hub waits on the
+    // socket itself, so it keeps the socket as its channel.
+    let ring = !matches!(settings.worker_class, WorkerClass::Gevent(_))
+        && settings.limits.ring_size > 0;
+    let channel = match Channel::new(channel).and_then(|c| c.hello(capacity, ring).map(|_| c)) {
         Ok(channel) => channel,
         // The front tier is already gone; the master will start everything anew.
         Err(_) => return 0,

@@ -1,0 +1,72 @@
+"""The hop through shared-memory rings (`--ring-size`, issue 14): the same answers as over
+the socket, bodies far larger than the rings in both directions, the flag's checks, and
+a worker that scribbles on its rings costs its own request only, never the front tier."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+
+import httpx
+import pytest
+
+from conftest import BINARY
+
+TIMEOUT = 20
+
+
+def pattern(n: int) -> bytes:
+    return (bytes(range(256)) * (n // 256 + 1))[:n]
+
+
+@pytest.mark.parametrize("ring_size", ["4k", "64k", "0"])
+def test_big_bodies_both_ways_through_small_rings(serve, ring_size):
+    """5 MiB up and 3 MiB down through rings of 4 KiB (each frame wraps many times and
+    both sides wait for room), of 64 KiB, and over the socket (0)."""
+    server = serve("ring_apps:echo", "--ring-size", ring_size, workers=1)
+    body = pattern(5 * 1024 * 1024 + 17)
+    with httpx.Client(timeout=TIMEOUT) as client:
+        for n in (0, 10, 3 * 1024 * 1024 + 5):
+            response = client.post(f"{server.url}/?n={n}", content=body)
+            assert response.status_code == 200
+            digest, _, rest = response.content.partition(b"\n")
+            assert digest.decode() == hashlib.sha256(body).hexdigest()
+            assert rest == pattern(n)
+
+
+def test_gthread_worker_over_rings_serves_many_at_once(serve):
+    server = serve("ring_apps:echo", "--ring-size", "4k", "--threads", "4", workers=1)
+    with httpx.Client(timeout=TIMEOUT, limits=httpx.Limits(max_connections=8)) as client:
+        import concurrent.futures
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            sizes = [i * 40_000 for i in range(16)]
+            answers = list(pool.map(
+                lambda n: client.post(f"{server.url}/?n={n}", content=pattern(n)), sizes))
+    for n, response in zip(sizes, answers):
+        assert response.status_code == 200
+        digest, _, rest = response.content.partition(b"\n")
+        assert digest.decode() == hashlib.sha256(pattern(n)).hexdigest() and rest == pattern(n)
+
+
+@pytest.mark.parametrize("value", ["1k", "2g", "lots"])
+def test_bad_ring_size_names_the_flag(value, tmp_path):
+    done = subprocess.run([str(BINARY), "serve", "--ring-size", value, "basic:hello"],
+                          capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "--ring-size" in done.stderr + done.stdout
+
+
+def test_a_worker_scribbling_on_its_rings_costs_only_its_request(serve):
+    """Both sides check every position the other publishes: garbage drops that worker
+    (502 for the request on it), the front tier goes on, a new worker serves the next."""
+    server = serve("ring_apps:scribble", workers=1)
+    with httpx.Client(timeout=TIMEOUT) as client:
+        first = client.get(f"{server.url}/pid").text
+        broken = client.get(f"{server.url}/scribble")
+        assert broken.status_code == 502
+        # Whichever side reads the garbage first says so and lets go of the worker.
+        server.wait_for_log(r"corrupt")
+        server.wait_for_log(r"Booting worker with pid", count=2)
+        again = client.get(f"{server.url}/pid")
+        assert again.status_code == 200 and again.text != first
+    assert server.proc.poll() is None
