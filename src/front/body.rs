@@ -65,9 +65,18 @@ pub async fn buffer(
     limits: BodyLimits,
     budget: &Arc<Budget>,
 ) -> Result<RequestBody, BodyError> {
-    let mut memory = BytesMut::new();
     // Nothing is refused at 0 bytes.
     let mut held = budget.hold(0);
+    // A body of known length that fits in memory gets its room at once, counted against
+    // the budgets first (a client that declares a length and sends nothing must not
+    // make memory out of nothing): grown piece by piece, a megabyte body was copied
+    // twice more on the way.
+    let expected = body.size_hint().exact().unwrap_or(0);
+    let reserved = match usize::try_from(expected) {
+        Ok(room) if room > 0 && room <= limits.memory && held.try_add(expected) => room,
+        _ => 0,
+    };
+    let mut memory = BytesMut::with_capacity(reserved);
     let mut spool: Option<tempfile::NamedTempFile> = None;
     let mut length: u64 = 0;
     loop {
@@ -89,7 +98,9 @@ pub async fn buffer(
         // thread each, and each thread its own memory.
         if let Some(file) = &mut spool {
             file.as_file().write_all(&data).map_err(BodyError::Spool)?;
-        } else if memory.len() + data.len() <= limits.memory && held.try_add(data.len() as u64) {
+        } else if memory.len() + data.len() <= limits.memory
+            && (memory.len() + data.len() <= reserved || held.try_add(data.len() as u64))
+        {
             if memory.is_empty() && body.is_end_stream() {
                 // The common case of a body in one piece: no copy.
                 return Ok(RequestBody::Memory(data, held));

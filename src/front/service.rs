@@ -313,6 +313,10 @@ async fn dispatch(
     });
     let mut spool = spool.map(|(file, _)| file);
     let encode = |stream: u32, out: &mut Vec<u8>| {
+        // Room for the body and its frame headers at once, rather than doubling up to it.
+        if let Some(body) = &body {
+            out.reserve(body.len() + body.len() / MAX_PAYLOAD * 16 + 4096);
+        }
         encode_request(
             &parts,
             conn,
