@@ -571,14 +571,14 @@ async fn push_all(
     conn: &WorkerConn,
 ) -> std::io::Result<()> {
     let ring = ring.to_worker();
-    let mut wait = std::time::Duration::from_micros(100);
+    let mut wait = std::time::Duration::from_millis(1);
     while !bytes.is_empty() {
         let room = ring.free().map_err(std::io::Error::other)?;
         if room > 0 {
             let piece = room.min(bytes.len());
             if ring.push(&bytes[..piece]).map_err(std::io::Error::other)? {
                 bytes = &bytes[piece..];
-                wait = std::time::Duration::from_micros(100);
+                wait = std::time::Duration::from_millis(1);
                 if ring.take_parked() {
                     ring_doorbell(socket)?;
                 }
@@ -588,8 +588,13 @@ async fn push_all(
         if conn.outbox().closed {
             return Err(std::io::ErrorKind::BrokenPipe.into());
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(ROOM_WAIT);
+        // Said in the ring: the worker rings the doorbell once it has made room, and the
+        // reader passes the word on. A while later the writer looks again regardless.
+        let needed = bytes.len().min(ring.capacity());
+        if ring.wait_for_room(needed).map_err(std::io::Error::other)? {
+            let _ = tokio::time::timeout(wait, conn.outbox_ready.notified()).await;
+            wait = (wait * 2).min(ROOM_WAIT);
+        }
     }
     Ok(())
 }
@@ -720,7 +725,10 @@ pub fn start(
         debug!("worker {} (pid {}) is ready", id, hello.pid);
         loop {
             let frame = match &conn.ring {
-                Some(ring) => read_ring_frame(&reader, ring, &mut decoder, &mut buf).await,
+                Some(ring) => {
+                    read_ring_frame(&reader, ring, &mut decoder, &mut buf, &conn.outbox_ready)
+                        .await
+                }
                 None => read_frame(&reader, &mut decoder, &mut buf).await,
             };
             match frame {
@@ -761,6 +769,7 @@ async fn read_ring_frame(
     ring: &RingMap,
     decoder: &mut Decoder,
     buf: &mut BytesMut,
+    room: &Notify,
 ) -> Result<Option<Frame>, ProtocolError> {
     let ring = ring.to_front();
     let corrupt = |_| ProtocolError::Invalid("a corrupt shared-memory ring");
@@ -805,6 +814,8 @@ async fn read_ring_frame(
                     }
                 }
             }
+            // A doorbell may also say that the worker made room in its requests' ring.
+            room.notify_one();
         }
         yielded = 0;
     }

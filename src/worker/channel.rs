@@ -438,6 +438,7 @@ impl Reader {
             }
             if let Some(ring) = &self.ring {
                 if ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0 {
+                    self.room_made()?;
                     continue;
                 }
                 if idle && stop.load(Ordering::Relaxed) {
@@ -492,6 +493,14 @@ impl Reader {
 }
 
 impl Reader {
+    /// After reading from the requests' ring: a front tier waiting for room is told.
+    fn room_made(&self) -> io::Result<()> {
+        match &self.ring {
+            Some(ring) if ring.to_worker().take_waiting() => ring_doorbell(&self.socket),
+            _ => Ok(()),
+        }
+    }
+
     /// The next frame if one has arrived, without waiting; `Some(Wait::Closed)` at the
     /// end of the channel.
     fn try_frame(&mut self) -> Result<Option<Wait>, ChannelError> {
@@ -504,6 +513,7 @@ impl Reader {
             }
             if let Some(ring) = &self.ring {
                 if ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0 {
+                    self.room_made()?;
                     continue;
                 }
                 return match drain_doorbells(&self.socket, &mut self.scratch)? {
