@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 
-from conftest import BINARY, alive, children_of
+from conftest import BINARY, children_of
 from test_process import BOOT_WORKER, wait_workers
 
 
@@ -76,8 +76,9 @@ def test_max_requests_rotates_workers_without_a_failed_request(serve):
     assert len(seen) > 2, f"no rotation: {seen}"
     assert "Autorestarting worker" in server.log
     assert "retired; replacing it" in server.log
+    # A worker that served its last request under the load may still be retiring; in
+    # the end there are two again (wait_workers fails if not).
     wait_workers(server, 2)
-    assert len([p for p in children_of(server.pid) if p in booted and alive(p)]) == 2
 
 
 def test_max_requests_1_gives_every_request_a_new_worker(serve):
