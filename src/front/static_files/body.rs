@@ -1,5 +1,7 @@
 //! The body of a file response: pieces of one open file, with literal bytes between them
-//! (the part headers of a `multipart/byteranges` body), read off the async threads.
+//! (the part headers of a `multipart/byteranges` body). What the page cache holds is
+//! read in place; a read that would wait for the disk goes to a blocking thread, so that
+//! it never holds up the connections that share the thread.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -15,7 +17,7 @@ use tokio::task::JoinHandle;
 
 /// The most read from the file at once.
 const CHUNK: u64 = 256 * 1024;
-/// Reads up to this size are done in place, larger ones on a blocking thread.
+/// Reads up to this size are done in place whatever the page cache holds.
 pub const INLINE_READ: usize = 64 * 1024;
 
 /// One piece of the body.
@@ -126,6 +128,15 @@ impl Body for FileBody {
                         let read = read_at(&this.file, offset, want);
                         return Poll::Ready(Some(this.deliver(read)));
                     }
+                    // What the page cache holds is read in place too, as nginx reads in
+                    // its event loop; only a read that would wait for the disk goes to a
+                    // blocking thread (each trip there and back cost two context
+                    // switches, four per megabyte).
+                    if let Source::File(file) = &*this.file
+                        && let Some(read) = read_cached(file, offset, want).transpose()
+                    {
+                        return Poll::Ready(Some(this.deliver(read)));
+                    }
                     let file = this.file.clone();
                     this.reading = Some(tokio::task::spawn_blocking(move || {
                         read_at(&file, offset, want)
@@ -158,6 +169,38 @@ fn read_at(source: &Source, offset: u64, want: usize) -> io::Result<Bytes> {
     }
 }
 
+/// Up to `want` bytes at `offset` if the page cache holds them (`preadv2` with
+/// `RWF_NOWAIT`, Linux 4.14): `Ok(None)` when the read would wait for the disk, or the
+/// kernel or file system cannot say, or at the end of the file (the caller then reads
+/// the usual way). Fewer bytes when only some are cached.
+fn read_cached(file: &File, offset: u64, want: usize) -> io::Result<Option<Bytes>> {
+    use std::os::fd::AsRawFd;
+    let Ok(at) = libc::off_t::try_from(offset) else {
+        return Ok(None);
+    };
+    let mut buf = BytesMut::with_capacity(want);
+    let spare = buf.spare_capacity_mut();
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len().min(want),
+    };
+    // SAFETY: the iovec points at `buf`'s spare capacity, valid for writes of its length
+    // for the duration of the call; the descriptor belongs to the open file.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+    if n <= 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            _ if n == 0 => Ok(None),
+            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(None),
+            Some(libc::EINTR) => Ok(None),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: preadv2 initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(n as usize) };
+    Ok(Some(buf.freeze()))
+}
+
 /// Reads up to `want` bytes at `offset`; fewer only at the end of the file.
 pub fn read_file_at(file: &File, offset: u64, want: usize) -> io::Result<Bytes> {
     let mut buf = BytesMut::zeroed(want);
@@ -179,6 +222,21 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use std::io::Write;
+
+    #[test]
+    fn cached_reads_give_the_file_bytes_and_none_at_the_end() {
+        let mut file = tempfile::tempfile().unwrap();
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        file.write_all(&content).unwrap();
+        // Just written: in the page cache.
+        let mut got = Vec::new();
+        while let Some(piece) = read_cached(&file, got.len() as u64, 128 * 1024).unwrap() {
+            assert!(!piece.is_empty());
+            got.extend_from_slice(&piece);
+        }
+        assert!(got == content, "the bytes read differ from the file's");
+        assert!(read_cached(&file, content.len() as u64, 10).unwrap().is_none());
+    }
 
     #[tokio::test]
     async fn pieces_in_order() {
