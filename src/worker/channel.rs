@@ -516,11 +516,14 @@ impl Reader {
                     self.room_made()?;
                     continue;
                 }
-                return match drain_doorbells(&self.socket, &mut self.scratch)? {
-                    true if ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0 => continue,
-                    true => Ok(Some(Wait::Closed)),
-                    false => Ok(None),
-                };
+                if !drain_doorbells(&self.socket, &mut self.scratch)? {
+                    return Ok(None);
+                }
+                // Closed: what the front tier pushed before it closed is still served.
+                if ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0 {
+                    continue;
+                }
+                return Ok(Some(Wait::Closed));
             }
             match recv(
                 self.socket.as_raw_fd(),

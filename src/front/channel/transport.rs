@@ -1,0 +1,239 @@
+//! How frames cross one worker's channel, for its reader and writer tasks: over the
+//! Unix socket, or through the shared-memory rings (`protocol::ring`) with the socket
+//! kept for doorbells and for telling when the worker is gone. Nothing here knows of
+//! streams or requests; it must never trust a byte the worker wrote (the rings' checks
+//! and the decoder do the judging) nor wait on a worker except through the reactor.
+
+use std::os::fd::AsRawFd;
+
+use bytes::BytesMut;
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+use tokio::sync::Notify;
+
+use super::WorkerConn;
+use crate::protocol::ring::RingMap;
+use crate::protocol::{Decoder, Frame, HEADER_LEN, Kind, ProtocolError, encode_frame_header};
+
+/// How long the writer waits for room in a full ring before it looks again, at most:
+/// a worker leaves its requests unread only while it is busy with one.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Pushes `bytes` into the worker's ring, as much at a time as there is room, and rings
+/// the worker's doorbell when it sleeps. A full ring is waited out (the worker reads
+/// its requests in its own time); a closed channel or a corrupt ring ends the writer.
+pub(super) async fn push_all(
+    ring: &RingMap,
+    socket: &UnixStream,
+    mut bytes: &[u8],
+    conn: &WorkerConn,
+) -> std::io::Result<()> {
+    let ring = ring.to_worker();
+    let mut wait = std::time::Duration::from_millis(1);
+    while !bytes.is_empty() {
+        let room = ring.free().map_err(std::io::Error::other)?;
+        if room > 0 {
+            let piece = room.min(bytes.len());
+            if ring.push(&bytes[..piece]).map_err(std::io::Error::other)? {
+                bytes = &bytes[piece..];
+                wait = std::time::Duration::from_millis(1);
+                if ring.take_parked() {
+                    ring_doorbell(socket)?;
+                }
+                continue;
+            }
+        }
+        if conn.outbox().closed {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        // Said in the ring: the worker rings the doorbell once it has made room, and the
+        // reader passes the word on. A while later the writer looks again regardless.
+        let needed = bytes.len().min(ring.capacity());
+        if ring.wait_for_room(needed).map_err(std::io::Error::other)? {
+            let _ = tokio::time::timeout(wait, conn.outbox_ready.notified()).await;
+            wait = (wait * 2).min(ROOM_WAIT);
+        }
+    }
+    Ok(())
+}
+
+/// Rings a worker's doorbell: one byte on its socket. A full socket buffer already
+/// holds doorbells the worker has yet to read, so that is no error.
+fn ring_doorbell(socket: &UnixStream) -> std::io::Result<()> {
+    match socket.try_write(b"!") {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Sends the [`Kind::Ring`] frame with the rings' descriptor: the first bytes the
+/// front tier writes on a channel whose worker asked for rings.
+pub(super) async fn send_ring(
+    socket: &UnixStream,
+    fd: &std::os::fd::OwnedFd,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{ControlMessage, sendmsg};
+    use std::os::fd::AsRawFd as _;
+    let mut frame = Vec::with_capacity(HEADER_LEN);
+    encode_frame_header(&mut frame, Kind::Ring, 0, 0);
+    let fds = [fd.as_raw_fd()];
+    loop {
+        socket.writable().await?;
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            let iov = [std::io::IoSlice::new(&frame)];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(
+                socket.as_raw_fd(),
+                &iov,
+                &cmsg,
+                nix::sys::socket::MsgFlags::empty(),
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(n) if n == HEADER_LEN => return Ok(()),
+            Ok(_) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+pub(super) async fn write_all(socket: &UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// [`read_frame`] for a channel with rings: frames come from the worker's ring, and
+/// the reader sleeps on the socket only after saying so in the ring (`park`), so that
+/// a worker rings the doorbell only then. Under load the ring is read again after the
+/// shard's other tasks had their turn, often without any wake-up. `Ok(None)` when the
+/// worker closed its socket.
+pub(super) async fn read_ring_frame(
+    reader: &UnixStream,
+    ring: &RingMap,
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+    room: &Notify,
+) -> Result<Option<Frame>, ProtocolError> {
+    let ring = ring.to_front();
+    let corrupt = |_| ProtocolError::Invalid("a corrupt shared-memory ring");
+    let mut yielded = 0;
+    // The worker closed its socket: what it pushed before is still read, then the end.
+    let mut closed = false;
+    loop {
+        if let Some(frame) = decoder.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        if ring.pop_into(buf, RING_READ).map_err(corrupt)? > 0 {
+            yielded = 0;
+            continue;
+        }
+        if closed {
+            return Ok(None);
+        }
+        if yielded < RING_YIELDS {
+            yielded += 1;
+            tokio::task::yield_now().await;
+            continue;
+        }
+        if ring.park().map_err(corrupt)? {
+            let woken = reader.readable().await;
+            ring.unpark();
+            if woken.is_err() {
+                closed = true;
+                continue;
+            }
+            let mut doorbells = [0u8; 256];
+            loop {
+                match reader.try_read(&mut doorbells) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            // A doorbell may also say that the worker made room in its requests' ring.
+            room.notify_one();
+        }
+        yielded = 0;
+    }
+}
+
+/// How often the reader lets the shard's other tasks run before it sleeps on an empty
+/// ring: a worker about to answer often does so meanwhile, sparing both doorbells.
+const RING_YIELDS: usize = 1;
+
+/// The most read from a worker's ring at a time.
+const RING_READ: usize = 256 * 1024;
+
+/// Reads until one whole frame is buffered; `Ok(None)` at a clean end of the channel.
+pub(super) async fn read_frame(
+    reader: &UnixStream,
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+) -> Result<Option<Frame>, ProtocolError> {
+    loop {
+        if let Some(frame) = decoder.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match read_some(reader, buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// One read of the channel into `buf`'s spare capacity. A read that leaves room unused
+/// has drained the socket, so readiness is cleared then and there: the next wait goes
+/// straight to the reactor, sparing the read that would only say EAGAIN (a syscall per
+/// response otherwise).
+async fn read_some(reader: &UnixStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    loop {
+        reader.readable().await?;
+        let mut got = 0;
+        let result = reader.try_io(Interest::READABLE, || {
+            let spare = buf.spare_capacity_mut();
+            let room = spare.len();
+            // SAFETY: recv writes at most `room` bytes into the spare capacity, which
+            // is valid for writes; nothing reads it before `set_len` below.
+            let n = unsafe { libc::recv(reader.as_raw_fd(), spare.as_mut_ptr().cast(), room, 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            got = n as usize;
+            // SAFETY: recv initialised the first `got` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + got) };
+            if got > 0 && got < room {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(got)
+            }
+        });
+        match result {
+            Ok(n) => return Ok(n),
+            Err(_) if got > 0 => return Ok(got),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
