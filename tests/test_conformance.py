@@ -42,6 +42,7 @@ How the corpus is mapped
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import socket
@@ -102,14 +103,23 @@ MISSING_MESSAGE = (f"gunicorn's request corpus is missing: expected {CORPUS}/exp
                    "provides it)")
 
 
+def corpus_missing():
+    """Without the corpus: a clone of the project alone skips these tests, saying why;
+    under CI (which provides `shared/` beside the clone) they fail, never skip."""
+    if os.environ.get("CI"):
+        pytest.fail(MISSING_MESSAGE + "; CI is set, and CI must provide it")
+    pytest.skip(MISSING_MESSAGE)
+
+
 def test_corpus_is_present():
-    assert (CORPUS / "expected.json").is_file(), MISSING_MESSAGE
+    if not (CORPUS / "expected.json").is_file():
+        corpus_missing()
 
 
 def case_of(table: dict, name: str) -> dict:
-    """The case `name`; without the corpus every parametrized test fails (never skips)."""
+    """The case `name`; without the corpus, see `corpus_missing`."""
     if name == MISSING:
-        pytest.fail(MISSING_MESSAGE)
+        corpus_missing()
     return table[name]
 
 
