@@ -29,6 +29,16 @@ pub enum RequestBody {
     },
 }
 
+impl RequestBody {
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            RequestBody::Memory(bytes, _) => bytes.len() as u64,
+            RequestBody::File { length, .. } => *length,
+        }
+    }
+}
+
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {

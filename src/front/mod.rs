@@ -32,8 +32,8 @@ mod static_files;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
@@ -417,11 +417,10 @@ async fn accept_loop(
 /// tier, however many shards' accept loops meet it (out of descriptors, every one of
 /// them fails every 50 ms).
 fn accept_failure_to_log() -> bool {
-    static SINCE: OnceLock<Instant> = OnceLock::new();
-    /// Milliseconds after SINCE of the last line logged, NEVER before the first.
+    /// When the last line was logged ([`budget::now_ms`]), NEVER before the first.
     static LOGGED: AtomicU64 = AtomicU64::new(NEVER);
     const NEVER: u64 = u64::MAX;
-    let now = SINCE.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    let now = budget::now_ms();
     let last = LOGGED.load(Ordering::Relaxed);
     (last == NEVER || now.saturating_sub(last) >= 1000)
         && LOGGED

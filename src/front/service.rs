@@ -294,18 +294,13 @@ async fn dispatch(
         })?,
         reject = conn.guard.body_refused(index) => return Err(refused(reject)),
     };
+    declare_length(&mut parts, body.len());
     // `_held` counts the body against the connection's budget until the request is
     // done with it.
     let (body, _held, spool) = match body {
         RequestBody::Memory(bytes, held) => (Some(bytes), Some(held), None),
         RequestBody::File { file, length } => (None, None, Some((file, length))),
     };
-    let length = match (&body, &spool) {
-        (_, Some((_, length))) => *length,
-        (Some(bytes), None) => bytes.len() as u64,
-        (None, None) => 0,
-    };
-    declare_length(&mut parts, length);
     let facts = client_facts(&parts.headers, conn, &shared.trusted);
     let spool_path = spool.as_ref().map(|(file, length)| BodyFile {
         path: Bytes::copy_from_slice(file.path().as_os_str().as_encoded_bytes()),

@@ -394,17 +394,17 @@ impl Channel {
             return false;
         };
         let reader = &mut *reader;
-        if let Some(ring) = &reader.ring {
-            let _ = ring.to_worker().pop_into(&mut reader.buf, READ_SIZE);
-        }
-        let mut chunk = [0u8; 4096];
-        while reader.ring.is_none()
-            && let Ok(n @ 1..) = recv(
-            reader.socket.as_raw_fd(),
-            &mut chunk,
-            MsgFlags::MSG_DONTWAIT,
-        ) {
-            reader.buf.extend_from_slice(&chunk[..n]);
+        if reader.ring.is_some() {
+            let _ = reader.pull_ring();
+        } else {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = recv(
+                reader.socket.as_raw_fd(),
+                &mut chunk,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                reader.buf.extend_from_slice(&chunk[..n]);
+            }
         }
         while let Ok(Some(frame)) = reader.decoder.decode(&mut reader.buf) {
             reader.pending.push_back(frame);
@@ -436,31 +436,15 @@ impl Reader {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Wait::Frame(frame));
             }
-            if let Some(ring) = &self.ring {
-                if ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0 {
+            if self.ring.is_some() {
+                if self.pull_ring()? {
                     self.room_made()?;
                     continue;
                 }
                 if idle && stop.load(Ordering::Relaxed) {
                     return Ok(Wait::Stopping);
                 }
-                if ring.to_worker().park()? {
-                    let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
-                    let woken = poll(&mut fds, STOP_CHECK_MS);
-                    ring.to_worker().unpark();
-                    match woken {
-                        Ok(0) | Err(Errno::EINTR) => continue,
-                        Ok(_) => {}
-                        Err(err) => return Err(io::Error::from(err).into()),
-                    }
-                } else {
-                    continue;
-                }
-                if drain_doorbells(&self.socket, &mut self.scratch)? {
-                    // What the front tier pushed before it closed is still served.
-                    if ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0 {
-                        continue;
-                    }
+                if self.sleep_on_ring()? {
                     return Ok(Wait::Closed);
                 }
                 continue;
@@ -493,6 +477,40 @@ impl Reader {
 }
 
 impl Reader {
+    /// Moves what the requests' ring holds onto `buf`; whether anything came.
+    fn pull_ring(&mut self) -> Result<bool, ChannelError> {
+        let Some(ring) = &self.ring else {
+            return Ok(false);
+        };
+        Ok(ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0)
+    }
+
+    /// Sleeps on the socket until the front tier rings (or [`STOP_CHECK`] passes),
+    /// having said so in the ring first. True once the front tier has closed the channel
+    /// and left nothing more in the ring.
+    fn sleep_on_ring(&mut self) -> Result<bool, ChannelError> {
+        let Some(ring) = &self.ring else {
+            return Ok(false);
+        };
+        if !ring.to_worker().park()? {
+            return Ok(false);
+        }
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        let woken = poll(&mut fds, STOP_CHECK_MS);
+        ring.to_worker().unpark();
+        match woken {
+            Ok(0) | Err(Errno::EINTR) => Ok(false),
+            Ok(_) => self.closed_and_empty(),
+            Err(err) => Err(io::Error::from(err).into()),
+        }
+    }
+
+    /// Reads the doorbells; true if the front tier closed the channel and its ring holds
+    /// nothing more (what it pushed before it closed is still served).
+    fn closed_and_empty(&mut self) -> Result<bool, ChannelError> {
+        Ok(drain_doorbells(&self.socket, &mut self.scratch)? && !self.pull_ring()?)
+    }
+
     /// After reading from the requests' ring: a front tier waiting for room is told.
     fn room_made(&self) -> io::Result<()> {
         match &self.ring {
@@ -511,19 +529,19 @@ impl Reader {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(Wait::Frame(frame)));
             }
-            if let Some(ring) = &self.ring {
-                if ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0 {
+            if self.ring.is_some() {
+                if self.pull_ring()? {
                     self.room_made()?;
                     continue;
                 }
-                if !drain_doorbells(&self.socket, &mut self.scratch)? {
-                    return Ok(None);
+                let held = self.buf.len();
+                if self.closed_and_empty()? {
+                    return Ok(Some(Wait::Closed));
                 }
-                // Closed: what the front tier pushed before it closed is still served.
-                if ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0 {
-                    continue;
+                if self.buf.len() > held {
+                    continue; // pushed before the front tier closed
                 }
-                return Ok(Some(Wait::Closed));
+                return Ok(None);
             }
             match recv(
                 self.socket.as_raw_fd(),
@@ -665,17 +683,14 @@ fn push_all(
     let ring = ring.to_front();
     let mut waited_ms: u16 = 1;
     while !bytes.is_empty() {
-        let room = ring.free().map_err(io::Error::other)?;
-        if room > 0 {
-            let piece = room.min(bytes.len());
-            if ring.push(&bytes[..piece]).map_err(io::Error::other)? {
-                bytes = &bytes[piece..];
-                waited_ms = 1;
-                if ring.take_parked() {
-                    ring_doorbell(socket)?;
-                }
-                continue;
+        let pushed = ring.push_partial(bytes).map_err(io::Error::other)?;
+        if pushed > 0 {
+            bytes = &bytes[pushed..];
+            waited_ms = 1;
+            if ring.take_parked() {
+                ring_doorbell(socket)?;
             }
+            continue;
         }
         if let Some(Err(timed_out)) = slot.map(WorkerSlot::alive) {
             return Err(io::Error::other(timed_out));

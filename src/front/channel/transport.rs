@@ -31,17 +31,14 @@ pub(super) async fn push_all(
     let ring = ring.to_worker();
     let mut wait = std::time::Duration::from_millis(1);
     while !bytes.is_empty() {
-        let room = ring.free().map_err(std::io::Error::other)?;
-        if room > 0 {
-            let piece = room.min(bytes.len());
-            if ring.push(&bytes[..piece]).map_err(std::io::Error::other)? {
-                bytes = &bytes[piece..];
-                wait = std::time::Duration::from_millis(1);
-                if ring.take_parked() {
-                    ring_doorbell(socket)?;
-                }
-                continue;
+        let pushed = ring.push_partial(bytes).map_err(std::io::Error::other)?;
+        if pushed > 0 {
+            bytes = &bytes[pushed..];
+            wait = std::time::Duration::from_millis(1);
+            if ring.take_parked() {
+                ring_doorbell(socket)?;
             }
+            continue;
         }
         if conn.outbox().closed {
             return Err(std::io::ErrorKind::BrokenPipe.into());
@@ -74,7 +71,6 @@ pub(super) async fn send_ring(
     fd: &std::os::fd::OwnedFd,
 ) -> std::io::Result<()> {
     use nix::sys::socket::{ControlMessage, sendmsg};
-    use std::os::fd::AsRawFd as _;
     let mut frame = Vec::with_capacity(HEADER_LEN);
     encode_frame_header(&mut frame, Kind::Ring, 0, 0);
     let fds = [fd.as_raw_fd()];

@@ -409,13 +409,7 @@ impl<S: AsyncRead + Unpin> Guarded<S> {
                 self.read_timer = None;
                 return polled;
             };
-            let timer = self
-                .read_timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
-            if timer.as_mut().poll(cx).is_pending() {
+            if !self.read_timer_passed(deadline, cx) {
                 return polled;
             }
             if self.guard.requests() > 0 && !self.h2_goaway {
@@ -434,6 +428,18 @@ impl<S: AsyncRead + Unpin> Guarded<S> {
                 ready => ready,
             };
         }
+    }
+
+    /// Whether the read `deadline` has passed; if not, the read timer is set for it and
+    /// wakes `cx` then.
+    fn read_timer_passed(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
+        let timer = self
+            .read_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
     }
 
     /// An HTTP/2 connection's next deadline: the head timeout until a request has
@@ -558,13 +564,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                         this.read_timer = None;
                         return Poll::Pending;
                     };
-                    let timer = this
-                        .read_timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if timer.deadline() != deadline {
-                        timer.as_mut().reset(deadline);
-                    }
-                    if timer.as_mut().poll(cx).is_ready() {
+                    if this.read_timer_passed(deadline, cx) {
                         debug!("closing a connection: request head or keep-alive timeout");
                         this.inbuf.truncate(this.released);
                         this.mode = Mode::Ended;

@@ -34,15 +34,7 @@ static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 /// or EXDEV when it would lead outside.
 pub fn open(dir: &OwnedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
     if !NO_OPENAT2.load(Ordering::Relaxed) {
-        let name = if path.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            path
-        };
-        let how = OpenHow::new()
-            .flags(flags)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        match openat2(dir, name, how) {
+        match open_beneath(dir, path, flags) {
             Err(Errno::ENOSYS) => {
                 NO_OPENAT2.store(true, Ordering::Relaxed);
                 warn!(
@@ -53,6 +45,19 @@ pub fn open(dir: &OwnedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
         }
     }
     walk(dir, path, flags)
+}
+
+/// The lookup of [`open`] by the kernel: openat2(2) with RESOLVE_BENEATH.
+fn open_beneath(dir: &OwnedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+    let name = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    let how = OpenHow::new()
+        .flags(flags)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(dir, name, how)
 }
 
 /// The lookup of [`open`] without openat2: one component at a time, the kernel never
@@ -177,15 +182,7 @@ mod tests {
         for (path, expected) in cases {
             let path = Path::new(path);
             let walked = found(walk(&dir, path, FLAGS));
-            let how = OpenHow::new()
-                .flags(FLAGS)
-                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-            let name = if path.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                path
-            };
-            let kernel = found(openat2(&dir, name, how));
+            let kernel = found(open_beneath(&dir, path, FLAGS));
             assert_eq!(walked, kernel, "{}", path.display());
             assert_eq!(walked.map(|_| ()), expected, "{}", path.display());
         }

@@ -187,12 +187,15 @@ fn read_cached(file: &File, offset: u64, want: usize) -> io::Result<Option<Bytes
     // SAFETY: the iovec points at `buf`'s spare capacity, valid for writes of its length
     // for the duration of the call; the descriptor belongs to the open file.
     let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
-    if n <= 0 {
+    if n == 0 {
+        return Ok(None);
+    }
+    if n < 0 {
         let err = io::Error::last_os_error();
         return match err.raw_os_error() {
-            _ if n == 0 => Ok(None),
-            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(None),
-            Some(libc::EINTR) => Ok(None),
+            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::EINTR) => {
+                Ok(None)
+            }
             _ => Err(err),
         };
     }
