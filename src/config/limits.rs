@@ -200,4 +200,3 @@ mod tests {
         assert!(Trusted::parse("nope").is_err());
     }
 }
-

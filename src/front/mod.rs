@@ -31,8 +31,8 @@ mod sendfile;
 mod static_files;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::header::HeaderValue;
@@ -488,9 +488,8 @@ where
     let stalls = info.stalls.clone();
     // Boxed: hyper keeps room for one request's future for the connection's life, and
     // this one is kilobytes; boxed, it lives only while a request does.
-    let service = service_fn(move |request| {
-        Box::pin(service::handle(shared.clone(), info.clone(), request))
-    });
+    let service =
+        service_fn(move |request| Box::pin(service::handle(shared.clone(), info.clone(), request)));
     let connection = Box::pin(
         builder
             .serve_connection(TokioIo::new(stream), service)

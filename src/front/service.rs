@@ -254,7 +254,9 @@ fn authority_as_host(parts: &mut hyper::http::request::Parts) {
 fn declare_length(parts: &mut hyper::http::request::Parts, length: u64) {
     let chunked = parts.headers.remove(TRANSFER_ENCODING).is_some();
     if chunked || (length > 0 && !parts.headers.contains_key(CONTENT_LENGTH)) {
-        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(length));
     }
 }
 

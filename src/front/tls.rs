@@ -24,8 +24,8 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, error, info, warn};
 
 use crate::config::TlsSettings;
-pub use plain::Peek;
 use crate::config::tls::{CertSource, LoadedCert, load_all, provider};
+pub use plain::Peek;
 
 /// The front tier's TLS: what every TLS connection shares.
 pub struct Tls {
@@ -90,7 +90,11 @@ impl Tls {
                     })
                 }
                 Err(err) => Err(err.to_string()),
-                Ok(_) => self.acceptor.accept(stream).await.map_err(|err| err.to_string()),
+                Ok(_) => self
+                    .acceptor
+                    .accept(stream)
+                    .await
+                    .map_err(|err| err.to_string()),
             }
         };
         let why = match tokio::time::timeout(timeout, handshake).await {

@@ -637,7 +637,9 @@ fn receive_ring(socket: &UnixStream) -> io::Result<RingMap> {
             }
         }
         if message.bytes != HEADER_LEN || header[4] != Kind::Ring as u8 {
-            return Err(io::Error::other("the front tier did not answer with the rings"));
+            return Err(io::Error::other(
+                "the front tier did not answer with the rings",
+            ));
         }
         let fd = fd.ok_or_else(|| io::Error::other("the rings came without a descriptor"))?;
         return RingMap::open(fd).map_err(io::Error::other);

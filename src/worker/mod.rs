@@ -98,8 +98,8 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> i32 {
     let capacity = settings.worker_class.capacity();
     // The rings are read by a blocking loop (sync, gthread); a gevent hub waits on the
     // socket itself, so it keeps the socket as its channel.
-    let ring = !matches!(settings.worker_class, WorkerClass::Gevent(_))
-        && settings.limits.ring_size > 0;
+    let ring =
+        !matches!(settings.worker_class, WorkerClass::Gevent(_)) && settings.limits.ring_size > 0;
     let channel = match Channel::new(channel).and_then(|c| c.hello(capacity, ring).map(|_| c)) {
         Ok(channel) => channel,
         // The front tier is already gone; the master will start everything anew.

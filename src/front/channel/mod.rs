@@ -39,9 +39,7 @@ use super::control::Reporter;
 use super::pool::{Lease, Pool};
 use crate::master::scoreboard;
 use crate::protocol::ring::RingMap;
-use crate::protocol::{
-    Decoder, Frame, Hello, Kind, ProtocolError, ResponseHead, encode_frame,
-};
+use crate::protocol::{Decoder, Frame, Hello, Kind, ProtocolError, ResponseHead, encode_frame};
 
 /// What happens on a stream, as the request's task sees it.
 #[derive(Debug)]
@@ -634,8 +632,7 @@ pub fn start(
         loop {
             let frame = match &conn.ring {
                 Some(ring) => {
-                    read_ring_frame(&reader, ring, &mut decoder, &mut buf, &conn.outbox_ready)
-                        .await
+                    read_ring_frame(&reader, ring, &mut decoder, &mut buf, &conn.outbox_ready).await
                 }
                 None => read_frame(&reader, &mut decoder, &mut buf).await,
             };

@@ -79,7 +79,12 @@ fn walk(start: &OwnedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
         let here = entered.last().unwrap_or(start);
         let last = left.is_empty();
         let opened = match last {
-            true => openat(here, name.as_os_str(), flags | OFlag::O_NOFOLLOW, Mode::empty()),
+            true => openat(
+                here,
+                name.as_os_str(),
+                flags | OFlag::O_NOFOLLOW,
+                Mode::empty(),
+            ),
             false => openat(
                 here,
                 name.as_os_str(),

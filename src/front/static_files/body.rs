@@ -238,7 +238,11 @@ mod tests {
             got.extend_from_slice(&piece);
         }
         assert!(got == content, "the bytes read differ from the file's");
-        assert!(read_cached(&file, content.len() as u64, 10).unwrap().is_none());
+        assert!(
+            read_cached(&file, content.len() as u64, 10)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]

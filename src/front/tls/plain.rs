@@ -116,7 +116,10 @@ mod tests {
     fn the_answer_is_well_formed() {
         let text = std::str::from_utf8(ANSWER).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
         assert!(body.contains("The plain HTTP request was sent to HTTPS port"));
     }
 
@@ -124,7 +127,13 @@ mod tests {
     fn tls_and_http_are_told_apart() {
         assert!(!is_plain_http(0x16));
         assert!(!is_plain_http(0x80));
-        for request in [&b"GET / HTTP/1.1"[..], b"POST", b"options", b"PRI *", b"\r\nGET"] {
+        for request in [
+            &b"GET / HTTP/1.1"[..],
+            b"POST",
+            b"options",
+            b"PRI *",
+            b"\r\nGET",
+        ] {
             assert!(is_plain_http(request[0]));
         }
     }
