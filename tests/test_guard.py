@@ -377,6 +377,25 @@ def test_valid_chunked_body_with_extensions_and_trailers(guarded):
     assert b'"body": "hello world"' in result.responses[0].body
 
 
+def test_large_bodies_then_a_pipelined_refusal(guarded):
+    """Body bytes beyond what the guard has read go to the server unexamined (only
+    counted), so a large body costs no copies: what follows the body, a chunk-size line
+    or the next request, is still checked."""
+    seen = calls(guarded)
+    big = b"x" * (300 * 1024)
+    chunk = b"y" * (200 * 1024)
+    size = b"%x\r\n" % len(chunk)
+    data = (request("POST", "/big", body=big)
+            + _chunked(size + chunk + b"\r\n" + size + chunk + b"\r\n0\r\n\r\n")
+            + _chunked(size + chunk + b"\r\n" + b"-1\r\n\r\n"))
+    result = exchange(guarded.port, data, timeout=10)
+    assert_refused(result, 400, before=2)
+    assert b'"raw_uri": "/big"' in result.responses[0].body
+    assert b'"body": "' + big + b'"' in result.responses[0].body
+    assert b'"body": "' + chunk * 2 + b'"' in result.responses[1].body
+    assert calls(guarded) == seen + 2
+
+
 # -- HTTP/2 ---------------------------------------------------------------------------
 
 def test_http2_prior_knowledge_passes_the_guard(guarded):

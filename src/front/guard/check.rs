@@ -185,6 +185,16 @@ impl Checker {
         matches!(self.state, State::Start | State::Fields) && self.held > 0
     }
 
+    /// Body bytes that may go to hyper without being examined: what is left of a
+    /// Content-Length body or of the current chunk, when nothing is held before them.
+    /// [`Checker::examine`] must still be given them (it only counts them).
+    pub fn passable(&self) -> u64 {
+        match self.state {
+            State::Body(left) | State::ChunkData(left) if self.held == 0 => left,
+            _ => 0,
+        }
+    }
+
     /// Examines `data`, the bytes following everything examined before.
     pub fn examine(&mut self, data: &[u8]) -> Result<Examined, Refused> {
         let mut released = 0;

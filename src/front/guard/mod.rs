@@ -471,6 +471,37 @@ impl<S: AsyncRead + Unpin> Guarded<S> {
     /// read. With nothing held, the read lands on the stack and only what arrived is
     /// copied to the heap: a connection waiting for its next request (most of them,
     /// most of the time) then holds no buffer at all.
+    /// Reads body bytes straight into hyper's buffer, at most `passable` of them (the
+    /// rest of the body or chunk): they need no examining, only counting, so they skip
+    /// the guard's buffer and its two copies (a megabyte upload showed them). No timer
+    /// runs: a body's pace is the service's to judge (`--body-timeout`).
+    fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        passable: u64,
+    ) -> Poll<io::Result<()>> {
+        self.read_timer = None;
+        let limit = usize::try_from(passable).map_or(buf.remaining(), |p| p.min(buf.remaining()));
+        let before = buf.filled().len();
+        let filled = {
+            let mut part = buf.take(limit);
+            match Pin::new(&mut self.io).poll_read(cx, &mut part) {
+                Poll::Ready(Ok(())) => part.filled().len(),
+                other => return other,
+            }
+        };
+        // SAFETY: the read initialised the first `filled` bytes of `part`, which are the
+        // first unfilled bytes of `buf`.
+        unsafe { buf.assume_init(filled) };
+        buf.advance(filled);
+        if filled > 0 {
+            let examined = self.checker.examine(&buf.filled()[before..]);
+            debug_assert!(examined.is_ok(), "body bytes are only counted");
+        }
+        Poll::Ready(Ok(()))
+    }
+
     fn read_more(&mut self, cx: &mut Context<'_>) -> (Poll<io::Result<()>>, usize) {
         if self.inbuf.is_empty() {
             let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
@@ -502,6 +533,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         let this = self.get_mut();
         if this.mode == Mode::Through && this.start == this.inbuf.len() {
             return this.poll_through(cx, buf);
+        }
+        if this.mode == Mode::Checked && this.start == this.inbuf.len() {
+            let passable = this.checker.passable();
+            if passable > 0 {
+                return this.poll_body(cx, buf, passable);
+            }
         }
         loop {
             if this.start < this.released {
