@@ -67,13 +67,19 @@ def test_gevent_missing_is_one_clear_error_and_a_failed_start(tmp_path):
     assert "no gevent in this environment" in log
 
 
-def test_a_graceful_stop_answers_every_greenlet_in_flight(serve):
-    server = serve("threads_app:sleepy", "-k", "gevent", workers=1)
+def test_a_graceful_stop_answers_every_greenlet_in_flight(serve, tmp_path):
+    started = tmp_path / "started"
+    server = serve("threads_app:sleepy", "-k", "gevent", workers=1,
+                   env={"SLEEPY_STARTED": str(started)})
     results: list = []
     load = threading.Thread(
-        target=lambda: results.extend(at_once(50, lambda i: request(server.port, "/?ms=500"))))
+        target=lambda: results.extend(at_once(50, lambda i: request(server.port, "/?ms=1000"))))
     load.start()
-    time.sleep(0.25)
+    # Stopped once every request is in the app (on a busy machine they take a while).
+    deadline = time.monotonic() + 20
+    while not started.exists() or len(started.read_text().splitlines()) < 50:
+        assert time.monotonic() < deadline, server.log[-2000:]
+        time.sleep(0.02)
     server.signal(signal.SIGTERM)
     load.join(30)
     assert len(results) == 50 and all(r[0] == 200 for r in results), results[:3]

@@ -20,8 +20,9 @@ use super::channel::{Event, Events, Failure, Spilled, WorkerConn};
 
 /// A request body, complete.
 pub enum RequestBody {
-    /// Held in memory, counted against the connection's budget until dropped.
-    Memory(Bytes, Held),
+    /// Held in memory as the pieces it arrived in (small ones gathered), counted against
+    /// the connection's budget until dropped.
+    Memory(Vec<Bytes>, Held),
     /// Spooled to a temporary file of `length` bytes.
     File {
         file: tempfile::NamedTempFile,
@@ -33,7 +34,7 @@ impl RequestBody {
     /// Its length in bytes.
     pub fn len(&self) -> u64 {
         match self {
-            RequestBody::Memory(bytes, _) => bytes.len() as u64,
+            RequestBody::Memory(pieces, _) => pieces.iter().map(|p| p.len() as u64).sum(),
             RequestBody::File { length, .. } => *length,
         }
     }
@@ -67,9 +68,15 @@ pub struct BodyLimits {
     pub idle: std::time::Duration,
 }
 
+/// Pieces of a body at least this large are kept as they came (the buffers hyper read
+/// them into); smaller ones are gathered into one, so that a client sending a body in
+/// tiny chunks does not make as many frames.
+const KEEP_PIECE: usize = 16 * 1024;
+
 /// Reads the whole body: in memory up to `limits.memory` bytes while `budget` (the
 /// connection's, which counts all its streams) has room, then into a temporary file in
-/// the system's temporary directory.
+/// the system's temporary directory. In memory it is not copied: the pieces hyper read
+/// it into go to the worker's channel as they are (see `channel::Queued`).
 pub async fn buffer(
     mut body: Incoming,
     limits: BodyLimits,
@@ -77,16 +84,16 @@ pub async fn buffer(
 ) -> Result<RequestBody, BodyError> {
     // Nothing is refused at 0 bytes.
     let mut held = budget.hold(0);
-    // A body of known length that fits in memory gets its room at once, counted against
-    // the budgets first (a client that declares a length and sends nothing must not
-    // make memory out of nothing): grown piece by piece, a megabyte body was copied
-    // twice more on the way.
+    // A body of known length that fits in memory is counted against the budgets at
+    // once (a client that declares a length and sends nothing must not make memory out
+    // of nothing).
     let expected = body.size_hint().exact().unwrap_or(0);
     let reserved = match usize::try_from(expected) {
         Ok(room) if room > 0 && room <= limits.memory && held.try_add(expected) => room,
         _ => 0,
     };
-    let mut memory = BytesMut::with_capacity(reserved);
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut small = BytesMut::new();
     let mut spool: Option<tempfile::NamedTempFile> = None;
     let mut length: u64 = 0;
     loop {
@@ -108,30 +115,39 @@ pub async fn buffer(
         // thread each, and each thread its own memory.
         if let Some(file) = &mut spool {
             file.as_file().write_all(&data).map_err(BodyError::Spool)?;
-        } else if memory.len() + data.len() <= limits.memory
-            && (memory.len() + data.len() <= reserved || held.try_add(data.len() as u64))
+        } else if length <= limits.memory as u64
+            && (length <= reserved as u64 || held.try_add(data.len() as u64))
         {
-            if memory.is_empty() && body.is_end_stream() {
-                // The common case of a body in one piece: no copy.
-                return Ok(RequestBody::Memory(data, held));
+            if data.len() >= KEEP_PIECE {
+                if !small.is_empty() {
+                    pieces.push(small.split().freeze());
+                }
+                pieces.push(data);
+            } else {
+                small.extend_from_slice(&data);
             }
-            memory.extend_from_slice(&data);
         } else {
             let named = tempfile::Builder::new()
                 .prefix("rwsgi-body-")
                 .tempfile()
                 .map_err(BodyError::Spool)?;
             let mut file = named.as_file();
-            file.write_all(&memory).map_err(BodyError::Spool)?;
-            file.write_all(&data).map_err(BodyError::Spool)?;
-            memory = BytesMut::new();
+            for piece in pieces.drain(..).chain([small.split().freeze(), data]) {
+                file.write_all(&piece).map_err(BodyError::Spool)?;
+            }
+            small = BytesMut::new();
             held = budget.hold(0);
             spool = Some(named);
         }
     }
     match spool {
         Some(file) => Ok(RequestBody::File { file, length }),
-        None => Ok(RequestBody::Memory(memory.freeze(), held)),
+        None => {
+            if !small.is_empty() {
+                pieces.push(small.freeze());
+            }
+            Ok(RequestBody::Memory(pieces, held))
+        }
     }
 }
 

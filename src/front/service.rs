@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use super::access_log::{AccessLog, Entry};
 use super::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
 use super::budget::{Budgets, ConnBudgets};
-use super::channel::{Event, Failure, Refused, Returned, StreamHold};
+use super::channel::{Event, Failure, Queued, Refused, Returned, StreamHold};
 use super::compress::Compression;
 use super::guard::check::Reject;
 use super::guard::{ConnGuard, Tracked};
@@ -35,7 +35,7 @@ use super::stall::Stalls;
 use super::static_files::Files;
 use crate::config::{Limits, Trusted};
 use crate::protocol::{
-    BodyFile, Kind, MAX_PAYLOAD, ProtocolError, RequestHeadRef, ResponseHead, Scheme, encode_frame,
+    BodyFile, Kind, ProtocolError, RequestHeadRef, ResponseHead, Scheme, encode_frame,
 };
 
 /// What every request of one connection shares.
@@ -309,11 +309,7 @@ async fn dispatch(
         length: *length,
     });
     let mut spool = spool.map(|(file, _)| file);
-    let encode = |stream: u32, out: &mut Vec<u8>| {
-        // Room for the body and its frame headers at once, rather than doubling up to it.
-        if let Some(body) = &body {
-            out.reserve(body.len() + body.len() / MAX_PAYLOAD * 16 + 4096);
-        }
+    let encode = |stream: u32, out: &mut Queued| {
         encode_request(
             &parts,
             conn,
@@ -399,9 +395,9 @@ fn encode_request(
     conn: &ConnInfo,
     facts: &ClientFacts,
     stream: u32,
-    body: Option<&Bytes>,
+    body: Option<&Vec<Bytes>>,
     spool: Option<&BodyFile>,
-    out: &mut Vec<u8>,
+    out: &mut Queued,
 ) -> Result<(), ProtocolError> {
     let uri = &parts.uri;
     let path_and_query = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("");
@@ -430,16 +426,14 @@ fn encode_request(
         server_name: conn.server_name.as_bytes(),
         server_port: conn.server_port.as_bytes(),
     }
-    .encode(out, stream, headers.into_iter())?;
+    .encode(out.bytes, stream, headers.into_iter())?;
     if let Some(body) = body {
-        for chunk in body.chunks(MAX_PAYLOAD) {
-            encode_frame(out, Kind::Body, stream, chunk);
-        }
+        out.body(stream, body);
     }
     if let Some(file) = spool {
-        file.encode(out, stream)?;
+        file.encode(out.bytes, stream)?;
     }
-    encode_frame(out, Kind::End, stream, b"");
+    encode_frame(out.bytes, Kind::End, stream, b"");
     Ok(())
 }
 

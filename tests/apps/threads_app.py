@@ -10,6 +10,10 @@ def _sleepy(environ, start_response):
     """Waits as an app waiting on a database would: 50 ms, or ?ms=N."""
     query = environ.get("QUERY_STRING", "")
     ms = int(query[3:]) if query.startswith("ms=") else 50
+    started = os.environ.get("SLEEPY_STARTED")
+    if started:  # a line per request begun, for a test waiting until all are in flight
+        with open(started, "a") as log:
+            log.write("+\n")
     time.sleep(ms / 1000)
     body = f"{os.getpid()} {threading.get_ident()} {environ['wsgi.multithread']}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"),

@@ -39,7 +39,10 @@ use super::control::Reporter;
 use super::pool::{Lease, Pool};
 use crate::master::scoreboard;
 use crate::protocol::ring::RingMap;
-use crate::protocol::{Decoder, Frame, Hello, Kind, ProtocolError, ResponseHead, encode_frame};
+use crate::protocol::{
+    Decoder, Frame, Hello, Kind, MAX_PAYLOAD, ProtocolError, ResponseHead, encode_frame,
+    encode_frame_header,
+};
 
 /// What happens on a stream, as the request's task sees it.
 #[derive(Debug)]
@@ -245,10 +248,49 @@ pub struct WorkerConn {
     next_stream: AtomicU32,
 }
 
+/// What a stream's opening queues for the worker: frames, whose body payloads may stay
+/// where they are (the buffers hyper read them into) until the writer task copies them
+/// into the ring, rather than being copied into the outbox first.
+pub struct Queued<'a> {
+    /// The frames (bodies excepted).
+    pub bytes: &'a mut Vec<u8>,
+    /// Payloads to insert, each at its offset in `bytes`.
+    pieces: &'a mut Vec<(usize, Bytes)>,
+}
+
+impl Queued<'_> {
+    /// Appends Body frames carrying `body` (its pieces in order), referring to the
+    /// pieces rather than copying them.
+    pub fn body(&mut self, stream: u32, body: &[Bytes]) {
+        let total: usize = body.iter().map(Bytes::len).sum();
+        let mut pieces = body.iter().filter(|piece| !piece.is_empty()).cloned();
+        let mut left = total;
+        let mut carried: Option<Bytes> = None;
+        while left > 0 {
+            let frame = left.min(MAX_PAYLOAD);
+            encode_frame_header(self.bytes, Kind::Body, stream, frame);
+            let mut room = frame;
+            while room > 0 {
+                let Some(mut piece) = carried.take().or_else(|| pieces.next()) else {
+                    break;
+                };
+                if piece.len() > room {
+                    carried = Some(piece.split_off(room));
+                }
+                room -= piece.len();
+                self.pieces.push((self.bytes.len(), piece));
+            }
+            left -= frame;
+        }
+    }
+}
+
 /// Frames waiting for the writer task.
 #[derive(Default)]
 struct Outbox {
     bytes: Vec<u8>,
+    /// Body payloads to insert into `bytes` (see [`Queued`]).
+    pieces: Vec<(usize, Bytes)>,
     /// Retired was queued: nothing may follow it but aborts.
     retired: bool,
     /// The channel is done with: the writer task has stopped or is to stop.
@@ -310,7 +352,7 @@ impl WorkerConn {
         self: &Arc<Self>,
         hold: StreamHold,
         backlog: &Arc<Backlog>,
-        encode: impl FnOnce(u32, &mut Vec<u8>) -> Result<(), ProtocolError>,
+        encode: impl FnOnce(u32, &mut Queued) -> Result<(), ProtocolError>,
     ) -> Result<(u32, Events), Refused> {
         // Checked and queued under the outbox lock, the one `retire` holds while it
         // queues Retired: no request can follow that frame. Stream ids are taken under
@@ -343,9 +385,15 @@ impl WorkerConn {
                 },
             );
         }
-        let queued = outbox.bytes.len();
-        if let Err(err) = encode(id, &mut outbox.bytes) {
+        let (queued, pieces) = (outbox.bytes.len(), outbox.pieces.len());
+        let outbox_now = &mut *outbox;
+        let mut frames = Queued {
+            bytes: &mut outbox_now.bytes,
+            pieces: &mut outbox_now.pieces,
+        };
+        if let Err(err) = encode(id, &mut frames) {
             outbox.bytes.truncate(queued);
+            outbox.pieces.truncate(pieces);
             drop(outbox);
             // Its hold goes with it, freeing the worker's slot.
             self.streams().open.remove(&id);
@@ -491,6 +539,7 @@ impl WorkerConn {
             let mut outbox = self.outbox();
             outbox.closed = true;
             outbox.bytes.clear();
+            outbox.pieces.clear();
         }
         self.outbox_ready.notify_one();
         let open = {
@@ -532,10 +581,12 @@ fn fail_all(open: HashMap<u32, Stream>, failure: Failure) {
 /// fails (the worker is gone; the reader sees the channel end).
 async fn writer(conn: Arc<WorkerConn>) {
     let mut spare = Vec::new();
+    let mut spare_pieces = Vec::new();
     loop {
         let closed = {
             let mut outbox = conn.outbox();
             std::mem::swap(&mut outbox.bytes, &mut spare);
+            std::mem::swap(&mut outbox.pieces, &mut spare_pieces);
             outbox.closed
         };
         if spare.is_empty() {
@@ -545,17 +596,38 @@ async fn writer(conn: Arc<WorkerConn>) {
             conn.outbox_ready.notified().await;
             continue;
         }
-        let written = match &conn.ring {
-            Some(ring) => push_all(ring, &conn.socket, &spare, &conn).await,
-            None => write_all(&conn.socket, &spare).await,
-        };
-        if written.is_err() {
+        if write_out(&conn, &spare, &spare_pieces).await.is_err() {
             conn.outbox().closed = true;
             return;
         }
         spare.clear();
+        spare_pieces.clear();
         // A big request body passed through: do not keep its buffer for every channel.
         spare.shrink_to(KEPT_OUTBOX);
+    }
+}
+
+/// Writes `bytes` with `pieces` inserted at their offsets (ascending, within `bytes`:
+/// recorded as the frames were queued), in order.
+async fn write_out(
+    conn: &WorkerConn,
+    bytes: &[u8],
+    pieces: &[(usize, Bytes)],
+) -> std::io::Result<()> {
+    let mut at = 0;
+    for (offset, piece) in pieces {
+        write_segment(conn, &bytes[at..*offset]).await?;
+        write_segment(conn, piece).await?;
+        at = *offset;
+    }
+    write_segment(conn, &bytes[at..]).await
+}
+
+async fn write_segment(conn: &WorkerConn, segment: &[u8]) -> std::io::Result<()> {
+    match &conn.ring {
+        _ if segment.is_empty() => Ok(()),
+        Some(ring) => push_all(ring, &conn.socket, segment, conn).await,
+        None => write_all(&conn.socket, segment).await,
     }
 }
 
@@ -670,6 +742,62 @@ mod tests {
 
     use super::*;
 
+    /// A body queued as pieces of any sizes, larger in all than one frame may carry,
+    /// comes out as whole Body frames of at most [`MAX_PAYLOAD`] whose payloads are the
+    /// body, byte for byte, between the frames queued around it.
+    #[test]
+    fn a_body_queued_as_pieces_makes_whole_frames() {
+        let body: Vec<u8> = (0..MAX_PAYLOAD * 2 + 12345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let cuts = [
+            0,
+            1,
+            10,
+            70_000,
+            MAX_PAYLOAD - 5,
+            MAX_PAYLOAD + 3,
+            body.len(),
+        ];
+        let pieces: Vec<Bytes> = cuts
+            .windows(2)
+            .map(|w| Bytes::copy_from_slice(&body[w[0]..w[1]]))
+            .collect();
+        let (mut bytes, mut inserted) = (Vec::new(), Vec::new());
+        let mut queued = Queued {
+            bytes: &mut bytes,
+            pieces: &mut inserted,
+        };
+        encode_frame(queued.bytes, Kind::End, 1, b"");
+        queued.body(7, &pieces);
+        encode_frame(queued.bytes, Kind::End, 7, b"");
+        let mut wire = Vec::new();
+        let mut at = 0;
+        for (offset, piece) in &inserted {
+            wire.extend_from_slice(&bytes[at..*offset]);
+            wire.extend_from_slice(piece);
+            at = *offset;
+        }
+        wire.extend_from_slice(&bytes[at..]);
+        let mut decoder = Decoder::new();
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut frames = Vec::new();
+        while let Some(frame) = decoder.decode(&mut buf).unwrap() {
+            frames.push(frame);
+        }
+        assert!(buf.is_empty());
+        let kinds: Vec<(Kind, u32)> = frames.iter().map(|f| (f.kind, f.stream)).collect();
+        let mut expected = vec![(Kind::End, 1)];
+        expected.extend([(Kind::Body, 7); 3]);
+        expected.push((Kind::End, 7));
+        assert_eq!(kinds, expected);
+        let received: Vec<u8> = frames[1..4]
+            .iter()
+            .flat_map(|f| f.payload.to_vec())
+            .collect();
+        assert!(received == body, "the body arrived altered");
+    }
+
     /// Requests opened on a worker that is not reading (a busy sync worker holding a
     /// prefetched request) are queued at once, without waiting on the channel; the
     /// writer task then delivers every frame whole and in order, also of a request given
@@ -697,9 +825,9 @@ mod tests {
                 .response();
             let opened = conn.open_stream(hold, &backlog, |id, out| {
                 for chunk in pieces.chunks(piece) {
-                    encode_frame(out, Kind::Body, id, chunk);
+                    encode_frame(out.bytes, Kind::Body, id, chunk);
                 }
-                encode_frame(out, Kind::End, id, b"");
+                encode_frame(out.bytes, Kind::End, id, b"");
                 Ok(())
             });
             let (id, events) = opened.unwrap_or_else(|_| panic!("not opened"));
