@@ -10,7 +10,10 @@
 //! - per connection, [`CONN_REQUEST_MEMORY`] of request bodies and [`CONN_RESPONSE_MEMORY`]
 //!   of responses in memory, whatever the number of its HTTP/2 streams; beyond that a
 //!   request body is spooled to a temporary file and a response spilled to one;
-//! - for the whole front tier, [`FRONT_MEMORY`] in memory, both ways together;
+//! - for the whole front tier, [`FRONT_MEMORY`] in memory, both ways together, of which
+//!   request bodies may take [`FRONT_REQUEST_MEMORY`]: uploads waiting for a worker can
+//!   never leave responses without memory (every few-byte answer then went through a
+//!   temporary file);
 //! - per response, `--max-temp-file-size` of spill not yet read by its client, and
 //!   [`SPILL_TOTAL_FACTOR`] times that for the whole front tier. Beyond those (or when a
 //!   spill fails) the worker is made to wait: see `channel`.
@@ -33,7 +36,11 @@ pub const CONN_RESPONSE_MEMORY: u64 = 1 << 20;
 
 /// Body bytes the whole front tier may hold in memory, requests and responses together;
 /// beyond it every connection spools and spills, however little it holds.
-pub const FRONT_MEMORY: u64 = 64 << 20;
+pub const FRONT_MEMORY: u64 = 128 << 20;
+
+/// Of [`FRONT_MEMORY`], what request bodies may hold: 64 connections each uploading a
+/// megabyte (and waiting for a worker) fit, with a quarter left for responses.
+pub const FRONT_REQUEST_MEMORY: u64 = FRONT_MEMORY / 4 * 3;
 
 /// The front tier's whole spill, in units of `--max-temp-file-size`.
 pub const SPILL_TOTAL_FACTOR: u64 = 4;
@@ -156,6 +163,8 @@ impl std::fmt::Debug for Held {
 /// The front tier's budgets, from which each connection's are made.
 pub struct Budgets {
     memory: Arc<Budget>,
+    /// Request bodies' share of `memory`.
+    requests: Arc<Budget>,
     spill: Arc<Budget>,
     /// `--max-temp-file-size`.
     max_spill: u64,
@@ -164,8 +173,10 @@ pub struct Budgets {
 impl Budgets {
     /// The front tier's budgets, with `max_spill` bytes of spill per response.
     pub fn new(max_spill: u64) -> Budgets {
+        let memory = Budget::new(FRONT_MEMORY, None);
         Budgets {
-            memory: Budget::new(FRONT_MEMORY, None),
+            requests: Budget::new(FRONT_REQUEST_MEMORY, Some(memory.clone())),
+            memory,
             spill: Budget::new(max_spill.saturating_mul(SPILL_TOTAL_FACTOR), None),
             max_spill,
         }
@@ -179,7 +190,7 @@ impl Budgets {
     /// A new connection's budgets.
     pub fn connection(&self) -> ConnBudgets {
         ConnBudgets {
-            requests: Budget::new(CONN_REQUEST_MEMORY, Some(self.memory.clone())),
+            requests: Budget::new(CONN_REQUEST_MEMORY, Some(self.requests.clone())),
             responses: Budget::new(CONN_RESPONSE_MEMORY, Some(self.memory.clone())),
             spill: self.spill.clone(),
             max_spill: self.max_spill,
@@ -264,6 +275,31 @@ mod tests {
         assert_eq!(front.used(), 15);
         drop((a, b, forced));
         assert_eq!((front.used(), conn.used(), other.used()), (0, 0, 0));
+    }
+
+    /// Request bodies filling their share leave responses room: the reason a few-byte
+    /// answer once went through a temporary file during a run of uploads.
+    #[test]
+    fn uploads_cannot_take_the_responses_share() {
+        let budgets = Budgets::new(1 << 30);
+        let conns: Vec<ConnBudgets> = (0..200).map(|_| budgets.connection()).collect();
+        let uploads: Vec<Held> = conns
+            .iter()
+            .filter_map(|conn| conn.requests.try_hold(CONN_REQUEST_MEMORY))
+            .collect();
+        assert_eq!(
+            uploads.len() as u64,
+            FRONT_REQUEST_MEMORY / CONN_REQUEST_MEMORY
+        );
+        assert!(uploads.len() >= 64, "64 one-megabyte uploads fit");
+        let answers: Vec<Held> = conns
+            .iter()
+            .filter_map(|conn| conn.responses.try_hold(CONN_RESPONSE_MEMORY))
+            .collect();
+        assert_eq!(
+            answers.len() as u64,
+            (FRONT_MEMORY - FRONT_REQUEST_MEMORY) / CONN_RESPONSE_MEMORY
+        );
     }
 
     #[test]
