@@ -11,6 +11,7 @@ mod app;
 mod bind;
 mod env;
 mod file;
+pub mod gunicorn;
 mod hooks;
 mod identity;
 mod limits;
@@ -106,6 +107,16 @@ pub struct Settings {
     pub umask: Option<nix::sys::stat::Mode>,
     /// The application to load.
     pub app: AppSpec,
+    /// The name in the process titles (`--name`, else the APP).
+    pub proc_name: String,
+    /// `--daemon`: detach from the terminal before starting.
+    pub daemon: bool,
+    /// `--enable-stdio-inheritance`: a daemon keeps its stdout and stderr.
+    pub stdio_inheritance: bool,
+    /// `--capture-output`: the application's stdout goes to the error log file too.
+    pub capture_output: bool,
+    /// `--env KEY=VALUE`: variables set in the master (and so in every child).
+    pub env: Vec<(String, String)>,
     /// Request bodies larger than this are spooled to a temporary file.
     pub body_memory_limit: usize,
     /// Requests that may wait for a free worker before new ones get 503.
@@ -141,10 +152,9 @@ pub struct CompressSettings {
 /// config file give them now (the master's SIGHUP). Call from the directory rwsgi was
 /// started in; the error is the message to log.
 pub fn reread(args: &[std::ffi::OsString]) -> Result<Settings, String> {
-    use clap::CommandFactory;
     let argv = std::iter::once(std::ffi::OsString::from("rwsgi")).chain(args.iter().cloned());
-    let matches = crate::cli::Cli::command()
-        .try_get_matches_from(argv)
+    let matches = crate::cli::command()
+        .try_get_matches_from(crate::cli::with_subcommand(argv))
         .map_err(|err| err.to_string())?;
     let Some((_, given)) = matches.subcommand() else {
         return Err("no command".into());
@@ -254,6 +264,21 @@ impl Settings {
             )
         })?;
         let hooks = args.hooks.as_deref().map(HooksSource::parse).transpose()?;
+        let env = args
+            .env
+            .iter()
+            .map(|pair| match pair.split_once('=') {
+                Some((key, value))
+                    if !key.is_empty() && !key.contains('\0') && !value.contains('\0') =>
+                {
+                    Ok((key.to_string(), value.to_string()))
+                }
+                _ => Err(ConfigError::new(
+                    "--env",
+                    format!("{pair:?} is not KEY=VALUE"),
+                )),
+            })
+            .collect::<Result<_, _>>()?;
         let tls = TlsSettings::from_args(args)?;
         let redirect_http = tls::redirect_binds(args)?;
         let health_path = match &args.health_path {
@@ -297,7 +322,12 @@ impl Settings {
             pidfile: args.pidfile.clone(),
             credentials: identity::credentials(args.user.as_deref(), args.group.as_deref())?,
             umask: args.umask.as_deref().map(identity::umask).transpose()?,
+            proc_name: args.name.clone().unwrap_or_else(|| app.text.clone()),
             app,
+            daemon: args.daemon,
+            stdio_inheritance: args.enable_stdio_inheritance,
+            capture_output: args.capture_output,
+            env,
             body_memory_limit: 1 << 20,
             files: FileSettings::from_args(args)?,
             health_path,
