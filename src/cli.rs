@@ -111,7 +111,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "INT")]
     pub front_threads: Option<usize>,
 
-    /// Change to this directory before loading the application.
+    /// Change to this directory before loading the application. [default: the working
+    /// directory]
     #[arg(long, value_name = "DIR")]
     pub chdir: Option<PathBuf>,
 
@@ -134,7 +135,7 @@ pub struct ServeArgs {
     pub reload_extra_file: Vec<String>,
 
     /// Run the front tier and the workers as this user (name or uid); the master keeps
-    /// its own to bind ports below 1024.
+    /// its own to bind ports below 1024. [default: the user rwsgi is started as]
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
 
@@ -144,7 +145,7 @@ pub struct ServeArgs {
     pub group: Option<String>,
 
     /// File mode creation mask for rwsgi's processes and Unix sockets (octal with a
-    /// leading 0 or 0o, as 0o027, or decimal).
+    /// leading 0 or 0o, as 0o027, or decimal). [default: the one rwsgi inherits]
     #[arg(short = 'm', long, value_name = "INT")]
     pub umask: Option<String>,
 
@@ -240,12 +241,13 @@ pub struct ServeArgs {
     pub env: Vec<String>,
 
     /// Serve Prometheus metrics at /metrics on this address (a listener of its own:
-    /// HOST:PORT or unix:PATH).
+    /// HOST:PORT or unix:PATH). [default: none: no metrics]
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_bind: Option<String>,
 
     /// A path the front tier answers itself for load balancers and probes: 200 while
-    /// workers are ready, 503 while none is or the server is stopping.
+    /// workers are ready, 503 while none is or the server is stopping. [default: none:
+    /// every path goes to the app]
     #[arg(long, value_name = "PATH")]
     pub health_path: Option<String>,
 
@@ -262,6 +264,7 @@ pub struct ServeArgs {
     pub access_log_format: Option<String>,
 
     /// Write the master's pid to this file once the sockets are bound; removed at exit.
+    /// [default: no pid file]
     #[arg(short = 'p', long = "pid", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
 
@@ -362,10 +365,12 @@ pub struct ServeArgs {
     pub tls: Vec<String>,
 
     /// The PEM private key of each --tls certificate that names none of its own.
+    /// [default: the key in the certificate's own file]
     #[arg(long = "tls-key", alias = "keyfile", value_name = "KEY")]
     pub tls_key: Option<PathBuf>,
 
     /// Send `Strict-Transport-Security: max-age=SECONDS` with every HTTPS response.
+    /// [default: none: no header]
     #[arg(long, value_name = "SECONDS")]
     pub hsts: Option<u64>,
 
@@ -384,7 +389,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL_PREFIX=DIR")]
     pub internal: Vec<String>,
 
-    /// Send `Cache-Control: public, max-age=SECONDS` with static files.
+    /// Send `Cache-Control: public, max-age=SECONDS` with static files. [default: none:
+    /// no Cache-Control]
     #[arg(long, value_name = "SECONDS")]
     pub static_max_age: Option<u64>,
 

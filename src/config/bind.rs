@@ -75,6 +75,18 @@ impl BindAddr {
 /// descriptors from 3 on are the sockets to serve (used when no `--bind` is given).
 /// The variables are removed, so that the children do not take them as theirs.
 pub fn socket_activation() -> Option<Vec<BindAddr>> {
+    let activated = activated()?;
+    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // SAFETY: this runs while the configuration is read, before any thread exists
+        // (the master never runs threads).
+        unsafe { std::env::remove_var(name) };
+    }
+    (!activated.is_empty()).then_some(activated)
+}
+
+/// The sockets systemd's variables give this process (none if they name another),
+/// without taking them; None when the variables are not there.
+pub fn activated() -> Option<Vec<BindAddr>> {
     let for_us = std::env::var("LISTEN_PID")
         .ok()?
         .trim()
@@ -86,13 +98,23 @@ pub fn socket_activation() -> Option<Vec<BindAddr>> {
         .trim()
         .parse::<RawFd>()
         .ok()?;
-    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        // SAFETY: this runs while the configuration is read, before any thread exists
-        // (the master never runs threads).
-        unsafe { std::env::remove_var(name) };
-    }
-    (for_us && count > 0).then(|| (3..3 + count).map(BindAddr::Fd).collect())
+    Some(if for_us {
+        (3..3 + count.max(0)).map(BindAddr::Fd).collect()
+    } else {
+        Vec::new()
+    })
 }
+
+/// What `--bind` is when none is given: systemd's sockets, else `127.0.0.1:8000`.
+pub fn default_binds() -> Vec<String> {
+    match activated() {
+        Some(fds) if !fds.is_empty() => fds.iter().map(ToString::to_string).collect(),
+        _ => vec![DEFAULT.to_string()],
+    }
+}
+
+/// The address listened on when nothing else is said (gunicorn's).
+pub const DEFAULT: &str = "127.0.0.1:8000";
 
 impl fmt::Display for BindAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

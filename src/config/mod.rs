@@ -164,6 +164,32 @@ pub fn reread(args: &[std::ffi::OsString]) -> Result<Settings, String> {
     Settings::from_args(&layered.args).map_err(|err| layered.explain(&err))
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// `--workers` when none is given: the CPU cores available; one under `--reload`,
+/// where each change restarts them all.
+pub fn default_workers(reload: bool) -> usize {
+    if reload { 1 } else { cores() }
+}
+
+/// `--front-threads` when none is given: half the cores, at least 2 (1 on one core).
+/// Each front thread runs its own connections and reads its own workers' channels (see
+/// front::shard), so two are worth it even on two cores.
+pub fn default_front_threads() -> usize {
+    let cores = cores();
+    (cores / 2).max(cores.min(2))
+}
+
+/// `--timeout` when none is given: 30 seconds, none (0) under `--reload`, where a
+/// debugger may hold a request.
+pub fn default_timeout(reload: bool) -> f64 {
+    if reload { 0.0 } else { 30.0 }
+}
+
 impl Settings {
     /// Checks and resolves the command line of `rwsgi serve`.
     pub fn from_args(args: &ServeArgs) -> Result<Settings, ConfigError> {
@@ -175,7 +201,7 @@ impl Settings {
         } else if let Some(activated) = bind::socket_activation() {
             activated
         } else {
-            vec![BindAddr::parse("127.0.0.1:8000")?]
+            vec![BindAddr::parse(bind::DEFAULT)?]
         };
         let mut fds: Vec<_> = binds
             .iter()
@@ -191,9 +217,6 @@ impl Settings {
                 format!("fd://{} is given twice", twice[0]),
             ));
         }
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
         let reload = Reload::from_args(args)?;
         let workers = match args.workers {
             Some(0) => return Err(ConfigError::new("--workers", "must be at least 1")),
@@ -204,16 +227,12 @@ impl Settings {
                 ));
             }
             Some(n) => n,
-            // One worker under --reload: each change restarts them all.
-            None if reload.is_some() => 1,
-            None => cores,
+            None => default_workers(args.reload),
         };
-        // Each front thread runs its own connections and reads its own workers'
-        // channels (see front::shard), so two are worth it even on two cores.
         let front_threads = match args.front_threads {
             Some(0) => return Err(ConfigError::new("--front-threads", "must be at least 1")),
             Some(n) => n,
-            None => (cores / 2).max(cores.min(2)),
+            None => default_front_threads(),
         };
         if let Some(dir) = &args.chdir
             && !dir.is_dir()
@@ -232,11 +251,7 @@ impl Settings {
             ));
         }
         // 0 turns the timeout off, as in gunicorn.
-        let timeout_seconds = match (args.timeout, &reload) {
-            (Some(seconds), _) => seconds,
-            (None, Some(_)) => 0.0,
-            (None, None) => 30.0,
-        };
+        let timeout_seconds = args.timeout.unwrap_or(default_timeout(args.reload));
         let timeout = if timeout_seconds == 0.0 {
             None
         } else {

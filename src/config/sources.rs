@@ -70,6 +70,8 @@ pub struct Key {
     pub aliases: Vec<String>,
     /// How it takes values.
     pub kind: Kind,
+    /// What its absence means, from the `[default: …]` of its help (`the APP`).
+    pub absent: Option<String>,
 }
 
 /// The clap command of the settings (with gunicorn's spellings), parsing values without
@@ -123,9 +125,20 @@ fn keys_of(cmd: &Command) -> Vec<Key> {
                     .map(|a| a.replace('-', "_"))
                     .collect(),
                 kind,
+                absent: arg
+                    .get_help()
+                    .map(ToString::to_string)
+                    .and_then(|help| default_in_help(&help)),
             })
         })
         .collect()
+}
+
+/// The `[default: …]` at the end of a flag's help text.
+fn default_in_help(help: &str) -> Option<String> {
+    let start = help.rfind("[default: ")? + "[default: ".len();
+    let text = help[start..].trim_end().strip_suffix(']')?;
+    Some(text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// The closest of `candidates` to a mistyped `name`, if one is close enough to suggest:
