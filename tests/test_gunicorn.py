@@ -348,3 +348,42 @@ def test_daemon_detaches_and_serves(tmp_path):
         while alive(daemon) and time.monotonic() < deadline:
             time.sleep(0.05)
     assert not alive(daemon)
+
+
+def readme_gunicorn_table() -> list[tuple[str, list[str], str]]:
+    """The README's table of gunicorn settings: (name, flags, what rwsgi does)."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("| gunicorn setting | flags | rwsgi |")
+    rows = []
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        name, flags, status = [cell.strip() for cell in line.strip("|").split(" | ", 2)]
+        rows.append((name.strip("`"), re.findall(r"`(-[^`]+)`", flags), status))
+    return rows
+
+
+def test_readme_table_lists_all_of_gunicorns_settings():
+    rows = readme_gunicorn_table()
+    assert len(rows) == 119 and len({name for name, _, _ in rows}) == 119
+    assert sum(1 for _, flags, _ in rows if flags) == 94
+
+
+@pytest.mark.parametrize("name, flags, status",
+                         [row for row in readme_gunicorn_table()
+                          if row[1] and row[2].startswith(("refused", "ignored"))])
+def test_readme_table_says_what_the_binary_does(name, flags, status):
+    """Each flag the table calls refused is refused with its sentence; each it calls
+    ignored is accepted with one warning giving its reason."""
+    why = status.split(": ", 1)[1]
+    for flag in flags:
+        # A switch takes no value; a flag that takes one is given "1".
+        done = rwsgi("config", flag)
+        if status.startswith("refused"):
+            assert done.returncode == 2, done.stderr
+            assert why in done.stderr.replace("\n", " "), done.stderr
+            continue
+        if done.returncode != 0:
+            done = rwsgi("config", flag, "1")
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.count(f"is ignored: {why}") == 1, done.stderr

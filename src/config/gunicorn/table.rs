@@ -536,6 +536,29 @@ pub fn find(name: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.name == name)
 }
 
+/// The setting's row in the README's table: `| name | flags | what rwsgi does |`.
+pub fn readme_row(setting: &Setting) -> String {
+    let flags = match setting.flag {
+        Flag::None => "(config file)".to_string(),
+        Flag::Switch(s) | Flag::Value(s) => s
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let status = match setting.status {
+        Status::Supported(key) if key == setting.name => "supported".to_string(),
+        Status::Supported(key) => format!("supported (`{key}` in rwsgi.toml)"),
+        Status::Mapped(key, note) => format!("mapped to `{key}`: {note}"),
+        Status::WorkerHook => {
+            "supported: called in each worker (see [Hooks](#hooks---hooks))".into()
+        }
+        Status::Ignored(why) => format!("ignored, with a warning: {why}"),
+        Status::Refused(why) => format!("refused: {why}"),
+    };
+    format!("| `{}` | {flags} | {status} |", setting.name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,5 +570,35 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), 119);
+        let file_only = SETTINGS.iter().filter(|s| s.flag == Flag::None).count();
+        assert_eq!(
+            file_only, 25,
+            "gunicorn has 94 flags and 25 config-file-only settings"
+        );
+    }
+
+    /// The README's table of gunicorn's settings lists every one, as this table says.
+    #[test]
+    fn the_readme_table_is_this_table() {
+        let readme = include_str!("../../../README.md");
+        let header = "| gunicorn setting | flags | rwsgi |";
+        let start = readme.find(header).expect("the README has the table");
+        let rows: Vec<&str> = readme[start..]
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .collect();
+        assert_eq!(
+            rows.len(),
+            SETTINGS.len(),
+            "the README's table has other rows"
+        );
+        for setting in SETTINGS {
+            let row = readme_row(setting);
+            let name = format!("| `{}` |", setting.name);
+            let found: Vec<&&str> = rows.iter().filter(|r| r.starts_with(&name)).collect();
+            assert_eq!(found.len(), 1, "README: no single row for {}", setting.name);
+            assert_eq!(*found[0], row, "README row of {} differs", setting.name);
+        }
     }
 }
