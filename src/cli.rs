@@ -7,9 +7,11 @@
 //! environment variable (`RWSGI_` and the key in capitals), derived from clap's own
 //! metadata in `config::sources`. A new flag needs no other line to get both.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// rwsgi: one binary that terminates HTTP and runs WSGI applications in pre-forked workers.
 #[derive(Debug, Parser)]
@@ -29,18 +31,59 @@ pub enum Command {
     /// Load the configuration and import the application without serving: exit 0 when
     /// both are good, 2 for a configuration error, 4 when the application fails to load.
     Check(ServeArgs),
+    /// Internal: executes a gunicorn config file (SOURCE as `-c` takes it) in the
+    /// embedded interpreter and prints the settings it holds (see config::gunicorn).
+    #[command(hide = true, name = READ_GUNICORN_CONFIG)]
+    ReadGunicornConfig {
+        /// `PATH`, `file:PATH` or `python:MODULE`.
+        source: String,
+    },
+}
+
+/// The hidden subcommand the master runs (as a child process) to read a gunicorn config file.
+pub const READ_GUNICORN_CONFIG: &str = "read-gunicorn-config";
+
+/// The full command line: the derived one, with gunicorn's spellings of the settings
+/// rwsgi has no flag of its own for (hidden from `--help`), and repeated single-value
+/// flags taking the last value, as gunicorn's argparse does.
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for name in ["serve", "config", "check"] {
+        cmd = cmd.mut_subcommand(name, crate::config::gunicorn::augment);
+    }
+    cmd
+}
+
+/// `argv` with `serve` put in front of the options when no subcommand is named, as
+/// `rwsgi app:app` or `rwsgi -w 4 app:app` mean `rwsgi serve …` (gunicorn's command
+/// line has no subcommand). A bare `rwsgi`, `--help` and `--version` stay as they are.
+pub fn with_subcommand(argv: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = argv.into_iter().collect();
+    let named = |first: &OsString| {
+        let known = ["serve", "config", "check", "help", READ_GUNICORN_CONFIG];
+        let own = ["-h", "--help", "-V", "--version"];
+        first
+            .to_str()
+            .is_some_and(|f| known.contains(&f) || own.contains(&f))
+    };
+    if argv.len() > 1 && !named(&argv[1]) {
+        argv.insert(1, "serve".into());
+    }
+    argv
 }
 
 /// `rwsgi serve [OPTIONS] APP` (and `config`, `check`).
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The config file (TOML). [default: rwsgi.toml in the working directory, if there
-    /// is one]
+    /// The config file: TOML, or a gunicorn config file (a `.py` file, `file:PATH` or
+    /// `python:MODULE`) executed as gunicorn does. [default: rwsgi.toml in the working
+    /// directory, else gunicorn.conf.py there, if there is one]
     #[arg(short = 'c', long, env = "RWSGI_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address to listen on: HOST:PORT, [IPV6]:PORT, HOST (port 8000) or unix:PATH.
-    /// Repeat to listen on several. [default: 127.0.0.1:8000]
+    /// Address to listen on: HOST:PORT, [IPV6]:PORT, HOST (port 8000), :PORT (every
+    /// interface), tcp://HOST:PORT, unix:PATH or fd://N. Repeat to listen on several.
+    /// [default: 127.0.0.1:8000]
     #[arg(short = 'b', long = "bind", value_name = "ADDRESS")]
     pub bind: Vec<String>,
 
@@ -68,7 +111,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "INT")]
     pub front_threads: Option<usize>,
 
-    /// Change to this directory before loading the application.
+    /// Change to this directory before loading the application. [default: the working
+    /// directory]
     #[arg(long, value_name = "DIR")]
     pub chdir: Option<PathBuf>,
 
@@ -91,7 +135,7 @@ pub struct ServeArgs {
     pub reload_extra_file: Vec<String>,
 
     /// Run the front tier and the workers as this user (name or uid); the master keeps
-    /// its own to bind ports below 1024.
+    /// its own to bind ports below 1024. [default: the user rwsgi is started as]
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
 
@@ -101,7 +145,7 @@ pub struct ServeArgs {
     pub group: Option<String>,
 
     /// File mode creation mask for rwsgi's processes and Unix sockets (octal with a
-    /// leading 0 or 0o, as 0o027, or decimal).
+    /// leading 0 or 0o, as 0o027, or decimal). [default: the one rwsgi inherits]
     #[arg(short = 'm', long, value_name = "INT")]
     pub umask: Option<String>,
 
@@ -161,17 +205,49 @@ pub struct ServeArgs {
     #[arg(long, alias = "log-file", value_name = "FILE", default_value = "-")]
     pub error_logfile: PathBuf,
 
-    /// The error log's level: debug, info, warning, error or critical.
-    #[arg(long, env = "RWSGI_LOG_LEVEL", value_name = "LEVEL", value_parser = ["debug", "info", "warning", "error", "critical"])]
+    /// The error log's level: debug, info, warning, error or critical (in any case).
+    #[arg(
+        long,
+        env = "RWSGI_LOG_LEVEL",
+        value_name = "LEVEL",
+        ignore_case = true,
+        value_parser = PossibleValuesParser::new(["debug", "info", "warning", "error", "critical"])
+            .map(|level| level.to_lowercase())
+    )]
     pub log_level: Option<String>,
 
+    /// Also send what the application writes to stdout into the error log (with
+    /// --error-logfile; its stderr goes there already).
+    #[arg(long)]
+    pub capture_output: bool,
+
+    /// Detach from the terminal and run in the background, as gunicorn's -D: stdin,
+    /// stdout and stderr become /dev/null (use --error-logfile and --pid).
+    #[arg(short = 'D', long)]
+    pub daemon: bool,
+
+    /// With --daemon: keep stdout and stderr instead of /dev/null.
+    #[arg(short = 'R', long)]
+    pub enable_stdio_inheritance: bool,
+
+    /// The name in the process titles `ps` shows: `rwsgi: master [NAME]`. [default: the
+    /// APP]
+    #[arg(short = 'n', long, value_name = "STRING")]
+    pub name: Option<String>,
+
+    /// Set the environment variable KEY to VALUE in the master and the workers, before
+    /// the application is imported. Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
     /// Serve Prometheus metrics at /metrics on this address (a listener of its own:
-    /// HOST:PORT or unix:PATH).
+    /// HOST:PORT or unix:PATH). [default: none: no metrics]
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_bind: Option<String>,
 
     /// A path the front tier answers itself for load balancers and probes: 200 while
-    /// workers are ready, 503 while none is or the server is stopping.
+    /// workers are ready, 503 while none is or the server is stopping. [default: none:
+    /// every path goes to the app]
     #[arg(long, value_name = "PATH")]
     pub health_path: Option<String>,
 
@@ -188,6 +264,7 @@ pub struct ServeArgs {
     pub access_log_format: Option<String>,
 
     /// Write the master's pid to this file once the sockets are bound; removed at exit.
+    /// [default: no pid file]
     #[arg(short = 'p', long = "pid", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
 
@@ -288,10 +365,12 @@ pub struct ServeArgs {
     pub tls: Vec<String>,
 
     /// The PEM private key of each --tls certificate that names none of its own.
+    /// [default: the key in the certificate's own file]
     #[arg(long = "tls-key", alias = "keyfile", value_name = "KEY")]
     pub tls_key: Option<PathBuf>,
 
     /// Send `Strict-Transport-Security: max-age=SECONDS` with every HTTPS response.
+    /// [default: none: no header]
     #[arg(long, value_name = "SECONDS")]
     pub hsts: Option<u64>,
 
@@ -310,7 +389,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL_PREFIX=DIR")]
     pub internal: Vec<String>,
 
-    /// Send `Cache-Control: public, max-age=SECONDS` with static files.
+    /// Send `Cache-Control: public, max-age=SECONDS` with static files. [default: none:
+    /// no Cache-Control]
     #[arg(long, value_name = "SECONDS")]
     pub static_max_age: Option<u64>,
 

@@ -33,6 +33,9 @@ pub fn run(matches: &ArgMatches) -> i32 {
         Ok(cli) => cli.command,
         Err(err) => return err.exit_code(),
     };
+    if let Command::ReadGunicornConfig { source } = &command {
+        return python::gunicorn_config::read(source);
+    }
     // The subcommand's own matches say which values the command line set.
     let Some((_, given)) = matches.subcommand() else {
         return CONFIG_ERROR;
@@ -44,6 +47,14 @@ pub fn run(matches: &ArgMatches) -> i32 {
             return CONFIG_ERROR;
         }
     };
+    // gunicorn's --print-config and --check-config are these subcommands.
+    let command = match command {
+        _ if layered.print_config => Mode::Config,
+        _ if layered.check_config => Mode::Check,
+        Command::Serve(_) => Mode::Serve,
+        Command::Config(_) => Mode::Config,
+        Command::Check(_) | Command::ReadGunicornConfig { .. } => Mode::Check,
+    };
     let resolve = || {
         Settings::from_args(&layered.args).map_err(|err| {
             eprintln!("rwsgi: error: {}", layered.explain(&err));
@@ -51,12 +62,16 @@ pub fn run(matches: &ArgMatches) -> i32 {
         })
     };
     let log_level = layered.args.log_level.as_deref();
+    let warnings = &layered.warnings;
     match command {
-        Command::Serve(_) => match resolve() {
-            Ok(settings) => serve(settings, log_level, program),
+        Mode::Serve => match resolve() {
+            Ok(settings) => serve(settings, log_level, warnings, program),
             Err(code) => code,
         },
-        Command::Config(_) => {
+        Mode::Config => {
+            for warning in warnings {
+                eprintln!("rwsgi: warning: {warning}");
+            }
             print!("{}", layered.describe());
             // Without an APP the rest cannot be resolved; the listing is what was asked.
             match layered.args.app {
@@ -64,33 +79,77 @@ pub fn run(matches: &ArgMatches) -> i32 {
                 None => 0,
             }
         }
-        Command::Check(_) => match resolve() {
-            Ok(settings) => check(settings, log_level),
+        Mode::Check => match resolve() {
+            Ok(settings) => check(settings, log_level, warnings),
             Err(code) => code,
         },
     }
 }
 
-/// `rwsgi serve`: the error log, --chdir, then the master until it stops.
-fn serve(settings: Settings, log_level: Option<&str>, program: master::Program) -> i32 {
-    if let Some(path) = &settings.error_log
-        && let Err(err) = log::redirect_stderr(path)
+/// What a command line asks for, once gunicorn's flags are taken into account.
+enum Mode {
+    Serve,
+    Config,
+    Check,
+}
+
+/// `rwsgi serve`: --daemon, the error log, --env, --chdir, then the master until it
+/// stops.
+fn serve(
+    settings: Settings,
+    log_level: Option<&str>,
+    warnings: &[String],
+    program: master::Program,
+) -> i32 {
+    // Not again in the new master of a binary upgrade: it is already detached.
+    if settings.daemon
+        && !master::upgrading()
+        && let Err(err) = master::daemonize(settings.stdio_inheritance)
     {
-        eprintln!("rwsgi: error: --error-logfile: {}: {err}", path.display());
+        eprintln!("rwsgi: error: --daemon: {err}");
         return 1;
     }
+    if let Some(path) = &settings.error_log {
+        if let Err(err) = log::redirect_stderr(path) {
+            eprintln!("rwsgi: error: --error-logfile: {}: {err}", path.display());
+            return 1;
+        }
+        // gunicorn's --capture-output: stdout joins stderr in the error log file.
+        if settings.capture_output
+            && let Err(err) = nix::unistd::dup2_stdout(std::io::stderr())
+        {
+            eprintln!("rwsgi: error: --capture-output: {err}");
+            return 1;
+        }
+    }
     log::init(log_level);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     hand_over_log_files(&settings);
+    set_env(&settings);
     if let Err(code) = change_dir(&settings) {
         return code;
     }
     master::run(settings, program)
 }
 
+/// `--env KEY=VALUE`: set in the master before anything is forked, so every child has it.
+fn set_env(settings: &Settings) {
+    for (key, value) in &settings.env {
+        // SAFETY: the master never runs threads (DESIGN.md), and this is before it forks.
+        unsafe { std::env::set_var(key, value) };
+    }
+}
+
 /// `rwsgi check`: imports the application the way `--preload` does, binding nothing;
 /// errors go to the terminal, not to --error-logfile.
-fn check(settings: Settings, log_level: Option<&str>) -> i32 {
+fn check(settings: Settings, log_level: Option<&str>, warnings: &[String]) -> i32 {
     log::init(log_level);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    set_env(&settings);
     if let Err(code) = change_dir(&settings) {
         return code;
     }

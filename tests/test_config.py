@@ -46,7 +46,8 @@ def test_flag_over_env_over_file_over_default(tmp_path):
     assert (values["workers"], origins["workers"]) == (2, "file rwsgi.toml:3")
     (tmp_path / "rwsgi.toml").unlink()
     values, origins = effective(cwd=tmp_path)
-    assert "workers" not in values and origins["workers"] == "default"
+    cores = len(os.sched_getaffinity(0))
+    assert (values["workers"], origins["workers"]) == (cores, "default")
 
 
 @pytest.mark.parametrize("layer", ["file", "env", "flag"])
@@ -128,7 +129,7 @@ def test_explicit_config_file_replaces_the_default_one(tmp_path):
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "prod.toml").write_text("max_queue = 7\n")
     values, origins = effective("-c", "conf/prod.toml", cwd=tmp_path)
-    assert "workers" not in values
+    assert origins["workers"] == "default"
     assert (values["max_queue"], origins["max_queue"]) == (7, "file conf/prod.toml:1")
     values, _ = effective(cwd=tmp_path, RWSGI_CONFIG="conf/prod.toml")
     assert values["max_queue"] == 7
@@ -267,3 +268,19 @@ def test_readme_example_lists_every_setting(tmp_path):
     assert done.returncode == 0, done.stderr
     values = tomllib.loads(done.stdout)
     assert values["static"] == ["/assets=static"] and values["tls"] == ["certs/site.pem:certs/site.key"]
+
+
+def test_config_shows_the_values_decided_at_run_time(tmp_path):
+    """`rwsgi config` prints what will be used, defaults computed at start included,
+    never "not set" (issue 15)."""
+    done = rwsgi("config", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "not set" not in done.stdout
+    values = tomllib.loads(done.stdout)
+    assert values["workers"] == len(os.sched_getaffinity(0))
+    assert values["bind"] == ["127.0.0.1:8000"]
+    assert (values["timeout"], values["worker_class"], values["threads"]) == (30, "sync", 1)
+    assert values["log_level"] == "info" and values["front_threads"] >= 1
+    assert re.search(r"^# chdir: the working directory +# from: default$", done.stdout, re.M)
+    values, _ = effective("--reload", "--threads", "4", cwd=tmp_path)
+    assert (values["workers"], values["timeout"], values["worker_class"]) == (1, 0, "gthread")

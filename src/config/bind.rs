@@ -20,9 +20,16 @@ pub enum BindAddr {
 }
 
 impl BindAddr {
-    /// Parses `HOST:PORT`, `[IPV6]:PORT`, `HOST` (port 8000), `unix:PATH` or `fd://N`.
+    /// Parses gunicorn's forms: `HOST:PORT`, `[IPV6]:PORT`, `HOST` (port 8000), `:PORT`
+    /// (every IPv4 interface), `tcp://` before any of these, `unix:PATH` (or
+    /// `unix://PATH`) or `fd://N`.
     pub fn parse(text: &str) -> Result<BindAddr, ConfigError> {
         let bad = |why: &str| ConfigError::new("--bind", format!("{text:?}: {why}"));
+        let full = text;
+        let text = text.strip_prefix("tcp://").unwrap_or(text);
+        if text.starts_with("unix:") && full.starts_with("tcp://") {
+            return Err(bad("tcp:// takes HOST:PORT"));
+        }
         if let Some(number) = text.strip_prefix("fd://") {
             return match number.parse::<RawFd>() {
                 // 0, 1 and 2 are the standard streams, never a listening socket.
@@ -32,7 +39,10 @@ impl BindAddr {
                 )),
             };
         }
-        if let Some(path) = text.strip_prefix("unix:") {
+        if let Some(path) = text
+            .strip_prefix("unix://")
+            .or_else(|| text.strip_prefix("unix:"))
+        {
             if path.is_empty() {
                 return Err(bad("the Unix socket path is empty"));
             }
@@ -41,6 +51,11 @@ impl BindAddr {
         if let Ok(addr) = text.parse::<SocketAddr>() {
             return Ok(BindAddr::Tcp(addr));
         }
+        // gunicorn: an empty host is every interface (`:8000`, `0.0.0.0:8000`).
+        let text = &match text.strip_prefix(':') {
+            Some(port) => format!("0.0.0.0:{port}"),
+            None => text.to_string(),
+        };
         let with_port = if text.starts_with('[') && text.ends_with(']') || !text.contains(':') {
             format!("{text}:8000")
         } else {
@@ -60,6 +75,18 @@ impl BindAddr {
 /// descriptors from 3 on are the sockets to serve (used when no `--bind` is given).
 /// The variables are removed, so that the children do not take them as theirs.
 pub fn socket_activation() -> Option<Vec<BindAddr>> {
+    let activated = activated()?;
+    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // SAFETY: this runs while the configuration is read, before any thread exists
+        // (the master never runs threads).
+        unsafe { std::env::remove_var(name) };
+    }
+    (!activated.is_empty()).then_some(activated)
+}
+
+/// The sockets systemd's variables give this process (none if they name another),
+/// without taking them; None when the variables are not there.
+pub fn activated() -> Option<Vec<BindAddr>> {
     let for_us = std::env::var("LISTEN_PID")
         .ok()?
         .trim()
@@ -71,13 +98,23 @@ pub fn socket_activation() -> Option<Vec<BindAddr>> {
         .trim()
         .parse::<RawFd>()
         .ok()?;
-    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        // SAFETY: this runs while the configuration is read, before any thread exists
-        // (the master never runs threads).
-        unsafe { std::env::remove_var(name) };
-    }
-    (for_us && count > 0).then(|| (3..3 + count).map(BindAddr::Fd).collect())
+    Some(if for_us {
+        (3..3 + count.max(0)).map(BindAddr::Fd).collect()
+    } else {
+        Vec::new()
+    })
 }
+
+/// What `--bind` is when none is given: systemd's sockets, else `127.0.0.1:8000`.
+pub fn default_binds() -> Vec<String> {
+    match activated() {
+        Some(fds) if !fds.is_empty() => fds.iter().map(ToString::to_string).collect(),
+        _ => vec![DEFAULT.to_string()],
+    }
+}
+
+/// The address listened on when nothing else is said (gunicorn's).
+pub const DEFAULT: &str = "127.0.0.1:8000";
 
 impl fmt::Display for BindAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -116,5 +153,21 @@ mod tests {
         assert!(BindAddr::parse("fd://2").is_err());
         assert!(BindAddr::parse("fd://x").is_err());
         assert!(BindAddr::parse("127.0.0.1:notaport").is_err());
+        let any: SocketAddr = "0.0.0.0:8000".parse().unwrap();
+        assert_eq!(BindAddr::parse(":8000").unwrap(), BindAddr::Tcp(any));
+        assert_eq!(BindAddr::parse("0.0.0.0").unwrap(), BindAddr::Tcp(any));
+        assert_eq!(
+            BindAddr::parse("tcp://127.0.0.1:80").unwrap(),
+            BindAddr::Tcp("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            BindAddr::parse("[::]:8000").unwrap(),
+            BindAddr::Tcp("[::]:8000".parse().unwrap())
+        );
+        assert_eq!(
+            BindAddr::parse("unix:///tmp/s").unwrap(),
+            BindAddr::Unix("/tmp/s".into())
+        );
+        assert!(BindAddr::parse("tcp://unix:/x").is_err());
     }
 }

@@ -6,7 +6,19 @@
 
 use std::ffi::OsString;
 
-use super::sources::{Given, Key, Kind, Layer, LoadError, Origin, Sourced};
+use super::sources::{Given, Key, Kind, Layer, LoadError, Origin, Sourced, suggest};
+
+/// `RWSGI_*` variables that are not settings but are read all the same.
+const OTHER_VARIABLES: &[&str] = &[
+    "RWSGI_CONFIG",
+    "RWSGI_LOG",
+    // Between an old master and the new one during a binary upgrade (master::upgrade).
+    "RWSGI_UPGRADE_FDS",
+    "RWSGI_UPGRADE_FROM",
+    // Read by the build and by the test suite, not by the binary; harmless here.
+    "RWSGI_BUILD_PYTHON",
+    "RWSGI_BINARY",
+];
 
 /// The settings given by the environment, read through `lookup`.
 pub fn read(keys: &[Key], lookup: &dyn Fn(&str) -> Option<OsString>) -> Result<Layer, LoadError> {
@@ -30,6 +42,38 @@ pub fn read(keys: &[Key], lookup: &dyn Fn(&str) -> Option<OsString>) -> Result<L
         layer.insert(key.id.clone(), Sourced { given, origin });
     }
     Ok(layer)
+}
+
+/// One warning for each of `names` that starts with `RWSGI_` but is no setting's
+/// variable: a typo would otherwise be ignored in silence.
+pub fn unknown(keys: &[Key], names: impl Iterator<Item = OsString>) -> Vec<String> {
+    let known = || {
+        keys.iter()
+            .map(|k| k.env.as_str())
+            .chain(OTHER_VARIABLES.iter().copied())
+    };
+    let mut unknown: Vec<String> = names
+        .filter_map(|name| name.into_string().ok())
+        .filter(|name| name.starts_with("RWSGI_") && !known().any(|k| k == name))
+        .collect();
+    unknown.sort();
+    // Compared without the prefix every candidate shares.
+    let tail = |v: &str| v.strip_prefix("RWSGI_").unwrap_or(v).to_string();
+    let tails: Vec<String> = known().map(tail).collect();
+    unknown
+        .into_iter()
+        .map(
+            |name| match suggest(&tail(&name), tails.iter().map(String::as_str)) {
+                Some(close) => format!(
+                    "{name} is not an rwsgi variable and is ignored: did you mean RWSGI_{close}?"
+                ),
+                None => format!(
+                    "{name} is not an rwsgi variable and is ignored (`rwsgi config` lists the \
+                 settings: RWSGI_ and the key in capitals)"
+                ),
+            },
+        )
+        .collect()
 }
 
 fn switch(raw: &OsString) -> Option<bool> {
@@ -71,6 +115,24 @@ mod tests {
         assert_eq!(layer["preload"].given, Given::Switch(false));
         assert_eq!(layer["workers"].origin, Origin::Env("RWSGI_WORKERS".into()));
         assert!(!layer.contains_key("chdir"));
+    }
+
+    #[test]
+    fn unknown_variables_are_named_with_a_suggestion() {
+        let names = [
+            "RWSGI_WROKERS",
+            "RWSGI_WORKERS",
+            "RWSGI_LOG",
+            "PATH",
+            "RWSGI_ZZZZZZZZZZZZ",
+        ];
+        let warnings = unknown(&keys(), names.into_iter().map(OsString::from));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(
+            warnings[0],
+            "RWSGI_WROKERS is not an rwsgi variable and is ignored: did you mean RWSGI_WORKERS?"
+        );
+        assert!(warnings[1].starts_with("RWSGI_ZZZZZZZZZZZZ is not an rwsgi variable"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod app;
 mod bind;
 mod env;
 mod file;
+pub mod gunicorn;
 mod hooks;
 mod identity;
 mod limits;
@@ -106,6 +107,16 @@ pub struct Settings {
     pub umask: Option<nix::sys::stat::Mode>,
     /// The application to load.
     pub app: AppSpec,
+    /// The name in the process titles (`--name`, else the APP).
+    pub proc_name: String,
+    /// `--daemon`: detach from the terminal before starting.
+    pub daemon: bool,
+    /// `--enable-stdio-inheritance`: a daemon keeps its stdout and stderr.
+    pub stdio_inheritance: bool,
+    /// `--capture-output`: the application's stdout goes to the error log file too.
+    pub capture_output: bool,
+    /// `--env KEY=VALUE`: variables set in the master (and so in every child).
+    pub env: Vec<(String, String)>,
     /// Request bodies larger than this are spooled to a temporary file.
     pub body_memory_limit: usize,
     /// Requests that may wait for a free worker before new ones get 503.
@@ -141,10 +152,9 @@ pub struct CompressSettings {
 /// config file give them now (the master's SIGHUP). Call from the directory rwsgi was
 /// started in; the error is the message to log.
 pub fn reread(args: &[std::ffi::OsString]) -> Result<Settings, String> {
-    use clap::CommandFactory;
     let argv = std::iter::once(std::ffi::OsString::from("rwsgi")).chain(args.iter().cloned());
-    let matches = crate::cli::Cli::command()
-        .try_get_matches_from(argv)
+    let matches = crate::cli::command()
+        .try_get_matches_from(crate::cli::with_subcommand(argv))
         .map_err(|err| err.to_string())?;
     let Some((_, given)) = matches.subcommand() else {
         return Err("no command".into());
@@ -152,6 +162,32 @@ pub fn reread(args: &[std::ffi::OsString]) -> Result<Settings, String> {
     let layered =
         Layered::load(given, &|name| std::env::var_os(name)).map_err(|e| e.to_string())?;
     Settings::from_args(&layered.args).map_err(|err| layered.explain(&err))
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// `--workers` when none is given: the CPU cores available; one under `--reload`,
+/// where each change restarts them all.
+pub fn default_workers(reload: bool) -> usize {
+    if reload { 1 } else { cores() }
+}
+
+/// `--front-threads` when none is given: half the cores, at least 2 (1 on one core).
+/// Each front thread runs its own connections and reads its own workers' channels (see
+/// front::shard), so two are worth it even on two cores.
+pub fn default_front_threads() -> usize {
+    let cores = cores();
+    (cores / 2).max(cores.min(2))
+}
+
+/// `--timeout` when none is given: 30 seconds, none (0) under `--reload`, where a
+/// debugger may hold a request.
+pub fn default_timeout(reload: bool) -> f64 {
+    if reload { 0.0 } else { 30.0 }
 }
 
 impl Settings {
@@ -165,7 +201,7 @@ impl Settings {
         } else if let Some(activated) = bind::socket_activation() {
             activated
         } else {
-            vec![BindAddr::parse("127.0.0.1:8000")?]
+            vec![BindAddr::parse(bind::DEFAULT)?]
         };
         let mut fds: Vec<_> = binds
             .iter()
@@ -181,9 +217,6 @@ impl Settings {
                 format!("fd://{} is given twice", twice[0]),
             ));
         }
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
         let reload = Reload::from_args(args)?;
         let workers = match args.workers {
             Some(0) => return Err(ConfigError::new("--workers", "must be at least 1")),
@@ -194,16 +227,12 @@ impl Settings {
                 ));
             }
             Some(n) => n,
-            // One worker under --reload: each change restarts them all.
-            None if reload.is_some() => 1,
-            None => cores,
+            None => default_workers(args.reload),
         };
-        // Each front thread runs its own connections and reads its own workers'
-        // channels (see front::shard), so two are worth it even on two cores.
         let front_threads = match args.front_threads {
             Some(0) => return Err(ConfigError::new("--front-threads", "must be at least 1")),
             Some(n) => n,
-            None => (cores / 2).max(cores.min(2)),
+            None => default_front_threads(),
         };
         if let Some(dir) = &args.chdir
             && !dir.is_dir()
@@ -222,11 +251,7 @@ impl Settings {
             ));
         }
         // 0 turns the timeout off, as in gunicorn.
-        let timeout_seconds = match (args.timeout, &reload) {
-            (Some(seconds), _) => seconds,
-            (None, Some(_)) => 0.0,
-            (None, None) => 30.0,
-        };
+        let timeout_seconds = args.timeout.unwrap_or(default_timeout(args.reload));
         let timeout = if timeout_seconds == 0.0 {
             None
         } else {
@@ -254,6 +279,21 @@ impl Settings {
             )
         })?;
         let hooks = args.hooks.as_deref().map(HooksSource::parse).transpose()?;
+        let env = args
+            .env
+            .iter()
+            .map(|pair| match pair.split_once('=') {
+                Some((key, value))
+                    if !key.is_empty() && !key.contains('\0') && !value.contains('\0') =>
+                {
+                    Ok((key.to_string(), value.to_string()))
+                }
+                _ => Err(ConfigError::new(
+                    "--env",
+                    format!("{pair:?} is not KEY=VALUE"),
+                )),
+            })
+            .collect::<Result<_, _>>()?;
         let tls = TlsSettings::from_args(args)?;
         let redirect_http = tls::redirect_binds(args)?;
         let health_path = match &args.health_path {
@@ -297,7 +337,12 @@ impl Settings {
             pidfile: args.pidfile.clone(),
             credentials: identity::credentials(args.user.as_deref(), args.group.as_deref())?,
             umask: args.umask.as_deref().map(identity::umask).transpose()?,
+            proc_name: args.name.clone().unwrap_or_else(|| app.text.clone()),
             app,
+            daemon: args.daemon,
+            stdio_inheritance: args.enable_stdio_inheritance,
+            capture_output: args.capture_output,
+            env,
             body_memory_limit: 1 << 20,
             files: FileSettings::from_args(args)?,
             health_path,

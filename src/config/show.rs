@@ -1,10 +1,16 @@
 //! `rwsgi config`: the effective configuration as a config file would write it, each
 //! line saying where its value came from. The output is valid TOML (the sources are
-//! comments), so it can be saved as a starting `rwsgi.toml`.
+//! comments), so it can be saved as a starting `rwsgi.toml`. Values decided at run
+//! time (the workers for the cores, the bind) are shown as they will be; a setting
+//! that is simply off shows what its absence means, as a comment.
 
 use std::fmt::Write;
 
-use super::sources::{DEFAULT_FILE, Given, Kind, Layered, Origin, given_in};
+use super::access_log::DEFAULT_FORMAT;
+use super::sources::{
+    DEFAULT_FILE, GUNICORN_DEFAULT_FILE, Given, Key, Kind, Layered, Origin, given_in,
+};
+use super::{WorkerClass, bind, default_front_threads, default_timeout, default_workers};
 
 impl Layered {
     /// Every setting, `key = value  # from: …`; unset ones as comments.
@@ -13,7 +19,7 @@ impl Layered {
         let file = match &self.file {
             Some((path, Origin::Default)) => format!("{}", path.display()),
             Some((path, origin)) => format!("{} (named by {origin})", path.display()),
-            None => format!("none (no -c FILE, no {DEFAULT_FILE} here)"),
+            None => format!("none (no -c FILE, no {DEFAULT_FILE} or {GUNICORN_DEFAULT_FILE} here)"),
         };
         // The APP first, as a file would start; then the flags in the order of --help.
         let (app, flags): (Vec<_>, Vec<_>) =
@@ -32,7 +38,14 @@ impl Layered {
                 Some(Given::Values(values)) if !values.is_empty() => {
                     format!("{} = {}", key.name, literal(&values[0].to_string_lossy()))
                 }
-                _ => format!("# {} is not set", key.name),
+                _ => match self.run_time_default(key) {
+                    Some(value) => format!("{} = {value}", key.name),
+                    None if key.kind == Kind::Many => format!("{} = []", key.name),
+                    None => {
+                        let absent = key.absent.as_deref().unwrap_or("none");
+                        format!("# {}: {absent}", key.name)
+                    }
+                },
             };
             lines.push((setting, origin.to_string()));
         }
@@ -42,6 +55,35 @@ impl Layered {
             let _ = writeln!(out, "{setting:<width$}  # from: {origin}");
         }
         out
+    }
+}
+
+impl Layered {
+    /// The value a setting left unset takes when rwsgi runs, as a TOML literal, for the
+    /// settings whose default is decided then.
+    fn run_time_default(&self, key: &Key) -> Option<String> {
+        let args = &self.args;
+        let value = match key.name.as_str() {
+            "workers" => default_workers(args.reload).to_string(),
+            "front_threads" => default_front_threads().to_string(),
+            "timeout" => default_timeout(args.reload).to_string(),
+            "bind" => {
+                let binds: Vec<String> = bind::default_binds().iter().map(|b| literal(b)).collect();
+                return Some(format!("[{}]", binds.join(", ")));
+            }
+            "worker_class" => WorkerClass::from_args(args)
+                .map_or("sync", WorkerClass::name)
+                .into(),
+            "threads" => match WorkerClass::from_args(args) {
+                Ok(WorkerClass::Threads(n)) => n.to_string(),
+                _ => "1".into(),
+            },
+            "log_level" => std::env::var("RWSGI_LOG").unwrap_or_else(|_| "info".into()),
+            "access_log_format" => DEFAULT_FORMAT.into(),
+            "name" => args.app.clone()?,
+            _ => return None,
+        };
+        Some(literal(&value))
     }
 }
 

@@ -1,5 +1,6 @@
-//! Where each setting comes from: the command line over the environment over the config
-//! file over the defaults, with the place each value was set.
+//! Where each setting comes from: the command line over the environment (`RWSGI_*`, then
+//! `GUNICORN_CMD_ARGS`) over the config file (rwsgi's TOML, or gunicorn's Python) over
+//! the defaults, with the place each value was set.
 //!
 //! Why this shape: the clap structure `cli::ServeArgs` stays the one list of settings.
 //! The keys of the file and the names of the variables are derived from its metadata (a
@@ -21,11 +22,16 @@ use std::path::{Path, PathBuf};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches};
 
+use super::gunicorn::{self, CMD_ARGS_VAR};
 use super::{ConfigError, env, file};
 use crate::cli::ServeArgs;
 
 /// The config file looked for in the working directory when no `-c` is given.
 pub const DEFAULT_FILE: &str = "rwsgi.toml";
+
+/// gunicorn's config file, looked for in the working directory when there is no `-c`
+/// and no `rwsgi.toml`.
+pub const GUNICORN_DEFAULT_FILE: &str = "gunicorn.conf.py";
 
 /// The prefix of every setting's environment variable.
 const ENV_PREFIX: &str = "RWSGI_";
@@ -64,11 +70,14 @@ pub struct Key {
     pub aliases: Vec<String>,
     /// How it takes values.
     pub kind: Kind,
+    /// What its absence means, from the `[default: …]` of its help (`the APP`).
+    pub absent: Option<String>,
 }
 
-/// The clap command of the settings, parsing values without a program name.
+/// The clap command of the settings (with gunicorn's spellings), parsing values without
+/// a program name.
 fn command() -> Command {
-    ServeArgs::augment_args(Command::new("rwsgi")).no_binary_name(true)
+    gunicorn::augment(ServeArgs::augment_args(Command::new("rwsgi")).no_binary_name(true))
 }
 
 /// The settings in the order of `--help`, derived from the clap definitions.
@@ -80,7 +89,8 @@ fn keys_of(cmd: &Command) -> Vec<Key> {
     cmd.get_arguments()
         .filter_map(|arg| {
             let id = arg.get_id().as_str();
-            if NOT_SETTINGS.contains(&id) {
+            // Hidden: gunicorn's spellings of what rwsgi has no setting for.
+            if NOT_SETTINGS.contains(&id) || arg.is_hide_set() {
                 return None;
             }
             let kind = if arg.is_positional() {
@@ -115,9 +125,20 @@ fn keys_of(cmd: &Command) -> Vec<Key> {
                     .map(|a| a.replace('-', "_"))
                     .collect(),
                 kind,
+                absent: arg
+                    .get_help()
+                    .map(ToString::to_string)
+                    .and_then(|help| default_in_help(&help)),
             })
         })
         .collect()
+}
+
+/// The `[default: …]` at the end of a flag's help text.
+fn default_in_help(help: &str) -> Option<String> {
+    let start = help.rfind("[default: ")? + "[default: ".len();
+    let text = help[start..].trim_end().strip_suffix(']')?;
+    Some(text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// The closest of `candidates` to a mistyped `name`, if one is close enough to suggest:
@@ -209,6 +230,13 @@ pub struct Layered {
     pub args: ServeArgs,
     /// The config file read, if any, and where it was named.
     pub file: Option<(PathBuf, Origin)>,
+    /// One line for each setting accepted but ignored, and each unknown `RWSGI_*`
+    /// variable: to be logged as warnings.
+    pub warnings: Vec<String>,
+    /// gunicorn's `--check-config` was given: do `rwsgi check` instead.
+    pub check_config: bool,
+    /// gunicorn's `--print-config` was given: do `rwsgi config` instead.
+    pub print_config: bool,
     pub(super) keys: Vec<Key>,
     pub(super) origins: BTreeMap<String, Origin>,
     pub(super) matches: ArgMatches,
@@ -223,13 +251,34 @@ impl Layered {
     ) -> Result<Layered, LoadError> {
         let cmd = command();
         let keys = keys_of(&cmd);
-        let file = config_file(cli)?;
+        let cli_compat = gunicorn::compat(cli, None)?;
+        let cmd_args = gunicorn_cmd_args(&cmd, lookup)?;
+        let args_compat = match &cmd_args {
+            Some(matches) => gunicorn::compat(matches, Some(CMD_ARGS_VAR))?,
+            None => gunicorn::Compat::default(),
+        };
+        let mut warnings = cli_compat.warnings;
+        warnings.extend(args_compat.warnings);
+        let file = config_file(cli, cmd_args.as_ref())?;
         let file_layer = match &file {
+            Some((path, _)) if is_gunicorn_file(path) => {
+                let read = gunicorn::read_file(&path.to_string_lossy(), &keys)?;
+                warnings.extend(read.warnings);
+                read.layer
+            }
             Some((path, _)) => file::read(path, &keys)?,
             None => Layer::new(),
         };
         let env_layer = env::read(&keys, lookup)?;
-        for layer in [&file_layer, &env_layer] {
+        warnings.extend(env::unknown(
+            &keys,
+            std::env::vars_os().map(|(name, _)| name),
+        ));
+        let args_layer = match &cmd_args {
+            Some(matches) => layer_of(matches, &keys, Origin::Env(CMD_ARGS_VAR.into())),
+            None => Layer::new(),
+        };
+        for layer in [&file_layer, &args_layer, &env_layer] {
             check(&cmd, &keys, layer)?;
         }
         let mut origins = BTreeMap::new();
@@ -238,6 +287,7 @@ impl Layered {
         for key in &keys {
             let winner = given_by(cli, key, ValueSource::CommandLine)
                 .or_else(|| env_layer.get(&key.id).cloned())
+                .or_else(|| args_layer.get(&key.id).cloned())
                 .or_else(|| given_by(cli, key, ValueSource::EnvVariable))
                 .or_else(|| file_layer.get(&key.id).cloned());
             let Some(Sourced { given, origin }) = winner else {
@@ -265,6 +315,9 @@ impl Layered {
         Ok(Layered {
             args,
             file,
+            warnings,
+            check_config: cli_compat.check || args_compat.check,
+            print_config: cli_compat.print || args_compat.print,
             keys,
             origins,
             matches,
@@ -284,33 +337,89 @@ impl Layered {
     }
 }
 
-/// The config file to read: `-c FILE` (or `RWSGI_CONFIG`), which must exist, else
-/// `rwsgi.toml` in the working directory when there is one.
-fn config_file(cli: &ArgMatches) -> Result<Option<(PathBuf, Origin)>, LoadError> {
-    let named = cli
-        .try_get_one::<PathBuf>("config")
-        .map_err(|err| LoadError(format!("--config: {err}")))?;
-    let Some(path) = named else {
-        let default = Path::new(DEFAULT_FILE);
-        return Ok(default
-            .is_file()
-            .then(|| (default.to_path_buf(), Origin::Default)));
+/// Whether the config file `path` is gunicorn's (Python: `.py`, `file:PATH` or
+/// `python:MODULE`) rather than rwsgi's TOML.
+pub fn is_gunicorn_file(path: &Path) -> bool {
+    let text = path.to_string_lossy();
+    text.starts_with("python:")
+        || text.starts_with("file:")
+        || path.extension().is_some_and(|ext| ext == "py")
+}
+
+/// `GUNICORN_CMD_ARGS`, parsed as the command line is, when it is set.
+fn gunicorn_cmd_args(
+    cmd: &Command,
+    lookup: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<Option<ArgMatches>, LoadError> {
+    let Some(raw) = lookup(CMD_ARGS_VAR).filter(|raw| !raw.is_empty()) else {
+        return Ok(None);
     };
-    let origin = match cli.value_source("config") {
-        Some(ValueSource::EnvVariable) => Origin::Env(format!("{ENV_PREFIX}CONFIG")),
-        _ => Origin::CommandLine,
+    let text = raw
+        .to_str()
+        .ok_or_else(|| LoadError(format!("{CMD_ARGS_VAR}: not valid UTF-8")))?;
+    let words = gunicorn::split_words(text)?;
+    cmd.clone()
+        .try_get_matches_from(words)
+        .map(Some)
+        .map_err(|err| LoadError(format!("{CMD_ARGS_VAR}: {}", first_line(&err))))
+}
+
+/// The settings `matches` (of `GUNICORN_CMD_ARGS`) gives, as a layer from `origin`.
+/// The APP is left out, as gunicorn leaves it.
+fn layer_of(matches: &ArgMatches, keys: &[Key], origin: Origin) -> Layer {
+    keys.iter()
+        .filter(|key| key.kind != Kind::Positional)
+        .filter_map(|key| {
+            let given = given_by(matches, key, ValueSource::CommandLine)?.given;
+            let origin = origin.clone();
+            Some((key.id.clone(), Sourced { given, origin }))
+        })
+        .collect()
+}
+
+/// The config file to read: `-c FILE` (or `RWSGI_CONFIG`, or `-c` in
+/// `GUNICORN_CMD_ARGS`), which must exist, else `rwsgi.toml` in the working directory
+/// when there is one, else `gunicorn.conf.py` there.
+fn config_file(
+    cli: &ArgMatches,
+    cmd_args: Option<&ArgMatches>,
+) -> Result<Option<(PathBuf, Origin)>, LoadError> {
+    let named = |matches: &ArgMatches| {
+        matches
+            .try_get_one::<PathBuf>("config")
+            .map(Option::<&PathBuf>::cloned)
+            .map_err(|err| LoadError(format!("--config: {err}")))
     };
-    if !path.is_file() {
+    let (path, origin) = match (named(cli)?, cmd_args.map(named).transpose()?.flatten()) {
+        (Some(path), _) => match cli.value_source("config") {
+            Some(ValueSource::EnvVariable) => (path, Origin::Env(format!("{ENV_PREFIX}CONFIG"))),
+            _ => (path, Origin::CommandLine),
+        },
+        (None, Some(path)) => (path, Origin::Env(CMD_ARGS_VAR.into())),
+        (None, None) => {
+            let found = [DEFAULT_FILE, GUNICORN_DEFAULT_FILE]
+                .map(Path::new)
+                .into_iter()
+                .find(|default| default.is_file());
+            return Ok(found.map(|default| (default.to_path_buf(), Origin::Default)));
+        }
+    };
+    let text = path.to_string_lossy();
+    if text.starts_with("python:") {
+        return Ok(Some((path, origin)));
+    }
+    let on_disk = Path::new(text.strip_prefix("file:").unwrap_or(&text));
+    if !on_disk.is_file() {
         let by = match &origin {
             Origin::Env(var) => var.clone(),
             _ => "--config".to_string(),
         };
         return Err(LoadError(format!(
             "{by}: {}: no such config file",
-            path.display()
+            on_disk.display()
         )));
     }
-    Ok(Some((path.clone(), origin)))
+    Ok(Some((path, origin)))
 }
 
 /// The value of `key` in `matches` when it was set by `source`.

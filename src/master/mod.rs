@@ -8,6 +8,7 @@
 //! a quarter second under `--timeout`).
 
 mod control;
+mod daemon;
 pub mod listeners;
 mod notify;
 mod open_files;
@@ -32,11 +33,12 @@ use tracing::{error, info, warn};
 
 use crate::config::{BindAddr, Settings};
 use crate::protocol::control::Message;
+pub use daemon::daemonize;
 use listeners::Listener;
 use signals::SignalPipe;
 use spawn::{Forked, fork_child};
-pub use upgrade::Program;
 use upgrade::Upgrade;
+pub use upgrade::{Program, upgrading};
 use workers::WorkerChild;
 
 /// gunicorn's exit code for a worker that failed to boot.
@@ -91,7 +93,7 @@ pub fn run(settings: Settings, program: Program) -> i32 {
     if let Err(err) = scoreboard::create() {
         warn!("cannot map the shared scoreboard: {err} (--timeout cannot work)");
     }
-    title::set(&format!("rwsgi: master [{}]", settings.app.text));
+    title::set(&format!("rwsgi: master [{}]", settings.proc_name));
     let pid = std::process::id();
     info!("Starting rwsgi {}", env!("CARGO_PKG_VERSION"));
     // Single-threaded and before any fork: every child inherits the raised limit.

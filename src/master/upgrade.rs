@@ -33,6 +33,11 @@ const FDS_VAR: &str = "RWSGI_UPGRADE_FDS";
 /// The variable naming the old master (so the new one knows it shares the sockets).
 const OLD_MASTER_VAR: &str = "RWSGI_UPGRADE_FROM";
 
+/// Whether this master is the new one of a binary upgrade (USR2), started by the old.
+pub fn upgrading() -> bool {
+    std::env::var_os(FDS_VAR).is_some()
+}
+
 /// How this master was started, to start it again.
 pub struct Program {
     exe: Option<PathBuf>,
@@ -165,7 +170,10 @@ impl Arbiter {
             Ok(pid) => {
                 info!("Started a new master (pid: {pid}) from {}", exe.display());
                 self.upgrade.child = Some(pid);
-                title::set(&format!("rwsgi: master (old) [{}]", self.settings.app.text));
+                title::set(&format!(
+                    "rwsgi: master (old) [{}]",
+                    self.settings.proc_name
+                ));
             }
             Err(err) => {
                 error!("USR2: cannot start a new master: {err}");
@@ -226,7 +234,7 @@ impl Arbiter {
     pub(super) fn upgrade_exited(&mut self, pid: Pid, how: &str) {
         self.upgrade.child = None;
         warn!("The new master (pid: {pid}) {how}; this master carries on");
-        title::set(&format!("rwsgi: master [{}]", self.settings.app.text));
+        title::set(&format!("rwsgi: master [{}]", self.settings.proc_name));
         if let Some(pidfile) = &mut self.pidfile {
             let path = pidfile.path().to_path_buf();
             if let Some(original) = path.to_str().and_then(|p| p.strip_suffix(".oldbin")) {

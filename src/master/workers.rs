@@ -307,7 +307,7 @@ impl Arbiter {
             self.settings.credentials,
         ) {
             Ok(Forked::Child) => {
-                title::set(&format!("rwsgi: worker [{}]", self.settings.app.text));
+                title::set(&format!("rwsgi: worker [{}]", self.settings.proc_name));
                 let code = crate::worker::run(&self.settings, worker_end, id, slot);
                 std::process::exit(code);
             }

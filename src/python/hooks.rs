@@ -182,7 +182,7 @@ fn arguments<'py>(
         let pythonpath: Vec<_> = settings.pythonpath.iter().map(|p| p.as_os_str()).collect();
         cfg.set_item("pythonpath", pythonpath)?;
         cfg.set_item("wsgi_app", &settings.app.text)?;
-        cfg.set_item("proc_name", "rwsgi")
+        cfg.set_item("proc_name", &settings.proc_name)
     })?;
     let app = namespace(ns, |app| {
         app.set_item("cfg", &cfg)?;
@@ -191,7 +191,7 @@ fn arguments<'py>(
     let server = namespace(ns, |server| {
         server.set_item("pid", master)?;
         server.set_item("num_workers", settings.workers)?;
-        server.set_item("proc_name", "rwsgi")?;
+        server.set_item("proc_name", &settings.proc_name)?;
         server.set_item("app", &app)?;
         server.set_item("cfg", &cfg)?;
         server.set_item("log", &log)

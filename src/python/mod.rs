@@ -9,6 +9,7 @@ mod app;
 mod broken;
 mod environ;
 mod errors;
+pub mod gunicorn_config;
 mod head;
 mod hooks;
 mod input;
