@@ -73,6 +73,9 @@ pub fn run(matches: &ArgMatches) -> i32 {
 
 /// `rwsgi serve`: the error log, --chdir, then the master until it stops.
 fn serve(settings: Settings, log_level: Option<&str>, program: master::Program) -> i32 {
+    if let Err(code) = check_python() {
+        return code;
+    }
     if let Some(path) = &settings.error_log
         && let Err(err) = log::redirect_stderr(path)
     {
@@ -90,10 +93,14 @@ fn serve(settings: Settings, log_level: Option<&str>, program: master::Program) 
 /// `rwsgi check`: imports the application the way `--preload` does, binding nothing;
 /// errors go to the terminal, not to --error-logfile.
 fn check(settings: Settings, log_level: Option<&str>) -> i32 {
+    if let Err(code) = check_python() {
+        return code;
+    }
     log::init(log_level);
     if let Err(code) = change_dir(&settings) {
         return code;
     }
+    python::venv::hint_idle(&settings);
     match python::preload(&settings) {
         Ok(()) => {
             println!(
@@ -104,6 +111,15 @@ fn check(settings: Settings, log_level: Option<&str>) -> i32 {
         }
         Err(code) => code,
     }
+}
+
+/// Refuses a virtualenv of another Python than the embedded one, before any Python runs
+/// and on the terminal (not in --error-logfile): the app would fail in a stranger way.
+fn check_python() -> Result<(), i32> {
+    python::venv::check().map_err(|line| {
+        eprintln!("rwsgi: error: {line}");
+        CONFIG_ERROR
+    })
 }
 
 fn change_dir(settings: &Settings) -> Result<(), i32> {
