@@ -182,9 +182,12 @@ def test_an_idle_venv_beside_the_app_gets_one_hint(serve, two_pythons, tmp_path)
     site = tmp_path / "site"
     site.mkdir()
     (site / "idle_app.py").write_text((APPS / "basic.py").read_text())
-    make_venv(two_pythons["path"], site / ".venv")
+    venv = make_venv(two_pythons["path"], site / ".venv")
     server = serve("idle_app:hello", workers=1, cwd=site, env={"VIRTUAL_ENV": ""})
     hints = [line for line in server.log.splitlines() if "virtualenv" in line]
     assert len(hints) == 1, server.log
     assert "[WARNING] ./.venv holds a virtualenv that is not active" in hints[0], hints
     assert "source ./.venv/bin/activate" in hints[0], hints
+    # Activated, it is the venv in use: nothing to say.
+    active = serve("idle_app:hello", workers=1, cwd=site, env={"VIRTUAL_ENV": str(venv)})
+    assert "virtualenv" not in active.log, active.log
