@@ -9,8 +9,6 @@ use clap::CommandFactory;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    // Matches, not the derived struct: the config layering needs to know which values
-    // the command line itself set.
     // `--version` names the Python in use too: which one rwsgi embeds is the first
     // question when an import fails. Leaked once: clap keeps a &'static str.
     let version = format!(
@@ -18,6 +16,8 @@ fn main() {
         env!("CARGO_PKG_VERSION"),
         rwsgi::python::venv::describe()
     );
+    // Matches, not the derived struct: the config layering needs to know which values
+    // the command line itself set.
     let matches = rwsgi::cli::Cli::command()
         .version(&*Box::leak(version.into_boxed_str()))
         .get_matches();
