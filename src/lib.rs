@@ -101,6 +101,9 @@ fn serve(
     warnings: &[String],
     program: master::Program,
 ) -> i32 {
+    if let Err(code) = check_python() {
+        return code;
+    }
     // Not again in the new master of a binary upgrade: it is already detached.
     if settings.daemon
         && !master::upgrading()
@@ -145,6 +148,9 @@ fn set_env(settings: &Settings) {
 /// `rwsgi check`: imports the application the way `--preload` does, binding nothing;
 /// errors go to the terminal, not to --error-logfile.
 fn check(settings: Settings, log_level: Option<&str>, warnings: &[String]) -> i32 {
+    if let Err(code) = check_python() {
+        return code;
+    }
     log::init(log_level);
     for warning in warnings {
         tracing::warn!("{warning}");
@@ -153,6 +159,7 @@ fn check(settings: Settings, log_level: Option<&str>, warnings: &[String]) -> i3
     if let Err(code) = change_dir(&settings) {
         return code;
     }
+    python::venv::hint_idle(&settings);
     match python::preload(&settings) {
         Ok(()) => {
             println!(
@@ -163,6 +170,15 @@ fn check(settings: Settings, log_level: Option<&str>, warnings: &[String]) -> i3
         }
         Err(code) => code,
     }
+}
+
+/// Refuses a virtualenv of another Python than the embedded one, before any Python runs
+/// and on the terminal (not in --error-logfile): the app would fail in a stranger way.
+fn check_python() -> Result<(), i32> {
+    python::venv::check().map_err(|line| {
+        eprintln!("rwsgi: error: {line}");
+        CONFIG_ERROR
+    })
 }
 
 fn change_dir(settings: &Settings) -> Result<(), i32> {

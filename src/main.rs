@@ -7,9 +7,18 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // `--version` names the Python in use too: which one rwsgi embeds is the first
+    // question when an import fails. Leaked once: clap keeps a &'static str.
+    let version = format!(
+        "{} on {}",
+        env!("CARGO_PKG_VERSION"),
+        rwsgi::python::venv::describe()
+    );
     // Matches, not the derived struct: the config layering needs to know which values
     // the command line itself set.
     let argv = rwsgi::cli::with_subcommand(std::env::args_os());
-    let matches = rwsgi::cli::command().get_matches_from(argv);
+    let matches = rwsgi::cli::command()
+        .version(&*Box::leak(version.into_boxed_str()))
+        .get_matches_from(argv);
     std::process::exit(rwsgi::run(&matches));
 }

@@ -33,7 +33,7 @@ class Server:
     def __init__(self, app: str | None, *args: str, workers: int | None = 2, bind: str | None = None,
                  env: dict | None = None, cwd: str | os.PathLike | None = None,
                  wait: bool = True, port: int | None = None, wrap: list[str] | None = None,
-                 **popen):
+                 binary: str | os.PathLike = BINARY, **popen):
         self.port = port
         if bind is None:
             self.port = free_port()
@@ -47,7 +47,7 @@ class Server:
         binding = ["-b", bind] if bind else []  # bind="": no --bind at all
         # workers=None, app=None: no -w, no APP (a config file gives them).
         counting = ["-w", str(workers)] if workers is not None else []
-        self.argv = [*(wrap or []), str(BINARY), "serve", *binding, *counting, *args,
+        self.argv = [*(wrap or []), str(binary), "serve", *binding, *counting, *args,
                      *([app] if app is not None else [])]
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=full_env, cwd=cwd, text=True, errors="replace",

@@ -64,7 +64,8 @@ def get(port: int, path: str = "/") -> tuple[int, bytes]:
 def test_version():
     code, out = run("--version")
     assert code == 0, out
-    assert re.fullmatch(r"rwsgi \d+\.\d+\.\d+\S*\n", out), out
+    # The Python in use too (tests/test_install.py checks which).
+    assert re.fullmatch(r"rwsgi \d+\.\d+\.\d+\S* on Python 3\.\d+\.\d+ \(/\S+\)\n", out), out
 
 
 def test_help():

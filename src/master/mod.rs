@@ -95,7 +95,12 @@ pub fn run(settings: Settings, program: Program) -> i32 {
     }
     title::set(&format!("rwsgi: master [{}]", settings.proc_name));
     let pid = std::process::id();
-    info!("Starting rwsgi {}", env!("CARGO_PKG_VERSION"));
+    info!(
+        "Starting rwsgi {} on {}",
+        env!("CARGO_PKG_VERSION"),
+        crate::python::venv::describe()
+    );
+    crate::python::venv::hint_idle(&settings);
     // Single-threaded and before any fork: every child inherits the raised limit.
     open_files::raise(settings.limits.max_connections);
     let redirects = settings.binds.len() + settings.redirect_http.len();

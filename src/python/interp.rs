@@ -1,29 +1,12 @@
 //! Starting the embedded interpreter so that it behaves like the user's `python`:
-//! the interpreter rwsgi was built for, the virtualenv in `VIRTUAL_ENV`, `PYTHONPATH`,
+//! the interpreter rwsgi was built for, the virtualenv in use (`venv`), `PYTHONPATH`,
 //! and a `sys.argv` and `sys.executable` that make sense to the application.
 
 use std::ffi::{CString, c_char};
 use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 
 use pyo3::ffi;
-
-/// The `python` whose `sys.executable` the workers report: the virtualenv's when
-/// `VIRTUAL_ENV` names one, else the interpreter rwsgi was built against.
-fn executable() -> Option<PathBuf> {
-    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
-        for name in ["python3", "python"] {
-            let candidate = Path::new(&venv).join("bin").join(name);
-            if candidate.exists() {
-                return Some(candidate);
-            }
-        }
-    }
-    option_env!("RWSGI_BUILD_PYTHON")
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-}
 
 fn status_error(status: ffi::PyStatus) -> Option<String> {
     // SAFETY: PyStatus_Exception only reads the struct passed by value.
@@ -51,7 +34,7 @@ pub fn initialize() -> Result<(), String> {
         .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|_| c"rwsgi".to_owned()))
         .collect();
     let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    let executable = executable().and_then(|p| CString::new(p.as_os_str().as_bytes()).ok());
+    let executable = super::venv::executable().and_then(|p| CString::new(p.as_os_str().as_bytes()).ok());
     let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
     // SAFETY: the PyConfig is initialised by PyConfig_InitPythonConfig before any field is
     // read, every string handed over is NUL-terminated and outlives the call that copies

@@ -15,6 +15,7 @@ mod hooks;
 mod input;
 mod interp;
 mod response;
+pub mod venv;
 
 use std::sync::{Arc, OnceLock};
 

@@ -10,7 +10,7 @@ app = Flask(__name__)
 @app.route("/info")
 def info():
     return jsonify(flask_file=flask.__file__, prefix=sys.prefix, executable=sys.executable,
-                   sys_path=sys.path)
+                   sys_path=sys.path, version=sys.version, base_prefix=sys.base_prefix)
 
 
 @app.route("/hello/<name>")
