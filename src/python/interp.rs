@@ -34,7 +34,8 @@ pub fn initialize() -> Result<(), String> {
         .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|_| c"rwsgi".to_owned()))
         .collect();
     let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    let executable = super::venv::executable().and_then(|p| CString::new(p.as_os_str().as_bytes()).ok());
+    let executable =
+        super::venv::executable().and_then(|p| CString::new(p.as_os_str().as_bytes()).ok());
     let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
     // SAFETY: the PyConfig is initialised by PyConfig_InitPythonConfig before any field is
     // read, every string handed over is NUL-terminated and outlives the call that copies

@@ -37,7 +37,11 @@ fn release(version: &str) -> String {
     let numbers: Vec<&str> = version
         .split('.')
         .take(3)
-        .map(|part| part.split(|c: char| !c.is_ascii_digit()).next().unwrap_or_default())
+        .map(|part| {
+            part.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap_or_default()
+        })
         .collect();
     numbers.join(".")
 }

@@ -477,12 +477,16 @@ impl Reader {
 }
 
 impl Reader {
-    /// Moves what the requests' ring holds onto `buf`; whether anything came.
+    /// Moves all the requests' ring holds onto `buf`; whether anything came. All, not a
+    /// read's worth: a front tier pushing a body larger than the ring waits for room,
+    /// and each pop that makes some wakes it (a megabyte body in 64 KiB pops woke it
+    /// sixteen times). `buf` grows by at most the ring's capacity.
     fn pull_ring(&mut self) -> Result<bool, ChannelError> {
         let Some(ring) = &self.ring else {
             return Ok(false);
         };
-        Ok(ring.to_worker().pop_into(&mut self.buf, READ_SIZE)? > 0)
+        let ring = ring.to_worker();
+        Ok(ring.pop_into(&mut self.buf, ring.capacity())? > 0)
     }
 
     /// Sleeps on the socket until the front tier rings (or [`STOP_CHECK`] passes),

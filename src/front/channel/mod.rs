@@ -295,6 +295,53 @@ struct Outbox {
     retired: bool,
     /// The channel is done with: the writer task has stopped or is to stop.
     closed: bool,
+    /// The writer task is writing what it took from the outbox: nothing else may push
+    /// into the ring meanwhile.
+    writing: bool,
+}
+
+impl Outbox {
+    /// Pushes all the outbox holds straight into the worker's ring, when the writer task
+    /// is not writing and the ring has room for all of it: the common case then wakes no
+    /// writer (for a request from another shard, a wake-up through that shard's
+    /// reactor). Called under the outbox lock, which keeps the ring to one producer at a
+    /// time. False when the writer task must do it.
+    fn push_now(&mut self, conn: &WorkerConn) -> bool {
+        let Some(ring) = &conn.ring else {
+            return false;
+        };
+        if self.writing || self.closed {
+            return false;
+        }
+        let ring = ring.to_worker();
+        let total = self.bytes.len() + self.pieces.iter().map(|(_, p)| p.len()).sum::<usize>();
+        if !ring.free().is_ok_and(|free| free >= total) {
+            return false;
+        }
+        let mut at = 0;
+        let mut pushed = true;
+        for (offset, piece) in &self.pieces {
+            pushed &= ring.push(&self.bytes[at..*offset]).unwrap_or(false);
+            pushed &= ring.push(piece).unwrap_or(false);
+            at = *offset;
+        }
+        pushed &= ring.push(&self.bytes[at..]).unwrap_or(false);
+        self.bytes.clear();
+        self.pieces.clear();
+        if !pushed {
+            // Room measured a moment ago was gone: only a worker writing the ring's
+            // header can do that. Frames may be cut: the channel is done with.
+            warn!(
+                "worker {}'s ring is corrupt; no more requests go to it",
+                conn.pid
+            );
+            self.closed = true;
+        } else if ring.take_parked() {
+            // A broken socket is the reader's to find.
+            let _ = transport::ring_doorbell(&conn.socket);
+        }
+        true
+    }
 }
 
 impl WorkerConn {
@@ -400,8 +447,10 @@ impl WorkerConn {
             warn!("cannot encode a request for worker {}: {err}", self.pid);
             return Err(Refused::Failed(Failure::Aborted(err.to_string())));
         }
-        drop(outbox);
-        self.outbox_ready.notify_one();
+        if !outbox.push_now(self) {
+            drop(outbox);
+            self.outbox_ready.notify_one();
+        }
         Ok((
             id,
             Events {
@@ -587,6 +636,7 @@ async fn writer(conn: Arc<WorkerConn>) {
             let mut outbox = conn.outbox();
             std::mem::swap(&mut outbox.bytes, &mut spare);
             std::mem::swap(&mut outbox.pieces, &mut spare_pieces);
+            outbox.writing = !spare.is_empty();
             outbox.closed
         };
         if spare.is_empty() {
@@ -596,10 +646,14 @@ async fn writer(conn: Arc<WorkerConn>) {
             conn.outbox_ready.notified().await;
             continue;
         }
-        if write_out(&conn, &spare, &spare_pieces).await.is_err() {
-            conn.outbox().closed = true;
+        let written = write_out(&conn, &spare, &spare_pieces).await;
+        let mut outbox = conn.outbox();
+        outbox.writing = false;
+        if written.is_err() {
+            outbox.closed = true;
             return;
         }
+        drop(outbox);
         spare.clear();
         spare_pieces.clear();
         // A big request body passed through: do not keep its buffer for every channel.

@@ -56,7 +56,7 @@ pub(super) async fn push_all(
 
 /// Rings a worker's doorbell: one byte on its socket. A full socket buffer already
 /// holds doorbells the worker has yet to read, so that is no error.
-fn ring_doorbell(socket: &UnixStream) -> std::io::Result<()> {
+pub(super) fn ring_doorbell(socket: &UnixStream) -> std::io::Result<()> {
     match socket.try_write(b"!") {
         Ok(_) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
