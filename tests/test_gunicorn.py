@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import APPS, BINARY, ROOT, Server, alive, children_of, free_port
+from conftest import APPS, BINARY, ROOT, Server, alive, free_port
+from test_process import wait_workers
 
 ORIGIN = re.compile(r"^(?:# )?(\w+)\b.*?  # from: (.+)$", re.M)
 
@@ -48,12 +49,6 @@ def get(url: str, timeout: float = 10) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def worker_pids(master: int) -> list[int]:
-    """The master's children whose title says worker."""
-    return [pid for pid in children_of(master)
-            if "worker" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
-
-
 CONF = """\
 import os
 bind = "127.0.0.1:{port}"
@@ -81,7 +76,7 @@ def test_a_gunicorn_conf_py_is_applied(tmp_path):
         # bind: the port from the file answers; workers: three of them.
         status, _ = get(f"http://127.0.0.1:{port}/")
         assert status == 200
-        assert len(worker_pids(server.pid)) == 3, server.log
+        wait_workers(server, 3)  # a child takes its title a moment after its fork
         # accesslog = "-": the access line on stdout.
         server.wait_for_log(r'"GET / HTTP/1.1" 200')
         # timeout = 1: a silent worker is aborted and its client gets 504.
@@ -162,8 +157,7 @@ def test_gunicorn_cmd_args_serves(tmp_path):
     try:
         server.wait_ready()
         assert get(f"http://127.0.0.1:{port}/")[0] == 200
-        server.wait_for_log("Booting worker", count=2)
-        assert len(worker_pids(server.pid)) == 2
+        wait_workers(server, 2)
     finally:
         server.stop()
 
@@ -214,8 +208,7 @@ def test_repeated_flags_take_the_last():
 
 def test_repeated_workers_serve_the_last(serve):
     server = serve("timeout_app:app", "-w", "3", workers=1)  # -w 1 -w 3
-    server.wait_for_log("Booting worker", count=3)
-    assert len(worker_pids(server.pid)) == 3
+    wait_workers(server, 3)
 
 
 def test_log_level_in_capitals(serve):

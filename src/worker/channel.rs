@@ -19,7 +19,7 @@ use crate::master::scoreboard::WorkerSlot;
 use crate::protocol::ring::{RingError, RingMap};
 use crate::protocol::{
     BodyFile, Decoder, Frame, HEADER_LEN, Hello, Kind, MAX_PAYLOAD, ProtocolError, RequestHead,
-    ResponseHead, encode_frame,
+    ResponseHead, encode_frame, encode_frame_header,
 };
 use crate::python::ResponseSink;
 
@@ -172,6 +172,10 @@ const STOP_CHECK_MS: u16 = 1000;
 
 /// The most one read of the channel takes.
 const READ_SIZE: usize = 64 * 1024;
+
+/// Body chunks from this size on go into the ring from where they are (see
+/// `Writer::push_body`); smaller ones are gathered with the frames around them.
+const PUSH_BODY: usize = 16 * 1024;
 
 /// Output buffered beyond this is written at once, even mid-response.
 const WRITE_HIGH_WATER: usize = 1 << 20;
@@ -567,6 +571,28 @@ impl Writer {
         self.write_out(None)
     }
 
+    /// Sends a large body chunk of `stream` into the ring from where it is, after what
+    /// is queued, rather than copying it into the queue first (a 64 KiB body was copied
+    /// twice on the way out); false over a socket, where it must be queued. The doorbell
+    /// waits for the flush that follows every chunk.
+    fn push_body(
+        &mut self,
+        stream: u32,
+        chunk: &[u8],
+        slot: Option<&WorkerSlot>,
+    ) -> io::Result<bool> {
+        let Some(ring) = &self.ring else {
+            return Ok(false);
+        };
+        for piece in chunk.chunks(MAX_PAYLOAD) {
+            encode_frame_header(&mut self.buf, Kind::Body, stream, piece.len());
+            let result = push_all(ring, &self.socket, &[&self.buf, piece], slot, false);
+            self.buf.clear();
+            result?;
+        }
+        Ok(true)
+    }
+
     /// Writes what is queued. The front tier stops reading the channel while a slow
     /// client holds more than its budgets allow (backpressure, see front::channel), so
     /// a write may wait as long as the client takes: every [`STOP_CHECK`] of that wait
@@ -575,7 +601,7 @@ impl Writer {
     /// gthread worker, threads queued behind this one on the writer's lock are not.
     fn write_out(&mut self, slot: Option<&WorkerSlot>) -> io::Result<()> {
         if let Some(ring) = &self.ring {
-            let result = push_all(ring, &self.socket, &self.buf, slot);
+            let result = push_all(ring, &self.socket, &[&self.buf], slot, true);
             self.buf.clear();
             return result;
         }
@@ -677,38 +703,46 @@ fn ring_doorbell(socket: &UnixStream) -> io::Result<()> {
 /// front tier is slow to read only while it holds a slow client's response back.
 const ROOM_WAIT_MS: u16 = 10;
 
-/// Pushes `bytes` into `to_front`, as much at a time as there is room, ringing the
-/// doorbell when the front tier sleeps. With no room it waits (showing life in `slot`,
-/// as `write_out` does) and watches the socket for the front tier's end.
+/// Pushes `segments` into `to_front` in order, as much at a time as there is room.
+/// With no room it rings the doorbell if the front tier sleeps, then waits (showing life
+/// in `slot`, as `write_out` does) and watches the socket for the front tier's end. With
+/// `doorbell`, it rings once all is in if the front tier sleeps; without, the caller
+/// flushes soon, and that rings.
 fn push_all(
     ring: &RingMap,
     socket: &UnixStream,
-    mut bytes: &[u8],
+    segments: &[&[u8]],
     slot: Option<&WorkerSlot>,
+    doorbell: bool,
 ) -> io::Result<()> {
     let ring = ring.to_front();
     let mut waited_ms: u16 = 1;
-    while !bytes.is_empty() {
-        let pushed = ring.push_partial(bytes).map_err(io::Error::other)?;
-        if pushed > 0 {
-            bytes = &bytes[pushed..];
-            waited_ms = 1;
+    for mut bytes in segments.iter().copied() {
+        while !bytes.is_empty() {
+            let pushed = ring.push_partial(bytes).map_err(io::Error::other)?;
+            if pushed > 0 {
+                bytes = &bytes[pushed..];
+                waited_ms = 1;
+                continue;
+            }
             if ring.take_parked() {
                 ring_doorbell(socket)?;
             }
-            continue;
+            if let Some(Err(timed_out)) = slot.map(WorkerSlot::alive) {
+                return Err(io::Error::other(timed_out));
+            }
+            // No events asked: poll reports only the front tier's end (HUP, ERR).
+            let mut fds = [PollFd::new(socket.as_fd(), PollFlags::empty())];
+            match poll(&mut fds, waited_ms) {
+                Ok(0) | Err(Errno::EINTR) => {}
+                Ok(_) => return Err(io::ErrorKind::BrokenPipe.into()),
+                Err(err) => return Err(err.into()),
+            }
+            waited_ms = (waited_ms * 2).min(ROOM_WAIT_MS);
         }
-        if let Some(Err(timed_out)) = slot.map(WorkerSlot::alive) {
-            return Err(io::Error::other(timed_out));
-        }
-        // No events asked: poll reports only the front tier's end (HUP, ERR).
-        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::empty())];
-        match poll(&mut fds, waited_ms) {
-            Ok(0) | Err(Errno::EINTR) => {}
-            Ok(_) => return Err(io::ErrorKind::BrokenPipe.into()),
-            Err(err) => return Err(err.into()),
-        }
-        waited_ms = (waited_ms * 2).min(ROOM_WAIT_MS);
+    }
+    if doorbell && ring.take_parked() {
+        ring_doorbell(socket)?;
     }
     Ok(())
 }
@@ -757,6 +791,11 @@ impl ResponseSink for StreamSink {
     }
 
     fn body(&self, chunk: &[u8]) -> io::Result<()> {
+        if chunk.len() >= PUSH_BODY
+            && lock(&self.channel.writer).push_body(self.stream, chunk, Some(&self.slot))?
+        {
+            return Ok(());
+        }
         self.queue(|buf| {
             for piece in chunk.chunks(MAX_PAYLOAD) {
                 encode_frame(buf, Kind::Body, self.stream, piece);
