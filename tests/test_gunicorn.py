@@ -380,3 +380,31 @@ def test_readme_table_says_what_the_binary_does(name, flags, status):
             done = rwsgi("config", flag, "1")
         assert done.returncode == 0, done.stderr
         assert done.stderr.count(f"is ignored: {why}") == 1, done.stderr
+
+
+def test_port_and_web_concurrency_are_the_defaults(tmp_path):
+    """gunicorn's defaults from the environment (hosting platforms set them): PORT binds
+    0.0.0.0:$PORT and WEB_CONCURRENCY sizes the workers, unless something else says."""
+    port = free_port()
+    defaults = {"PORT": str(port), "WEB_CONCURRENCY": "3"}
+    values, _, _ = effective("basic:hello", cwd=tmp_path, **defaults)
+    assert values["bind"] == [f"0.0.0.0:{port}"] and values["workers"] == 3
+    values, _, _ = effective("-w", "2", "-b", "127.0.0.1:1", "basic:hello", cwd=tmp_path,
+                             **defaults)
+    assert values["bind"] == ["127.0.0.1:1"] and values["workers"] == 2
+    server = Server("basic:hello", workers=None, bind="", port=port, cwd=tmp_path,
+                    env=defaults, wait=False)
+    try:
+        server.wait_ready()
+        assert get(f"http://127.0.0.1:{port}/")[0] == 200
+        wait_workers(server, 3)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("name,value", [("WEB_CONCURRENCY", "lots"), ("WEB_CONCURRENCY", "0"),
+                                        ("PORT", "http")])
+def test_a_bad_port_or_web_concurrency_is_refused(tmp_path, name, value):
+    done = rwsgi("serve", "basic:hello", cwd=tmp_path, **{name: value})
+    assert done.returncode != 0
+    assert name in done.stderr and value in done.stderr, done.stderr

@@ -105,11 +105,27 @@ pub fn activated() -> Option<Vec<BindAddr>> {
     })
 }
 
-/// What `--bind` is when none is given: systemd's sockets, else `127.0.0.1:8000`.
-pub fn default_binds() -> Vec<String> {
-    match activated() {
+/// What `--bind` is when none is given: systemd's sockets, else [`fallback`].
+pub fn default_binds() -> Result<Vec<String>, ConfigError> {
+    Ok(match activated() {
         Some(fds) if !fds.is_empty() => fds.iter().map(ToString::to_string).collect(),
-        _ => vec![DEFAULT.to_string()],
+        _ => vec![fallback()?],
+    })
+}
+
+/// The address listened on without `--bind` or systemd's sockets: `0.0.0.0:$PORT` when
+/// the environment sets `PORT` (as gunicorn reads it: hosting platforms give the port
+/// that way), else [`DEFAULT`].
+pub fn fallback() -> Result<String, ConfigError> {
+    match std::env::var("PORT") {
+        Ok(port) if !port.trim().is_empty() => match port.trim().parse::<u16>() {
+            Ok(number) if number > 0 => Ok(format!("0.0.0.0:{number}")),
+            _ => Err(ConfigError::new(
+                "PORT",
+                format!("{port:?} is not a port number"),
+            )),
+        },
+        _ => Ok(DEFAULT.to_string()),
     }
 }
 

@@ -170,10 +170,23 @@ fn cores() -> usize {
         .unwrap_or(1)
 }
 
-/// `--workers` when none is given: the CPU cores available; one under `--reload`,
-/// where each change restarts them all.
-pub fn default_workers(reload: bool) -> usize {
-    if reload { 1 } else { cores() }
+/// `--workers` when none is given: `$WEB_CONCURRENCY` when the environment sets it (as
+/// gunicorn reads it: hosting platforms size apps that way), else the CPU cores
+/// available; one under `--reload`, where each change restarts them all.
+pub fn default_workers(reload: bool) -> Result<usize, ConfigError> {
+    if reload {
+        return Ok(1);
+    }
+    match std::env::var("WEB_CONCURRENCY") {
+        Ok(text) if !text.trim().is_empty() => match text.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+            _ => Err(ConfigError::new(
+                "WEB_CONCURRENCY",
+                format!("{text:?} is not a number of workers from 1 to {MAX_WORKERS}"),
+            )),
+        },
+        _ => Ok(cores()),
+    }
 }
 
 /// `--front-threads` when none is given: half the cores, at least 2 (1 on one core).
@@ -201,7 +214,7 @@ impl Settings {
         } else if let Some(activated) = bind::socket_activation() {
             activated
         } else {
-            vec![BindAddr::parse(bind::DEFAULT)?]
+            vec![BindAddr::parse(&bind::fallback()?)?]
         };
         let mut fds: Vec<_> = binds
             .iter()
@@ -227,7 +240,7 @@ impl Settings {
                 ));
             }
             Some(n) => n,
-            None => default_workers(args.reload),
+            None => default_workers(args.reload)?,
         };
         let front_threads = match args.front_threads {
             Some(0) => return Err(ConfigError::new("--front-threads", "must be at least 1")),

@@ -64,11 +64,12 @@ impl Layered {
     fn run_time_default(&self, key: &Key) -> Option<String> {
         let args = &self.args;
         let value = match key.name.as_str() {
-            "workers" => default_workers(args.reload).to_string(),
+            "workers" => default_workers(args.reload).ok()?.to_string(),
             "front_threads" => default_front_threads().to_string(),
             "timeout" => default_timeout(args.reload).to_string(),
             "bind" => {
-                let binds: Vec<String> = bind::default_binds().iter().map(|b| literal(b)).collect();
+                let binds = bind::default_binds().ok()?;
+                let binds: Vec<String> = binds.iter().map(|b| literal(b)).collect();
                 return Some(format!("[{}]", binds.join(", ")));
             }
             "worker_class" => WorkerClass::from_args(args)
