@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod front;
+pub mod lock;
 pub mod log;
 pub mod master;
 pub mod procfs;

@@ -194,9 +194,7 @@ impl Pool {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the counts half-updated in a way
         // that matters more than stopping service, so poisoning is ignored.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock::lock(&self.inner)
     }
 
     /// A free slot on the least-loaded worker, waiting for one if all are busy.

@@ -41,7 +41,7 @@ struct Watched {
 
 impl Stalls {
     fn lock(&self) -> MutexGuard<'_, Watched> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock::lock(&self.inner)
     }
 
     /// Watches `backlog` (a response under way) for as long as it lives, starting the

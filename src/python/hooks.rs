@@ -410,7 +410,7 @@ impl Recorder {
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock::lock(&self.seen)
     }
 
     /// gunicorn's `Response` attributes that hooks read.

@@ -103,9 +103,7 @@ impl StartResponse {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock::lock(&self.state)
     }
 
     fn broken(state: &mut State, err: io::Error) -> PyErr {

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -15,6 +15,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{MsgFlags, recv};
 
+use crate::lock::lock;
 use crate::master::scoreboard::WorkerSlot;
 use crate::protocol::ring::{RingError, RingMap};
 use crate::protocol::{
@@ -179,12 +180,6 @@ const PUSH_BODY: usize = 16 * 1024;
 
 /// Output buffered beyond this is written at once, even mid-response.
 const WRITE_HIGH_WATER: usize = 1 << 20;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 impl Channel {
     /// Wraps the worker's end of the channel.

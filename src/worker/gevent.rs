@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::PyTimeoutError;
 use pyo3::prelude::*;
@@ -22,6 +22,7 @@ use tracing::error;
 
 use super::channel::{Channel, Incoming, Request};
 use super::{Finished, Limits, Retirement, serve as serve_one};
+use crate::lock::lock;
 use crate::master::scoreboard::WorkerSlot;
 use crate::python::App;
 
@@ -40,12 +41,6 @@ struct Greenlets {
     template: App,
     in_flight: AtomicUsize,
     retirement: Retirement,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Greenlets {

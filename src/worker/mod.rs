@@ -248,10 +248,7 @@ impl Retirement {
     /// A response is done: retires the worker if it passed `--max-worker-memory`. False
     /// if the channel broke on the way.
     fn served(&self, py: Python<'_>, channel: &Channel) -> bool {
-        let mut memory = self
-            .memory
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut memory = crate::lock::lock(&self.memory);
         !retire_for_memory(&mut memory, channel) || py.detach(|| channel.flush()).is_ok()
     }
 }

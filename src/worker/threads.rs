@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
@@ -22,6 +22,7 @@ use tracing::error;
 
 use super::channel::{Channel, Request};
 use super::{Finished, Limits, Retirement, serve as serve_one};
+use crate::lock::lock;
 use crate::master::scoreboard::WorkerSlot;
 use crate::python::App;
 
@@ -46,12 +47,6 @@ struct State {
     left: Vec<bool>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Queue {
     fn push(&self, request: Request) {
         lock(&self.state).requests.push_back(request);
@@ -73,10 +68,7 @@ impl Queue {
             if state.closed {
                 return None;
             }
-            state = self
-                .queued
-                .wait(state)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = crate::lock::wait(&self.queued, state);
         }
     }
 

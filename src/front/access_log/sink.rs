@@ -52,7 +52,7 @@ pub struct Writer {
 
 impl Sink {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock::lock(&self.state)
     }
 
     /// Appends one whole line (its newline included).

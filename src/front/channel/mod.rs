@@ -37,6 +37,7 @@ use transport::{push_all, read_frame, read_ring_frame, send_ring, write_all};
 use super::budget::{Backlog, Held};
 use super::control::Reporter;
 use super::pool::{Lease, Pool};
+use crate::lock::lock;
 use crate::master::scoreboard;
 use crate::protocol::ring::RingMap;
 use crate::protocol::{
@@ -346,9 +347,7 @@ impl Outbox {
 
 impl WorkerConn {
     fn streams(&self) -> MutexGuard<'_, Streams> {
-        self.streams
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.streams)
     }
 
     /// The front tier's end of worker `id`'s channel, once it has said Hello; spawns
@@ -382,9 +381,7 @@ impl WorkerConn {
     }
 
     fn outbox(&self) -> MutexGuard<'_, Outbox> {
-        self.outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.outbox)
     }
 
     /// Opens a stream: registers it and queues its frames (built by `encode` for the

@@ -85,7 +85,7 @@ struct Shared {
 
 impl ConnGuard {
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock::lock(&self.inner)
     }
 
     /// Called by the service as a request begins; returns its index on the connection

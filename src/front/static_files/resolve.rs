@@ -26,7 +26,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -40,6 +40,7 @@ use tracing::{debug, warn};
 use super::beneath;
 use super::body::{INLINE_READ, Source, read_file_at};
 use crate::front::encoding::{Accepted, Coding};
+use crate::lock::lock;
 
 /// Precompressed siblings looked for, in the order preferred when the client accepts
 /// several equally (the smallest usually first).
@@ -146,21 +147,15 @@ const FRESH: Duration = Duration::from_secs(1);
 /// Entries kept at most in each map; a map starts afresh beyond it.
 const KEPT: usize = 10_000;
 
-fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn fresh<T: Clone>(map: &Mutex<HashMap<PathBuf, (Instant, T)>>, key: &Path) -> Option<T> {
-    match locked(map).get(key) {
+    match lock(map).get(key) {
         Some((when, value)) if when.elapsed() < FRESH => Some(value.clone()),
         _ => None,
     }
 }
 
 fn remember<T>(map: &Mutex<HashMap<PathBuf, (Instant, T)>>, limit: usize, key: PathBuf, value: T) {
-    let mut map = locked(map);
+    let mut map = lock(map);
     if map.len() >= limit {
         map.clear();
     }
