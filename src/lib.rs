@@ -11,6 +11,7 @@ pub mod front;
 pub mod lock;
 pub mod log;
 pub mod master;
+pub mod process_env;
 pub mod procfs;
 pub mod protocol;
 pub mod python;
@@ -142,7 +143,7 @@ fn serve(
 fn set_env(settings: &Settings) {
     for (key, value) in &settings.env {
         // SAFETY: the master never runs threads (DESIGN.md), and this is before it forks.
-        unsafe { std::env::set_var(key, value) };
+        unsafe { process_env::set(key, value) };
     }
 }
 

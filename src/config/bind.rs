@@ -79,7 +79,7 @@ pub fn socket_activation() -> Option<Vec<BindAddr>> {
     for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         // SAFETY: this runs while the configuration is read, before any thread exists
         // (the master never runs threads).
-        unsafe { std::env::remove_var(name) };
+        unsafe { crate::process_env::remove(name) };
     }
     (!activated.is_empty()).then_some(activated)
 }

@@ -309,7 +309,7 @@ async fn dispatch(
         length: *length,
     });
     let mut spool = spool.map(|(file, _)| file);
-    let encode = |stream: u32, out: &mut Queued| {
+    let encode = |stream: u32, out: &mut Queued<'_>| {
         encode_request(
             &parts,
             conn,
@@ -397,7 +397,7 @@ fn encode_request(
     stream: u32,
     body: Option<&Vec<Bytes>>,
     spool: Option<&BodyFile>,
-    out: &mut Queued,
+    out: &mut Queued<'_>,
 ) -> Result<(), ProtocolError> {
     let uri = &parts.uri;
     let path_and_query = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("");

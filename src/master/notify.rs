@@ -75,7 +75,7 @@ impl Notifier {
             return Notifier { socket: None };
         };
         // SAFETY: the master never runs threads; nothing reads the environment meanwhile.
-        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        unsafe { crate::process_env::remove("NOTIFY_SOCKET") };
         let address = address.to_string_lossy().into_owned();
         match UnixDatagram::unbound() {
             Ok(socket) => Notifier {

@@ -79,6 +79,7 @@ struct Board(NonNull<Shared>);
 // SAFETY: the page is only reached through atomics, and it is never unmapped (it lives
 // as long as the process).
 unsafe impl Send for Board {}
+// SAFETY: as for Send: every access to the shared page is atomic.
 unsafe impl Sync for Board {}
 
 static BOARD: OnceLock<Board> = OnceLock::new();

@@ -62,7 +62,7 @@ impl SignalPipe {
 
     /// Waits up to `timeout` for signals, or for `also` to become readable, and returns
     /// the signals that arrived, in order.
-    pub fn wait(&self, timeout: Duration, also: Option<BorrowedFd>) -> Vec<Signal> {
+    pub fn wait(&self, timeout: Duration, also: Option<BorrowedFd<'_>>) -> Vec<Signal> {
         let mut fds = vec![PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
         fds.extend(also.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         let millis = timeout.as_millis().min(i32::MAX as u128) as i32;

@@ -85,7 +85,7 @@ impl Handover {
         let old = std::env::var(OLD_MASTER_VAR).ok();
         for name in [FDS_VAR, OLD_MASTER_VAR] {
             // SAFETY: the master never runs threads; nothing reads the environment meanwhile.
-            unsafe { std::env::remove_var(name) };
+            unsafe { crate::process_env::remove(name) };
         }
         let fds = fds?
             .split(',')

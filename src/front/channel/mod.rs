@@ -396,7 +396,7 @@ impl WorkerConn {
         self: &Arc<Self>,
         hold: StreamHold,
         backlog: &Arc<Backlog>,
-        encode: impl FnOnce(u32, &mut Queued) -> Result<(), ProtocolError>,
+        encode: impl FnOnce(u32, &mut Queued<'_>) -> Result<(), ProtocolError>,
     ) -> Result<(u32, Events), Refused> {
         // Checked and queued under the outbox lock, the one `retire` holds while it
         // queues Retired: no request can follow that frame. Stream ids are taken under
