@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod error_page;
 pub mod front;
 pub mod lock;
 pub mod log;

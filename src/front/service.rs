@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderName, HeaderValue, RETRY_AFTER,
+    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, HeaderValue, RETRY_AFTER,
     STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
@@ -498,20 +498,8 @@ fn error_response(err: RequestError, version: Version) -> Response<ResponseBody>
         }
         RequestError::Internal(why) => error!("internal error: {why}"),
     }
-    let reason = status.canonical_reason().unwrap_or("Error");
-    let page = format!(
-        "<!DOCTYPE html>\n<html><head><title>{code} {reason}</title></head>\n<body><h1>{code} {reason}</h1></body></html>\n",
-        code = status.as_u16()
-    );
-    let length = page.len();
-    let mut response = Response::new(ResponseBody::full(page));
-    *response.status_mut() = status;
+    let mut response = super::static_files::page(status, false);
     let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }

@@ -288,7 +288,10 @@ fn log_app_error(py: Python<'_>, err: &PyErr, label: &dyn std::fmt::Display) {
     );
 }
 
-const ERROR_PAGE: &[u8] = b"<!DOCTYPE html>\n<html><head><title>500 Internal Server Error</title></head>\n<body><h1>500 Internal Server Error</h1></body></html>\n";
+/// The worker's 500 page, rwsgi's error page.
+static ERROR_PAGE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    crate::error_page::html(500, "Internal Server Error", None).into_bytes()
+});
 
 /// Calls the application for one request and sends its response through `sink`.
 /// `label` names the request in error logs.
@@ -367,7 +370,7 @@ pub fn send_error_page(sink: &dyn ResponseSink, head_only: bool) -> io::Result<(
     ];
     sink.head(500, b"Internal Server Error", false, &headers)?;
     if !head_only {
-        sink.body(ERROR_PAGE)?;
+        sink.body(&ERROR_PAGE)?;
     }
     sink.end()
 }

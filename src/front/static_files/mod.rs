@@ -416,13 +416,11 @@ fn boundary() -> String {
     text
 }
 
-/// A short HTML page for a status (its body left out for HEAD).
-fn page(status: StatusCode, head: bool) -> Response<ResponseBody> {
-    let reason = status.canonical_reason().unwrap_or("");
-    let text = format!(
-        "<!DOCTYPE html>\n<html><head><title>{code} {reason}</title></head>\n<body><h1>{code} {reason}</h1></body></html>\n",
-        code = status.as_u16()
-    );
+/// The front tier's own response for a status: rwsgi's error page (its body left out
+/// for HEAD).
+pub fn page(status: StatusCode, head: bool) -> Response<ResponseBody> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let text = crate::error_page::html(status.as_u16(), reason, None);
     let length = text.len();
     let mut response = Response::new(if head {
         ResponseBody::empty()

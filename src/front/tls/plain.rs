@@ -55,15 +55,23 @@ pub fn is_plain_http(first: u8) -> bool {
     first.is_ascii_alphabetic() || first == b'\r' || first == b'\n'
 }
 
-/// The answer: a complete HTTP/1.1 response that closes the connection.
-const ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
-Content-Type: text/html; charset=utf-8\r\n\
-Content-Length: 164\r\n\
-Connection: close\r\n\
-\r\n\
-<!DOCTYPE html>\n\
-<html><head><title>400 Bad Request</title></head>\n\
-<body><h1>400 Bad Request</h1><p>The plain HTTP request was sent to HTTPS port.</p></body></html>\n";
+/// The answer: a complete HTTP/1.1 response, rwsgi's error page, that closes the
+/// connection.
+static ANSWER: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let page = crate::error_page::html(
+        400,
+        "Bad Request",
+        Some("The plain HTTP request was sent to HTTPS port."),
+    );
+    let mut answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/html; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        page.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(page.as_bytes());
+    answer
+});
 
 /// The most of a request head read before answering: the answer does not depend on it.
 const HEAD_READ: usize = 16 * 1024;
@@ -93,7 +101,7 @@ where
             }
         }
     }
-    stream.write_all(ANSWER).await?;
+    stream.write_all(&ANSWER).await?;
     stream.shutdown().await?;
     // Closing with unread bytes would reset the connection, and a reset can destroy the
     // answer before the client reads it: read (and drop) what it still sends until it
@@ -114,7 +122,7 @@ mod tests {
 
     #[test]
     fn the_answer_is_well_formed() {
-        let text = std::str::from_utf8(ANSWER).unwrap();
+        let text = std::str::from_utf8(&ANSWER).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(
             head.contains(&format!("Content-Length: {}", body.len())),
