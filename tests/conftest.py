@@ -34,10 +34,12 @@ class Server:
                  env: dict | None = None, cwd: str | os.PathLike | None = None,
                  wait: bool = True, port: int | None = None, wrap: list[str] | None = None,
                  binary: str | os.PathLike = BINARY, **popen):
-        self.port = port
+        # Without a bind: port 0, and the port rwsgi picked is read from its log (a port
+        # found free and closed before rwsgi binds it could be taken meanwhile).
+        self._port = port
+        self._port_from_log = bind is None
         if bind is None:
-            self.port = free_port()
-            bind = f"127.0.0.1:{self.port}"
+            bind = "127.0.0.1:0"
         self.bind = bind
         full_env = dict(os.environ)
         full_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -94,7 +96,7 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"rwsgi exited {self.proc.returncode}:\n{self.log}")
-            if self.port is None or self._port_answers():
+            if self._port is None and not self._port_from_log or self._port_answers():
                 return
             time.sleep(0.05)
         raise AssertionError(f"rwsgi not answering after {timeout}s:\n{self.log}")
@@ -105,6 +107,18 @@ class Server:
                 return True
         except OSError:
             return False
+
+    @property
+    def port(self) -> int | None:
+        """The port it listens on: given, or the one its log says it bound."""
+        if self._port is None and self._port_from_log:
+            text = self.wait_for_log(r"Listening at: https?://127\.0\.0\.1:\d+ ")
+            self._port = int(re.search(r"Listening at: https?://127\.0\.0\.1:(\d+) ", text)[1])
+        return self._port
+
+    @port.setter
+    def port(self, value: int | None):
+        self._port = value
 
     @property
     def pid(self) -> int:

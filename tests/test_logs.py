@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import BINARY, Server, children_of
+from conftest import BINARY, Server, children_of, free_port
 from test_process import get
 
 
@@ -25,7 +25,13 @@ def wait_for_text(path: Path, text: str, timeout: float = 10.0) -> str:
 
 
 class FileLoggingServer(Server):
-    """A server whose log goes to a file: ready once its port answers."""
+    """A server whose log goes to a file: ready once its port answers. Its address is
+    not on its standard output (nor anywhere at --log-level warning), so it is bound to
+    a port found free beforehand."""
+
+    def __init__(self, *args, **kwargs):
+        port = free_port()
+        super().__init__(*args, bind=f"127.0.0.1:{port}", port=port, **kwargs)
 
     def wait_ready(self, timeout: float = 15.0):
         deadline = time.monotonic() + timeout
