@@ -57,13 +57,16 @@ def test_bad_ring_size_names_the_flag(value, tmp_path):
 
 
 def test_a_worker_scribbling_on_its_rings_costs_only_its_request(serve):
-    """Both sides check every position the other publishes: garbage drops that worker
-    (502 for the request on it), the front tier goes on, a new worker serves the next."""
+    """Both sides check every position the other publishes: garbage drops that worker,
+    the front tier goes on, a new worker serves the next. The request on it gets a 502,
+    or its answer whole when the front tier read the worker's last publish in the
+    moment between two of the scribbler's overwrites (the bytes were the worker's own,
+    and checked): never anything else."""
     server = serve("ring_apps:scribble", workers=1)
     with httpx.Client(timeout=TIMEOUT) as client:
         first = client.get(f"{server.url}/pid").text
         broken = client.get(f"{server.url}/scribble")
-        assert broken.status_code == 502
+        assert broken.status_code == 502 or (broken.status_code, broken.text) == (200, first)
         # Whichever side reads the garbage first says so and lets go of the worker.
         server.wait_for_log(r"corrupt")
         server.wait_for_log(r"Booting worker with pid", count=2)
