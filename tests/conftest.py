@@ -112,8 +112,8 @@ class Server:
     def port(self) -> int | None:
         """The port it listens on: given, or the one its log says it bound."""
         if self._port is None and self._port_from_log:
-            text = self.wait_for_log(r"Listening at: https?://127\.0\.0\.1:\d+ ")
-            self._port = int(re.search(r"Listening at: https?://127\.0\.0\.1:(\d+) ", text)[1])
+            address = LISTENING.search(self.wait_for_log(LISTENING.pattern))[1]
+            self._port = int(address.rsplit(":", 1)[1])
         return self._port
 
     @port.setter

@@ -150,16 +150,23 @@ def test_gunicorn_cmd_args_below_rwsgi_variables(tmp_path):
     assert (values["workers"], values["backlog"]) == (4, 11)
 
 
-def test_gunicorn_cmd_args_serves(tmp_path):
-    port = free_port()
-    server = Server("basic:hello", workers=None, bind="", port=port, cwd=tmp_path,
-                    env={"GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port} -w 2"}, wait=False)
+def serves_by_environment(tmp_path, port: int, env: dict, workers: int):
+    """With no --bind and no -w: the server the environment describes answers on `port`
+    with `workers` workers."""
+    server = Server("basic:hello", workers=None, bind="", port=port, cwd=tmp_path, env=env,
+                    wait=False)
     try:
         server.wait_ready()
         assert get(f"http://127.0.0.1:{port}/")[0] == 200
-        wait_workers(server, 2)
+        wait_workers(server, workers)
     finally:
         server.stop()
+
+
+def test_gunicorn_cmd_args_serves(tmp_path):
+    port = free_port()
+    serves_by_environment(tmp_path, port, {"GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port} -w 2"},
+                          2)
 
 
 @pytest.mark.parametrize("form", [":{port}", "tcp://127.0.0.1:{port}", "[::]:{port}",
@@ -392,14 +399,7 @@ def test_port_and_web_concurrency_are_the_defaults(tmp_path):
     values, _, _ = effective("-w", "2", "-b", "127.0.0.1:1", "basic:hello", cwd=tmp_path,
                              **defaults)
     assert values["bind"] == ["127.0.0.1:1"] and values["workers"] == 2
-    server = Server("basic:hello", workers=None, bind="", port=port, cwd=tmp_path,
-                    env=defaults, wait=False)
-    try:
-        server.wait_ready()
-        assert get(f"http://127.0.0.1:{port}/")[0] == 200
-        wait_workers(server, 3)
-    finally:
-        server.stop()
+    serves_by_environment(tmp_path, port, defaults, 3)
 
 
 @pytest.mark.parametrize("name,value", [("WEB_CONCURRENCY", "lots"), ("WEB_CONCURRENCY", "0"),

@@ -197,18 +197,11 @@ fn kind_of(value: &DeValue<'_>) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::super::sources::keys;
+    use super::super::sources::{given_texts as values, keys};
     use super::*;
 
     fn parse_text(text: &str) -> Result<Layer, String> {
         parse(Path::new("rwsgi.toml"), text, &keys()).map_err(|e| e.0)
-    }
-
-    fn values(layer: &Layer, id: &str) -> Vec<String> {
-        match &layer[id].given {
-            Given::Values(v) => v.iter().map(|s| s.to_string_lossy().into_owned()).collect(),
-            Given::Switch(on) => vec![on.to_string()],
-        }
     }
 
     #[test]

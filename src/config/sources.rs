@@ -218,6 +218,15 @@ pub struct Sourced {
 /// What one layer (the file, the environment) sets, by clap id.
 pub type Layer = BTreeMap<String, Sourced>;
 
+/// The values setting `id` was given in `layer`, as text (for the parsers' tests).
+#[cfg(test)]
+pub fn given_texts(layer: &Layer, id: &str) -> Vec<String> {
+    match &layer[id].given {
+        Given::Values(v) => v.iter().map(|s| s.to_string_lossy().into_owned()).collect(),
+        Given::Switch(on) => vec![on.to_string()],
+    }
+}
+
 /// A mistake in the config file or the environment, one line naming where it is.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -174,14 +174,7 @@ fn scalar(value: &toml::Value) -> Result<OsString, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::sources::keys;
-
-    fn values(layer: &Layer, id: &str) -> Vec<String> {
-        match &layer[id].given {
-            Given::Values(v) => v.iter().map(|s| s.to_string_lossy().into_owned()).collect(),
-            Given::Switch(on) => vec![on.to_string()],
-        }
-    }
+    use crate::config::sources::{given_texts as values, keys};
 
     #[test]
     fn settings_are_mapped_with_their_lines() {

@@ -315,18 +315,14 @@ impl Outbox {
             return false;
         }
         let ring = ring.to_worker();
-        let total = self.bytes.len() + self.pieces.iter().map(|(_, p)| p.len()).sum::<usize>();
+        let total: usize = segments(&self.bytes, &self.pieces).map(<[u8]>::len).sum();
         if !ring.free().is_ok_and(|free| free >= total) {
             return false;
         }
-        let mut at = 0;
         let mut pushed = true;
-        for (offset, piece) in &self.pieces {
-            pushed &= ring.push(&self.bytes[at..*offset]).unwrap_or(false);
-            pushed &= ring.push(piece).unwrap_or(false);
-            at = *offset;
+        for segment in segments(&self.bytes, &self.pieces) {
+            pushed &= ring.push(segment).unwrap_or(false);
         }
-        pushed &= ring.push(&self.bytes[at..]).unwrap_or(false);
         self.bytes.clear();
         self.pieces.clear();
         if !pushed {
@@ -658,20 +654,28 @@ async fn writer(conn: Arc<WorkerConn>) {
     }
 }
 
-/// Writes `bytes` with `pieces` inserted at their offsets (ascending, within `bytes`:
-/// recorded as the frames were queued), in order.
+/// What the outbox holds, in the order it goes out: `bytes` with `pieces` inserted at
+/// their offsets (ascending, within `bytes`: recorded as the frames were queued).
+fn segments<'a>(bytes: &'a [u8], pieces: &'a [(usize, Bytes)]) -> impl Iterator<Item = &'a [u8]> {
+    let starts = std::iter::once(0).chain(pieces.iter().map(|(offset, _)| *offset));
+    let tail = pieces.last().map_or(0, |(offset, _)| *offset);
+    pieces
+        .iter()
+        .zip(starts)
+        .flat_map(move |((offset, piece), start)| [&bytes[start..*offset], &piece[..]])
+        .chain(std::iter::once(&bytes[tail..]))
+}
+
+/// Writes `bytes` with `pieces` inserted (see [`segments`]).
 async fn write_out(
     conn: &WorkerConn,
     bytes: &[u8],
     pieces: &[(usize, Bytes)],
 ) -> std::io::Result<()> {
-    let mut at = 0;
-    for (offset, piece) in pieces {
-        write_segment(conn, &bytes[at..*offset]).await?;
-        write_segment(conn, piece).await?;
-        at = *offset;
+    for segment in segments(bytes, pieces) {
+        write_segment(conn, segment).await?;
     }
-    write_segment(conn, &bytes[at..]).await
+    Ok(())
 }
 
 async fn write_segment(conn: &WorkerConn, segment: &[u8]) -> std::io::Result<()> {
@@ -822,14 +826,7 @@ mod tests {
         encode_frame(queued.bytes, Kind::End, 1, b"");
         queued.body(7, &pieces);
         encode_frame(queued.bytes, Kind::End, 7, b"");
-        let mut wire = Vec::new();
-        let mut at = 0;
-        for (offset, piece) in &inserted {
-            wire.extend_from_slice(&bytes[at..*offset]);
-            wire.extend_from_slice(piece);
-            at = *offset;
-        }
-        wire.extend_from_slice(&bytes[at..]);
+        let wire: Vec<u8> = segments(&bytes, &inserted).flatten().copied().collect();
         let mut decoder = Decoder::new();
         let mut buf = BytesMut::from(&wire[..]);
         let mut frames = Vec::new();
