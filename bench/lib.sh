@@ -116,6 +116,18 @@ check_positive() {
     done
 }
 
+# bench/.venv with the peers (gunicorn, Granian) and Flask, installed the first time or
+# upgraded with UPGRADE=1; sets VENV.
+peer_venv() {
+    VENV=$HERE/.venv
+    if [[ ! -x $VENV/bin/gunicorn || ! -x $VENV/bin/granian || ! -d $(echo "$VENV"/lib/python3*/site-packages/flask) || ${UPGRADE:-0} == 1 ]]; then
+        log "installing gunicorn, granian and flask into bench/.venv"
+        command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
+        [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade gunicorn granian flask
+    fi
+}
+
 build_rwsgi() {
     log "building rwsgi (cargo build --release)"
     (cd "$ROOT" && cargo build --release -q)

@@ -73,12 +73,7 @@ apt_install wrk wrk
 [[ " $SCENARIOS " != *" static"* ]] || apt_install nginx nginx
 [[ $SYSCALLS == 0 ]] || apt_install strace strace
 command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
-VENV=$HERE/.venv
-if [[ ! -x $VENV/bin/gunicorn || ! -x $VENV/bin/granian || ! -d $(echo "$VENV"/lib/python3*/site-packages/flask) || $UPGRADE == 1 ]]; then
-    log "installing gunicorn, granian and flask into bench/.venv"
-    [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade gunicorn granian flask
-fi
+peer_venv
 build_rwsgi
 
 SITE=$LOGS/site

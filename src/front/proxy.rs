@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use hyper::HeaderMap;
-use hyper::header::FORWARDED;
+use hyper::header::{FORWARDED, HeaderName};
 
 use super::service::ConnInfo;
 use crate::config::Trusted;
@@ -46,6 +46,10 @@ pub fn client_facts(headers: &HeaderMap, conn: &ConnInfo, trusted: &Trusted) -> 
     })
 }
 
+// Named once: looking a header up by a string parses the name at each request.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// What the proxy headers say, if there are any: the client's address and scheme.
 fn from_headers(
     headers: &HeaderMap,
@@ -54,8 +58,8 @@ fn from_headers(
     if headers.contains_key(FORWARDED) {
         return Some(forwarded(headers, trusted));
     }
-    let xff = headers.get_all("x-forwarded-for");
-    let proto = headers.get("x-forwarded-proto");
+    let xff = headers.get_all(&X_FORWARDED_FOR);
+    let proto = headers.get(&X_FORWARDED_PROTO);
     if xff.iter().next().is_none() && proto.is_none() {
         return None;
     }

@@ -447,11 +447,12 @@ fn build_response(
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    for (name, value) in &head.headers {
+    for (name, value) in head.headers {
         let name =
-            HeaderName::from_bytes(name).map_err(|e| RequestError::BadResponse(e.to_string()))?;
-        let value =
-            HeaderValue::from_bytes(value).map_err(|e| RequestError::BadResponse(e.to_string()))?;
+            HeaderName::from_bytes(&name).map_err(|e| RequestError::BadResponse(e.to_string()))?;
+        // The value's bytes stay where the channel's reader put them (no copy).
+        let value = HeaderValue::from_maybe_shared(value)
+            .map_err(|e| RequestError::BadResponse(e.to_string()))?;
         headers.append(name, value);
     }
     if status == StatusCode::NO_CONTENT {

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -217,8 +218,33 @@ impl Stream {
     }
 }
 
+/// Open streams by id. Ids are a counter the front tier hands out, so they need no
+/// hashing against collisions an attacker could choose (`StreamIds`).
+type OpenStreams = HashMap<u32, Stream, BuildHasherDefault<StreamIds>>;
+
+/// Hashes a stream id to itself, spread over the word (see [`OpenStreams`]).
+#[derive(Default)]
+struct StreamIds(u64);
+
+impl Hasher for StreamIds {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 << 8 | u64::from(*byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        // Fibonacci hashing: consecutive ids land far apart in the table's top bits.
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 struct Streams {
-    open: HashMap<u32, Stream>,
+    open: OpenStreams,
     /// False once the channel closed or the worker was timed out; no stream may be
     /// opened after that.
     alive: bool,
@@ -366,7 +392,7 @@ impl WorkerConn {
             outbox: Mutex::new(Outbox::default()),
             outbox_ready: Notify::new(),
             streams: Mutex::new(Streams {
-                open: HashMap::new(),
+                open: OpenStreams::default(),
                 alive: true,
                 timed_out: false,
             }),
@@ -532,10 +558,7 @@ impl WorkerConn {
     /// Of the streams open when a sequential worker stopped, those it never began: all
     /// but the first (it serves them in stream order). A worker serving several at once
     /// may have begun any, so none is taken out.
-    fn split_unstarted(
-        &self,
-        mut open: HashMap<u32, Stream>,
-    ) -> (HashMap<u32, Stream>, Vec<Stream>) {
+    fn split_unstarted(&self, mut open: OpenStreams) -> (OpenStreams, Vec<Stream>) {
         let Some(first) = open.keys().min().copied().filter(|_| self.sequential) else {
             return (open, Vec::new());
         };
@@ -548,7 +571,7 @@ impl WorkerConn {
     /// [`Failure::TimedOut`] now (their slots go with them); the worker's other streams
     /// go on. Whatever it still sends for them is dropped.
     pub fn time_out_streams(&self, ids: &[u32]) {
-        let mut timed_out = HashMap::new();
+        let mut timed_out = OpenStreams::default();
         {
             let mut streams = self.streams();
             for id in ids {
@@ -612,7 +635,7 @@ impl WorkerConn {
     }
 }
 
-fn fail_all(open: HashMap<u32, Stream>, failure: Failure) {
+fn fail_all(open: OpenStreams, failure: Failure) {
     for (_, stream) in open {
         let _ = stream.events.send(Event::Failed(failure.clone()));
     }
