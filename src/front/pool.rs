@@ -197,32 +197,42 @@ impl Pool {
         crate::lock::lock(&self.inner)
     }
 
+    /// A free slot on the least-loaded worker if there is one now, without waiting (no
+    /// timer, no queue: the common case of [`Pool::acquire`]).
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
+        let mut inner = self.lock();
+        self.take_best(&mut inner, shard::current())
+    }
+
+    /// A free slot on the least-loaded worker, or one that may prefetch, if any.
+    fn take_best(self: &Arc<Self>, inner: &mut Inner, here: usize) -> Option<Lease> {
+        let best = inner
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.free > 0)
+            .max_by_key(|(_, s)| (s.free, s.conn.shard == here))
+            .map(|(index, _)| index);
+        let now = Instant::now();
+        let best = best.or_else(|| {
+            inner
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.may_prefetch(now))
+                .min_by_key(|(_, s)| (s.prefetch.as_ref().map(|p| p.queued), s.conn.shard != here))
+                .map(|(index, _)| index)
+        });
+        best.map(|index| self.take(&mut inner.workers[index], now))
+    }
+
     /// A free slot on the least-loaded worker, waiting for one if all are busy.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Busy> {
         let here = shard::current();
         let waiter = {
             let mut inner = self.lock();
-            let best = inner
-                .workers
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.free > 0)
-                .max_by_key(|(_, s)| (s.free, s.conn.shard == here))
-                .map(|(index, _)| index);
-            let now = Instant::now();
-            let best = best.or_else(|| {
-                inner
-                    .workers
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.may_prefetch(now))
-                    .min_by_key(|(_, s)| {
-                        (s.prefetch.as_ref().map(|p| p.queued), s.conn.shard != here)
-                    })
-                    .map(|(index, _)| index)
-            });
-            if let Some(index) = best {
-                return Ok(self.take(&mut inner.workers[index], now));
+            if let Some(lease) = self.take_best(&mut inner, here) {
+                return Ok(lease);
             }
             if inner.waiting() >= self.max_queue {
                 return Err(Busy);

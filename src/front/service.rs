@@ -287,14 +287,11 @@ async fn dispatch(
         max: limits.max_body_size,
         idle: limits.body_timeout,
     };
-    let body = tokio::select! {
-        body = body::buffer(incoming, body_limits, &conn.budgets.requests) => body.map_err(|err| match err {
-            BodyError::Client(e) => RequestError::Client(StatusCode::BAD_REQUEST, e.to_string()),
-            BodyError::TooLarge(_) => RequestError::Client(StatusCode::PAYLOAD_TOO_LARGE, err.to_string()),
-            BodyError::TimedOut => RequestError::Client(StatusCode::REQUEST_TIMEOUT, err.to_string()),
-            BodyError::Spool(io) => RequestError::Internal(io.to_string()),
-        })?,
-        reject = conn.guard.body_refused(index) => return Err(refused(reject)),
+    let body = if hyper::body::Body::is_end_stream(&incoming) {
+        // No body (most GETs): nothing to wait for, no timer to set.
+        RequestBody::Memory(Vec::new(), conn.budgets.requests.hold(0))
+    } else {
+        buffer_body(incoming, body_limits, conn, index).await?
     };
     declare_length(&mut parts, body.len());
     // `_held` counts the body against the connection's budget until the request is
@@ -326,10 +323,14 @@ async fn dispatch(
     // one that died before it began a request it held queued gives it back: either way
     // it goes to another worker instead of failing.
     let (worker, stream, events, head) = loop {
-        let lease = tokio::time::timeout_at(queued_until, shared.pool.acquire())
-            .await
-            .map_err(|_| RequestError::Busy)?
-            .map_err(|_| RequestError::Busy)?;
+        // A free worker now needs no timer; only a wait for one is bounded.
+        let lease = match shared.pool.try_acquire() {
+            Some(lease) => lease,
+            None => tokio::time::timeout_at(queued_until, shared.pool.acquire())
+                .await
+                .map_err(|_| RequestError::Busy)?
+                .map_err(|_| RequestError::Busy)?,
+        };
         let worker = lease.conn().clone();
         let hold = StreamHold {
             lease,
@@ -372,6 +373,24 @@ async fn dispatch(
     Ok(match &shared.compression {
         Some(compression) => compression.apply(&parts, response),
         None => response,
+    })
+}
+
+/// Reads a request's body (see `body::buffer`), or the refusal the guard made meanwhile.
+async fn buffer_body(
+    incoming: hyper::body::Incoming,
+    body_limits: BodyLimits,
+    conn: &ConnInfo,
+    index: u64,
+) -> Result<RequestBody, RequestError> {
+    Ok(tokio::select! {
+        body = body::buffer(incoming, body_limits, &conn.budgets.requests) => body.map_err(|err| match err {
+            BodyError::Client(e) => RequestError::Client(StatusCode::BAD_REQUEST, e.to_string()),
+            BodyError::TooLarge(_) => RequestError::Client(StatusCode::PAYLOAD_TOO_LARGE, err.to_string()),
+            BodyError::TimedOut => RequestError::Client(StatusCode::REQUEST_TIMEOUT, err.to_string()),
+            BodyError::Spool(io) => RequestError::Internal(io.to_string()),
+        })?,
+        reject = conn.guard.body_refused(index) => return Err(refused(reject)),
     })
 }
 
