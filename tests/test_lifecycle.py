@@ -10,15 +10,17 @@ import socket
 
 import pytest
 
-from conftest import Server
+from conftest import Server, children_of
+from kit import eventually, stop_pid
 
-PHASE = re.compile(r"Phase: (.+?) -> (.+)")
+PHASE = re.compile(r"\[(\d+)\] \[INFO\] Phase: (.+?) -> (.+)")
 BOOTED = ["booting -> serving"]
 
 
-def phases(server: Server) -> list[str]:
-    """The phase changes the master logged, in order, as `from -> to`."""
-    return [f"{old} -> {new}" for old, new in PHASE.findall(server.log)]
+def phases(server: Server, pid: int | None = None) -> list[str]:
+    """The phase changes a master (`pid`, or any) logged, in order, as `from -> to`."""
+    return [f"{old} -> {new}" for by, old, new in PHASE.findall(server.log)
+            if pid is None or int(by) == pid]
 
 
 def test_ready_names_the_workers_once_every_one_has_booted(serve):
@@ -81,3 +83,29 @@ def test_int_during_a_graceful_stop_makes_it_fast(serve):
     assert phases(server) == [*BOOTED, "serving -> stopping (graceful)",
                               "stopping (graceful) -> stopping (fast)",
                               "stopping (fast) -> halted"], server.log
+
+
+def test_usr2_winch_hup_and_the_new_master_gone_show_the_upgrade_phases(serve):
+    server = serve("lifecycle_app:app", workers=1)
+    server.wait_for_log(r"Ready: 1 workers")
+    server.signal(signal.SIGUSR2)
+    log = server.wait_for_log(r"Started a new master \(pid: \d+\)")
+    new = int(re.search(r"Started a new master \(pid: (\d+)\)", log)[1])
+    try:
+        server.wait_for_log(rf"\[{new}\] \[INFO\] Ready: 1 workers")
+        # WINCH: this master's children stop; HUP: they start again beside the new master.
+        server.signal(signal.SIGWINCH)
+        eventually(lambda: children_of(server.pid) == [new], what="the old children gone")
+        server.signal(signal.SIGHUP)
+        server.wait_for_log(r"Ready: 1 workers", count=3)  # old, new, old again
+        # The new master goes: this one serves alone again.
+        stop_pid(new)
+        server.wait_for_log(rf"\[{server.pid}\] \[INFO\] Phase: upgrading -> serving")
+    finally:
+        stop_pid(new)
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0, server.log
+    assert phases(server, server.pid) == [
+        *BOOTED, "serving -> upgrading", "upgrading -> upgrading (drained)",
+        "upgrading (drained) -> booting", "booting -> upgrading", "upgrading -> serving",
+        "serving -> stopping (graceful)", "stopping (graceful) -> halted"], server.log
