@@ -4,8 +4,10 @@
 //!
 //! ```text
 //! booting ──► serving ──► reloading (HUP) ──► serving
-//!                │  └───► upgrading (USR2) ──► upgrading (drained) (WINCH) ──► booting (HUP)
-//!                └──────► stopping (graceful | fast) ──► halted        (from any phase)
+//!                └──────► upgrading (USR2) ──► serving (the new master exited)
+//!                             └──► upgrading (drained) (WINCH) ──► booting (HUP, or the
+//!                                  new master exited) ──► upgrading or serving
+//! any phase ──► stopping (graceful: TERM | fast: INT, QUIT, an error) ──► halted
 //! ```
 //!
 //! Only the phase says what the master may do: start children (not while stopping or
