@@ -19,6 +19,8 @@ APPS = Path(__file__).resolve().parent / "apps"
 BINARY = Path(os.environ.get("RWSGI_BINARY", ROOT / "target" / "release" / "rwsgi"))
 
 LISTENING = re.compile(r"Listening at: (\S+) \((\d+)\)")
+# The master's line once every worker has booted (its phases: README, Logs).
+READY = re.compile(r"Ready: (\d+) workers")
 
 
 def free_port() -> int:
@@ -55,6 +57,7 @@ class Server:
                                      env=full_env, cwd=cwd, text=True, errors="replace",
                                      **popen)
         self._lines: list[str] = []
+        self._closed = False  # its output ended: nothing more will be logged
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -68,6 +71,7 @@ class Server:
                 self._lines.append(line)
                 self._cond.notify_all()
         with self._cond:
+            self._closed = True
             self._cond.notify_all()
 
     @property
@@ -85,21 +89,17 @@ class Server:
                 if len(regex.findall(text)) >= count:
                     return text
                 remaining = deadline - time.monotonic()
+                if self._closed:
+                    raise AssertionError(f"{pattern!r} not seen {count}x before rwsgi's output "
+                                         f"ended (exit code {self.proc.poll()}); log:\n{text}")
                 if remaining <= 0:
                     raise AssertionError(f"{pattern!r} not seen {count}x in {timeout}s; log:\n{text}")
                 self._cond.wait(min(remaining, 0.2))
 
     def wait_ready(self, timeout: float = 15.0):
-        """Wait for the listening line and for every worker to have booted."""
-        self.wait_for_log(r"Listening at: ", timeout)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"rwsgi exited {self.proc.returncode}:\n{self.log}")
-            if self._port is None and not self._port_from_log or self._port_answers():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"rwsgi not answering after {timeout}s:\n{self.log}")
+        """Wait until every worker has booted: the master's `Ready: N workers` line (the
+        port answers earlier, while workers still boot)."""
+        self.wait_for_log(READY.pattern, timeout)
 
     def _port_answers(self) -> bool:
         try:

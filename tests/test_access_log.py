@@ -16,6 +16,7 @@ from pathlib import Path
 
 import rawhttp
 from conftest import BINARY, children_of
+from kit import eventually
 from test_logs import settled_children
 
 APP = "access_apps:app"
@@ -42,13 +43,12 @@ def fetch(port: int, method: str, path: str, headers: dict | None = None,
 
 def log_lines(path: Path, count: int, timeout: float = 10.0) -> list[str]:
     """The file's lines once it has at least `count` of them."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count:
-            return lines
-        assert time.monotonic() < deadline, f"{count} lines expected in {path}:\n{lines}"
-        time.sleep(0.05)
+    read = lambda: path.read_text().splitlines() if path.exists() else []  # noqa: E731
+    try:
+        return eventually(lambda: len(lines := read()) >= count and lines, timeout,
+                          f"{count} lines in {path}")
+    except AssertionError:
+        raise AssertionError(f"{count} lines expected in {path}:\n{read()}") from None
 
 
 def find(lines: list[str], needle: str) -> str:
@@ -225,7 +225,7 @@ def test_a_client_gone_before_the_answer_is_logged_499(serve, tmp_path):
     server = serve(APP, "--access-logfile", str(log), workers=1)
     with rawhttp.Connection(server.port, timeout=5) as conn:
         conn.send("GET", "/slow")  # the app answers after a second
-        time.sleep(0.3)
+        time.sleep(0.3)  # the scenario: the client leaves before the answer
     [line] = log_lines(log, 1)
     fields = DEFAULT_LINE.match(line).groupdict()
     assert (fields["r"], fields["s"], fields["b"]) == ("GET /slow HTTP/1.1", "499", "-")
@@ -236,7 +236,7 @@ def test_no_access_log_by_default(serve):
     assert fetch(server.port, "GET", "/unlogged")[0] == 200
     # A request after it, answered, and a flush interval later: still nothing.
     assert fetch(server.port, "GET", "/unlogged-too")[0] == 200
-    time.sleep(0.3)
+    time.sleep(0.3)  # deliberate: past the flush interval, a line would be out
     assert "/unlogged" not in server.log
 
 
@@ -251,10 +251,7 @@ def test_usr1_after_moving_the_file_writes_a_new_one(serve, tmp_path):
     server.signal(signal.SIGUSR1)
     server.wait_for_log(r"Handling signal: usr1")
     # The front tier opens the file again by name, creating it.
-    deadline = time.monotonic() + 10
-    while not log.exists():
-        assert time.monotonic() < deadline, "no new access log after USR1"
-        time.sleep(0.05)
+    eventually(log.exists, 10, "a new access log after USR1")
     for _ in range(3):
         assert fetch(server.port, "GET", "/after")[0] == 200
     lines = log_lines(log, 3)

@@ -17,6 +17,7 @@ import h2.events
 import h2.settings
 
 from conftest import APPS, BINARY
+from kit import eventually
 from test_buffering import front_tier_of, read_head_and_rest, rss
 from test_guard import request
 from test_h2 import RawH2
@@ -41,13 +42,6 @@ def spilled_bytes(pid: int, tmpdir: Path) -> int:
     return total
 
 
-def wait_for(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def assert_pattern(body: bytes, mib: int):
     assert len(body) == mib * MIB, len(body)
     pieces = [body[i:i + 65536] for i in range(0, len(body), 65536)]
@@ -66,9 +60,9 @@ def test_a_slow_readers_spill_stops_at_max_temp_file_size_and_the_response_arriv
     slow = connect(server.port, rcvbuf=32 * 1024, timeout=10)
     try:
         slow.sendall(request("GET", "/pattern?mib=32"))
-        wait_for(lambda: spilled_bytes(front, tmp_path) >= 2 * MIB, 10, "nothing was spilled")
+        eventually(lambda: spilled_bytes(front, tmp_path) >= 2 * MIB, 10, "nothing was spilled")
         # Left alone a while, the spill must stay put (the worker waits) where it grew
-        # by 32 MiB a second before.
+        # by 32 MiB a second before: the second is the point of the test.
         time.sleep(1)
         spilled = spilled_bytes(front, tmp_path)
         grown = rss(front) - before
@@ -94,7 +88,7 @@ def test_a_response_that_cannot_be_spilled_makes_the_worker_wait_not_memory_grow
     try:
         slow.sendall(request("GET", "/pattern?mib=32"))
         server.wait_for_log("cannot spill a response")
-        time.sleep(1)  # the time to take 32 MiB into memory, were it not bounded
+        time.sleep(1)  # deliberate: the time to take 32 MiB into memory, were it not bounded
         grown = rss(front) - before
         assert grown < 16 * MIB, f"the front tier grew by {grown / MIB:.1f} MiB"
         head, body = read_head_and_rest(slow, 32 * MIB)
@@ -134,7 +128,7 @@ def test_h2_streams_with_no_window_cost_one_connection_budget_and_are_closed_at_
         client.pump(15, until=answered)
         assert answered(client.events), "not every stream was answered"
         # The responses have left their workers (what memory does not hold is spilled).
-        wait_for(lambda: spilled_bytes(front, tmp_path) >= 60 * MIB, 10,
+        eventually(lambda: spilled_bytes(front, tmp_path) >= 60 * MIB, 10,
                  "the responses did not reach the front tier")
         grown = rss(front) - before
         assert grown < 32 * MIB, f"the front tier grew by {grown / MIB:.1f} MiB"
@@ -145,7 +139,7 @@ def test_h2_streams_with_no_window_cost_one_connection_budget_and_are_closed_at_
     finally:
         client.close()
     # The spill files go with the connection.
-    wait_for(lambda: spilled_bytes(front, tmp_path) == 0, 5, "spill files outlived the connection")
+    eventually(lambda: spilled_bytes(front, tmp_path) == 0, 5, "spill files outlived the connection")
 
 
 def test_unfinished_h2_request_bodies_are_spooled_by_the_connections_total(serve, tmp_path):
@@ -177,7 +171,7 @@ def test_unfinished_h2_request_bodies_are_spooled_by_the_connections_total(serve
             client.pump(0.05)
             assert not client.closed
         # The front tier has taken the bodies, to disk or (before the fix) to memory.
-        wait_for(lambda: spilled_bytes(front, tmp_path) >= 60 * size
+        eventually(lambda: spilled_bytes(front, tmp_path) >= 60 * size
                  or rss(front) - before >= 60 * size, 10, "the bodies were not taken")
         grown = rss(front) - before
         assert grown < 32 * MIB, f"the front tier grew by {grown / MIB:.1f} MiB"
@@ -203,8 +197,8 @@ def test_a_worker_held_back_by_a_slow_client_is_not_timed_out(serve, tmp_path):
     slow = connect(server.port, rcvbuf=32 * 1024, timeout=10)
     try:
         slow.sendall(request("GET", "/pattern?mib=32"))
-        wait_for(lambda: spilled_bytes(front, tmp_path) >= 1 * MIB, 10, "nothing was spilled")
-        time.sleep(4)  # twice --timeout with the worker held back
+        eventually(lambda: spilled_bytes(front, tmp_path) >= 1 * MIB, 10, "nothing was spilled")
+        time.sleep(4)  # the scenario: twice --timeout with the worker held back
         head, body = read_head_and_rest(slow, 32 * MIB)
     finally:
         slow.close()

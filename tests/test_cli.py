@@ -12,15 +12,7 @@ import time
 from pathlib import Path
 
 from conftest import APPS, BINARY, alive, children_of, free_port
-
-
-def run(*args: str, timeout: float = 15.0, env: dict | None = None, cwd=None):
-    """Runs rwsgi to completion; returns (exit code, stdout + stderr)."""
-    full_env = dict(os.environ, PYTHONPATH=str(APPS), PYTHONUNBUFFERED="1")
-    full_env.update(env or {})
-    proc = subprocess.run([str(BINARY), *args], capture_output=True, text=True,
-                          errors="replace", timeout=timeout, env=full_env, cwd=cwd)
-    return proc.returncode, proc.stdout + proc.stderr
+from kit import get, run
 
 
 def run_watching_children(*args: str, timeout: float = 15.0, cwd=None):
@@ -46,16 +38,6 @@ def run_watching_children(*args: str, timeout: float = 15.0, cwd=None):
             proc.kill()
         proc.wait(5)
         proc.stdout.close()
-
-
-def get(port: int, path: str = "/") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 # -- --version, --help, flag mistakes -----------------------------------------------
@@ -135,7 +117,8 @@ def test_bind_in_use_fails_with_one_line_and_no_children():
     assert len(naming) == 1, out
     assert re.search(r"bind", naming[0], re.I), naming[0]
     assert "Listening at" not in out
-    # No child was left behind (none should even have been forked before the bind).
+    # No child was left behind (none should even have been forked before the bind): a
+    # child forked by mistake would still be alive a moment after the master's exit.
     time.sleep(0.2)
     assert not [p for p in seen if alive(p)], (seen, out)
 

@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import tomllib
 import urllib.request
 
 import pytest
 
-from conftest import APPS, BINARY, ROOT, Server, alive, children_of, free_port
+from conftest import ROOT, Server, alive, children_of, free_port
+from kit import clean_env, rwsgi
 
 ORIGIN = re.compile(r"^(?:# )?(\w+)\b.*?  # from: (.+)$", re.M)
-
-
-def clean_env(**extra: str) -> dict:
-    """The test's environment without any rwsgi setting inherited from outside."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("RWSGI_") and k != "FORWARDED_ALLOW_IPS"}
-    env.update(PYTHONPATH=str(APPS), PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-def rwsgi(*args: str, cwd, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BINARY), *args], cwd=cwd, env=clean_env(**env),
-                          capture_output=True, text=True, timeout=60)
 
 
 def effective(*args: str, cwd, **env: str) -> tuple[dict, dict]:

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from conftest import APPS, BINARY
-from test_process import wait_workers
-from test_threads import at_once, request, sleepers
+from kit import eventually, request, wait_workers
+from test_threads import at_once, sleepers
 
 pytest.importorskip("gevent")
 
@@ -76,10 +76,8 @@ def test_a_graceful_stop_answers_every_greenlet_in_flight(serve, tmp_path):
         target=lambda: results.extend(at_once(50, lambda i: request(server.port, "/?ms=1000"))))
     load.start()
     # Stopped once every request is in the app (on a busy machine they take a while).
-    deadline = time.monotonic() + 20
-    while not started.exists() or len(started.read_text().splitlines()) < 50:
-        assert time.monotonic() < deadline, server.log[-2000:]
-        time.sleep(0.02)
+    eventually(lambda: started.exists() and len(started.read_text().splitlines()) >= 50,
+               20, f"50 requests in the app\n{server.log[-2000:]}")
     server.signal(signal.SIGTERM)
     load.join(30)
     assert len(results) == 50 and all(r[0] == 200 for r in results), results[:3]
@@ -93,8 +91,6 @@ def test_a_silent_gevent_worker_is_timed_out_as_a_whole(serve):
     status, _ = request(server.port, "/hang")
     assert status == 504 and time.monotonic() - start < 4
     server.wait_for_log(rf"WORKER TIMEOUT \(pid:{before}\)")
-    deadline = time.monotonic() + 10
-    while before in wait_workers(server, 1):
-        assert time.monotonic() < deadline, server.log[-2000:]
-        time.sleep(0.05)
+    eventually(lambda: before not in wait_workers(server, 1), 10,
+               f"worker {before} replaced\n{server.log[-2000:]}")
     assert request(server.port, "/ok?ms=1")[0] == 200

@@ -16,22 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import APPS, BINARY, ROOT, Server, alive, free_port
-from test_process import wait_workers
+from conftest import BINARY, ROOT, Server, alive, free_port
+from kit import clean_env, rwsgi, wait_workers
 
 ORIGIN = re.compile(r"^(?:# )?(\w+)\b.*?  # from: (.+)$", re.M)
-
-
-def clean_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RWSGI_", "GUNICORN_")) and k != "FORWARDED_ALLOW_IPS"}
-    env.update({"PYTHONPATH": str(APPS), "PYTHONUNBUFFERED": "1", **extra})
-    return env
-
-
-def rwsgi(*args: str, cwd=None, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BINARY), *args], cwd=cwd, env=clean_env(**env),
-                          capture_output=True, text=True, timeout=60)
 
 
 def effective(*args: str, cwd=None, **env: str) -> tuple[dict, dict, str]:

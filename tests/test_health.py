@@ -3,50 +3,34 @@ requests, 503 while none does."""
 
 from __future__ import annotations
 
-import http.client
 import subprocess
-import time
 
 from conftest import BINARY, Server
-
-
-def request(port: int, method: str, path: str):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path)
-        response = conn.getresponse()
-        return response.status, response.read(), response.headers  # any case
-    finally:
-        conn.close()
+from kit import eventually, fetch
 
 
 def test_health_is_answered_by_the_front_tier(serve):
     server = serve("slow_boot:app", "--health-path", "/healthz", workers=1)
-    deadline = time.monotonic() + 10
-    while request(server.port, "GET", "/healthz")[0] != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    status, body, headers = request(server.port, "GET", "/healthz")
+    eventually(lambda: fetch(server.port, "/healthz")[0] == 200, timeout=10, what="healthy")
+    status, headers, body = fetch(server.port, "/healthz")
     assert (status, body) == (200, b"ok\n")
     assert headers["Cache-Control"] == "no-store"
-    status, body, _ = request(server.port, "HEAD", "/healthz")
+    status, _, body = fetch(server.port, "/healthz", "HEAD")
     assert (status, body) == (200, b"")
     # Other methods, and other paths, go to the app; the app never saw the probes.
-    assert request(server.port, "POST", "/healthz")[1] == b"/healthz"
-    assert request(server.port, "GET", "/other")[1] == b"/healthz /other"
+    assert fetch(server.port, "/healthz", "POST")[2] == b"/healthz"
+    assert fetch(server.port, "/other")[2] == b"/healthz /other"
 
 
 def test_health_is_503_until_a_worker_is_ready(tmp_path):
+    # Not waiting for the Ready line: the probe must come while the worker boots.
     server = Server("slow_boot:app", "--health-path", "/healthz", workers=1,
-                    env={"SLOW_BOOT": "3"})
+                    env={"SLOW_BOOT": "3"}, wait=False)
     try:
-        status, body, headers = request(server.port, "GET", "/healthz")
+        status, headers, body = fetch(server.port, "/healthz")
         assert (status, body) == (503, b"no worker ready\n")
         assert headers["Retry-After"] == "1"
-        deadline = time.monotonic() + 15
-        while request(server.port, "GET", "/healthz")[0] != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        eventually(lambda: fetch(server.port, "/healthz")[0] == 200, what="healthy")
     finally:
         server.stop()
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from conftest import APPS, BINARY
-from test_process import get, wait_workers
+from kit import eventually, get, wait_workers
 
 
 def read_calls(log: Path) -> list[dict]:
@@ -21,14 +21,14 @@ def read_calls(log: Path) -> list[dict]:
 
 
 def wait_calls(log: Path, hook: str, count: int = 1, timeout: float = 10) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        calls = [c for c in read_calls(log) if c["hook"] == hook]
-        if len(calls) >= count:
-            return calls
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{hook} not called {count}x: {read_calls(log)}")
-        time.sleep(0.05)
+    def calls():
+        made = [c for c in read_calls(log) if c["hook"] == hook]
+        return len(made) >= count and made
+
+    try:
+        return eventually(calls, timeout, f"{hook} called {count}x")
+    except AssertionError:
+        raise AssertionError(f"{hook} not called {count}x: {read_calls(log)}") from None
 
 
 def test_each_hook_is_called_at_its_moment_with_gunicorn_like_arguments(serve, tmp_path):

@@ -14,8 +14,6 @@ run is never replaced), so that only what depends on the Python is rebuilt.
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import subprocess
 import tomllib
@@ -24,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import APPS, BINARY, ROOT
+from kit import get_json
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 BASE_EXECUTABLE = ("import os, sys; print(os.path.realpath(getattr(sys, '_base_executable', "
@@ -98,18 +97,6 @@ def wheel_venvs(two_pythons, tmp_path_factory) -> dict[str, Path]:
         pip_install(venv, str(ROOT), "flask")
         venvs[name] = venv
     return venvs
-
-
-def get_json(port: int, path: str) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read()
-        assert resp.status == 200, body
-        return json.loads(body)
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize("which", ["path", "system"])

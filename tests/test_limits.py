@@ -271,7 +271,7 @@ def test_slowloris(serve):
 
         trickler = threading.Thread(target=trickle)
         trickler.start()
-        time.sleep(1.2)
+        time.sleep(1.2)  # the scenario: well into the trickle, before the header timeout
         normal = exchange(server.port, request("GET", "/normal"), until=1, timeout=3)
         assert normal.statuses == [200]
         assert normal.elapsed < 0.5, f"a normal request took {normal.elapsed:.2f} s"
@@ -341,7 +341,7 @@ def test_send_timeout_drops_a_client_that_reads_nothing(serve):
     s = connect(server.port, rcvbuf=32 * 1024)
     try:
         s.sendall(request("GET", "/big?mib=20"))
-        time.sleep(3)
+        time.sleep(3)  # the scenario: reading nothing for three times --send-timeout
         how, received, _ = wait_closed(s, 5)
     finally:
         s.close()
@@ -417,6 +417,7 @@ def test_accept_failures_are_logged_once_a_second(serve):
         start = time.monotonic()
         held = [connect(server.port) for _ in range(150)]
         server.wait_for_log(r"accept failed: Too many open files")
+        # The point: how many lines three seconds of failing accepts make.
         time.sleep(max(0.0, 3 - (time.monotonic() - start)))
         lines = server.log.count("accept failed: Too many open files")
         seconds = time.monotonic() - start
@@ -427,7 +428,7 @@ def test_accept_failures_are_logged_once_a_second(serve):
 
 
 def _timed_request(port, target, results, key, delay):
-    time.sleep(delay)
+    time.sleep(delay)  # the scenario: requests staggered in time
     start = time.monotonic()
     r = exchange(port, request("GET", target), until=1, timeout=8)
     results[key] = (r, time.monotonic() - start)

@@ -11,17 +11,16 @@ import time
 from pathlib import Path
 
 from conftest import BINARY, Server, children_of, free_port
-from test_process import get
+from kit import comm, eventually, get
 
 
 def wait_for_text(path: Path, text: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        content = path.read_text() if path.exists() else ""
-        if text in content:
-            return content
-        assert time.monotonic() < deadline, f"{text!r} not in {path} after {timeout}s:\n{content}"
-        time.sleep(0.05)
+    read = lambda: path.read_text() if path.exists() else ""  # noqa: E731
+    try:
+        return eventually(lambda: text in (content := read()) and content, timeout,
+                          f"{text!r} in {path}")
+    except AssertionError:
+        raise AssertionError(f"{text!r} not in {path} after {timeout}s:\n{read()}") from None
 
 
 class FileLoggingServer(Server):
@@ -34,10 +33,10 @@ class FileLoggingServer(Server):
         super().__init__(*args, bind=f"127.0.0.1:{port}", port=port, **kwargs)
 
     def wait_ready(self, timeout: float = 15.0):
-        deadline = time.monotonic() + timeout
-        while not self._port_answers():
-            assert time.monotonic() < deadline and self.proc.poll() is None, self.log
-            time.sleep(0.05)
+        def answers():
+            assert self.proc.poll() is None, self.log
+            return self._port_answers()
+        eventually(answers, timeout, f"port {self.port} answering\n{self.log}")
 
 
 def start_logging_to(path: Path, *args: str, workers: int = 2) -> Server:
@@ -49,14 +48,12 @@ def start_logging_to(path: Path, *args: str, workers: int = 2) -> Server:
 
 def settled_children(server: Server, count: int) -> list[int]:
     """The master's children once there are `count` of them, each titled (booted)."""
-    deadline = time.monotonic() + 15
-    while True:
+    def settled():
         children = children_of(server.pid)
-        names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in children]
-        if len(children) == count and "rwsgi-master" not in names:
-            return children
-        assert time.monotonic() < deadline, (children, names)
-        time.sleep(0.05)
+        names = [comm(pid) for pid in children]
+        return len(children) == count and "rwsgi-master" not in names and children
+
+    return eventually(settled, 15, f"{count} children, each titled")
 
 
 def workers_among(pids: list[int]) -> list[int]:

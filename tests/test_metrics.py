@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from conftest import BINARY, free_port
-from test_process import get, wait_workers
+from kit import get, wait_workers
 
 SAMPLE = re.compile(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$")
 

@@ -3,21 +3,14 @@ and socket activation (LISTEN_FDS)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import time
-import urllib.request
 
-from conftest import APPS, BINARY, Server, alive, children_of
-
-
-def get_json(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
-        assert response.status == 200
-        return json.loads(response.read())
+from conftest import APPS, BINARY, Server, children_of
+from kit import comm, get_json
 
 
 def listening_socket() -> socket.socket:
@@ -118,11 +111,6 @@ def test_systemd_socket_activation(tmp_path):
 def cmdline(pid: int) -> str:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().rstrip(b"\0").decode()
-
-
-def comm(pid: int) -> str:
-    with open(f"/proc/{pid}/comm") as f:
-        return f.read().strip()
 
 
 def test_process_titles(serve):

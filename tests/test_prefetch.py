@@ -15,7 +15,7 @@ import h2.events
 import pytest
 
 from test_h2 import RawH2
-from test_process import Background, get
+from kit import Background, get
 
 BOOT_WORKER = re.compile(r"Booting worker with pid: (\d+)")
 GIVEN_BACK = r"worker (\d+) stopped before it began (\d+) request\(s\) queued on it"
@@ -101,7 +101,8 @@ def test_nothing_is_queued_behind_a_request_past_the_budget(serve):
     server = serve("proc_apps:app", workers=1)
     first_pid = warm_up(server.port)
     crash = Background(server.port, "/crash?after=1")
-    time.sleep(0.3)
+    server.wait_for_log(r"/crash under way")
+    time.sleep(0.3)  # the scenario: the request has now run longer than the budget
     status, body = get(server.port, "/pid")
 
     assert status == 200, (status, body)

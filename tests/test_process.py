@@ -11,61 +11,22 @@ import os
 import re
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
 from conftest import BINARY, alive, children_of
+from kit import Background, eventually, get, wait_workers, worker_pids
 from rawhttp import read_until_closed
 
 SLEEP_BODY = b"x" * 200_000 + b"END"  # what proc_apps answers on /sleep
-BOOT_WORKER = re.compile(r"Booting worker with pid: (\d+)")
 
 
-def get(port: int, path: str, timeout: float = 15.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def answer(port: int, path: str):
+    """(status, body), or None when the connection fails."""
     try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-class Background:
-    """One request in a thread; `.result` is (status, body) or the exception raised."""
-
-    def __init__(self, port: int, path: str, timeout: float = 20.0):
-        self.result = None
-        self.thread = threading.Thread(target=self._run, args=(port, path, timeout), daemon=True)
-        self.thread.start()
-
-    def _run(self, port, path, timeout):
-        try:
-            self.result = get(port, path, timeout)
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            self.result = exc
-
-    def join(self, timeout: float = 20.0):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "request still running"
-        return self.result
-
-
-def worker_pids(server) -> list[int]:
-    """Workers of `server` that are alive now (the master's children it logged as workers)."""
-    booted = {int(p) for p in BOOT_WORKER.findall(server.log)}
-    return [p for p in children_of(server.pid) if p in booted and alive(p)]
-
-
-def wait_workers(server, count: int, timeout: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = worker_pids(server)
-        if len(pids) == count:
-            return pids
-        time.sleep(0.05)
-    raise AssertionError(f"expected {count} workers, have {worker_pids(server)}:\n{server.log}")
+        return get(port, path, timeout=5)
+    except OSError:
+        return None
 
 
 def connect_refused(port: int) -> bool:
@@ -86,7 +47,7 @@ def test_worker_exit_mid_request_gives_502_only_to_that_request(serve):
     before = set(wait_workers(server, 2))
 
     slow = Background(server.port, "/sleep?s=2")  # holds one worker for 2 s
-    time.sleep(0.5)
+    server.wait_for_log(r"/sleep under way")
     crash = Background(server.port, "/crash?after=0.2")  # lands on the other one
     crash_result = crash.join()
     slow_result = slow.join()
@@ -123,9 +84,10 @@ def test_sigterm_finishes_in_flight_request_then_exits_0(serve):
     wait_workers(server, 2)
     started = time.monotonic()
     slow = Background(server.port, "/sleep?s=2")
-    time.sleep(0.4)
+    server.wait_for_log(r"/sleep under way")
     server.signal(signal.SIGTERM)
-    time.sleep(0.5)
+    server.wait_for_log(r"Phase: serving -> stopping \(graceful\)")
+    time.sleep(0.5)  # the point: the master must not exit while the request runs
     assert server.proc.poll() is None, f"master exited with a request in flight:\n{server.log}"
 
     result = slow.join()
@@ -143,7 +105,7 @@ def test_sigterm_refuses_new_connections_while_draining(serve):
     server = serve("proc_apps:app", workers=2)
     wait_workers(server, 2)
     slow = Background(server.port, "/sleep?s=2")
-    time.sleep(0.4)
+    server.wait_for_log(r"/sleep under way")
     server.signal(signal.SIGTERM)
 
     # As gunicorn: the listeners close when the stop begins, before in-flight requests
@@ -154,7 +116,7 @@ def test_sigterm_refuses_new_connections_while_draining(serve):
         if connect_refused(server.port):
             refused = True
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling for 1.2 s at most: how long it takes is the point
     in_flight = slow.thread.is_alive()
     slow.join()
     assert refused, f"connections still accepted 1.2 s into a graceful stop:\n{server.log}"
@@ -168,9 +130,9 @@ def test_a_connection_accepted_before_sigterm_gets_its_first_request_answered(se
     server = serve("proc_apps:app", workers=1)
     wait_workers(server, 1)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        time.sleep(0.3)  # accepted by the front tier, nothing sent yet
+        time.sleep(0.3)  # the scenario: accepted by the front tier, nothing sent yet
         server.signal(signal.SIGTERM)
-        time.sleep(0.3)  # the stop has begun
+        server.wait_for_log(r"Phase: serving -> stopping")  # the stop has begun
         sock.sendall(b"GET /pid HTTP/1.1\r\nHost: test\r\n\r\n")
         reply = read_until_closed(sock)
     assert reply.startswith(b"HTTP/1.1 200 "), (reply, server.log)
@@ -182,7 +144,7 @@ def test_a_silent_connection_holds_the_graceful_stop_a_moment_only(serve):
     server = serve("proc_apps:app", "--graceful-timeout", "20", workers=1)
     wait_workers(server, 1)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        time.sleep(0.3)
+        time.sleep(0.3)  # the scenario: a connection that stays silent
         started = time.monotonic()
         server.signal(signal.SIGTERM)
         assert server.wait(10) == 0, server.log
@@ -195,7 +157,7 @@ def _fast_stop(serve, sig):
     server = serve("proc_apps:app", workers=2)
     wait_workers(server, 2)
     slow = Background(server.port, "/sleep?s=30", timeout=40)
-    time.sleep(0.5)
+    server.wait_for_log(r"/sleep under way")
     started = time.monotonic()
     server.signal(sig)
     code = server.wait(10)
@@ -219,7 +181,7 @@ def test_graceful_timeout_bounds_the_stop(serve):
     server = serve("proc_apps:app", "--graceful-timeout", "1", workers=1)
     wait_workers(server, 1)
     slow = Background(server.port, "/sleep?s=5", timeout=20)
-    time.sleep(0.5)
+    server.wait_for_log(r"/sleep under way")
     started = time.monotonic()
     server.signal(signal.SIGTERM)
     server.wait(10)
@@ -254,9 +216,11 @@ def test_children_exit_when_master_is_sigkilled(serve):
     try:
         server.signal(signal.SIGKILL)
         server.proc.wait(5)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(alive(p) for p in family):
-            time.sleep(0.1)
+        try:
+            eventually(lambda: not any(alive(p) for p in family), timeout=10,
+                       what="the children's exit")
+        except AssertionError:
+            pass  # named by the assertion below
         survivors = [p for p in family if alive(p)]
         assert not survivors, f"children still alive 10 s after the master died: {survivors}"
     finally:
@@ -277,12 +241,11 @@ def test_worker_killed_from_outside_is_replaced(serve):
     victim = before[0]
     os.kill(victim, signal.SIGKILL)
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        now = worker_pids(server)
-        if len(now) == 2 and victim not in now:
-            break
-        time.sleep(0.05)
+    try:
+        eventually(lambda: len(now := worker_pids(server)) == 2 and victim not in now,
+                   timeout=10, what="the victim replaced")
+    except AssertionError:
+        pass  # named by the assertion below
     now = worker_pids(server)
     assert victim not in now and len(now) == 2, (before, now, server.log)
     (new,) = set(now) - set(before)
@@ -308,14 +271,8 @@ def test_killed_front_tier_never_stops_the_master(serve):
         front = int(re.findall(r"Booting front tier with pid: (\d+)", log)[-1])
         os.kill(front, signal.SIGKILL)
         server.wait_for_log(r"Booting front tier with pid: ", count=round_ + 1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                status, _ = get(server.port, "/pid", timeout=5)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, server.log
-                time.sleep(0.05)
+        status, _ = eventually(lambda: answer(server.port, "/pid"), timeout=10,
+                               what=f"an answer from front tier {round_ + 1}\n{server.log}")
         assert status == 200
         assert server.proc.poll() is None, server.log
     assert "Handling signal: term" not in server.log, server.log
@@ -326,7 +283,7 @@ def test_workers_dying_while_booting_make_the_master_give_up(serve):
     started again after a growing pause; after 8 such deaths in a row the master stops
     with exit code 3 and says why, instead of forking for ever."""
     started = time.monotonic()
-    server = serve("proc_bootcrash:application", workers=2)
+    server = serve("proc_bootcrash:application", workers=2, wait=False)  # never ready
     code = server.wait(30)
     elapsed = time.monotonic() - started
     assert code == 3, server.log
@@ -349,18 +306,6 @@ def test_one_worker_death_at_boot_is_not_fatal(serve):
             pass
     finally:
         conn.close()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        try:
-            conn.request("GET", "/")
-            if conn.getresponse().status == 200:
-                break
-        except OSError:
-            pass
-        finally:
-            conn.close()
-        time.sleep(0.1)
-    else:
-        raise AssertionError(f"no new worker:\n{server.log}")
+    eventually(lambda: (answer(server.port, "/") or (0,))[0] == 200, timeout=10,
+               what=f"a new worker\n{server.log}")
     assert server.proc.poll() is None

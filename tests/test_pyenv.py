@@ -6,7 +6,6 @@ and a Flask app imported from a virtualenv (VIRTUAL_ENV) that the session create
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -14,12 +13,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import APPS
+from kit import fetch, get_json
 
 INFO_APP = textwrap.dedent('''
     import json, os, sys
@@ -38,22 +37,6 @@ def write_app(directory: Path, module: str, extra: str = "EXTRA = {}\n") -> Path
     path = directory / f"{module}.py"
     path.write_text(extra + INFO_APP)
     return path
-
-
-def get(port: int, path: str = "/") -> tuple[int, dict, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
-
-
-def get_json(port: int, path: str = "/"):
-    status, _, body = get(port, path)
-    assert status == 200, body
-    return json.loads(body)
 
 
 def real(path) -> str:
@@ -125,7 +108,8 @@ def test_preload_imports_once_in_the_master(serve, tmp_path):
     for answer in answers:
         assert answer["import_pid"] == server.pid, answer
         assert answer["pid"] != server.pid
-    time.sleep(0.5)  # time for a worker that would import again to do so
+    # No wait: the fixture waited for the Ready line, so every worker has booted (one
+    # that imported the app again would have done so before saying it was ready).
     assert _import_pids(log) == [server.pid]
 
 
@@ -136,10 +120,7 @@ def test_without_preload_each_worker_imports(serve, tmp_path):
     for answer in answers:
         assert answer["import_pid"] == answer["pid"], answer
         assert answer["pid"] != server.pid
-    deadline = time.monotonic() + 10  # the second worker may still be booting
-    while len(_import_pids(log)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    pids = _import_pids(log)
+    pids = _import_pids(log)  # both workers booted: the fixture waited for Ready
     assert len(pids) == 2 and server.pid not in pids, pids
     assert {a["pid"] for a in answers} <= set(pids)
 
@@ -241,7 +222,7 @@ def _venv_env(venv: Path) -> dict:
 
 def test_flask_imported_from_the_virtualenv(serve, flask_venv):
     server = serve("proc_flask:app", workers=2, env=_venv_env(flask_venv))
-    status, headers, body = get(server.port, "/info")
+    status, headers, body = fetch(server.port, "/info")
     assert status == 200, body
     assert headers["content-type"] == "application/json"
     data = json.loads(body)
@@ -253,12 +234,12 @@ def test_flask_imported_from_the_virtualenv(serve, flask_venv):
 
 def test_flask_routes(serve, flask_venv):
     server = serve("proc_flask:app", workers=1, env=_venv_env(flask_venv))
-    status, headers, body = get(server.port, "/hello/World")
+    status, headers, body = fetch(server.port, "/hello/World")
     assert status == 200
     assert headers["content-type"] == "application/json"
     assert json.loads(body) == {"greeting": "Hello, World!", "n": 5}
 
-    status, headers, body = get(server.port, "/no/such/route")
+    status, headers, body = fetch(server.port, "/no/such/route")
     assert status == 404
     assert headers["content-type"].startswith("text/html")
     assert b"Not Found" in body

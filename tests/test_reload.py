@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from conftest import BINARY, ROOT, Server, children_of
+from kit import request
 from test_signals import Load
 
 ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
@@ -51,13 +52,8 @@ def dev_server(serve, directory: Path, *args: str, **kwargs) -> Server:
 
 
 def get(port: int, path: str = "/") -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        conn.close()
+    status, body = request(port, path, timeout=15)
+    return status, body.decode(errors="replace")
 
 
 def wait_for_answer(port: int, predicate, timeout: float = 10.0) -> tuple[float, str]:
@@ -105,7 +101,7 @@ def test_reload_means_one_worker_and_no_failed_request_across_saves(serve, tmp_p
         for version in ("v2", "v3", "v4"):
             write_app(directory, version)
             load.wait_for(lambda a, v=version: a.startswith(v))
-            time.sleep(0.3)
+            time.sleep(0.3)  # the scenario: the load goes on a while on each version
     finally:
         failures = load.stop()
     assert not failures, failures[:5]
@@ -142,9 +138,9 @@ def test_a_burst_of_saves_is_one_restart(serve, tmp_path):
     server.wait_for_log(r"Watching \d+ directories")
     for i in range(8):
         write_app(directory, f"burst{i}")
-        time.sleep(0.01)
+        time.sleep(0.01)  # the scenario: a burst of saves, 10 ms apart
     wait_for_answer(server.port, lambda s, b: b.startswith("burst7"))
-    time.sleep(1.0)
+    time.sleep(1.0)  # deliberate: a second restart, were there one, would come meanwhile
     assert changes_seen(server) == 1, server.log
     assert server.log.count("Reloading:") == 1, server.log
 
@@ -161,7 +157,7 @@ def test_ignored_trees_and_other_files_do_not_restart(serve, tmp_path):
     (directory / "notes.txt").write_text("not code\n")
     # A directory made after the start is watched (and then a change in it counts).
     (directory / "later").mkdir()
-    time.sleep(0.5)
+    time.sleep(0.5)  # deliberate: a restart, were there one, would come meanwhile
     assert changes_seen(server) == 0, server.log
     (directory / "later" / "mod.py").write_text("X = 2\n")
     server.wait_for_log(r"Detected a change in .*later/mod\.py")
@@ -178,7 +174,7 @@ def test_reload_extra_file_globs(serve, tmp_path):
     (directory / "templates" / "page.html").write_text("<p>2</p>\n")
     server.wait_for_log(r"Detected a change in .*page\.html")
     (directory / "templates" / "page.txt").write_text("no\n")
-    time.sleep(0.5)
+    time.sleep(0.5)  # deliberate: a restart, were there one, would come meanwhile
     assert changes_seen(server) == 1
 
 

@@ -11,7 +11,7 @@ import threading
 import time
 
 from conftest import BINARY, children_of
-from test_process import BOOT_WORKER, wait_workers
+from kit import BOOT_WORKER, eventually, fronts_of, wait_workers
 
 
 def hammer(port: int, threads: int, total: int, stop: threading.Event | None = None,
@@ -104,7 +104,7 @@ def test_sigterm_under_load_answers_every_accepted_request(serve):
 
     load = threading.Thread(target=run, daemon=True)
     load.start()
-    time.sleep(1.5)
+    time.sleep(1.5)  # the scenario: the load runs (and workers rotate) a while first
     server.signal(signal.SIGTERM)
     load.join(60)
     stop.set()
@@ -141,10 +141,10 @@ def test_sigterm_to_a_busy_worker_retires_it_without_a_failed_request(serve):
 
     load = threading.Thread(target=run, daemon=True)
     load.start()
-    time.sleep(0.2)
+    time.sleep(0.2)  # the scenario: the load is under way before the first TERM
     for pid in first:
         os.kill(pid, signal.SIGTERM)
-        time.sleep(0.2)
+        time.sleep(0.2)  # the scenario: one worker retiring after the other
     wait_workers(server, 2)
     time.sleep(0.5)  # the new workers serve part of the load
     done.set()
@@ -162,18 +162,17 @@ def test_sigterm_to_a_busy_worker_retires_it_without_a_failed_request(serve):
 
 def _workers_of(server) -> list[int]:
     """The master's children that are workers (all but the front tier)."""
-    front = [pid for pid in children_of(server.pid)
-             if open(f"/proc/{pid}/comm").read().strip() == "rwsgi-front"]
+    front = fronts_of(server.pid)
     return [pid for pid in children_of(server.pid) if pid not in front]
 
 
 def _wait_worker_count(server, count: int, timeout: float = 10) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        workers = _workers_of(server)
-        if len(workers) == count or time.monotonic() > deadline:
-            return workers
-        time.sleep(0.05)
+    """The workers once there are `count` of them (or as they are after `timeout`)."""
+    try:
+        eventually(lambda: len(_workers_of(server)) == count, timeout, f"{count} workers")
+    except AssertionError:
+        pass  # the caller's assertion names the count
+    return _workers_of(server)
 
 
 def test_ttin_and_ttou_change_the_worker_count_without_failures(serve):
@@ -201,15 +200,15 @@ def test_ttin_and_ttou_change_the_worker_count_without_failures(serve):
     for thread in threads:
         thread.start()
     try:
-        for _ in range(2):
+        for sent in range(1, 3):  # one at a time: the kernel merges signals pending together
             server.signal(signal.SIGTTIN)
-            time.sleep(0.2)
+            server.wait_for_log(r"Handling signal: ttin", count=sent)
         assert len(_wait_worker_count(server, 4)) == 4, server.log
-        for _ in range(5):  # more than there are workers: one is always kept
+        for sent in range(1, 6):  # more than there are workers: one is always kept
             server.signal(signal.SIGTTOU)
-            time.sleep(0.3)
+            server.wait_for_log(r"Handling signal: ttou", count=sent)
         assert len(_wait_worker_count(server, 1)) == 1, server.log
-        time.sleep(0.5)
+        time.sleep(0.5)  # deliberate: a worker started by mistake would show meanwhile
         assert len(_workers_of(server)) == 1
     finally:
         done.set()

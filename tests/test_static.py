@@ -123,7 +123,7 @@ def test_precompressed_sibling_added_or_removed_is_seen_within_a_second(serve, t
     resp, body = get(server, "/s/f.txt", accept)
     assert resp.getheader("Content-Encoding") is None and body.startswith(b"plain text")
     (tmp_path / "f.txt.gz").write_bytes(gzip.compress(b"from the sibling"))
-    time.sleep(1.2)
+    time.sleep(1.2)  # the scenario: past the second the test allows
     resp, body = get(server, "/s/f.txt", accept)
     assert resp.getheader("Content-Encoding") == "gzip"
     assert gzip.decompress(body) == b"from the sibling"
@@ -145,7 +145,7 @@ def test_swapped_current_symlink_is_followed_within_a_second(serve, tmp_path):
     swapped = tmp_path / "current.new"
     swapped.symlink_to(tmp_path / "r2")
     swapped.replace(current)
-    time.sleep(1.2)
+    time.sleep(1.2)  # the scenario: past the second a swapped root may take
     assert get(server, "/s/v.txt")[1] == b"r2"
 
 

@@ -13,19 +13,8 @@ import threading
 import time
 
 from conftest import BINARY, alive
-from test_process import wait_workers
+from kit import eventually, request, wait_workers
 from test_timeout import LOG_LINE
-
-
-def request(port: int, path: str = "/", method: str = "GET", body: bytes | None = None,
-            headers: dict | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def at_once(count: int, call) -> list:
@@ -129,7 +118,7 @@ def test_a_request_past_the_timeout_gets_504_alone_and_the_worker_retires(serve)
 
     stuck = threading.Thread(target=get, args=("stuck", "/hang"))
     stuck.start()
-    time.sleep(1.0)
+    time.sleep(1.0)  # the scenario: the next request comes a second into the stuck one
     # Still running when the stuck one times out (at 2 s to 2.25 s), and silent for
     # less than the timeout: finishes on the same worker, which retires after it.
     slow = threading.Thread(target=get, args=("slow", "/slow?ms=1500"))
@@ -145,11 +134,9 @@ def test_a_request_past_the_timeout_gets_504_alone_and_the_worker_retires(serve)
     assert "answering it 504 and retiring the worker" in log
     # faulthandler's dump of every thread (SIGUSR2 from the master) shows the hung one;
     # it is written in pieces, so whole log lines of other processes are taken out first.
-    deadline = time.monotonic() + 5
-    while not re.search(r'File ".*threads_app\.py", line \d+ in _hang\n',
-                        LOG_LINE.sub("", server.log)):
-        assert time.monotonic() < deadline, server.log[-3000:]
-        time.sleep(0.05)
+    eventually(lambda: re.search(r'File ".*threads_app\.py", line \d+ in _hang\n',
+                                 LOG_LINE.sub("", server.log)),
+               timeout=5, what=f"the hung thread in the dump\n{server.log[-3000:]}")
     server.wait_for_log(rf"Worker \(pid: {before}, id: \d+\) .* after its timeout; replacing it")
     # No SIGABRT, no SIGKILL: the worker left on its own once its other request was done.
     assert "SIGKILL" not in server.log and "SIGABRT" not in server.log
@@ -194,7 +181,7 @@ def test_hup_retires_gthread_workers_without_losing_their_requests(serve):
     before = set(wait_workers(server, 2))
 
     def client(i: int):
-        time.sleep(0.01 * (i % 10))
+        time.sleep(0.01 * (i % 10))  # the scenario: requests spread over 0.1 s
         return request(server.port, "/?ms=300")
 
     results: list = []
@@ -206,7 +193,5 @@ def test_hup_retires_gthread_workers_without_losing_their_requests(serve):
     assert len(results) == 24 and all(r[0] == 200 for r in results), results
     served_by = {int(body.split()[0]) for _, body in results}
     assert served_by & before, served_by  # The old workers finished theirs.
-    deadline = time.monotonic() + 10
-    while set(wait_workers(server, 2)) & before:
-        assert time.monotonic() < deadline, server.log[-2000:]
-        time.sleep(0.05)
+    eventually(lambda: not set(wait_workers(server, 2)) & before, timeout=10,
+               what=f"the old workers gone\n{server.log[-2000:]}")

@@ -11,7 +11,7 @@ import threading
 import time
 
 from conftest import BINARY, alive
-from test_process import wait_workers
+from kit import wait_workers
 
 TIMEOUT = 2.0
 TIMED_OUT = re.compile(r"WORKER TIMEOUT \(pid:(\d+)\)")
@@ -120,7 +120,7 @@ def start_server(serve, *flags: str, workers: int = 2):
 def test_a_hung_request_gets_504_a_traceback_and_a_new_worker(serve):
     server, before = start_server(serve, "--timeout", str(TIMEOUT))
     with Load(server.port) as load:
-        time.sleep(0.3)
+        time.sleep(0.3)  # the scenario: the load is under way before the hang
         pid = hang(server, "/sleep", before)
         time.sleep(0.5)  # The new worker serves the load too.
     assert not load.failures, f"{load.failures[:3]}\n{server.log[-3000:]}"

@@ -12,6 +12,7 @@ mod daemon;
 pub mod listeners;
 mod notify;
 mod open_files;
+mod phase;
 mod reconfigure;
 pub mod scoreboard;
 mod signals;
@@ -35,6 +36,7 @@ use crate::config::{BindAddr, Settings};
 use crate::protocol::control::Message;
 pub use daemon::daemonize;
 use listeners::Listener;
+use phase::{Phase, Stop};
 use signals::SignalPipe;
 use spawn::{Forked, fork_child};
 use upgrade::Upgrade;
@@ -131,11 +133,8 @@ pub fn run(settings: Settings, program: Program) -> i32 {
         workers: BTreeMap::new(),
         next_worker_id: 0,
         generation: 0,
-        reload: None,
-        stop: None,
-        exit_code: 0,
+        phase: Phase::Booting,
         notifier,
-        ready: false,
         boot_deaths: 0,
         respawn_at: None,
         pidfile,
@@ -178,21 +177,6 @@ struct FrontChild {
     control: OwnedFd,
 }
 
-struct Stop {
-    graceful: bool,
-    deadline: Instant,
-    workers_told: bool,
-    killed: bool,
-}
-
-/// A reload (SIGHUP) under way: new workers are booting, the old ones retire as they
-/// become ready.
-struct Reload {
-    /// Another SIGHUP came meanwhile: reload again once this one is done (the workers
-    /// booting now may have read the code before it changed).
-    again: bool,
-}
-
 struct Arbiter {
     settings: Settings,
     listeners: Vec<Listener>,
@@ -202,13 +186,10 @@ struct Arbiter {
     next_worker_id: u32,
     /// Bumped by each reload: workers of an older generation run the old code.
     generation: u32,
-    reload: Option<Reload>,
-    stop: Option<Stop>,
-    exit_code: i32,
+    /// Where the master is in its life (see `phase`): changed only by `enter`.
+    phase: Phase,
     /// systemd's notification socket, if any.
     notifier: notify::Notifier,
-    /// Whether READY was said.
-    ready: bool,
     /// Workers that died before they were ready, in a row.
     boot_deaths: u32,
     /// No worker is started before this (backoff after deaths while booting).
@@ -232,7 +213,7 @@ struct Watcher {
 impl Arbiter {
     fn run(&mut self) -> i32 {
         loop {
-            if self.stop.is_none() && !self.upgrade.winched {
+            if self.phase.runs_children() {
                 if self.front.is_none() && !self.spawn_front() {
                     self.halt(1, "cannot start the front tier");
                 }
@@ -263,9 +244,11 @@ impl Arbiter {
             self.reap();
             let retire = self.watchdog.check(self.front.as_ref().map(|f| &f.control));
             retire.into_iter().for_each(|pid| self.tell(pid));
-            if let Some(stop) = &mut self.stop {
+            if let Phase::Stopping(stop) = &mut self.phase {
                 if self.front.is_none() && self.workers.is_empty() {
-                    return self.exit_code;
+                    let code = stop.code;
+                    self.enter(Phase::Halted);
+                    return code;
                 }
                 if stop.graceful && self.front.is_none() && !stop.workers_told {
                     // The front tier has drained: workers finish what they hold and exit.
@@ -322,7 +305,7 @@ impl Arbiter {
                 other => info!("Ignoring signal {other}"),
             }
         }
-        if hangups > 0 && self.stop.is_none() {
+        if hangups > 0 && !self.phase.is_stopping() {
             self.hangup();
         }
     }
@@ -333,9 +316,9 @@ impl Arbiter {
     /// workers back instead (an upgrade rolled back by hand, as nginx does).
     fn hangup(&mut self) {
         info!("Handling signal: hup");
-        if self.upgrade.winched {
+        if let Phase::Upgrading { drained: true } = self.phase {
             info!("Serving again: starting the front tier and the workers");
-            self.upgrade.winched = false;
+            self.enter(Phase::Booting);
             return;
         }
         self.notifier.notify(&format!(
@@ -388,11 +371,16 @@ impl Arbiter {
 
     /// Starts a graceful (TERM) or fast (INT, QUIT) stop; a fast stop overrides a graceful one.
     fn begin_stop(&mut self, graceful: bool) {
-        if let Some(stop) = &self.stop
+        if let Phase::Stopping(stop) = &self.phase
             && (!stop.graceful || graceful)
         {
             return;
         }
+        // A halt's code stays when INT follows it.
+        let code = match &self.phase {
+            Phase::Stopping(stop) => stop.code,
+            _ => 0,
+        };
         self.notifier.notify("STOPPING=1");
         // As gunicorn: the listeners close first, so new connections are refused at
         // once rather than queued for a server that is going away (unless a new master
@@ -409,32 +397,36 @@ impl Arbiter {
             // The front tier waits graceful_timeout for its requests; allow a little more
             // for the last responses to leave the workers before anything is killed.
             let deadline = Instant::now() + self.settings.graceful_timeout + Duration::from_secs(2);
-            self.stop = Some(Stop {
+            self.enter(Phase::Stopping(Stop {
                 graceful,
                 deadline,
                 workers_told: false,
                 killed: false,
-            });
+                code,
+            }));
         } else {
             signal_all(
                 front.into_iter().chain(self.workers.keys().copied()),
                 Signal::SIGQUIT,
             );
             let deadline = Instant::now() + FAST_STOP_GRACE;
-            self.stop = Some(Stop {
+            self.enter(Phase::Stopping(Stop {
                 graceful,
                 deadline,
                 workers_told: true,
                 killed: false,
-            });
+                code,
+            }));
         }
     }
 
     /// Stops everything because of an unrecoverable error; the master exits with `code`.
     fn halt(&mut self, code: i32, reason: &str) {
         error!("Shutting down: {reason}");
-        self.exit_code = code;
         self.begin_stop(false);
+        if let Phase::Stopping(stop) = &mut self.phase {
+            stop.code = code;
+        }
     }
 
     fn reap(&mut self) {
@@ -467,9 +459,9 @@ impl Arbiter {
 
     fn front_exited(&mut self, pid: Pid, how: &str) {
         self.front = None;
-        if self.stop.is_some() {
+        if self.phase.is_stopping() {
             info!("Front tier (pid: {pid}) {how}");
-        } else if self.upgrade.winched {
+        } else if let Phase::Upgrading { drained: true } = self.phase {
             info!("Front tier (pid: {pid}) {how} after WINCH; stopping the workers");
             self.tell_all_workers();
         } else {
@@ -501,7 +493,7 @@ impl Arbiter {
     /// The watcher died: started again, unless it cannot even start (then `--reload`
     /// is off until rwsgi is restarted, rather than forking it for ever).
     fn watcher_exited(&mut self, watcher: Watcher, how: &str) {
-        if self.stop.is_some() {
+        if self.phase.is_stopping() {
             return;
         }
         if watcher.started.elapsed() < Duration::from_secs(2) {

@@ -25,6 +25,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 use tracing::{error, info, warn};
 
 use super::listeners::{self, Listener};
+use super::phase::Phase;
 use super::{Arbiter, signal_all, signals, title};
 use crate::config::BindAddr;
 
@@ -116,8 +117,6 @@ pub struct Upgrade {
     pub child: Option<Pid>,
     /// The master that started this one, if this one is an upgrade.
     old_master: Option<Pid>,
-    /// WINCH stopped this master's front tier and workers; it only holds the sockets.
-    pub winched: bool,
 }
 
 impl Upgrade {
@@ -126,7 +125,6 @@ impl Upgrade {
             program,
             child: None,
             old_master,
-            winched: false,
         }
     }
 
@@ -154,7 +152,7 @@ impl Arbiter {
                  (stop it first)"
             );
         }
-        if self.stop.is_some() {
+        if self.phase.is_stopping() {
             return;
         }
         let Some(exe) = self.upgrade.program.exe.clone() else {
@@ -170,6 +168,10 @@ impl Arbiter {
             Ok(pid) => {
                 info!("Started a new master (pid: {pid}) from {}", exe.display());
                 self.upgrade.child = Some(pid);
+                // A boot or a reload under way settles in this phase (see `settled`).
+                if let Phase::Serving = self.phase {
+                    self.enter(Phase::Upgrading { drained: false });
+                }
                 title::set(&format!(
                     "rwsgi: master (old) [{}]",
                     self.settings.proc_name
@@ -241,9 +243,15 @@ impl Arbiter {
                 pidfile.rename(original.into());
             }
         }
-        if self.upgrade.winched && self.stop.is_none() {
-            info!("Serving again: starting the front tier and the workers");
-            self.upgrade.winched = false;
+        match self.phase {
+            Phase::Upgrading { drained: true } => {
+                info!("Serving again: starting the front tier and the workers");
+                self.enter(Phase::Booting);
+            }
+            Phase::Upgrading { drained: false } => {
+                self.enter(Phase::Serving);
+            }
+            _ => {}
         }
     }
 
@@ -254,10 +262,10 @@ impl Arbiter {
             return info!("Ignoring SIGWINCH: no new master is running (see USR2)");
         }
         info!("Handling signal: winch");
-        if self.upgrade.winched || self.stop.is_some() {
+        if matches!(self.phase, Phase::Upgrading { drained: true }) || self.phase.is_stopping() {
             return;
         }
-        self.upgrade.winched = true;
+        self.enter(Phase::Upgrading { drained: true });
         match &self.front {
             // The workers are told when it has drained (see front_exited).
             Some(front) => signal_all([front.pid], Signal::SIGTERM),

@@ -19,8 +19,9 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
+use super::phase::{Phase, Reload};
 use super::spawn::{Forked, fork_child};
-use super::{APP_LOAD_ERROR, Arbiter, Reload, WORKER_BOOT_ERROR, control, scoreboard, title};
+use super::{APP_LOAD_ERROR, Arbiter, WORKER_BOOT_ERROR, control, scoreboard, title};
 use super::{listeners::Listener, signal_all};
 use crate::protocol::control::AddWorker;
 
@@ -81,8 +82,10 @@ impl Arbiter {
             .workers
             .values()
             .all(|w| w.told || current(w) && w.ready);
-        if self.reload.is_some() && all_new {
-            self.reload_done();
+        match self.phase {
+            Phase::Reloading(_) if all_new => self.reload_done(),
+            Phase::Booting if all_new && ready >= self.settings.workers => self.all_booted(),
+            _ => {}
         }
     }
 
@@ -118,7 +121,7 @@ impl Arbiter {
 
     /// SIGHUP: a new generation of workers, with the code as it is now on disk.
     pub(super) fn reload_workers(&mut self) {
-        if let Some(reload) = &mut self.reload {
+        if let Phase::Reloading(reload) = &mut self.phase {
             info!("A reload is under way: another follows once its workers are ready");
             reload.again = true;
             return;
@@ -126,7 +129,7 @@ impl Arbiter {
         // The new code's import error is reported again, once.
         scoreboard::reset_boot_error_report();
         self.generation = self.generation.wrapping_add(1);
-        self.reload = Some(Reload { again: false });
+        self.enter(Phase::Reloading(Reload { again: false }));
         if self.settings.preload {
             warn!(
                 "Reloading the workers; with --preload they run the application the master \
@@ -141,11 +144,15 @@ impl Arbiter {
     }
 
     fn reload_done(&mut self) {
-        let again = self.reload.take().is_some_and(|reload| reload.again);
         info!(
             "Reload done: {} workers running the new code",
             self.settings.workers
         );
+        let again = match self.phase {
+            Phase::Reloading(Reload { again }) => again,
+            _ => false,
+        };
+        self.all_booted();
         self.notifier.notify("READY=1\nSTATUS=reloaded");
         if again {
             self.reload_workers();
@@ -168,25 +175,29 @@ impl Arbiter {
             worker.generation = generation;
             kept += 1;
         }
-        self.reload = None;
         error!(
             "Reload failed: the new workers cannot load the application; the {kept} workers \
              already running keep serving the code they have"
         );
+        if let Phase::Reloading(_) = self.phase {
+            self.enter(self.settled());
+        }
         self.notifier.notify("READY=1\nSTATUS=reload failed");
     }
 
     /// The front tier says worker `id` (pid `pid`) said Hello: it booted.
     pub(super) fn worker_ready(&mut self, id: u32, pid: u32) {
         let pid = Pid::from_raw(pid as i32);
+        // The first worker of a boot: systemd hears READY (and the main pid again after
+        // a WINCH rolled back by HUP).
+        let first = !self.workers.values().any(|w| w.ready);
         let Some(worker) = self.workers.get_mut(&pid).filter(|w| w.id == id) else {
             return; // Already gone.
         };
         worker.ready = true;
         self.boot_deaths = 0;
         self.respawn_at = None;
-        if !self.ready {
-            self.ready = true;
+        if first && matches!(self.phase, Phase::Booting) {
             let pid = std::process::id();
             self.notifier.notify(&format!(
                 "READY=1\nMAINPID={pid}\nSTATUS=serving with {} workers",
@@ -204,7 +215,7 @@ impl Arbiter {
         signal: Option<Signal>,
         how: &str,
     ) {
-        let stopping = self.stop.is_some();
+        let stopping = self.phase.is_stopping();
         if !stopping {
             scoreboard::count_worker_restart();
         }

@@ -2,8 +2,11 @@
 
 `app` answers by path:
   /pid           -> the worker's pid
-  /sleep?s=N     -> sleeps N seconds, then a long known body ending in b"END"
-  /crash?after=N -> sleeps N seconds, then os._exit(1) without answering
+  /sleep?s=N     -> says "/sleep under way in worker PID" on stdout (the server's log, for
+                    a test to wait on), sleeps N seconds, then a long known body ending
+                    in b"END"
+  /crash?after=N -> says "/crash under way in worker PID", sleeps N seconds, then
+                    os._exit(1) without answering
   /info          -> JSON facts about the worker's Python environment
 """
 import json
@@ -43,9 +46,11 @@ def info():
 def app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
     if path == "/sleep":
+        print(f"/sleep under way in worker {os.getpid()}", flush=True)
         time.sleep(_arg(environ, "s", 1.0))
         return _send(start_response, SLEEP_BODY)
     if path == "/crash":
+        print(f"/crash under way in worker {os.getpid()}", flush=True)
         time.sleep(_arg(environ, "after", 0.0))
         os._exit(1)
     if path == "/info":
