@@ -323,7 +323,6 @@ async fn dispatch(
             &parts,
             conn,
             &facts,
-            request_id.id.as_bytes(),
             stream,
             body.as_ref(),
             spool_path.as_ref(),
@@ -404,7 +403,6 @@ fn encode_request(
     parts: &hyper::http::request::Parts,
     conn: &ConnInfo,
     facts: &ClientFacts,
-    request_id: &[u8],
     stream: u32,
     body: Option<&Vec<Bytes>>,
     spool: Option<&BodyFile>,
@@ -436,7 +434,11 @@ fn encode_request(
         remote_port: conn.remote.map(|a| a.port()),
         server_name: conn.server_name.as_bytes(),
         server_port: conn.server_port.as_bytes(),
-        request_id,
+        // `Picked::install` left exactly the request's id in the headers.
+        request_id: parts
+            .headers
+            .get(X_REQUEST_ID)
+            .map_or(&[][..], |id| id.as_bytes()),
     }
     .encode(out.bytes, stream, headers.into_iter())?;
     if let Some(body) = body {

@@ -384,10 +384,10 @@ mod tests {
             }
             compiled += usize::from(Format::parse(&String::from_utf8_lossy(&input)).is_ok());
             for _ in 0..rng.next() % 10 {
+                let pieces = rng.next() % 4;
+                let value: String = (0..pieces).map(|_| rng.pick(VALUE_PIECES)).collect();
                 input.push(0xff);
-                for _ in 0..rng.next() % 4 {
-                    input.extend_from_slice(rng.pick(VALUE_PIECES).as_bytes());
-                }
+                input.extend_from_slice(value.as_bytes());
             }
             format_and_line(&input);
         }
