@@ -107,6 +107,7 @@ fn written_back(layer: &Layer, keys: &[Key]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seeded::Rng;
 
     /// Keys, values and other pieces of config files: lines of a key and a value, now
     /// and then with other pieces among them, make files that read and files with every
@@ -178,33 +179,19 @@ mod tests {
         "file = \"g.py\"\n",
     ];
 
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
     #[test]
     fn config_texts_read_or_name_their_mistake() {
         let mut rng = Rng(0xd1b5_4a32_d192_ed03);
         let mut read = 0;
         for _ in 0..3000 {
             let mut text = String::new();
-            let pick = |rng: &mut Rng, from: &[&'static str]| {
-                from[(rng.next() % from.len() as u64) as usize]
-            };
             for _ in 0..rng.next() % 8 {
                 match rng.next() % 4 {
-                    0 => text.push_str(pick(&mut rng, PIECES)),
+                    0 => text.push_str(rng.pick(PIECES)),
                     _ => {
-                        text.push_str(pick(&mut rng, KEYS));
+                        text.push_str(rng.pick(KEYS));
                         text.push_str(" = ");
-                        text.push_str(pick(&mut rng, VALUES));
+                        text.push_str(rng.pick(VALUES));
                         text.push('\n');
                     }
                 }

@@ -286,6 +286,7 @@ fn unparse(format: &Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seeded::Rng;
 
     /// Pieces of formats and of values: joined at random they make formats that compile
     /// and formats that don't, and values that need escaping.
@@ -353,21 +354,6 @@ mod tests {
         "Basic dXNlcjpwYXNz",
         "-",
     ];
-
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-            from[(self.next() % from.len() as u64) as usize]
-        }
-    }
 
     #[test]
     fn formats_compile_and_lines_read_back() {

@@ -115,6 +115,7 @@ fn feed<'a>(limits: Limits, pieces: impl IntoIterator<Item = &'a [u8]>) -> Verdi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seeded::Rng;
 
     /// Pieces of request streams, well-formed and not: joined at random, they reach
     /// every state of the checker far more often than random bytes do.
@@ -147,21 +148,6 @@ mod tests {
         b"\0",
     ];
 
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
     #[test]
     fn the_verdict_does_not_depend_on_where_reads_end() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -177,7 +163,7 @@ mod tests {
                 match rng.below(20) {
                     // Now and then a few random bytes, to land in the middle of things.
                     0 => stream.extend((0..rng.below(4)).map(|_| rng.next() as u8)),
-                    _ => stream.extend_from_slice(FRAGMENTS[rng.below(FRAGMENTS.len())]),
+                    _ => stream.extend_from_slice(rng.pick(FRAGMENTS)),
                 }
             }
             let limits = match input[0] & 1 {
