@@ -16,6 +16,8 @@ pub mod process_env;
 pub mod procfs;
 pub mod protocol;
 pub mod python;
+#[cfg(test)]
+mod seeded;
 pub mod watcher;
 pub mod worker;
 

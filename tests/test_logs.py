@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from conftest import BINARY, Server, children_of, free_port
 from kit import comm, eventually, get
@@ -151,3 +154,56 @@ def test_an_app_error_names_the_request_id(serve):
     conn.close()
     assert response.status == 500 and response.getheader("x-request-id") == "trace-7"
     server.wait_for_log(r"Error handling request /boom \(request id trace-7\)")
+
+
+def get_with_id(port: int, path: str, request_id: str | None) -> tuple[int, str, bytes]:
+    """GET `path`, sending `request_id` as X-Request-Id when given: the status, the id
+    the response names and the body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    conn.request("GET", path, headers={"X-Request-Id": request_id} if request_id else {})
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, response.getheader("x-request-id"), body
+
+
+def expected_id(sent: str | None, answered: str) -> str:
+    """The id the response names: the one sent, or a new one (32 hex digits)."""
+    if sent:
+        assert answered == sent
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", answered), answered
+    return answered
+
+
+@pytest.mark.parametrize("sent", ["trace-502", None])
+def test_a_worker_killed_mid_request_logs_its_502_with_the_request(serve, sent):
+    server = serve("logs_app:app", workers=1)
+    status, answered, _ = get_with_id(server.port, "/crash", sent)
+    assert status == 502
+    request_id = expected_id(sent, answered)
+    server.wait_for_log(r"worker died while handling a request: 502 for /crash "
+                        rf"\(request id {re.escape(request_id)}\)")
+
+
+@pytest.mark.parametrize("sent", ["trace-504", None])
+def test_a_timed_out_request_logs_its_504_with_the_request(serve, sent):
+    server = serve("logs_app:app", "--timeout", "1", workers=1)
+    status, answered, _ = get_with_id(server.port, "/hang", sent)
+    assert status == 504
+    request_id = expected_id(sent, answered)
+    server.wait_for_log(r"worker timed out on a request \(--timeout\): 504 for /hang "
+                        rf"\(request id {re.escape(request_id)}\)")
+
+
+@pytest.mark.parametrize("sent", ["trace-app", None])
+def test_the_app_sees_the_request_id_in_its_environ(serve, sent):
+    server = serve("logs_app:app", workers=1)
+    status, answered, body = get_with_id(server.port, "/id", sent)
+    assert status == 200
+    assert body.decode() == expected_id(sent, answered)
+    # The worker's own lines name the same id (it comes in the request head).
+    status, answered, _ = get_with_id(server.port, "/boom", sent)
+    assert status == 500
+    server.wait_for_log(rf"Error handling request /boom \(request id "
+                        rf"{re.escape(expected_id(sent, answered))}\)")

@@ -97,14 +97,16 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 fn unknown_key(name: &str, keys: &[Key]) -> String {
+    // A quoted key may hold any character: escaped, a message stays one line.
+    let shown = name.escape_debug();
     let by_alias = keys
         .iter()
         .find(|k| k.aliases.iter().any(|a| a == name))
         .map(|k| k.name.as_str());
     let close = by_alias.or_else(|| suggest(name, keys.iter().map(|k| k.name.as_str())));
     match close {
-        Some(close) => format!("unknown key `{name}`, did you mean `{close}`?"),
-        None => format!("unknown key `{name}` (`rwsgi config` lists every key)"),
+        Some(close) => format!("unknown key `{shown}`, did you mean `{close}`?"),
+        None => format!("unknown key `{shown}` (`rwsgi config` lists every key)"),
     }
 }
 
@@ -150,7 +152,10 @@ fn joined(form: &TableForm, table: &DeTable<'_>, at: usize) -> Result<OsString, 
                 .unwrap_or_else(|| format!(" (fields: {})", form.fields.join(", ")));
             return Err((
                 field.span().start,
-                format!("unknown field `{field}`{hint}", field = field.get_ref()),
+                format!(
+                    "unknown field `{field}`{hint}",
+                    field = field.get_ref().escape_debug()
+                ),
             ));
         }
     }
@@ -257,5 +262,18 @@ mod tests {
         assert!(err.ends_with("did you mean `tls`?"), "{err}");
         let err = parse_text("workers = \n").unwrap_err();
         assert!(err.starts_with("rwsgi.toml:1: "), "{err}");
+    }
+
+    #[test]
+    fn a_mistake_is_one_line_whatever_the_key_holds() {
+        // Found by the config fuzz target: a quoted key's newline went into the message,
+        // which then began a second log line of the key's choosing.
+        let err = parse_text("\"a\\nrwsgi: b\" = 1\n").unwrap_err();
+        assert_eq!(
+            err,
+            "rwsgi.toml:1: unknown key `a\\nrwsgi: b` (`rwsgi config` lists every key)"
+        );
+        let err = parse_text("[[static]]\nprefix = \"/s\"\n\"d\\tr\" = \"d\"\n").unwrap_err();
+        assert!(err.contains("unknown field `d\\tr`"), "{err}");
     }
 }

@@ -11,6 +11,8 @@ mod app;
 mod bind;
 mod env;
 mod file;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod gunicorn;
 mod hooks;
 mod identity;

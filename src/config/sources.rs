@@ -76,7 +76,7 @@ pub struct Key {
 
 /// The clap command of the settings (with gunicorn's spellings), parsing values without
 /// a program name.
-fn command() -> Command {
+pub(super) fn command() -> Command {
     gunicorn::augment(ServeArgs::augment_args(Command::new("rwsgi")).no_binary_name(true))
 }
 
@@ -464,7 +464,7 @@ fn with_flag(key: &Key, value: &OsStr) -> OsString {
 
 /// Parses every value of `layer` with its flag's own clap parser, so that a bad value
 /// is named with the file line or the variable it came from.
-fn check(cmd: &Command, keys: &[Key], layer: &Layer) -> Result<(), LoadError> {
+pub(super) fn check(cmd: &Command, keys: &[Key], layer: &Layer) -> Result<(), LoadError> {
     for key in keys {
         let Some(Sourced {
             given: Given::Values(values),

@@ -6,6 +6,9 @@
 //! after the fork. It never runs application code.
 
 mod access_log;
+/// The access log's fuzz entry point, for `fuzz/` (the module itself stays private).
+#[cfg(fuzzing)]
+pub use access_log::fuzz as access_log_fuzz;
 mod body;
 mod budget;
 mod channel;

@@ -54,6 +54,24 @@ impl Picked {
     }
 }
 
+/// Names a request in the front tier's error lines as a worker's lines name it: `PATH
+/// (request id ID)`, the id being the one of the access log and the response.
+pub struct Named<'a> {
+    /// The request's path; None for a refused head, whose path is unknown.
+    pub path: Option<&'a str>,
+    /// The request's id.
+    pub id: &'a HeaderValue,
+}
+
+impl std::fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A URI's path holds no space or control byte, an id is visible ASCII: neither
+        // can break the line.
+        let id = String::from_utf8_lossy(self.id.as_bytes());
+        write!(f, "{} (request id {id})", self.path.unwrap_or("-"))
+    }
+}
+
 fn is_sane(id: &[u8]) -> bool {
     (1..=MAX_LENGTH).contains(&id.len()) && id.iter().all(|b| (0x21..=0x7e).contains(b))
 }

@@ -112,6 +112,8 @@ pub async fn handle(
     let version = request.version();
     let request_id = request_id::pick(request.headers());
     let refused_head = conn.guard.refused_head(index);
+    // For the error lines: a refcount, not a copy.
+    let path_and_query = request.uri().path_and_query().cloned();
     let mut entry = shared.access_log.as_ref().map(|log| {
         let remote = client_facts(request.headers(), &conn, &shared.trusted).addr;
         log.begin(&request, remote, &request_id.id, refused_head.is_some())
@@ -122,7 +124,14 @@ pub async fn handle(
     };
     let mut response = match result {
         Ok(response) => response,
-        Err(err) => error_response(err, version),
+        Err(err) => {
+            let path = path_and_query.as_ref().filter(|_| refused_head.is_none());
+            let named = request_id::Named {
+                path: path.map(|pq| pq.path()),
+                id: &request_id.id,
+            };
+            error_response(err, version, &named)
+        }
     };
     // RFC 6797 §7.2: the header is sent over a secure transport only; an app's own
     // value wins.
@@ -444,6 +453,11 @@ fn encode_request(
         remote_port: conn.remote.map(|a| a.port()),
         server_name: conn.server_name.as_bytes(),
         server_port: conn.server_port.as_bytes(),
+        // `Picked::install` left exactly the request's id in the headers.
+        request_id: parts
+            .headers
+            .get(X_REQUEST_ID)
+            .map_or(&[][..], |id| id.as_bytes()),
     }
     .encode(out.bytes, stream, headers.into_iter())?;
     if let Some(body) = body {
@@ -491,7 +505,11 @@ fn build_response(
     Ok(response)
 }
 
-fn error_response(err: RequestError, version: Version) -> Response<ResponseBody> {
+fn error_response(
+    err: RequestError,
+    version: Version,
+    named: &request_id::Named<'_>,
+) -> Response<ResponseBody> {
     let status = match &err {
         RequestError::Client(status, _) => *status,
         RequestError::Busy => StatusCode::SERVICE_UNAVAILABLE,
@@ -499,24 +517,27 @@ fn error_response(err: RequestError, version: Version) -> Response<ResponseBody>
         RequestError::Worker(_) | RequestError::BadResponse(_) => StatusCode::BAD_GATEWAY,
         RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    // Each line names the request as the worker's lines and the access log do.
     match &err {
         RequestError::Client(status, why) => {
-            info!("refused a request: {} ({why})", status.as_u16())
+            info!("refused a request: {} ({why}) for {named}", status.as_u16())
         }
-        RequestError::Busy => warn!("no worker free in time and the queue is full: 503"),
+        RequestError::Busy => {
+            warn!("no worker free in time and the queue is full: 503 for {named}")
+        }
         RequestError::Worker(Failure::WorkerDied) => {
-            error!("worker died while handling a request: 502")
+            error!("worker died while handling a request: 502 for {named}")
         }
         RequestError::Worker(Failure::Aborted(why)) => {
-            error!("worker abandoned a request ({why}): 502")
+            error!("worker abandoned a request ({why}): 502 for {named}")
         }
         RequestError::Worker(Failure::TimedOut) => {
-            error!("worker timed out on a request (--timeout): 504")
+            error!("worker timed out on a request (--timeout): 504 for {named}")
         }
         RequestError::BadResponse(why) => {
-            error!("worker sent a response HTTP cannot carry ({why}): 502")
+            error!("worker sent a response HTTP cannot carry ({why}): 502 for {named}")
         }
-        RequestError::Internal(why) => error!("internal error: {why}"),
+        RequestError::Internal(why) => error!("internal error: {why}: 500 for {named}"),
     }
     let mut response = super::static_files::page(status, false);
     let headers = response.headers_mut();

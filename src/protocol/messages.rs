@@ -145,6 +145,9 @@ pub struct RequestHead {
     pub server_name: Bytes,
     /// SERVER_PORT, as text (may be empty).
     pub server_port: Bytes,
+    /// The id the front tier kept or made for the request (also its `X-Request-Id`
+    /// header): the worker's log lines name the request by it.
+    pub request_id: Bytes,
     /// Header fields in arrival order, names lower-case.
     pub headers: Vec<(Bytes, Bytes)>,
 }
@@ -169,6 +172,7 @@ impl RequestHead {
             remote_port: self.remote_port,
             server_name: &self.server_name,
             server_port: &self.server_port,
+            request_id: &self.request_id,
         }
         .encode(out, stream, headers)
     }
@@ -199,6 +203,7 @@ impl RequestHead {
         };
         let server_name = r.bytes()?;
         let server_port = r.bytes()?;
+        let request_id = r.bytes()?;
         let headers = read_headers(&mut r)?;
         r.finish()?;
         Ok(RequestHead {
@@ -212,6 +217,7 @@ impl RequestHead {
             remote_port,
             server_name,
             server_port,
+            request_id,
             headers,
         })
     }
@@ -240,6 +246,7 @@ pub struct RequestHeadRef<'a> {
     pub remote_port: Option<u16>,
     pub server_name: &'a [u8],
     pub server_port: &'a [u8],
+    pub request_id: &'a [u8],
 }
 
 impl RequestHeadRef<'_> {
@@ -264,7 +271,8 @@ impl RequestHeadRef<'_> {
                 .u8(self.remote_port.is_some() as u8)
                 .u16(self.remote_port.unwrap_or(0))
                 .bytes(self.server_name)
-                .bytes(self.server_port);
+                .bytes(self.server_port)
+                .bytes(self.request_id);
             write_headers(w, headers);
         })
     }

@@ -25,7 +25,9 @@
 //!    Capacity is how many streams the worker serves at once: 1 (sync), `--threads`
 //!    (gthread) or `--worker-connections` (gevent); the frames of its streams interleave
 //!    on the channel, each frame whole.
-//! 2. The front tier opens a stream with [`Kind::RequestHead`], then sends the body as
+//! 2. The front tier opens a stream with [`Kind::RequestHead`] (since protocol version
+//!    3 it carries the request's id, so that the worker's log lines name the request
+//!    as the front tier's do), then sends the body as
 //!    [`Kind::Body`] frames or one [`Kind::BodyFile`] frame (a spooled body), then
 //!    [`Kind::End`]. A stream id is never reused while the stream is open.
 //! 3. The worker answers with [`Kind::ResponseHead`], [`Kind::Body`] frames and
@@ -71,7 +73,7 @@ pub use fields::{FieldReader, FieldWriter};
 pub use messages::{BodyFile, Hello, RequestHead, RequestHeadRef, ResponseHead, Scheme};
 
 /// The protocol version spoken by this build; both sides must agree.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 /// Magic bytes opening the Hello payload, so a stray writer is detected at once.
 pub const MAGIC: &[u8; 4] = b"RWSG";

@@ -17,6 +17,7 @@ fn sample_request() -> RequestHead {
         remote_port: Some(51234),
         server_name: Bytes::from_static(b"127.0.0.1"),
         server_port: Bytes::from_static(b"8000"),
+        request_id: Bytes::from_static(b"3f2a-id"),
         headers: vec![
             (
                 Bytes::from_static(b"host"),

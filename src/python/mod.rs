@@ -236,13 +236,9 @@ impl std::fmt::Display for RequestLabel<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let head = self.0;
         write!(f, "{}", String::from_utf8_lossy(&head.raw_uri))?;
-        let id = head
-            .headers
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(b"x-request-id"));
-        match id {
-            Some((_, id)) => write!(f, " (request id {})", String::from_utf8_lossy(id)),
-            None => Ok(()),
+        match &head.request_id[..] {
+            b"" => Ok(()),
+            id => write!(f, " (request id {})", String::from_utf8_lossy(id)),
         }
     }
 }

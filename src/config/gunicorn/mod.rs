@@ -16,7 +16,7 @@
 //! holds; the master reads that output (TOML) here. It costs one interpreter start
 //! (tens of milliseconds) at start-up and on SIGHUP.
 
-mod file;
+pub(super) mod file;
 pub mod table;
 
 use std::ffi::OsString;

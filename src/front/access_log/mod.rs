@@ -12,6 +12,8 @@
 //! Only what the compiled format prints is kept per request. Nothing here does I/O:
 //! lines go to a buffer that a thread of its own writes out ([`sink`]).
 
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 mod render;
 mod sink;
 

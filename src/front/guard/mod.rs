@@ -20,6 +20,8 @@
 //!   client that never answers the GOAWAY's PING) is closed.
 
 pub mod check;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 #[cfg(test)]
 mod tests;
 
