@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod error_page;
+pub mod exit;
 pub mod front;
 pub mod lock;
 pub mod log;
@@ -16,6 +17,7 @@ pub mod process_env;
 pub mod procfs;
 pub mod protocol;
 pub mod python;
+pub mod scoreboard;
 pub mod watcher;
 pub mod worker;
 
@@ -23,9 +25,7 @@ use clap::{ArgMatches, FromArgMatches};
 
 use cli::{Cli, Command};
 use config::{Layered, Settings};
-
-/// gunicorn's exit code for a configuration it cannot use (as clap's for a bad flag).
-const CONFIG_ERROR: i32 = 2;
+use exit::CONFIG_ERROR;
 
 /// Runs the parsed command line (of [`cli::Cli`]) and returns the process exit code.
 pub fn run(matches: &ArgMatches) -> i32 {

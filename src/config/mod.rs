@@ -35,13 +35,10 @@ pub use mounts::{FileSettings, Mount};
 pub use reload::Reload;
 pub use sources::{Layered, LoadError, Origin};
 pub use tls::{CertSource, LoadedCert, TlsSettings};
-pub use worker_class::{MAX_THREADS, WorkerClass};
+pub use worker_class::WorkerClass;
 
 use crate::cli::ServeArgs;
-
-/// The most workers (`--workers`, TTIN): the shared scoreboard has a slot for twice as
-/// many (`master::scoreboard`).
-pub const MAX_WORKERS: usize = 1024;
+use crate::scoreboard::MAX_WORKERS;
 
 /// A user's mistake in the configuration: which setting, and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +150,7 @@ pub struct CompressSettings {
 /// started in; the error is the message to log.
 pub fn reread(args: &[std::ffi::OsString]) -> Result<Settings, String> {
     let argv = std::iter::once(std::ffi::OsString::from("rwsgi")).chain(args.iter().cloned());
-    let matches = crate::cli::command()
+    let matches = gunicorn::command()
         .try_get_matches_from(crate::cli::with_subcommand(argv))
         .map_err(|err| err.to_string())?;
     let Some((_, given)) = matches.subcommand() else {

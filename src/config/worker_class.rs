@@ -3,10 +3,7 @@
 
 use super::ConfigError;
 use crate::cli::ServeArgs;
-
-/// The most threads a gthread worker may run: the shared scoreboard keeps one stamp per
-/// thread (`master::scoreboard`), so it has room for this many per worker.
-pub const MAX_THREADS: usize = 256;
+use crate::scoreboard::MAX_THREADS;
 
 /// The most requests one worker may take at once (the channel's Hello carries a u16).
 const MAX_CAPACITY: usize = u16::MAX as usize;

@@ -15,8 +15,8 @@ use tracing::{debug, warn};
 
 use super::channel;
 use super::pool::Pool;
-use crate::master::scoreboard;
 use crate::protocol::control::{AddWorker, MESSAGE_LEN, Message};
+use crate::scoreboard;
 
 /// The front tier's way back to the master over the control socket.
 #[derive(Clone)]

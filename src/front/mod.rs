@@ -56,14 +56,14 @@ pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: Owne
         Ok(runtime) => runtime,
         Err(err) => {
             error!("cannot start the front tier's runtime: {err}");
-            return crate::master::WORKER_BOOT_ERROR;
+            return crate::exit::WORKER_BOOT_ERROR;
         }
     };
     let shards = match shard::Shards::start(settings.front_threads, runtime.handle().clone()) {
         Ok(shards) => shards,
         Err(err) => {
             error!("cannot start the front tier's threads: {err}");
-            return crate::master::WORKER_BOOT_ERROR;
+            return crate::exit::WORKER_BOOT_ERROR;
         }
     };
     memory::no_huge_pages();
@@ -72,7 +72,7 @@ pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: Owne
         Some(Ok((log, writer))) => (Some(log), Some(writer)),
         Some(Err(err)) => {
             error!("cannot open the access log: {err}");
-            return crate::master::WORKER_BOOT_ERROR;
+            return crate::exit::WORKER_BOOT_ERROR;
         }
     };
     let code = runtime.block_on(serve(settings, listeners, control, access_log, &shards));
@@ -154,14 +154,14 @@ async fn serve(
         signal(SignalKind::hangup()),
     ) else {
         error!("cannot install the front tier's signal handlers");
-        return crate::master::WORKER_BOOT_ERROR;
+        return crate::exit::WORKER_BOOT_ERROR;
     };
     tokio::spawn(async move { while hangup.recv().await.is_some() {} });
     let tls = match settings.tls.as_ref().map(tls::Tls::new).transpose() {
         Ok(tls) => tls.map(Arc::new),
         Err(err) => {
             error!("{err}");
-            return crate::master::WORKER_BOOT_ERROR;
+            return crate::exit::WORKER_BOOT_ERROR;
         }
     };
     let reload = Arc::new(Notify::new());
@@ -184,7 +184,7 @@ async fn serve(
             }
             Err(err) => {
                 error!("cannot use the --metrics-bind listener: {err}");
-                return crate::master::WORKER_BOOT_ERROR;
+                return crate::exit::WORKER_BOOT_ERROR;
             }
         }
     }
@@ -208,7 +208,7 @@ async fn serve(
                 ))),
                 Err(err) => {
                     error!("cannot use an inherited listener: {err}");
-                    return crate::master::WORKER_BOOT_ERROR;
+                    return crate::exit::WORKER_BOOT_ERROR;
                 }
             }
         }
@@ -224,7 +224,7 @@ async fn serve(
             ))),
             Err(err) => {
                 error!("cannot use an inherited --redirect-http listener: {err}");
-                return crate::master::WORKER_BOOT_ERROR;
+                return crate::exit::WORKER_BOOT_ERROR;
             }
         }
     }

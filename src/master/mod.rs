@@ -13,7 +13,6 @@ pub mod listeners;
 mod notify;
 mod open_files;
 mod reconfigure;
-pub mod scoreboard;
 mod signals;
 mod spawn;
 mod timeout;
@@ -33,6 +32,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{BindAddr, Settings};
 use crate::protocol::control::Message;
+use crate::scoreboard;
 pub use daemon::daemonize;
 use listeners::Listener;
 use signals::SignalPipe;
@@ -40,11 +40,6 @@ use spawn::{Forked, fork_child};
 use upgrade::Upgrade;
 pub use upgrade::{Program, upgrading};
 use workers::WorkerChild;
-
-/// gunicorn's exit code for a worker that failed to boot.
-pub const WORKER_BOOT_ERROR: i32 = 3;
-/// gunicorn's exit code for an application that failed to load.
-pub const APP_LOAD_ERROR: i32 = 4;
 
 /// How long a fast stop (INT, QUIT) waits before killing children outright.
 const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
@@ -304,7 +299,7 @@ impl Arbiter {
                 // Several in one pass are one reload.
                 Signal::SIGHUP => hangups += 1,
                 Signal::SIGTTIN => {
-                    if self.settings.workers < crate::config::MAX_WORKERS {
+                    if self.settings.workers < crate::scoreboard::MAX_WORKERS {
                         self.settings.workers += 1;
                     } else {
                         warn!("TTIN: already the most workers rwsgi can watch");

@@ -20,9 +20,11 @@ use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
 use super::spawn::{Forked, fork_child};
-use super::{APP_LOAD_ERROR, Arbiter, Reload, WORKER_BOOT_ERROR, control, scoreboard, title};
+use super::{Arbiter, Reload, control, title};
 use super::{listeners::Listener, signal_all};
+use crate::exit::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 use crate::protocol::control::AddWorker;
+use crate::scoreboard;
 
 /// Workers dying while booting, in a row, after which the master gives up (when no
 /// worker is serving).

@@ -27,8 +27,9 @@ pub use input::WsgiInput;
 pub use response::{Outcome, ResponseSink, format_traceback, send_error_page};
 
 use crate::config::{Settings, WorkerClass};
-use crate::master::{APP_LOAD_ERROR, WORKER_BOOT_ERROR, scoreboard};
+use crate::exit::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 use crate::protocol::RequestHead;
+use crate::scoreboard;
 use std::time::Duration;
 
 /// The application imported by the master under `--preload`, inherited by every fork.

@@ -20,9 +20,9 @@ use pyo3::Python;
 use tracing::{error, info, warn};
 
 use crate::config::{Settings, WorkerClass};
-use crate::master::WORKER_BOOT_ERROR;
-use crate::master::scoreboard::WorkerSlot;
+use crate::exit::WORKER_BOOT_ERROR;
 use crate::python::{self, App, Outcome, ResponseSink};
+use crate::scoreboard::WorkerSlot;
 use channel::{Body, Channel, Request, StreamSink};
 use memory::MemoryLimit;
 

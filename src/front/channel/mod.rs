@@ -38,12 +38,12 @@ use super::budget::{Backlog, Held};
 use super::control::Reporter;
 use super::pool::{Lease, Pool};
 use crate::lock::lock;
-use crate::master::scoreboard;
 use crate::protocol::ring::RingMap;
 use crate::protocol::{
     Decoder, Frame, Hello, Kind, MAX_PAYLOAD, ProtocolError, ResponseHead, encode_frame,
     encode_frame_header,
 };
+use crate::scoreboard;
 
 /// What happens on a stream, as the request's task sees it.
 #[derive(Debug)]
