@@ -10,10 +10,12 @@ mod access_log;
 mod app;
 mod bind;
 mod env;
+mod error;
 mod file;
 pub mod gunicorn;
 mod hooks;
 mod identity;
+mod keys;
 mod limits;
 mod mounts;
 mod reload;
@@ -28,37 +30,19 @@ use std::time::Duration;
 pub use access_log::{AccessLog, Atom, Format, Layout, Piece, Target as AccessTarget};
 pub use app::AppSpec;
 pub use bind::BindAddr;
+pub use error::ConfigError;
 pub use hooks::HooksSource;
 pub use identity::Credentials;
+pub use keys::{LoadError, Origin};
 pub use limits::{Limits, Trusted};
 pub use mounts::{FileSettings, Mount};
 pub use reload::Reload;
-pub use sources::{Layered, LoadError, Origin};
+pub use sources::Layered;
 pub use tls::{CertSource, LoadedCert, TlsSettings};
 pub use worker_class::WorkerClass;
 
 use crate::cli::ServeArgs;
 use crate::scoreboard::MAX_WORKERS;
-
-/// A user's mistake in the configuration: which setting, and what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-#[error("{setting}: {message}")]
-pub struct ConfigError {
-    /// The flag (as the user wrote it) that is wrong.
-    pub setting: &'static str,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl ConfigError {
-    /// An error about `setting`.
-    pub fn new(setting: &'static str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            setting,
-            message: message.into(),
-        }
-    }
-}
 
 /// The resolved settings of `rwsgi serve`.
 #[derive(Debug, Clone)]

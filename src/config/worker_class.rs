@@ -1,7 +1,7 @@
 //! `-k/--worker-class`, `--threads` and `--worker-connections`: how many requests one
 //! worker serves at once, and with what (DESIGN.md §3).
 
-use super::ConfigError;
+use super::error::ConfigError;
 use crate::cli::ServeArgs;
 use crate::scoreboard::MAX_THREADS;
 

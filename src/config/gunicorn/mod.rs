@@ -27,8 +27,8 @@ use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory};
 pub use file::read as read_file;
 pub use table::{Flag, SETTINGS, Setting, Status};
 
-use super::sources::LoadError;
 use crate::cli::Cli;
+use crate::config::keys::LoadError;
 
 /// The variable gunicorn reads extra command-line arguments from.
 pub const CMD_ARGS_VAR: &str = "GUNICORN_CMD_ARGS";
@@ -201,7 +201,7 @@ pub fn split_words(text: &str) -> Result<Vec<OsString>, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::sources::keys;
+    use crate::config::keys::keys;
 
     #[test]
     fn words_split_as_shlex() {
