@@ -9,9 +9,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Command};
-
-use crate::cli::ServeArgs;
+use clap::{ArgAction, Command};
 
 /// The prefix of every setting's environment variable.
 pub(super) const ENV_PREFIX: &str = "RWSGI_";
@@ -58,6 +56,8 @@ pub struct Key {
 /// spellings, which `sources` adds hidden, are not settings), for the readers' tests.
 #[cfg(test)]
 pub fn keys() -> Vec<Key> {
+    use crate::cli::ServeArgs;
+    use clap::Args;
     keys_of(&ServeArgs::augment_args(Command::new("rwsgi")))
 }
 

@@ -9,6 +9,7 @@ mod access_log;
 mod body;
 mod budget;
 mod channel;
+mod conn_info;
 mod control;
 pub mod guard;
 mod health;
@@ -48,7 +49,8 @@ use tracing::{error, info, warn};
 use crate::config::{BindAddr, Limits, Settings};
 use crate::protocol::Scheme;
 use access_log::AccessLog;
-use service::{ConnInfo, Shared};
+use conn_info::ConnInfo;
+use service::Shared;
 
 /// Runs the front tier until it is told to stop; returns the process exit code.
 pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: OwnedFd) -> i32 {
