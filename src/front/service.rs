@@ -313,7 +313,7 @@ async fn dispatch(
             .map_err(|_| RequestError::Busy)?;
         let worker = lease.conn().clone();
         let hold = StreamHold {
-            lease,
+            lease: Box::new(lease),
             spool: spool.take(),
         };
         let (stream, mut events) = match worker.open_stream(hold, &backlog, encode) {
