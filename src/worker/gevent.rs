@@ -21,7 +21,7 @@ use pyo3::types::{PyCFunction, PyDict};
 use tracing::error;
 
 use super::channel::{Channel, Incoming, Request};
-use super::{Finished, Limits, Retirement, serve as serve_one};
+use super::serve::{Finished, Limits, Retirement, serve as serve_one};
 use crate::lock::lock;
 use crate::python::App;
 use crate::scoreboard::WorkerSlot;
