@@ -542,8 +542,8 @@ impl Arbiter {
                     .iter()
                     .map(|l| (l.raw(), l.addr.clone()))
                     .collect();
-                let code = crate::front::run(&self.settings, listeners, front_end);
-                std::process::exit(code);
+                let served = crate::front::run(&self.settings, listeners, front_end);
+                std::process::exit(crate::exit::code(served));
             }
             Ok(Forked::Parent(pid)) => {
                 info!("Booting front tier with pid: {pid}");
