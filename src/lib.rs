@@ -137,7 +137,7 @@ fn serve(
     if let Err(code) = change_dir(&settings) {
         return code;
     }
-    master::run(settings, program)
+    exit::code(master::run(settings, program))
 }
 
 /// `--env KEY=VALUE`: set in the master before anything is forked, so every child has it.
@@ -163,16 +163,14 @@ fn check(settings: Settings, log_level: Option<&str>, warnings: &[String]) -> i3
         return code;
     }
     python::venv::hint_idle(&settings);
-    match python::preload(&settings) {
-        Ok(()) => {
-            println!(
-                "rwsgi: configuration OK, application {:?} loaded",
-                settings.app.text
-            );
-            0
-        }
-        Err(code) => code,
+    let loaded = python::preload(&settings);
+    if loaded.is_ok() {
+        println!(
+            "rwsgi: configuration OK, application {:?} loaded",
+            settings.app.text
+        );
     }
+    exit::code(loaded)
 }
 
 /// Refuses a virtualenv of another Python than the embedded one, before any Python runs

@@ -310,8 +310,8 @@ impl Arbiter {
         ) {
             Ok(Forked::Child) => {
                 title::set(&format!("rwsgi: worker [{}]", self.settings.proc_name));
-                let code = crate::worker::run(&self.settings, worker_end, id, slot);
-                std::process::exit(code);
+                let served = crate::worker::run(&self.settings, worker_end, id, slot);
+                std::process::exit(crate::exit::code(served));
             }
             Ok(Forked::Parent(pid)) => {
                 drop(worker_end);

@@ -18,10 +18,10 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::{Settings, WorkerClass};
-use crate::exit::WORKER_BOOT_ERROR;
+use crate::exit::{Failure, WORKER_BOOT_ERROR};
 use crate::python::{self, App};
 use crate::scoreboard::WorkerSlot;
 use channel::Channel;
@@ -78,17 +78,35 @@ fn retire_after(settings: &Settings) -> u64 {
     settings.max_requests.saturating_add(jitter)
 }
 
-/// Runs a worker on its end of the channel until told to stop; returns the exit code.
-/// `slot` is its slot of the shared scoreboard, where it shows signs of life.
-pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> i32 {
-    let app = match App::boot(settings, id) {
-        Ok(app) => app,
-        Err(code) => return code,
-    };
-    if let Err(err) = install_signals() {
-        error!("cannot install the worker's signal handlers: {err}");
-        return WORKER_BOOT_ERROR;
+/// Why a worker could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The application was not made ready.
+    #[error(transparent)]
+    Boot(#[from] python::BootError),
+    /// TERM, INT and QUIT.
+    #[error("cannot install the worker's signal handlers: {0}")]
+    Signals(nix::Error),
+}
+
+impl Failure for WorkerError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            WorkerError::Boot(err) => err.exit_code(),
+            WorkerError::Signals(_) => WORKER_BOOT_ERROR,
+        }
     }
+
+    fn reported(&self) -> bool {
+        matches!(self, WorkerError::Boot(err) if err.reported())
+    }
+}
+
+/// Runs a worker on its end of the channel until told to stop. `slot` is its slot of
+/// the shared scoreboard, where it shows signs of life.
+pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> Result<(), WorkerError> {
+    let app = App::boot(settings, id)?;
+    install_signals().map_err(WorkerError::Signals)?;
     // Not fatal: without it a timed-out worker is killed without a traceback.
     if let Err(err) = python::install_abort_handler() {
         warn!("cannot install the SIGABRT handler (no traceback on --timeout): {err}");
@@ -105,7 +123,7 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> i32 {
     let channel = match Channel::new(channel).and_then(|c| c.hello(capacity, ring).map(|_| c)) {
         Ok(channel) => channel,
         // The front tier is already gone; the master will start everything anew.
-        Err(_) => return 0,
+        Err(_) => return Ok(()),
     };
     let limits = Limits {
         max_requests: retire_after(settings),
@@ -125,5 +143,5 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> i32 {
         // in `shutdown`, and the log lines were each written whole.
         unsafe { libc::_exit(0) }
     }
-    0
+    Ok(())
 }
