@@ -11,7 +11,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// rwsgi: one binary that terminates HTTP and runs WSGI applications in pre-forked workers.
 #[derive(Debug, Parser)]
@@ -42,17 +42,6 @@ pub enum Command {
 
 /// The hidden subcommand the master runs (as a child process) to read a gunicorn config file.
 pub const READ_GUNICORN_CONFIG: &str = "read-gunicorn-config";
-
-/// The full command line: the derived one, with gunicorn's spellings of the settings
-/// rwsgi has no flag of its own for (hidden from `--help`), and repeated single-value
-/// flags taking the last value, as gunicorn's argparse does.
-pub fn command() -> clap::Command {
-    let mut cmd = Cli::command();
-    for name in ["serve", "config", "check"] {
-        cmd = cmd.mut_subcommand(name, crate::config::gunicorn::augment);
-    }
-    cmd
-}
 
 /// `argv` with `serve` put in front of the options when no subcommand is named, as
 /// `rwsgi app:app` or `rwsgi -w 4 app:app` mean `rwsgi serve …` (gunicorn's command

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod error_page;
+pub mod exit;
 pub mod front;
 pub mod lock;
 pub mod log;
@@ -16,6 +17,7 @@ pub mod process_env;
 pub mod procfs;
 pub mod protocol;
 pub mod python;
+pub mod scoreboard;
 #[cfg(test)]
 mod seeded;
 pub mod watcher;
@@ -25,9 +27,7 @@ use clap::{ArgMatches, FromArgMatches};
 
 use cli::{Cli, Command};
 use config::{Layered, Settings};
-
-/// gunicorn's exit code for a configuration it cannot use (as clap's for a bad flag).
-const CONFIG_ERROR: i32 = 2;
+use exit::CONFIG_ERROR;
 
 /// Runs the parsed command line (of [`cli::Cli`]) and returns the process exit code.
 pub fn run(matches: &ArgMatches) -> i32 {
@@ -139,7 +139,7 @@ fn serve(
     if let Err(code) = change_dir(&settings) {
         return code;
     }
-    master::run(settings, program)
+    exit::code(master::run(settings, program))
 }
 
 /// `--env KEY=VALUE`: set in the master before anything is forked, so every child has it.
@@ -165,16 +165,14 @@ fn check(settings: Settings, log_level: Option<&str>, warnings: &[String]) -> i3
         return code;
     }
     python::venv::hint_idle(&settings);
-    match python::preload(&settings) {
-        Ok(()) => {
-            println!(
-                "rwsgi: configuration OK, application {:?} loaded",
-                settings.app.text
-            );
-            0
-        }
-        Err(code) => code,
+    let loaded = python::preload(&settings);
+    if loaded.is_ok() {
+        println!(
+            "rwsgi: configuration OK, application {:?} loaded",
+            settings.app.text
+        );
     }
+    exit::code(loaded)
 }
 
 /// Refuses a virtualenv of another Python than the embedded one, before any Python runs

@@ -17,7 +17,7 @@ fn main() {
     // Matches, not the derived struct: the config layering needs to know which values
     // the command line itself set.
     let argv = rwsgi::cli::with_subcommand(std::env::args_os());
-    let matches = rwsgi::cli::command()
+    let matches = rwsgi::config::gunicorn::command()
         .version(&*Box::leak(version.into_boxed_str()))
         .get_matches_from(argv);
     std::process::exit(rwsgi::run(&matches));

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use super::ConfigError;
+use super::error::ConfigError;
 use crate::cli::ServeArgs;
 
 /// gunicorn's default `access_log_format`.

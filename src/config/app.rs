@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// Where the application lives, as the user named it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// One address to listen on.
 #[derive(Debug, Clone, PartialEq, Eq)]

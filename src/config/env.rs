@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 
-use super::sources::{Given, Key, Kind, Layer, LoadError, Origin, Sourced, suggest};
+use super::keys::{Given, Key, Kind, Layer, LoadError, Origin, Sourced, suggest};
 
 /// `RWSGI_*` variables that are not settings but are read all the same.
 const OTHER_VARIABLES: &[&str] = &[
@@ -86,7 +86,7 @@ fn switch(raw: &OsString) -> Option<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::sources::keys;
+    use super::super::keys::keys;
     use super::*;
 
     fn read_vars(vars: &[(&str, &str)]) -> Result<Layer, String> {

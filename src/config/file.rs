@@ -13,7 +13,7 @@ use std::path::Path;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::sources::{Given, Key, Kind, Layer, LoadError, Origin, Sourced, suggest};
+use super::keys::{Given, Key, Kind, Layer, LoadError, Origin, Sourced, suggest};
 
 /// A setting whose values are pairs may be written as a table (or an array of tables,
 /// `[[static]]`) of these fields, joined into the flag's `A=B` or `A:B` form. This is
@@ -202,7 +202,7 @@ fn kind_of(value: &DeValue<'_>) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::super::sources::{given_texts as values, keys};
+    use super::super::keys::{given_texts as values, keys};
     use super::*;
 
     fn parse_text(text: &str) -> Result<Layer, String> {

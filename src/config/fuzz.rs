@@ -12,14 +12,15 @@ use std::sync::OnceLock;
 
 use clap::Command;
 
-use super::sources::{self, Given, Key, Layer, Origin};
+use super::keys::{self, Given, Key, Layer, Origin};
+use super::sources;
 use super::{file, gunicorn};
 
 /// The settings and the command they come from, made once: clap's definitions are the
 /// same for every input.
 fn settings() -> &'static (Vec<Key>, Command) {
     static SETTINGS: OnceLock<(Vec<Key>, Command)> = OnceLock::new();
-    SETTINGS.get_or_init(|| (sources::keys(), sources::command()))
+    SETTINGS.get_or_init(|| (keys::keys(), sources::command()))
 }
 
 /// The fuzz target's body: `data`, as text, through every reader of settings text.
@@ -91,7 +92,7 @@ fn written_back(layer: &Layer, keys: &[Key]) -> String {
         let text = |value: &std::ffi::OsString| toml::Value::String(value.to_string_lossy().into());
         let value = match &sourced.given {
             Given::Switch(on) => toml::Value::Boolean(*on),
-            Given::Values(values) if key.kind == sources::Kind::Many => {
+            Given::Values(values) if key.kind == keys::Kind::Many => {
                 toml::Value::Array(values.iter().map(text).collect())
             }
             Given::Values(values) => match values.as_slice() {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// The Python module holding the hooks.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Group, Uid, User, getegid, geteuid};
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// The user and group the children switch to after the fork.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

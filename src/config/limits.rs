@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::ConfigError;
+use super::error::ConfigError;
 use crate::cli::ServeArgs;
 
 /// `--limit-request-line 0`: the longest request line accepted at all.

@@ -10,12 +10,14 @@ mod access_log;
 mod app;
 mod bind;
 mod env;
+mod error;
 mod file;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
 pub mod gunicorn;
 mod hooks;
 mod identity;
+mod keys;
 mod limits;
 mod mounts;
 mod reload;
@@ -30,40 +32,19 @@ use std::time::Duration;
 pub use access_log::{AccessLog, Atom, Format, Layout, Piece, Target as AccessTarget};
 pub use app::AppSpec;
 pub use bind::BindAddr;
+pub use error::ConfigError;
 pub use hooks::HooksSource;
 pub use identity::Credentials;
+pub use keys::{LoadError, Origin};
 pub use limits::{Limits, Trusted};
 pub use mounts::{FileSettings, Mount};
 pub use reload::Reload;
-pub use sources::{Layered, LoadError, Origin};
+pub use sources::Layered;
 pub use tls::{CertSource, LoadedCert, TlsSettings};
-pub use worker_class::{MAX_THREADS, WorkerClass};
+pub use worker_class::WorkerClass;
 
 use crate::cli::ServeArgs;
-
-/// The most workers (`--workers`, TTIN): the shared scoreboard has a slot for twice as
-/// many (`master::scoreboard`).
-pub const MAX_WORKERS: usize = 1024;
-
-/// A user's mistake in the configuration: which setting, and what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-#[error("{setting}: {message}")]
-pub struct ConfigError {
-    /// The flag (as the user wrote it) that is wrong.
-    pub setting: &'static str,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl ConfigError {
-    /// An error about `setting`.
-    pub fn new(setting: &'static str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            setting,
-            message: message.into(),
-        }
-    }
-}
+use crate::scoreboard::MAX_WORKERS;
 
 /// The resolved settings of `rwsgi serve`.
 #[derive(Debug, Clone)]
@@ -155,7 +136,7 @@ pub struct CompressSettings {
 /// started in; the error is the message to log.
 pub fn reread(args: &[std::ffi::OsString]) -> Result<Settings, String> {
     let argv = std::iter::once(std::ffi::OsString::from("rwsgi")).chain(args.iter().cloned());
-    let matches = crate::cli::command()
+    let matches = gunicorn::command()
         .try_get_matches_from(crate::cli::with_subcommand(argv))
         .map_err(|err| err.to_string())?;
     let Some((_, given)) = matches.subcommand() else {

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::ConfigError;
+use super::error::ConfigError;
 use crate::cli::ServeArgs;
 
 /// A URL prefix served from a directory.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::ConfigError;
+use super::error::ConfigError;
 use crate::cli::ServeArgs;
 
 /// What the `--reload` watcher watches for besides `*.py`.

@@ -7,9 +7,8 @@
 use std::fmt::Write;
 
 use super::access_log::DEFAULT_FORMAT;
-use super::sources::{
-    DEFAULT_FILE, GUNICORN_DEFAULT_FILE, Given, Key, Kind, Layered, Origin, given_in,
-};
+use super::keys::{Given, Key, Kind, Origin};
+use super::sources::{DEFAULT_FILE, GUNICORN_DEFAULT_FILE, Layered, given_in};
 use super::{WorkerClass, bind, default_front_threads, default_timeout, default_workers};
 
 impl Layered {

@@ -18,7 +18,8 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::time::ASN1Time;
 
-use super::{BindAddr, ConfigError};
+use super::bind::BindAddr;
+use super::error::ConfigError;
 use crate::cli::ServeArgs;
 
 /// The TLS part of the settings: where the certificates come from, and what was

@@ -1,12 +1,9 @@
 //! `-k/--worker-class`, `--threads` and `--worker-connections`: how many requests one
 //! worker serves at once, and with what (DESIGN.md §3).
 
-use super::ConfigError;
+use super::error::ConfigError;
 use crate::cli::ServeArgs;
-
-/// The most threads a gthread worker may run: the shared scoreboard keeps one stamp per
-/// thread (`master::scoreboard`), so it has room for this many per worker.
-pub const MAX_THREADS: usize = 256;
+use crate::scoreboard::MAX_THREADS;
 
 /// The most requests one worker may take at once (the channel's Hello carries a u16).
 const MAX_CAPACITY: usize = u16::MAX as usize;

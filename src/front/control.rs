@@ -2,21 +2,30 @@
 //! from the master (SCM_RIGHTS), the master's requests to reload the TLS certificates
 //! and word of workers (or requests) it timed out; and telling the master when a
 //! worker is ready. The master's side is `master::control`.
+//!
+//! Here too each worker's life in the front tier ([`start`]): its Hello, its place in
+//! the pool, the task reading its channel, its leaving. Above both `channel` and
+//! `pool`, so that neither imports the other's caller.
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, send};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+use tokio::net::UnixStream;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::channel;
+use super::channel::WorkerConn;
+use super::channel::transport::{read_frame, read_ring_frame, send_ring};
 use super::pool::Pool;
-use crate::master::scoreboard;
 use crate::protocol::control::{AddWorker, MESSAGE_LEN, Message};
+use crate::protocol::ring::RingMap;
+use crate::protocol::{Decoder, Hello, Kind, ProtocolError};
+use crate::scoreboard;
 
 /// The front tier's way back to the master over the control socket.
 #[derive(Clone)]
@@ -123,7 +132,7 @@ pub async fn receive(
         let Some(runtime) = shards.get(shard).or(shards.first()) else {
             return warn!("the front tier has no runtime for worker {}", worker.id);
         };
-        channel::start(
+        start(
             worker.id,
             (shard, runtime),
             stream,
@@ -132,4 +141,106 @@ pub async fn receive(
             ring_size,
         );
     }
+}
+
+/// Takes over a worker's channel on shard `shard` (from [`Pool::assign_shard`]): waits
+/// for its Hello, adds it to the pool (and tells the master), then routes its frames
+/// until the channel closes.
+pub fn start(
+    id: u32,
+    (shard, runtime): (usize, &tokio::runtime::Handle),
+    stream: std::os::unix::net::UnixStream,
+    pool: Arc<Pool>,
+    reporter: Reporter,
+    ring_size: usize,
+) {
+    // Registered with the shard's own reactor, so that its thread alone reads it.
+    let _entered = runtime.enter();
+    let stream = match stream
+        .set_nonblocking(true)
+        .and_then(|_| UnixStream::from_std(stream))
+    {
+        Ok(stream) => stream,
+        Err(err) => {
+            pool.unassign_shard(shard);
+            return warn!("cannot use worker {id}'s channel: {err}");
+        }
+    };
+    tokio::spawn(async move {
+        let socket = Arc::new(stream);
+        let reader = socket.clone();
+        let mut decoder = Decoder::new();
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let hello = match read_frame(&reader, &mut decoder, &mut buf).await {
+            Ok(Some(frame)) if frame.kind == Kind::Hello => Hello::decode(frame.payload),
+            Ok(Some(_)) => Err(ProtocolError::Invalid("first frame is not Hello")),
+            Ok(None) => {
+                pool.unassign_shard(shard);
+                return debug!("worker {id} closed its channel before it was ready");
+            }
+            Err(err) => Err(err),
+        };
+        let hello = match hello {
+            Ok(hello) => hello,
+            Err(err) => {
+                pool.unassign_shard(shard);
+                return warn!("worker {id} spoke badly on its channel: {err}");
+            }
+        };
+        let ring = match hello.ring {
+            false => None,
+            true => {
+                let made = RingMap::create(ring_size)
+                    .map_err(std::io::Error::other)
+                    .map(|(map, fd)| (Arc::new(map), fd));
+                let sent = match made {
+                    Ok((map, fd)) => send_ring(&socket, &fd).await.map(|_| map),
+                    Err(err) => Err(err),
+                };
+                match sent {
+                    Ok(map) => Some(map),
+                    Err(err) => {
+                        pool.unassign_shard(shard);
+                        return warn!("cannot give worker {id} its rings: {err}");
+                    }
+                }
+            }
+        };
+        let conn = WorkerConn::new(id, hello.pid, shard, hello.capacity == 1, socket, ring);
+        pool.add(conn.clone(), hello.capacity as usize);
+        reporter.worker_ready(id, hello.pid);
+        debug!("worker {} (pid {}) is ready", id, hello.pid);
+        loop {
+            let frame = match &conn.ring {
+                Some(ring) => {
+                    read_ring_frame(&reader, ring, &mut decoder, &mut buf, &conn.outbox_ready).await
+                }
+                None => read_frame(&reader, &mut decoder, &mut buf).await,
+            };
+            match frame {
+                Ok(Some(frame)) if frame.kind == Kind::Retire => {
+                    // Out of the pool first, so no new lease names it; a request that
+                    // already holds one is turned away by `open_stream`.
+                    pool.remove(id);
+                    conn.retire();
+                    debug!("worker {} (pid {}) is retiring", id, hello.pid);
+                }
+                Ok(Some(frame)) => match conn.route(frame) {
+                    Ok(None) => {}
+                    Ok(Some(pause)) => pause.wait().await,
+                    Err(err) => {
+                        warn!("worker {} broke the channel protocol: {err}", hello.pid);
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(err) => {
+                    warn!("worker {} broke the channel protocol: {err}", hello.pid);
+                    break;
+                }
+            }
+        }
+        pool.forget(id, shard);
+        conn.close();
+    });
 }

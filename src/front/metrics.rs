@@ -26,8 +26,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::warn;
 
 use super::pool::Pool;
-use crate::master::scoreboard;
 use crate::procfs;
+use crate::scoreboard;
 
 /// Which part of the front tier answered a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,7 @@ pub use access_log::fuzz as access_log_fuzz;
 mod body;
 mod budget;
 mod channel;
+mod conn_info;
 mod control;
 pub mod guard;
 mod health;
@@ -46,39 +47,66 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::{BindAddr, Limits, Settings};
 use crate::protocol::Scheme;
 use access_log::AccessLog;
-use service::{ConnInfo, Shared};
+use conn_info::ConnInfo;
+use service::Shared;
 
-/// Runs the front tier until it is told to stop; returns the process exit code.
-pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: OwnedFd) -> i32 {
-    let runtime = match shard::runtime() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            error!("cannot start the front tier's runtime: {err}");
-            return crate::master::WORKER_BOOT_ERROR;
-        }
-    };
-    let shards = match shard::Shards::start(settings.front_threads, runtime.handle().clone()) {
-        Ok(shards) => shards,
-        Err(err) => {
-            error!("cannot start the front tier's threads: {err}");
-            return crate::master::WORKER_BOOT_ERROR;
-        }
-    };
+/// Why the front tier could not start: each ends its process with gunicorn's
+/// WORKER_BOOT_ERROR, which stops the master.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    /// The main runtime.
+    #[error("cannot start the front tier's runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The shards' threads.
+    #[error("cannot start the front tier's threads: {0}")]
+    Threads(std::io::Error),
+    /// `--access-logfile`.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+    /// TERM, QUIT, INT and HUP.
+    #[error("cannot install the front tier's signal handlers")]
+    Signals,
+    /// The certificates (the message names them).
+    #[error("{0}")]
+    Tls(String),
+    /// The `--metrics-bind` listener.
+    #[error("cannot use the --metrics-bind listener: {0}")]
+    MetricsListener(std::io::Error),
+    /// A `--bind` listener.
+    #[error("cannot use an inherited listener: {0}")]
+    Listener(std::io::Error),
+    /// A `--redirect-http` listener.
+    #[error("cannot use an inherited --redirect-http listener: {0}")]
+    RedirectListener(std::io::Error),
+}
+
+impl crate::exit::Failure for FrontError {
+    fn exit_code(&self) -> i32 {
+        crate::exit::WORKER_BOOT_ERROR
+    }
+}
+
+/// Runs the front tier until it is told to stop.
+pub fn run(
+    settings: &Settings,
+    listeners: Vec<(RawFd, BindAddr)>,
+    control: OwnedFd,
+) -> Result<(), FrontError> {
+    let runtime = shard::runtime().map_err(FrontError::Runtime)?;
+    let shards = shard::Shards::start(settings.front_threads, runtime.handle().clone())
+        .map_err(FrontError::Threads)?;
     memory::no_huge_pages();
     let (access_log, writer) = match settings.access_log.as_ref().map(AccessLog::start) {
         None => (None, None),
         Some(Ok((log, writer))) => (Some(log), Some(writer)),
-        Some(Err(err)) => {
-            error!("cannot open the access log: {err}");
-            return crate::master::WORKER_BOOT_ERROR;
-        }
+        Some(Err(err)) => return Err(FrontError::AccessLog(err)),
     };
-    let code = runtime.block_on(serve(settings, listeners, control, access_log, &shards));
+    let served = runtime.block_on(serve(settings, listeners, control, access_log, &shards));
     // Connections still open after a graceful stop's timeout are simply dropped.
     shards.stop();
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -86,7 +114,7 @@ pub fn run(settings: &Settings, listeners: Vec<(RawFd, BindAddr)>, control: Owne
     if let Some(writer) = writer {
         writer.finish();
     }
-    code
+    served
 }
 
 enum Accepting {
@@ -125,7 +153,7 @@ async fn serve(
     control: OwnedFd,
     access_log: Option<Arc<AccessLog>>,
     shards: &shard::Shards,
-) -> i32 {
+) -> Result<(), FrontError> {
     let pool = pool::Pool::new(settings.max_queue, shards.count(), settings.prefetch);
     let shared = Arc::new(Shared {
         pool: pool.clone(),
@@ -156,17 +184,12 @@ async fn serve(
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     ) else {
-        error!("cannot install the front tier's signal handlers");
-        return crate::master::WORKER_BOOT_ERROR;
+        return Err(FrontError::Signals);
     };
     tokio::spawn(async move { while hangup.recv().await.is_some() {} });
-    let tls = match settings.tls.as_ref().map(tls::Tls::new).transpose() {
-        Ok(tls) => tls.map(Arc::new),
-        Err(err) => {
-            error!("{err}");
-            return crate::master::WORKER_BOOT_ERROR;
-        }
-    };
+    let tls = (settings.tls.as_ref().map(tls::Tls::new).transpose())
+        .map_err(FrontError::Tls)?
+        .map(Arc::new);
     let reload = Arc::new(Notify::new());
     tokio::spawn(tls::reload_when_asked(tls.clone(), reload.clone()));
     // The master passes the --bind listeners first, then the --redirect-http ones, then
@@ -177,19 +200,11 @@ async fn serve(
     if let (Some(metrics), Some((fd, addr))) =
         (&shared.metrics, metrics_listener.into_iter().next())
     {
-        match adopt(own(fd), addr) {
-            Ok(listener) => {
-                let listener = match listener {
-                    Accepting::Tcp(l, _) => metrics::MetricsListener::Tcp(l),
-                    Accepting::Unix(l, _) => metrics::MetricsListener::Unix(l),
-                };
-                tokio::spawn(metrics::serve(listener, metrics.clone(), pool.clone()));
-            }
-            Err(err) => {
-                error!("cannot use the --metrics-bind listener: {err}");
-                return crate::master::WORKER_BOOT_ERROR;
-            }
-        }
+        let listener = match adopt(own(fd), addr).map_err(FrontError::MetricsListener)? {
+            Accepting::Tcp(l, _) => metrics::MetricsListener::Tcp(l),
+            Accepting::Unix(l, _) => metrics::MetricsListener::Unix(l),
+        };
+        tokio::spawn(metrics::serve(listener, metrics.clone(), pool.clone()));
     }
     memory::start(shards, shared.budgets.memory());
     let target = redirect::Target::new(listeners.iter().map(|(_, addr)| addr));
@@ -201,35 +216,26 @@ async fn serve(
         let fd = own(fd);
         for runtime in shards.handles() {
             let _entered = runtime.enter();
-            match fd.try_clone().and_then(|fd| adopt(fd, addr.clone())) {
-                Ok(listener) => accept_tasks.push(tokio::spawn(accept_loop(
-                    listener,
-                    shared.clone(),
-                    stop.clone(),
-                    connections.clone(),
-                    tls.clone(),
-                ))),
-                Err(err) => {
-                    error!("cannot use an inherited listener: {err}");
-                    return crate::master::WORKER_BOOT_ERROR;
-                }
-            }
+            let listener = (fd.try_clone().and_then(|fd| adopt(fd, addr.clone())))
+                .map_err(FrontError::Listener)?;
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                shared.clone(),
+                stop.clone(),
+                connections.clone(),
+                tls.clone(),
+            )));
         }
     }
     for (fd, addr) in redirects {
-        match adopt(own(fd), addr) {
-            Ok(listener) => accept_tasks.push(tokio::spawn(redirect::accept_loop(
-                listener,
-                target,
-                settings.limits.header_timeout,
-                stop.clone(),
-                connections.clone(),
-            ))),
-            Err(err) => {
-                error!("cannot use an inherited --redirect-http listener: {err}");
-                return crate::master::WORKER_BOOT_ERROR;
-            }
-        }
+        let listener = adopt(own(fd), addr).map_err(FrontError::RedirectListener)?;
+        accept_tasks.push(tokio::spawn(redirect::accept_loop(
+            listener,
+            target,
+            settings.limits.header_timeout,
+            stop.clone(),
+            connections.clone(),
+        )));
     }
     let mut master_gone = tokio::spawn(control::receive(
         control,
@@ -254,7 +260,7 @@ async fn serve(
         task.abort();
     }
     if !graceful_stop {
-        return 0;
+        return Ok(());
     }
     for task in accept_tasks {
         let _ = task.await;
@@ -269,7 +275,7 @@ async fn serve(
     {
         warn!("graceful timeout passed with connections still open");
     }
-    0
+    Ok(())
 }
 
 /// `Strict-Transport-Security` for `--hsts SECONDS`. Only `max-age`: includeSubDomains

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use hyper::HeaderMap;
 use hyper::header::{FORWARDED, HeaderName};
 
-use super::service::ConnInfo;
+use super::conn_info::ConnInfo;
 use crate::config::Trusted;
 use crate::protocol::Scheme;
 

@@ -6,7 +6,6 @@
 //! one timed out).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,11 +18,12 @@ use tracing::{error, info, warn};
 
 use super::access_log::{AccessLog, Entry};
 use super::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
-use super::budget::{Budgets, ConnBudgets};
+use super::budget::Budgets;
 use super::channel::{Event, Failure, Queued, Refused, Returned, StreamHold};
 use super::compress::Compression;
+use super::conn_info::ConnInfo;
+use super::guard::Tracked;
 use super::guard::check::Reject;
-use super::guard::{ConnGuard, Tracked};
 use super::health::Health;
 use super::ip_text::IpText;
 use super::metrics::{Metrics, Observation, RouteKind};
@@ -31,30 +31,11 @@ use super::pool::Pool;
 use super::proxy::{ClientFacts, client_facts};
 use super::request_id::{self, X_REQUEST_ID};
 use super::sendfile::Target;
-use super::stall::Stalls;
 use super::static_files::Files;
 use crate::config::{Limits, Trusted};
 use crate::protocol::{
     BodyFile, Kind, ProtocolError, RequestHeadRef, ResponseHead, Scheme, encode_frame,
 };
-
-/// What every request of one connection shares.
-pub struct ConnInfo {
-    /// The peer, for a TCP connection.
-    pub remote: Option<SocketAddr>,
-    /// SERVER_NAME: the listening socket's address (or the socket path).
-    pub server_name: String,
-    /// SERVER_PORT: the listening socket's port (empty for a Unix socket).
-    pub server_port: String,
-    /// The scheme the client connected with.
-    pub scheme: Scheme,
-    /// What the connection's guard found, shared with it.
-    pub guard: Arc<ConnGuard>,
-    /// The memory its bodies may hold, all its streams together.
-    pub budgets: ConnBudgets,
-    /// The send timeout of its HTTP/2 responses.
-    pub stalls: Arc<Stalls>,
-}
 
 /// What every request of the front tier shares.
 pub struct Shared {
@@ -342,7 +323,7 @@ async fn dispatch(
         };
         let worker = lease.conn().clone();
         let hold = StreamHold {
-            lease,
+            lease: Box::new(lease),
             spool: spool.take(),
         };
         let (stream, mut events) = match worker.open_stream(hold, &backlog, encode) {

@@ -14,7 +14,6 @@ mod notify;
 mod open_files;
 mod phase;
 mod reconfigure;
-pub mod scoreboard;
 mod signals;
 mod spawn;
 mod timeout;
@@ -34,6 +33,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{BindAddr, Settings};
 use crate::protocol::control::Message;
+use crate::scoreboard;
 pub use daemon::daemonize;
 use listeners::Listener;
 use phase::{Phase, Stop};
@@ -43,52 +43,77 @@ use upgrade::Upgrade;
 pub use upgrade::{Program, upgrading};
 use workers::WorkerChild;
 
-/// gunicorn's exit code for a worker that failed to boot.
-pub const WORKER_BOOT_ERROR: i32 = 3;
-/// gunicorn's exit code for an application that failed to load.
-pub const APP_LOAD_ERROR: i32 = 4;
-
 /// How long a fast stop (INT, QUIT) waits before killing children outright.
 const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// Runs the server until it is stopped; returns the exit code.
-pub fn run(settings: Settings, program: Program) -> i32 {
+/// Why the master stopped short of a clean end.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// `--preload`: the application did not load.
+    #[error(transparent)]
+    Preload(#[from] crate::python::BootError),
+    /// The self-pipe of its signal handlers.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(nix::Error),
+    /// The listeners could not be bound or taken over (the message says which).
+    #[error("{0}")]
+    Listeners(String),
+    /// `--pid`.
+    #[error("--pid: cannot write {}: {source}", path.display())]
+    PidFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It halted with this code, having logged why (a worker's boot failure, say).
+    #[error("halted with exit code {0}")]
+    Halted(i32),
+}
+
+impl crate::exit::Failure for MasterError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            MasterError::Preload(err) => err.exit_code(),
+            MasterError::Halted(code) => *code,
+            _ => 1,
+        }
+    }
+
+    fn reported(&self) -> bool {
+        match self {
+            MasterError::Preload(err) => err.reported(),
+            MasterError::Halted(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Runs the server until it is stopped.
+pub fn run(settings: Settings, program: Program) -> Result<(), MasterError> {
     let tls_warnings = settings.tls.iter().flat_map(|tls| &tls.loaded);
     for warning in tls_warnings.flat_map(|cert| &cert.warnings) {
         warn!("--tls {warning}");
     }
-    if settings.preload
-        && let Err(code) = crate::python::preload(&settings)
-    {
-        return code;
+    if settings.preload {
+        crate::python::preload(&settings)?;
     }
     if let Some(mask) = settings.umask {
         nix::sys::stat::umask(mask);
     }
     // Before anything is bound or said: a TERM that comes as soon as the port answers
     // must find the handler in place, not kill the master outright.
-    let signals = match SignalPipe::install() {
-        Ok(signals) => signals,
-        Err(err) => {
-            error!("cannot install signal handlers: {err}");
-            return 1;
-        }
-    };
-    let (listeners, upgrade) = match open_listeners(&settings, program) {
-        Ok(opened) => opened,
-        Err(message) => {
-            error!("{message}");
-            return 1;
-        }
-    };
+    let signals = SignalPipe::install().map_err(MasterError::Signals)?;
+    let (listeners, upgrade) =
+        open_listeners(&settings, program).map_err(MasterError::Listeners)?;
     let pidfile = match &settings.pidfile {
         None => None,
         Some(path) => match notify::PidFile::write(path) {
             Ok(pidfile) => Some(pidfile),
-            Err(err) => {
-                error!("--pid: cannot write {}: {err}", path.display());
+            Err(source) => {
                 listeners::unlink_unix(&listeners);
-                return 1;
+                let path = path.clone();
+                return Err(MasterError::PidFile { path, source });
             }
         },
     };
@@ -148,7 +173,10 @@ pub fn run(settings: Settings, program: Program) -> i32 {
         listeners::unlink_unix(&arbiter.listeners);
     }
     info!("Shutting down: Master");
-    code
+    match code {
+        0 => Ok(()),
+        code => Err(MasterError::Halted(code)),
+    }
 }
 
 /// The listening sockets: those an old master handed over (USR2), or freshly bound
@@ -287,7 +315,7 @@ impl Arbiter {
                 // Several in one pass are one reload.
                 Signal::SIGHUP => hangups += 1,
                 Signal::SIGTTIN => {
-                    if self.settings.workers < crate::config::MAX_WORKERS {
+                    if self.settings.workers < crate::scoreboard::MAX_WORKERS {
                         self.settings.workers += 1;
                     } else {
                         warn!("TTIN: already the most workers rwsgi can watch");
@@ -539,8 +567,8 @@ impl Arbiter {
                     .iter()
                     .map(|l| (l.raw(), l.addr.clone()))
                     .collect();
-                let code = crate::front::run(&self.settings, listeners, front_end);
-                std::process::exit(code);
+                let served = crate::front::run(&self.settings, listeners, front_end);
+                std::process::exit(crate::exit::code(served));
             }
             Ok(Forked::Parent(pid)) => {
                 info!("Booting front tier with pid: {pid}");

@@ -62,7 +62,7 @@ pub fn fork_child(
                 && let Err(err) = switch_user(credentials)
             {
                 eprintln!("rwsgi {role}: cannot switch to the --user/--group: {err}");
-                std::process::exit(crate::master::WORKER_BOOT_ERROR);
+                std::process::exit(crate::exit::WORKER_BOOT_ERROR);
             }
             if credentials.is_some() {
                 // A change of user clears the parent-death signal: set it again.

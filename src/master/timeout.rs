@@ -28,8 +28,8 @@ use nix::unistd::Pid;
 use tracing::{error, warn};
 
 use super::control;
-use super::scoreboard::{self, SLOTS};
 use crate::protocol::control::AddWorker;
+use crate::scoreboard::{self, SLOTS};
 
 /// How long an aborted worker has to exit before it is killed.
 const ABORT_GRACE: Duration = Duration::from_secs(1);

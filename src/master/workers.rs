@@ -21,9 +21,11 @@ use tracing::{error, info, warn};
 
 use super::phase::{Phase, Reload};
 use super::spawn::{Forked, fork_child};
-use super::{APP_LOAD_ERROR, Arbiter, WORKER_BOOT_ERROR, control, scoreboard, title};
+use super::{Arbiter, control, title};
 use super::{listeners::Listener, signal_all};
+use crate::exit::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 use crate::protocol::control::AddWorker;
+use crate::scoreboard;
 
 /// Workers dying while booting, in a row, after which the master gives up (when no
 /// worker is serving).
@@ -319,8 +321,8 @@ impl Arbiter {
         ) {
             Ok(Forked::Child) => {
                 title::set(&format!("rwsgi: worker [{}]", self.settings.proc_name));
-                let code = crate::worker::run(&self.settings, worker_end, id, slot);
-                std::process::exit(code);
+                let served = crate::worker::run(&self.settings, worker_end, id, slot);
+                std::process::exit(crate::exit::code(served));
             }
             Ok(Forked::Parent(pid)) => {
                 drop(worker_end);

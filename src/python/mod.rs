@@ -27,42 +27,70 @@ pub use input::WsgiInput;
 pub use response::{Outcome, ResponseSink, format_traceback, send_error_page};
 
 use crate::config::{Settings, WorkerClass};
-use crate::master::{APP_LOAD_ERROR, WORKER_BOOT_ERROR, scoreboard};
+use crate::exit::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 use crate::protocol::RequestHead;
+use crate::scoreboard;
 use std::time::Duration;
 
 /// The application imported by the master under `--preload`, inherited by every fork.
 static PRELOADED: OnceLock<Py<PyAny>> = OnceLock::new();
 
+/// Why the application could not be made ready to serve.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The interpreter did not start (the message says why).
+    #[error("{0}")]
+    Interpreter(String),
+    /// The application (or its `sys.path`) did not import: its traceback was logged
+    /// (once for all workers, see `report_boot_error`).
+    #[error("the application failed to load")]
+    AppReported,
+    /// The `--hooks` module or gevent did not import: its traceback was logged.
+    #[error("the worker failed to boot")]
+    WorkerReported,
+    /// The environ's template could not be built.
+    #[error("cannot build the environ template: {0}")]
+    Environ(PyErr),
+}
+
+impl crate::exit::Failure for BootError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            BootError::WorkerReported => WORKER_BOOT_ERROR,
+            _ => APP_LOAD_ERROR,
+        }
+    }
+
+    fn reported(&self) -> bool {
+        matches!(self, BootError::AppReported | BootError::WorkerReported)
+    }
+}
+
 /// Reports a failure every worker meets the same way (the application or the hooks do
 /// not import): only the first worker tells, and the others wait until it has told
-/// before they exit and the master stops. Returns `code`, the exit code.
-fn report_boot_error(py: Python<'_>, what: &str, err: &PyErr, code: i32) -> i32 {
+/// before they exit and the master stops. Returns `error`, now reported.
+fn report_boot_error(py: Python<'_>, what: &str, err: &PyErr, error: BootError) -> BootError {
     if scoreboard::claim_boot_error_report() {
         error!("{what}\n{}", response::format_traceback(py, err).trim_end());
         scoreboard::boot_error_reported();
     } else {
         py.detach(|| scoreboard::wait_for_boot_error_report(Duration::from_secs(5)));
     }
-    code
+    error
 }
 
 /// Starts the interpreter, sets up `sys.path` and imports the application, printing
 /// the traceback of a failure. In a worker (`worker_id`), the `--hooks` module is
-/// loaded and `post_fork` called before the application is imported. The error is the
-/// exit code to use.
-fn load(settings: &Settings, worker_id: Option<u32>) -> Result<Py<PyAny>, i32> {
-    if let Err(message) = interp::initialize() {
-        error!("{message}");
-        return Err(APP_LOAD_ERROR);
-    }
+/// loaded and `post_fork` called before the application is imported.
+fn load(settings: &Settings, worker_id: Option<u32>) -> Result<Py<PyAny>, BootError> {
+    interp::initialize().map_err(BootError::Interpreter)?;
     Python::attach(|py| {
         let what = format!(
             "Exception while loading the application {:?}",
             settings.app.text
         );
         app::extend_sys_path(py, settings)
-            .map_err(|err| report_boot_error(py, &what, &err, APP_LOAD_ERROR))?;
+            .map_err(|err| report_boot_error(py, &what, &err, BootError::AppReported))?;
         if let Some(id) = worker_id {
             install_hooks(py, settings, id)?;
         }
@@ -78,16 +106,16 @@ fn load(settings: &Settings, worker_id: Option<u32>) -> Result<Py<PyAny>, i32> {
                 );
                 broken::application(py, &what, &traceback)
                     .map(Bound::unbind)
-                    .map_err(|err| report_boot_error(py, &what, &err, APP_LOAD_ERROR))
+                    .map_err(|err| report_boot_error(py, &what, &err, BootError::AppReported))
             }
-            Err(err) => Err(report_boot_error(py, &what, &err, APP_LOAD_ERROR)),
+            Err(err) => Err(report_boot_error(py, &what, &err, BootError::AppReported)),
         }
     })
 }
 
 /// Loads `--hooks` in a worker and calls `post_fork`; a module that cannot be used
 /// stops the server, as a broken application does.
-fn install_hooks(py: Python<'_>, settings: &Settings, worker_id: u32) -> Result<(), i32> {
+fn install_hooks(py: Python<'_>, settings: &Settings, worker_id: u32) -> Result<(), BootError> {
     hooks::install(py, settings, worker_id).map_err(|err| {
         let source = settings
             .hooks
@@ -95,14 +123,14 @@ fn install_hooks(py: Python<'_>, settings: &Settings, worker_id: u32) -> Result<
             .map(|s| s.to_string())
             .unwrap_or_default();
         let what = format!("--hooks: cannot load the hooks module {source:?}");
-        report_boot_error(py, &what, &err, WORKER_BOOT_ERROR)
+        report_boot_error(py, &what, &err, BootError::WorkerReported)
     })
 }
 
 /// `-k gevent`: monkey-patches the standard library before the application is imported
 /// (as gunicorn does), so that its waits switch greenlets. gevent missing from the
 /// application's environment stops the server with one clear report.
-fn patch_for_gevent(py: Python<'_>, settings: &Settings) -> Result<(), i32> {
+fn patch_for_gevent(py: Python<'_>, settings: &Settings) -> Result<(), BootError> {
     if !matches!(settings.worker_class, WorkerClass::Gevent(_)) {
         return Ok(());
     }
@@ -112,12 +140,12 @@ fn patch_for_gevent(py: Python<'_>, settings: &Settings) -> Result<(), i32> {
         .map_err(|err| {
             let what = "-k gevent: cannot import gevent in the application's Python \
                         environment (pip install gevent there, or choose another -k)";
-            report_boot_error(py, what, &err, WORKER_BOOT_ERROR)
+            report_boot_error(py, what, &err, BootError::WorkerReported)
         })
 }
 
 /// `--preload`: imports the application in the master, before any fork.
-pub fn preload(settings: &Settings) -> Result<(), i32> {
+pub fn preload(settings: &Settings) -> Result<(), BootError> {
     let app = load(settings, None)?;
     let _ = PRELOADED.set(app);
     Ok(())
@@ -158,13 +186,13 @@ pub enum Body {
 impl App {
     /// The application for worker `id`: the preloaded one, or imported now; the
     /// `--hooks` are loaded and `post_fork` and `post_worker_init` called on the way.
-    pub fn boot(settings: &Settings, id: u32) -> Result<App, i32> {
+    pub fn boot(settings: &Settings, id: u32) -> Result<App, BootError> {
         let app = match PRELOADED.get() {
             Some(app) => Python::attach(|py| {
                 install_hooks(py, settings, id)?;
                 // Patched in the master already (before the preload); idempotent.
                 patch_for_gevent(py, settings)?;
-                Ok::<_, i32>(app.clone_ref(py))
+                Ok::<_, BootError>(app.clone_ref(py))
             })?,
             None => load(settings, Some(id))?,
         };
@@ -173,10 +201,7 @@ impl App {
         let multithread = settings.worker_class != WorkerClass::Sync;
         Python::attach(|py| {
             let environ = environ::EnvironBuilder::new(py, settings.workers > 1, multithread);
-            let environ = environ.map_err(|err| {
-                error!("cannot build the environ template: {err}");
-                APP_LOAD_ERROR
-            })?;
+            let environ = environ.map_err(BootError::Environ)?;
             hooks::post_worker_init(py, &app);
             Ok(App { app, environ })
         })

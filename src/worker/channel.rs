@@ -16,13 +16,13 @@ use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{MsgFlags, recv};
 
 use crate::lock::lock;
-use crate::master::scoreboard::WorkerSlot;
 use crate::protocol::ring::{RingError, RingMap};
 use crate::protocol::{
     BodyFile, Decoder, Frame, HEADER_LEN, Hello, Kind, MAX_PAYLOAD, ProtocolError, RequestHead,
     ResponseHead, encode_frame, encode_frame_header,
 };
 use crate::python::ResponseSink;
+use crate::scoreboard::WorkerSlot;
 
 /// Why the channel cannot be used any more.
 #[derive(Debug, thiserror::Error)]

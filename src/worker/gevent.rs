@@ -21,10 +21,10 @@ use pyo3::types::{PyCFunction, PyDict};
 use tracing::error;
 
 use super::channel::{Channel, Incoming, Request};
-use super::{Finished, Limits, Retirement, serve as serve_one};
+use super::serve::{Finished, Limits, Retirement, serve as serve_one};
 use crate::lock::lock;
-use crate::master::scoreboard::WorkerSlot;
 use crate::python::App;
+use crate::scoreboard::WorkerSlot;
 
 /// How long the hub waits for the channel before the loop looks at `stop` again.
 const STOP_CHECK_SECONDS: f64 = 1.0;

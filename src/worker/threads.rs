@@ -21,10 +21,10 @@ use pyo3::Python;
 use tracing::error;
 
 use super::channel::{Channel, Request};
-use super::{Finished, Limits, Retirement, serve as serve_one};
+use super::serve::{Finished, Limits, Retirement, serve as serve_one};
 use crate::lock::lock;
-use crate::master::scoreboard::WorkerSlot;
 use crate::python::App;
+use crate::scoreboard::WorkerSlot;
 
 /// How often the reader, done reading, looks again at threads that may be stuck.
 const STUCK_CHECK: Duration = Duration::from_millis(100);

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 
 use super::table::{self, Status};
 use crate::cli::READ_GUNICORN_CONFIG;
-use crate::config::sources::{Given, Key, Kind, Layer, LoadError, Origin, Sourced};
+use crate::config::keys::{Given, Key, Kind, Layer, LoadError, Origin, Sourced};
 
 /// What a gunicorn config file sets, and a warning for each setting rwsgi ignores.
 #[derive(Debug, Default)]
@@ -174,7 +174,7 @@ fn scalar(value: &toml::Value) -> Result<OsString, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::sources::{given_texts as values, keys};
+    use crate::config::keys::{given_texts as values, keys};
 
     #[test]
     fn settings_are_mapped_with_their_lines() {

@@ -22,12 +22,13 @@ pub mod table;
 use std::ffi::OsString;
 
 use clap::parser::ValueSource;
-use clap::{Arg, ArgAction, ArgMatches, Command};
+use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory};
 
 pub use file::read as read_file;
 pub use table::{Flag, SETTINGS, Setting, Status};
 
-use super::sources::LoadError;
+use crate::cli::Cli;
+use crate::config::keys::LoadError;
 
 /// The variable gunicorn reads extra command-line arguments from.
 pub const CMD_ARGS_VAR: &str = "GUNICORN_CMD_ARGS";
@@ -86,6 +87,17 @@ pub fn augment(cmd: Command) -> Command {
                 .allow_hyphen_values(true)
         };
         cmd = cmd.arg(arg);
+    }
+    cmd
+}
+
+/// The full command line: the derived one, with gunicorn's spellings of the settings
+/// rwsgi has no flag of its own for (hidden from `--help`), and repeated single-value
+/// flags taking the last value, as gunicorn's argparse does.
+pub fn command() -> Command {
+    let mut cmd = Cli::command();
+    for name in ["serve", "config", "check"] {
+        cmd = cmd.mut_subcommand(name, augment);
     }
     cmd
 }
@@ -189,7 +201,7 @@ pub fn split_words(text: &str) -> Result<Vec<OsString>, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::sources::keys;
+    use crate::config::keys::keys;
 
     #[test]
     fn words_split_as_shlex() {
@@ -225,7 +237,7 @@ mod tests {
 
     #[test]
     fn every_flag_spelling_parses() {
-        let cmd = crate::cli::command();
+        let cmd = command();
         let serve = cmd.find_subcommand("serve").unwrap().clone();
         let value = |name: &str| match name {
             "worker_class" => "sync",

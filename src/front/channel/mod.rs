@@ -4,7 +4,8 @@
 //! to, reading eagerly so that a slow client never holds a worker (DESIGN.md §5). When
 //! the channel closes, every open stream learns at once that its worker died; no other
 //! worker's streams are touched. A worker the master timed out (`--timeout`) is cut off
-//! the same way when the master says so, before its channel closes.
+//! the same way when the master says so, before its channel closes. That task, with the
+//! worker's joining and leaving the pool around it, is `control::start`.
 //!
 //! What a slow client has not taken yet is held in memory within its connection's
 //! budget, then spilled to a temporary file within the spill budgets (see `budget`).
@@ -25,26 +26,23 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use tokio::net::UnixStream;
 use tokio::sync::{Notify, mpsc};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-mod transport;
+pub(super) mod transport;
 
-use transport::{push_all, read_frame, read_ring_frame, send_ring, write_all};
+use transport::{push_all, write_all};
 
 use super::budget::{Backlog, Held};
-use super::control::Reporter;
-use super::pool::{Lease, Pool};
 use crate::lock::lock;
-use crate::master::scoreboard;
 use crate::protocol::ring::RingMap;
 use crate::protocol::{
-    Decoder, Frame, Hello, Kind, MAX_PAYLOAD, ProtocolError, ResponseHead, encode_frame,
-    encode_frame_header,
+    Frame, Kind, MAX_PAYLOAD, ProtocolError, ResponseHead, encode_frame, encode_frame_header,
 };
+use crate::scoreboard;
 
 /// What happens on a stream, as the request's task sees it.
 #[derive(Debug)]
@@ -122,8 +120,9 @@ pub enum Refused {
 /// Nothing reads them; dropping them when the stream ends is their whole job.
 #[allow(dead_code)]
 pub struct StreamHold {
-    /// The worker slot; dropping it frees the slot.
-    pub lease: Lease,
+    /// The worker slot (`pool::Lease`); dropping it frees the slot. Opaque here, so
+    /// that the channel, which the pool's leases name, does not name the pool.
+    pub lease: Box<dyn Send>,
     /// The request body's temporary file, which the worker may still be reading.
     pub spool: Option<tempfile::NamedTempFile>,
 }
@@ -140,13 +139,13 @@ struct Stream {
 
 /// The reader must wait before it reads the channel again: a stream holds more than
 /// its budgets allow, until its client takes it all or goes away.
-struct Pause {
+pub(super) struct Pause {
     backlog: Arc<Backlog>,
     events: mpsc::UnboundedSender<Event>,
 }
 
 impl Pause {
-    async fn wait(self) {
+    pub(super) async fn wait(self) {
         tokio::select! {
             () = self.backlog.memory.drained() => {}
             () = self.events.closed() => {}
@@ -266,11 +265,11 @@ pub struct WorkerConn {
     socket: Arc<UnixStream>,
     /// The shared-memory rings, when the worker asked for them: every frame then
     /// travels in them, and the socket carries only doorbells (see `protocol::ring`).
-    ring: Option<Arc<RingMap>>,
+    pub(super) ring: Option<Arc<RingMap>>,
     /// Frames for the worker, written by the channel's writer task (see [`writer`]).
     outbox: Mutex<Outbox>,
     /// Wakes the writer task when the outbox has something.
-    outbox_ready: Notify,
+    pub(super) outbox_ready: Notify,
     streams: Mutex<Streams>,
     next_stream: AtomicU32,
 }
@@ -374,7 +373,7 @@ impl WorkerConn {
 
     /// The front tier's end of worker `id`'s channel, once it has said Hello; spawns
     /// the channel's writer task on the current runtime.
-    fn new(
+    pub(super) fn new(
         id: u32,
         pid: u32,
         shard: usize,
@@ -480,7 +479,7 @@ impl WorkerConn {
     }
 
     /// Answers a worker's Retire: from now on no request is written to it.
-    fn retire(&self) {
+    pub(super) fn retire(&self) {
         let mut outbox = self.outbox();
         if outbox.retired {
             return;
@@ -504,7 +503,7 @@ impl WorkerConn {
     }
 
     /// Routes one frame to its stream; a [`Pause`] says to wait before reading on.
-    fn route(&self, frame: Frame) -> Result<Option<Pause>, ProtocolError> {
+    pub(super) fn route(&self, frame: Frame) -> Result<Option<Pause>, ProtocolError> {
         let event = match frame.kind {
             Kind::ResponseHead => Event::Head(ResponseHead::decode(frame.payload)?),
             Kind::Body => {
@@ -599,7 +598,7 @@ impl WorkerConn {
         }
     }
 
-    fn close(&self) {
+    pub(super) fn close(&self) {
         {
             let mut outbox = self.outbox();
             outbox.closed = true;
@@ -712,113 +711,14 @@ async fn write_segment(conn: &WorkerConn, segment: &[u8]) -> std::io::Result<()>
 /// The most an idle channel's writer keeps allocated for the next frames.
 const KEPT_OUTBOX: usize = 64 * 1024;
 
-/// Takes over a worker's channel on shard `shard` (from [`Pool::assign_shard`]): waits
-/// for its Hello, adds it to the pool (and tells the master), then routes its frames
-/// until the channel closes.
-pub fn start(
-    id: u32,
-    (shard, runtime): (usize, &tokio::runtime::Handle),
-    stream: std::os::unix::net::UnixStream,
-    pool: Arc<Pool>,
-    reporter: Reporter,
-    ring_size: usize,
-) {
-    // Registered with the shard's own reactor, so that its thread alone reads it.
-    let _entered = runtime.enter();
-    let stream = match stream
-        .set_nonblocking(true)
-        .and_then(|_| UnixStream::from_std(stream))
-    {
-        Ok(stream) => stream,
-        Err(err) => {
-            pool.unassign_shard(shard);
-            return warn!("cannot use worker {id}'s channel: {err}");
-        }
-    };
-    tokio::spawn(async move {
-        let socket = Arc::new(stream);
-        let reader = socket.clone();
-        let mut decoder = Decoder::new();
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        let hello = match read_frame(&reader, &mut decoder, &mut buf).await {
-            Ok(Some(frame)) if frame.kind == Kind::Hello => Hello::decode(frame.payload),
-            Ok(Some(_)) => Err(ProtocolError::Invalid("first frame is not Hello")),
-            Ok(None) => {
-                pool.unassign_shard(shard);
-                return debug!("worker {id} closed its channel before it was ready");
-            }
-            Err(err) => Err(err),
-        };
-        let hello = match hello {
-            Ok(hello) => hello,
-            Err(err) => {
-                pool.unassign_shard(shard);
-                return warn!("worker {id} spoke badly on its channel: {err}");
-            }
-        };
-        let ring = match hello.ring {
-            false => None,
-            true => {
-                let made = RingMap::create(ring_size)
-                    .map_err(std::io::Error::other)
-                    .map(|(map, fd)| (Arc::new(map), fd));
-                let sent = match made {
-                    Ok((map, fd)) => send_ring(&socket, &fd).await.map(|_| map),
-                    Err(err) => Err(err),
-                };
-                match sent {
-                    Ok(map) => Some(map),
-                    Err(err) => {
-                        pool.unassign_shard(shard);
-                        return warn!("cannot give worker {id} its rings: {err}");
-                    }
-                }
-            }
-        };
-        let conn = WorkerConn::new(id, hello.pid, shard, hello.capacity == 1, socket, ring);
-        pool.add(conn.clone(), hello.capacity as usize);
-        reporter.worker_ready(id, hello.pid);
-        debug!("worker {} (pid {}) is ready", id, hello.pid);
-        loop {
-            let frame = match &conn.ring {
-                Some(ring) => {
-                    read_ring_frame(&reader, ring, &mut decoder, &mut buf, &conn.outbox_ready).await
-                }
-                None => read_frame(&reader, &mut decoder, &mut buf).await,
-            };
-            match frame {
-                Ok(Some(frame)) if frame.kind == Kind::Retire => {
-                    // Out of the pool first, so no new lease names it; a request that
-                    // already holds one is turned away by `open_stream`.
-                    pool.remove(id);
-                    conn.retire();
-                    debug!("worker {} (pid {}) is retiring", id, hello.pid);
-                }
-                Ok(Some(frame)) => match conn.route(frame) {
-                    Ok(None) => {}
-                    Ok(Some(pause)) => pause.wait().await,
-                    Err(err) => {
-                        warn!("worker {} broke the channel protocol: {err}", hello.pid);
-                        break;
-                    }
-                },
-                Ok(None) => break,
-                Err(err) => {
-                    warn!("worker {} broke the channel protocol: {err}", hello.pid);
-                    break;
-                }
-            }
-        }
-        pool.forget(id, shard);
-        conn.close();
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Read;
 
+    use bytes::BytesMut;
+
     use super::*;
+    use crate::protocol::Decoder;
 
     /// A body queued as pieces of any sizes, larger in all than one frame may carry,
     /// comes out as whole Body frames of at most [`MAX_PAYLOAD`] whose payloads are the
@@ -879,8 +779,6 @@ mod tests {
         ours.set_nonblocking(true).unwrap();
         let socket = Arc::new(UnixStream::from_std(ours).unwrap());
         let conn = WorkerConn::new(1, 4242, 0, false, socket, None);
-        let pool = Pool::new(16, 1, 0);
-        pool.add(conn.clone(), 2);
 
         // Far more than the socket's buffer holds.
         let piece = 64 * 1024;
@@ -888,7 +786,7 @@ mod tests {
         let mut streams = Vec::new();
         for pieces in [&body[..], b"tail"] {
             let hold = StreamHold {
-                lease: pool.acquire().await.unwrap(),
+                lease: Box::new(()),
                 spool: None,
             };
             let backlog = crate::front::budget::Budgets::new(1 << 30)

@@ -66,7 +66,7 @@ pub(super) fn ring_doorbell(socket: &UnixStream) -> std::io::Result<()> {
 
 /// Sends the [`Kind::Ring`] frame with the rings' descriptor: the first bytes the
 /// front tier writes on a channel whose worker asked for rings.
-pub(super) async fn send_ring(
+pub(in crate::front) async fn send_ring(
     socket: &UnixStream,
     fd: &std::os::fd::OwnedFd,
 ) -> std::io::Result<()> {
@@ -115,7 +115,7 @@ pub(super) async fn write_all(socket: &UnixStream, mut bytes: &[u8]) -> std::io:
 /// a worker rings the doorbell only then. Under load the ring is read again after the
 /// shard's other tasks had their turn, often without any wake-up. `Ok(None)` when the
 /// worker closed its socket.
-pub(super) async fn read_ring_frame(
+pub(in crate::front) async fn read_ring_frame(
     reader: &UnixStream,
     ring: &RingMap,
     decoder: &mut Decoder,
@@ -180,7 +180,7 @@ const RING_YIELDS: usize = 1;
 const RING_READ: usize = 256 * 1024;
 
 /// Reads until one whole frame is buffered; `Ok(None)` at a clean end of the channel.
-pub(super) async fn read_frame(
+pub(in crate::front) async fn read_frame(
     reader: &UnixStream,
     decoder: &mut Decoder,
     buf: &mut BytesMut,

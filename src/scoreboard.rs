@@ -24,7 +24,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous};
 
-use crate::config::{MAX_THREADS, MAX_WORKERS};
+/// The most workers (`--workers`, TTIN): the scoreboard has a slot for twice as many.
+pub const MAX_WORKERS: usize = 1024;
+
+/// The most threads a gthread worker may run: the scoreboard keeps one stamp per
+/// thread, so it has room for this many per worker.
+pub const MAX_THREADS: usize = 256;
 
 /// Worker slots: twice the most workers, so that a slot freed by a dead worker is not
 /// handed out again for a long while (slots are given round the ring) and so that
