@@ -2,12 +2,12 @@
 //! to the checker whole, a byte at a time and cut at points the input picks gets the same
 //! bytes released, the same refusal and the same state, and never a panic.
 //!
-//! The input is `[flags, cuts…, stream…]` (`rwsgi::front::guard::fuzz::split_points`
+//! The input is `[flags, cuts…, stream…]` (`rwsgi::front::conn::guard::fuzz::split_points`
 //! says how it is read).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rwsgi::front::guard::fuzz::split_points;
+use rwsgi::front::conn::guard::fuzz::split_points;
 
 fuzz_target!(|data: &[u8]| {
     split_points(data);

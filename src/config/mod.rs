@@ -174,7 +174,7 @@ pub fn default_workers(reload: bool) -> Result<usize, ConfigError> {
 
 /// `--front-threads` when none is given: half the cores, at least 2 (1 on one core).
 /// Each front thread runs its own connections and reads its own workers' channels (see
-/// front::shard), so two are worth it even on two cores.
+/// front::dispatch::shard), so two are worth it even on two cores.
 pub fn default_front_threads() -> usize {
     let cores = cores();
     (cores / 2).max(cores.min(2))

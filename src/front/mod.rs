@@ -5,34 +5,20 @@
 //! It runs in its own process, forked by the master; tokio exists only here, built
 //! after the fork. It never runs application code.
 
-mod access_log;
+// The folders follow a request: its connection is accepted and held (`conn`),
+// `service` walks it through the stages, `dispatch` gets it to a worker and the
+// answer back, `respond` answers what the front tier serves itself or transforms,
+// `observe` tells about it. Imports run one way: dispatch at the bottom, conn,
+// respond and observe above it, service on top.
+pub mod conn;
+mod dispatch;
+mod observe;
+mod respond;
+mod service;
+
 /// The access log's fuzz entry point, for `fuzz/` (the module itself stays private).
 #[cfg(fuzzing)]
-pub use access_log::fuzz as access_log_fuzz;
-mod body;
-mod budget;
-mod channel;
-mod conn_info;
-mod control;
-pub mod guard;
-mod health;
-mod ip_text;
-mod memory;
-mod metrics;
-mod pool;
-mod proxy;
-mod redirect;
-mod request_id;
-mod service;
-mod shard;
-mod stall;
-mod stopping;
-mod tls;
-
-mod compress;
-mod encoding;
-mod sendfile;
-mod static_files;
+pub use observe::access_log::fuzz as access_log_fuzz;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -51,8 +37,12 @@ use tracing::{info, warn};
 
 use crate::config::{BindAddr, Limits, Settings};
 use crate::protocol::Scheme;
-use access_log::AccessLog;
-use conn_info::ConnInfo;
+use conn::conn_info::ConnInfo;
+use conn::{guard, redirect, stopping, tls};
+use dispatch::{budget, control, memory, pool, shard};
+use observe::access_log::AccessLog;
+use observe::{health, metrics};
+use respond::{compress, static_files};
 use service::Shared;
 
 /// Why the front tier could not start: each ends its process with gunicorn's

@@ -16,22 +16,22 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::{error, info, warn};
 
-use super::access_log::{AccessLog, Entry};
-use super::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
-use super::budget::Budgets;
-use super::channel::{Event, Failure, Queued, Refused, Returned, StreamHold};
-use super::compress::Compression;
-use super::conn_info::ConnInfo;
-use super::guard::Tracked;
-use super::guard::check::Reject;
-use super::health::Health;
-use super::ip_text::IpText;
-use super::metrics::{Metrics, Observation, RouteKind};
-use super::pool::Pool;
-use super::proxy::{ClientFacts, client_facts};
-use super::request_id::{self, X_REQUEST_ID};
-use super::sendfile::Target;
-use super::static_files::Files;
+use super::conn::conn_info::ConnInfo;
+use super::conn::guard::Tracked;
+use super::conn::guard::check::Reject;
+use super::conn::ip_text::IpText;
+use super::conn::proxy::{ClientFacts, client_facts};
+use super::dispatch::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
+use super::dispatch::budget::Budgets;
+use super::dispatch::channel::{Event, Failure, Queued, Refused, Returned, StreamHold};
+use super::dispatch::pool::Pool;
+use super::observe::access_log::{AccessLog, Entry};
+use super::observe::health::Health;
+use super::observe::metrics::{Metrics, Observation, RouteKind};
+use super::observe::request_id::{self, X_REQUEST_ID};
+use super::respond::compress::Compression;
+use super::respond::sendfile::Target;
+use super::respond::static_files::Files;
 use crate::config::{Limits, Trusted};
 use crate::protocol::{
     BodyFile, Kind, ProtocolError, RequestHeadRef, ResponseHead, Scheme, encode_frame,
@@ -520,7 +520,7 @@ fn error_response(
         }
         RequestError::Internal(why) => error!("internal error: {why}: 500 for {named}"),
     }
-    let mut response = super::static_files::page(status, false);
+    let mut response = super::respond::static_files::page(status, false);
     let headers = response.headers_mut();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));

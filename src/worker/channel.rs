@@ -589,7 +589,7 @@ impl Writer {
     }
 
     /// Writes what is queued. The front tier stops reading the channel while a slow
-    /// client holds more than its budgets allow (backpressure, see front::channel), so
+    /// client holds more than its budgets allow (backpressure, see front::dispatch::channel), so
     /// a write may wait as long as the client takes: every [`STOP_CHECK`] of that wait
     /// shows life in `slot`, since a worker waiting to send is not silent (`--timeout`
     /// measures silence). Only the waiting request's own stamp is refreshed: in a

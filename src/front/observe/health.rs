@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use hyper::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Response, StatusCode};
 
-use super::body::ResponseBody;
-use super::pool::Pool;
+use crate::front::dispatch::body::ResponseBody;
+use crate::front::dispatch::pool::Pool;
 
 /// The health endpoint's path and the server's state.
 pub struct Health {

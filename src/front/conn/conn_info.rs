@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::budget::ConnBudgets;
 use super::guard::ConnGuard;
 use super::stall::Stalls;
+use crate::front::dispatch::budget::ConnBudgets;
 use crate::protocol::Scheme;
 
 /// What every request of one connection shares.

@@ -39,7 +39,7 @@ use tracing::{debug, warn};
 
 use super::beneath;
 use super::body::{INLINE_READ, Source, read_file_at};
-use crate::front::encoding::{Accepted, Coding};
+use crate::front::respond::encoding::{Accepted, Coding};
 use crate::lock::lock;
 
 /// Precompressed siblings looked for, in the order preferred when the client accepts

@@ -32,9 +32,9 @@ use self::body::{FileBody, Segment};
 use self::conditional::{Validators, Verdict};
 use self::range::{ByteRange, Ranges};
 use self::resolve::{Directory, LookupCache, Opened, Resolved};
-use super::body::ResponseBody;
-use super::encoding::{Accepted, vary_on_accept_encoding};
 use crate::config::{FileSettings, Mount};
+use crate::front::dispatch::body::ResponseBody;
+use crate::front::respond::encoding::{Accepted, vary_on_accept_encoding};
 
 /// The file mounts of the front tier.
 pub struct Files {

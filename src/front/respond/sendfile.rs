@@ -16,8 +16,8 @@ use hyper::http::request::Parts;
 use hyper::{HeaderMap, Response, StatusCode};
 use tracing::debug;
 
-use super::body::ResponseBody;
 use super::static_files::Files;
+use crate::front::dispatch::body::ResponseBody;
 
 const X_ACCEL_REDIRECT: HeaderName = HeaderName::from_static("x-accel-redirect");
 const X_SENDFILE: HeaderName = HeaderName::from_static("x-sendfile");

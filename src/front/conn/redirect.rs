@@ -22,9 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use super::Accepting;
 use super::stopping::Stop;
 use crate::config::BindAddr;
+use crate::front::Accepting;
 
 /// Where redirects point: the port of the HTTPS listener.
 #[derive(Debug, Clone, Copy)]

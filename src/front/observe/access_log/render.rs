@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Atom, Layout, Piece};
-use crate::front::ip_text::IpText;
+use crate::front::conn::ip_text::IpText;
 use crate::log::Civil;
 
 use super::Record;

@@ -3,11 +3,11 @@
 //!
 //! A request's facts are taken when it arrives ([`AccessLog::begin`]) and when its
 //! response head is ready ([`Entry::respond`]); the entry then goes with the response
-//! body (the guard's [`Tracked`](super::guard::Tracked) body, which shows it the bytes
-//! handed to hyper) and writes the line when the body is dropped: after its last byte,
-//! or when the client went away (with what was sent by then). A HEAD response is
-//! dropped unpolled: 0 bytes. A client gone before the response head was ready is
-//! logged with nginx's 499.
+//! body (the guard's [`Tracked`](crate::front::conn::guard::Tracked) body, which shows
+//! it the bytes handed to hyper) and writes the line when the body is dropped: after
+//! its last byte, or when the client went away (with what was sent by then). A HEAD
+//! response is dropped unpolled: 0 bytes. A client gone before the response head was
+//! ready is logged with nginx's 499.
 //!
 //! Only what the compiled format prints is kept per request. Nothing here does I/O:
 //! lines go to a buffer that a thread of its own writes out ([`sink`]).
@@ -27,8 +27,8 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri, Version};
 use tracing::warn;
 
-use super::guard::Observer;
 use crate::config::{self, Format};
+use crate::front::conn::guard::Observer;
 pub use sink::Writer;
 
 /// The front tier's access log.

@@ -789,7 +789,7 @@ mod tests {
                 lease: Box::new(()),
                 spool: None,
             };
-            let backlog = crate::front::budget::Budgets::new(1 << 30)
+            let backlog = crate::front::dispatch::budget::Budgets::new(1 << 30)
                 .connection()
                 .response();
             let opened = conn.open_stream(hold, &backlog, |id, out| {

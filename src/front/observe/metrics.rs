@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, UnixListener};
 use tracing::warn;
 
-use super::pool::Pool;
+use crate::front::dispatch::pool::Pool;
 use crate::procfs;
 use crate::scoreboard;
 
@@ -325,7 +325,7 @@ impl Observation {
     }
 }
 
-impl super::guard::Observer for Observation {
+impl crate::front::conn::guard::Observer for Observation {
     fn data(&mut self, bytes: usize) {
         self.bytes += bytes as u64;
     }

@@ -26,10 +26,10 @@ use hyper::header::{
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, Response, StatusCode};
 
-use super::body::{ResponseAborted, ResponseBody};
-use super::channel::Failure;
 use super::encoding::{Accepted, Coding, vary_on_accept_encoding};
 use crate::config::CompressSettings;
+use crate::front::dispatch::body::{ResponseAborted, ResponseBody};
+use crate::front::dispatch::channel::Failure;
 
 /// Codings offered for app responses, preferred first when the client likes several
 /// equally: zstd and brotli compress better than gzip; zstd is the cheapest to run.

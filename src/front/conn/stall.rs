@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::debug;
 
-use super::budget::{Backlog, now_ms};
+use crate::front::dispatch::budget::{Backlog, now_ms};
 
 /// The watchdog of one connection.
 #[derive(Default)]

@@ -1,0 +1,7 @@
+//! What the front tier tells about the requests it serves: the access log, the
+//! Prometheus metrics, the `--health-path` answer and the request id.
+
+pub(super) mod access_log;
+pub(super) mod health;
+pub(super) mod metrics;
+pub(super) mod request_id;
