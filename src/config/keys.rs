@@ -53,8 +53,9 @@ pub struct Key {
 }
 
 /// The settings in the order of `--help`, derived from the clap definitions (gunicorn's
-/// spellings, which `sources` adds hidden, are not settings), for the readers' tests.
-#[cfg(test)]
+/// spellings, which `sources` adds hidden, are not settings), for the readers' tests
+/// and the config fuzz target.
+#[cfg(any(test, fuzzing))]
 pub fn keys() -> Vec<Key> {
     use crate::cli::ServeArgs;
     use clap::Args;
