@@ -377,7 +377,9 @@ def test_hup_rereads_the_config_file(serve, tmp_path):
         server.signal(signal.SIGHUP)
         server.wait_for_log(r"Reload done", count=3)
         eventually(lambda: not set(old) & set(workers_of(server.pid)), what="the old workers retired")
-        assert len(workers_of(server.pid)) == 3
+        # Three, once the master has reaped what it told to go: a worker still exiting
+        # (or exited and not yet reaped, on a loaded machine) is listed for a moment.
+        eventually(lambda: len(workers_of(server.pid)) == 3, what="three workers after the HUP")
     finally:
         failures = load.stop()
     assert not failures, failures[:5]
