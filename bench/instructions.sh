@@ -36,7 +36,7 @@ check_positive WORKERS DURATION CONNECTIONS START_TIMEOUT STOP_TIMEOUT
 begin_runs
 apt_install wrk wrk
 apt_install valgrind valgrind
-peer_venv
+peer_venv gunicorn granian flask
 if [[ -n $MEASURED ]]; then RWSGI=$MEASURED; else build_rwsgi; fi
 
 # Sets APP, URL_PATH and WRK_ARGS for scenario $1.

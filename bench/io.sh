@@ -52,13 +52,8 @@ done
 begin_runs
 
 apt_install wrk wrk
-command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
-VENV=$HERE/.venv
-if [[ ! -x $VENV/bin/gunicorn || ! -x $VENV/bin/granian || ! -d $(echo "$VENV"/lib/python3*/site-packages/gevent) || ! -d $(echo "$VENV"/lib/python3*/site-packages/packaging) || $UPGRADE == 1 ]]; then
-    log "installing gunicorn, granian and gevent (and packaging, which gunicorn -k gevent needs) into bench/.venv"
-    [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade gunicorn granian gevent packaging
-fi
+# packaging: gunicorn -k gevent needs it.
+peer_venv gunicorn granian gevent packaging
 build_rwsgi
 
 # Starts server $1 on port $2 in the background; sets server_pid. rwsgi runs on the

@@ -116,15 +116,20 @@ check_positive() {
     done
 }
 
-# bench/.venv with the peers (gunicorn, Granian) and Flask, installed the first time or
-# upgraded with UPGRADE=1; sets VENV.
+# bench/.venv with Python packages $@ (each importable under its own name), installed
+# the first time one is missing, or upgraded with UPGRADE=1; sets VENV. It uses the
+# python3 rwsgi is built against, so rwsgi run with VIRTUAL_ENV set imports from it.
 peer_venv() {
+    command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
     VENV=$HERE/.venv
-    if [[ ! -x $VENV/bin/gunicorn || ! -x $VENV/bin/granian || ! -d $(echo "$VENV"/lib/python3*/site-packages/flask) || ${UPGRADE:-0} == 1 ]]; then
-        log "installing gunicorn, granian and flask into bench/.venv"
-        command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
+    local package missing=${UPGRADE:-0}
+    for package in "$@"; do
+        "$VENV/bin/python" -c "import $package" 2>/dev/null || missing=1
+    done
+    if [[ $missing == 1 ]]; then
+        log "installing $* into bench/.venv"
         [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
-        "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade gunicorn granian flask
+        "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade "$@"
     fi
 }
 

@@ -72,8 +72,7 @@ begin_runs  # a log directory; the server being measured is stopped on any exit
 apt_install wrk wrk
 [[ " $SCENARIOS " != *" static"* ]] || apt_install nginx nginx
 [[ $SYSCALLS == 0 ]] || apt_install strace strace
-command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
-peer_venv
+peer_venv gunicorn granian flask
 build_rwsgi
 
 SITE=$LOGS/site

@@ -75,17 +75,9 @@ PATH=$PATH:/usr/sbin    # where Debian puts nginx
 apt_install nginx nginx
 NGINX=$(command -v nginx)
 
-VENV=$HERE/.venv
-if [[ ! -x $VENV/bin/gunicorn || $UPGRADE == 1 ]]; then
-    log "installing gunicorn into bench/.venv"
-    [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade gunicorn
-fi
+peer_venv gunicorn
 
-log "building rwsgi (cargo build --release)"
-(cd "$ROOT" && cargo build --release -q)
-RWSGI=$ROOT/target/release/rwsgi
-[[ -x $RWSGI ]] || { echo "no $RWSGI after the build" >&2; exit 1; }
+build_rwsgi
 
 # ---------------------------------------------------------------- one run
 # Writes an nginx configuration for HTTPS on port $2 proxying to 127.0.0.1:$3, in $1.
