@@ -255,11 +255,14 @@ async fn serve(
     for task in accept_tasks {
         let _ = task.await;
     }
+    // Logged once the connections have been told: a request that arrives after this
+    // line meets a stopping connection.
+    stop.begin();
     info!(
         "Stopping gracefully: finishing {} open connections",
         stop.open()
     );
-    if tokio::time::timeout(settings.graceful_timeout, stop.stop())
+    if tokio::time::timeout(settings.graceful_timeout, stop.closed())
         .await
         .is_err()
     {

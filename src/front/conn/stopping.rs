@@ -51,9 +51,13 @@ impl Stop {
         self.signal.receiver_count()
     }
 
-    /// Tells every connection to stop and waits until all have closed.
-    pub async fn stop(&self) {
+    /// Tells every connection to stop.
+    pub fn begin(&self) {
         self.signal.send_replace(true);
+    }
+
+    /// Waits until every connection has closed.
+    pub async fn closed(&self) {
         self.signal.closed().await;
     }
 }
