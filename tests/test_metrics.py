@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
 import subprocess
 import time
 
@@ -101,3 +102,42 @@ def test_a_bad_metrics_address_is_named():
     proc = subprocess.run([str(BINARY), "serve", "--metrics-bind", "nowhere:xyz", "x:app"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--metrics-bind" in proc.stderr, proc.stderr
+
+
+def test_a_burst_of_connections_is_shared_between_front_threads(serve):
+    """Every front thread accepts on the same listener and whichever wakes first takes a
+    connection: a burst must not all land on one thread (which would then do all the
+    work while the other idles). A thread holding more than its share hands new ones
+    to the other."""
+    metrics_port = free_port()
+    server = serve("metrics_app:app", "--metrics-bind", f"127.0.0.1:{metrics_port}",
+                   "--front-threads", "2", workers=2)
+    server.wait_for_log(rf"Metrics at: http://127.0.0.1:{metrics_port}/metrics")
+    wait_workers(server, 2)
+    burst = [socket.create_connection(("127.0.0.1", server.port), timeout=10)
+             for _ in range(40)]
+    try:
+        # Each connection is answered, whichever thread it was handed to.
+        for sock in burst:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        for sock in burst:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+        samples = scrape(metrics_port)
+        open_by_thread = {dict(labels)["thread"]: v for (name, labels), v in samples.items()
+                          if name == "rwsgi_connections_open"}
+        # The scrape's own connection is on the metrics listener, not counted here.
+        assert sorted(open_by_thread) == ["0", "1"], open_by_thread
+        assert sum(open_by_thread.values()) == 40, open_by_thread
+        assert abs(open_by_thread["0"] - open_by_thread["1"]) <= 3, open_by_thread
+    finally:
+        for sock in burst:
+            sock.close()
+    # What a thread counts is given back when its connections close.
+    deadline = time.monotonic() + 10
+    while True:
+        samples = scrape(metrics_port)
+        total = sum(v for (name, _), v in samples.items() if name == "rwsgi_connections_open")
+        if total == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert total == 0, samples

@@ -145,6 +145,7 @@ async fn serve(
     shards: &shard::Shards,
 ) -> Result<(), FrontError> {
     let pool = pool::Pool::new(settings.max_queue, shards.count(), settings.prefetch);
+    let spread = shard::Spread::new(shards.handles());
     let shared = Arc::new(Shared {
         pool: pool.clone(),
         body_memory_limit: settings.body_memory_limit,
@@ -162,7 +163,7 @@ async fn serve(
         metrics: settings
             .metrics_bind
             .as_ref()
-            .map(|_| Arc::new(metrics::Metrics::default())),
+            .map(|_| Arc::new(metrics::Metrics::new(spread.clone()))),
         access_log,
     });
     let connections = Arc::new(Semaphore::new(settings.limits.max_connections));
@@ -201,7 +202,7 @@ async fn serve(
     let stop = Arc::new(stopping::Stop::new());
     let mut accept_tasks = Vec::new();
     // Every shard accepts on every listener: whichever is free first takes the
-    // connection.
+    // connection, unless it holds more than its share (`spread`).
     for (fd, addr) in listeners {
         let fd = own(fd);
         for runtime in shards.handles() {
@@ -214,6 +215,7 @@ async fn serve(
                 stop.clone(),
                 connections.clone(),
                 tls.clone(),
+                spread.clone(),
             )));
         }
     }
@@ -342,6 +344,7 @@ async fn accept_loop(
     stop: Arc<stopping::Stop>,
     connections: Arc<Semaphore>,
     tls: Option<Arc<tls::Tls>>,
+    spread: Arc<shard::Spread>,
 ) {
     let builders = Arc::new(Builders::new(&shared.limits));
     let scheme = match tls {
@@ -401,17 +404,63 @@ async fn accept_loop(
                 continue;
             }
         };
+        let (elsewhere, slot) = spread.place();
         let conn = Conn {
             builders: builders.clone(),
             watch: stop.watch(),
             shared: shared.clone(),
             info: Arc::new(info),
             _permit: permit,
+            _spread: slot,
         };
-        match connection {
-            Connection::Tcp(stream) => tokio::spawn(serve_accepted(stream, tls.clone(), conn)),
-            Connection::Unix(stream) => tokio::spawn(serve_accepted(stream, tls.clone(), conn)),
-        };
+        let tls = tls.clone();
+        match (connection, elsewhere) {
+            (Connection::Tcp(stream), None) => {
+                drop(tokio::spawn(serve_accepted(stream, tls, conn)))
+            }
+            (Connection::Unix(stream), None) => {
+                drop(tokio::spawn(serve_accepted(stream, tls, conn)))
+            }
+            (Connection::Tcp(stream), Some(shard)) => move_to(
+                shard,
+                stream.into_std(),
+                tokio::net::TcpStream::from_std,
+                tls,
+                conn,
+            ),
+            (Connection::Unix(stream), Some(shard)) => move_to(
+                shard,
+                stream.into_std(),
+                tokio::net::UnixStream::from_std,
+                tls,
+                conn,
+            ),
+        }
+    }
+}
+
+/// Serves an accepted connection on another shard (see [`shard::Spread`]): it leaves
+/// this shard's reactor (`stream`, from `into_std`) and joins that one's (`adopt`).
+fn move_to<T, S>(
+    shard: &tokio::runtime::Handle,
+    stream: std::io::Result<T>,
+    adopt: fn(T) -> std::io::Result<S>,
+    tls: Option<Arc<tls::Tls>>,
+    conn: Conn,
+) where
+    T: Send + 'static,
+    S: AsyncRead + AsyncWrite + tls::Peek + Unpin + Send + 'static,
+{
+    let moved = stream.map(|stream| {
+        shard.spawn(async move {
+            match adopt(stream) {
+                Ok(stream) => serve_accepted(stream, tls, conn).await,
+                Err(err) => warn!("cannot serve a connection on another front thread: {err}"),
+            }
+        })
+    });
+    if let Err(err) = moved {
+        warn!("cannot move a connection to another front thread: {err}");
     }
 }
 
@@ -438,6 +487,8 @@ struct Conn {
     info: Arc<ConnInfo>,
     /// Its place under --max-connections, held for the connection's life.
     _permit: OwnedSemaphorePermit,
+    /// Its place in its shard's count of connections.
+    _spread: shard::SpreadSlot,
 }
 
 /// Serves an accepted connection, after the TLS handshake when the listeners are TLS.
@@ -469,6 +520,7 @@ where
         shared,
         info,
         _permit,
+        _spread,
     } = conn;
     let limits = &shared.limits;
     let check = guard::check::Limits {

@@ -11,6 +11,8 @@
 //! (signals, the control socket, metrics, TLS reloads).
 
 use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -77,6 +79,80 @@ impl Shards {
         for (thread, stop) in self.threads {
             let _ = stop.send(());
             let _ = thread.join();
+        }
+    }
+}
+
+/// How many more connections than the least-loaded shard a shard may hold before it
+/// hands new ones to that shard.
+const SPREAD_SLACK: usize = 2;
+
+/// The open connections of each shard, so that the shards share them out evenly.
+///
+/// Every shard waits on the same listeners and whichever wakes first accepts: a burst
+/// of connections (a load balancer's pool, a benchmark's, a browser's six) would all go
+/// to one shard, which would then do every request's work while the others idle, and
+/// send requests to the others' workers across threads. A shard holding more than its
+/// share hands what it accepts to the least-loaded shard instead (one wake-up of that
+/// shard, and the connection moves from one reactor to the other): never a wait, and
+/// nothing at all while the shards are even.
+pub struct Spread {
+    open: Box<[AtomicUsize]>,
+    handles: Vec<Handle>,
+}
+
+/// One connection's place in its shard's count, given back when it is dropped.
+pub struct SpreadSlot {
+    spread: Arc<Spread>,
+    shard: usize,
+}
+
+impl Spread {
+    /// For the shards of `handles`, shard 0 first.
+    pub fn new(handles: &[Handle]) -> Arc<Spread> {
+        Arc::new(Spread {
+            open: handles.iter().map(|_| AtomicUsize::new(0)).collect(),
+            handles: handles.to_vec(),
+        })
+    }
+
+    /// The connections each shard holds, shard 0 first.
+    pub fn open(&self) -> impl Iterator<Item = usize> + '_ {
+        self.open.iter().map(|n| n.load(Ordering::Relaxed))
+    }
+
+    /// Where a connection the calling shard has just accepted should be served: the
+    /// least-loaded shard's runtime when the calling shard holds more than that one
+    /// plus [`SPREAD_SLACK`], else `None` (here). Its place is counted there at once,
+    /// so that a burst is shared out rather than all handed to one shard.
+    pub fn place(self: &Arc<Spread>) -> (Option<&Handle>, SpreadSlot) {
+        let here = current();
+        let count = |shard: usize| {
+            self.open
+                .get(shard)
+                .map_or(0, |n| n.load(Ordering::Relaxed))
+        };
+        let least = (0..self.open.len()).min_by_key(|&shard| count(shard));
+        let shard = match least {
+            Some(least) if count(here) > count(least) + SPREAD_SLACK => least,
+            _ => here,
+        };
+        if let Some(open) = self.open.get(shard) {
+            open.fetch_add(1, Ordering::Relaxed);
+        }
+        let slot = SpreadSlot {
+            spread: self.clone(),
+            shard,
+        };
+        let elsewhere = (shard != here).then(|| self.handles.get(shard)).flatten();
+        (elsewhere, slot)
+    }
+}
+
+impl Drop for SpreadSlot {
+    fn drop(&mut self) {
+        if let Some(open) = self.spread.open.get(self.shard) {
+            open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::warn;
 
 use crate::front::dispatch::pool::Pool;
+use crate::front::dispatch::shard::Spread;
 use crate::procfs;
 use crate::scoreboard;
 
@@ -63,13 +64,22 @@ struct PerKind {
 }
 
 /// The front tier's counters.
-#[derive(Default)]
 pub struct Metrics {
     kinds: [PerKind; 3],
     in_flight: AtomicI64,
+    /// The open connections of each front thread.
+    spread: Arc<Spread>,
 }
 
 impl Metrics {
+    pub fn new(spread: Arc<Spread>) -> Metrics {
+        Metrics {
+            kinds: Default::default(),
+            in_flight: AtomicI64::new(0),
+            spread,
+        }
+    }
+
     /// A request has begun.
     pub fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -179,6 +189,13 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             )?;
+        }
+        writeln!(
+            out,
+            "# HELP rwsgi_connections_open Client connections open, by front thread (--front-threads).\n# TYPE rwsgi_connections_open gauge"
+        )?;
+        for (thread, open) in self.spread.open().enumerate() {
+            writeln!(out, "rwsgi_connections_open{{thread=\"{thread}\"}} {open}")?;
         }
         writeln!(
             out,
