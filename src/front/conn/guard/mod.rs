@@ -432,16 +432,35 @@ impl<S: AsyncRead + Unpin> Guarded<S> {
         }
     }
 
-    /// Whether the read `deadline` has passed; if not, the read timer is set for it and
-    /// wakes `cx` then.
+    /// Whether the read `deadline` has passed; if not, the read timer is set to wake `cx`
+    /// by then.
+    ///
+    /// The timer is armed lazily: it stays registered while requests come and go, and a
+    /// later deadline leaves it where it is. When it fires for a deadline the connection
+    /// has since moved past, it is set again for the current one. A busy connection
+    /// then touches the timer wheel about once per timeout rather than twice per
+    /// request (a fresh timer per wait and its removal at the next bytes).
     fn read_timer_passed(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
-        let timer = self
-            .read_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() != deadline {
+        let timer = match &mut self.read_timer {
+            Some(timer) => {
+                if timer.deadline() > deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self
+                .read_timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if timer.deadline() >= deadline {
+                return true;
+            }
             timer.as_mut().reset(deadline);
         }
-        timer.as_mut().poll(cx).is_ready()
     }
 
     /// An HTTP/2 connection's next deadline: the head timeout until a request has
@@ -588,7 +607,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Ok(())) => {
-                    this.read_timer = None;
                     // Bytes ended any idle time: the keep-alive timeout counts afresh
                     // (a response answered before the next read must not leave the old
                     // idle start in place). The head timeout keeps counting.
@@ -599,8 +617,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 }
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 Poll::Pending => {
+                    // No deadline (a request is being answered): a timer still armed
+                    // wakes the connection once, for nothing, at most.
                     let Some(deadline) = this.read_deadline(cx) else {
-                        this.read_timer = None;
                         return Poll::Pending;
                     };
                     if this.read_timer_passed(deadline, cx) {
