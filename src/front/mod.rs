@@ -552,6 +552,8 @@ where
     // An HTTP/2 response stalled by flow control for --send-timeout drops the
     // connection (see `stall`).
     tokio::select! {
+        // In order: no random pick each time the task runs.
+        biased;
         served = watch.serve(connection, || guard.begun(), guard.h2_idle()) => if let Err(err) = served {
             tracing::debug!("connection ended with an error: {err}");
         },

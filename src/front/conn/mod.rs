@@ -8,6 +8,7 @@ pub mod guard;
 pub(super) mod ip_text;
 pub(super) mod proxy;
 pub(super) mod redirect;
+mod signal;
 mod stall;
 pub(super) mod stopping;
 pub(super) mod tls;

@@ -19,17 +19,17 @@
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tracing::debug;
 
+use super::signal::Signal;
 use crate::front::dispatch::budget::{Backlog, now_ms};
 
 /// The watchdog of one connection.
 #[derive(Default)]
 pub struct Stalls {
     inner: Mutex<Watched>,
-    /// Notified (once, with a permit) when the connection is to close.
-    fired: Notify,
+    /// Set when the connection is to close.
+    fired: Signal,
 }
 
 #[derive(Default)]
@@ -57,7 +57,7 @@ impl Stalls {
 
     /// Resolves when a response of the connection stalled for the send timeout.
     pub async fn fired(&self) {
-        self.fired.notified().await
+        self.fired.wait().await
     }
 }
 
@@ -86,7 +86,7 @@ async fn watchdog(stalls: Arc<Stalls>, timeout: Duration) {
                 watched.responses.clear();
                 watched.running = false;
                 drop(watched);
-                stalls.fired.notify_one();
+                stalls.fired.set();
                 return;
             }
             wait = wait.min(timeout_ms - waited);

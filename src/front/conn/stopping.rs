@@ -12,6 +12,8 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -25,17 +27,22 @@ pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// The stop signal, shared by the accept loops; each connection holds a [`Watch`].
 pub struct Stop {
     signal: watch::Sender<bool>,
+    /// Set before the signal is sent: a connection looks at this flag, not at its
+    /// receiver, each time its task runs (see [`Watch::serve`]).
+    begun: Arc<AtomicBool>,
 }
 
 /// One connection's view of the stop; the stop waits for every one of them to go.
 pub struct Watch {
     stopping: watch::Receiver<bool>,
+    begun: Arc<AtomicBool>,
 }
 
 impl Stop {
     pub fn new() -> Stop {
         Stop {
             signal: watch::Sender::new(false),
+            begun: Arc::default(),
         }
     }
 
@@ -43,6 +50,7 @@ impl Stop {
     pub fn watch(&self) -> Watch {
         Watch {
             stopping: self.signal.subscribe(),
+            begun: self.begun.clone(),
         }
     }
 
@@ -53,6 +61,7 @@ impl Stop {
 
     /// Tells every connection to stop.
     pub fn begin(&self) {
+        self.begun.store(true, Ordering::Release);
         self.signal.send_replace(true);
     }
 
@@ -76,11 +85,35 @@ impl Watch {
         begun: impl Fn() -> bool,
         idle: impl Future<Output = ()>,
     ) -> Result<(), C::Error> {
-        let stopping = tokio::select! {
-            result = connection.as_mut() => return result,
-            // An error means the stop's sender is gone: the front tier is ending anyway.
-            _ = self.stopping.wait_for(|stopping| *stopping) => true,
-            () = idle => false,
+        let begun_stop = self.begun;
+        let mut stop = pin!(self.stopping.wait_for(|stopping| *stopping));
+        let mut idle = pin!(idle);
+        // The stop's receiver is polled once, which registers the task's waker (the
+        // same for the connection's life), and then only once the flag says the stop
+        // has begun: polling it takes a lock, and the task runs several times per
+        // request.
+        let mut registered = false;
+        let stopping = poll_fn(|cx| {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Err(result));
+            }
+            if !registered || begun_stop.load(Ordering::Acquire) {
+                registered = true;
+                // An error means the stop's sender is gone: the front tier is ending
+                // anyway.
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(true));
+                }
+            }
+            match idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Ok(false)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let stopping = match stopping {
+            Ok(stopping) => stopping,
+            Err(result) => return result,
         };
         if !stopping {
             connection.as_mut().graceful_shutdown();

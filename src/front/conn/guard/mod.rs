@@ -40,6 +40,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
+use super::signal::Signal;
 use check::{Checker, Limits, Refused, Reject};
 
 /// The most one read of the client connection takes.
@@ -69,8 +70,8 @@ pub struct ConnGuard {
     inner: Mutex<Shared>,
     /// Woken when a body is refused.
     body_refused: Notify,
-    /// Told when an HTTP/2 connection has been idle for the keep-alive timeout.
-    h2_idle: Notify,
+    /// Set when an HTTP/2 connection has been idle for the keep-alive timeout.
+    h2_idle: Signal,
     /// Requests whose responses are not finished yet.
     busy: AtomicUsize,
 }
@@ -113,7 +114,7 @@ impl ConnGuard {
     /// timeout: its server should then send GOAWAY (never, for HTTP/1, which the guard
     /// closes itself).
     pub async fn h2_idle(&self) {
-        self.h2_idle.notified().await
+        self.h2_idle.wait().await
     }
 
     /// The refusal of request `index`'s head, if it was refused (it is the stand-in).
@@ -418,7 +419,7 @@ impl<S: AsyncRead + Unpin> Guarded<S> {
                 debug!("HTTP/2 connection idle for the keep-alive timeout: GOAWAY");
                 self.h2_goaway = true;
                 self.h2_idle_since = None;
-                self.guard.h2_idle.notify_one();
+                self.guard.h2_idle.set();
                 // Armed again: a client that never answers the GOAWAY is closed.
                 continue;
             }
