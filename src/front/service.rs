@@ -466,6 +466,8 @@ fn build_response(
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
+    // Room for the worker's headers and the few the front tier adds, at once.
+    headers.reserve(head.headers.len() + 4);
     for (name, value) in head.headers {
         let name =
             HeaderName::from_bytes(&name).map_err(|e| RequestError::BadResponse(e.to_string()))?;

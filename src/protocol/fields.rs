@@ -2,7 +2,7 @@
 //! `u32` length prefix. The reader checks every length against what remains before it
 //! slices, so a hostile length can neither panic nor allocate.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use super::ProtocolError;
 
@@ -73,10 +73,13 @@ impl FieldReader {
         Ok(self.buf.split_to(n))
     }
 
+    /// The next `N` bytes, copied: an integer needs no share of the payload (a
+    /// refcount taken and given back per field otherwise).
     fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
-        let bytes = self.take(N)?;
-        let mut array = [0u8; N];
-        array.copy_from_slice(&bytes);
+        let Some(array) = self.buf.first_chunk::<N>().copied() else {
+            return Err(ProtocolError::Truncated(self.what));
+        };
+        self.buf.advance(N);
         Ok(array)
     }
 
