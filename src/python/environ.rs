@@ -20,28 +20,42 @@ use crate::protocol::{RequestHead, Scheme};
 const HEADER_KEY_CACHE: usize = 512;
 
 /// A Python `str` of the bytes read as Latin-1, as PEP 3333 wants for native strings.
+///
+/// CPython's Latin-1 decoder makes an ASCII string (the common case) with one scan and
+/// one copy, where going through UTF-8 would check the bytes twice first.
 pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) if text.is_ascii() => PyString::new(py, text),
-        _ => {
-            // SAFETY: the pointer and length describe a live slice; Latin-1 decoding
-            // cannot fail for any byte, so a null result only means out of memory.
-            let raw = unsafe {
-                ffi::PyUnicode_DecodeLatin1(
-                    bytes.as_ptr().cast(),
-                    bytes.len() as ffi::Py_ssize_t,
-                    std::ptr::null(),
-                )
-            };
-            // SAFETY: a non-null result is a new reference to a str.
-            match unsafe { Bound::from_owned_ptr_or_err(py, raw) } {
-                Ok(obj) => obj
-                    .cast_into::<PyString>()
-                    .unwrap_or_else(|_| PyString::new(py, "")),
-                Err(_) => PyString::new(py, ""),
-            }
-        }
+    // SAFETY: the pointer and length describe a live slice; Latin-1 decoding cannot
+    // fail for any byte, so a null result only means out of memory.
+    let raw = unsafe {
+        ffi::PyUnicode_DecodeLatin1(
+            bytes.as_ptr().cast(),
+            bytes.len() as ffi::Py_ssize_t,
+            std::ptr::null(),
+        )
+    };
+    // SAFETY: a non-null result is a new reference to a str.
+    match unsafe { Bound::from_owned_ptr_or_err(py, raw) } {
+        Ok(obj) => obj
+            .cast_into::<PyString>()
+            .unwrap_or_else(|_| PyString::new(py, "")),
+        Err(_) => PyString::new(py, ""),
     }
+}
+
+/// `REQUEST_METHOD`: the common methods as strings made once per worker, any other
+/// made afresh.
+fn method<'py>(py: Python<'py>, method: &[u8]) -> Bound<'py, PyString> {
+    let known = match method {
+        b"GET" => intern!(py, "GET"),
+        b"POST" => intern!(py, "POST"),
+        b"HEAD" => intern!(py, "HEAD"),
+        b"PUT" => intern!(py, "PUT"),
+        b"DELETE" => intern!(py, "DELETE"),
+        b"PATCH" => intern!(py, "PATCH"),
+        b"OPTIONS" => intern!(py, "OPTIONS"),
+        _ => return PyString::intern(py, &String::from_utf8_lossy(method)),
+    };
+    known.clone()
 }
 
 /// Per-worker environ state: the template and the header key cache.
@@ -74,6 +88,23 @@ impl EnvironBuilder {
             .trim_end_matches('/')
             .to_string();
         template.set_item(intern!(py, "SCRIPT_NAME"), &script_name)?;
+        // The keys every request sets, present already: a request then replaces their
+        // values in a copy sized for them, rather than growing it as they arrive (a
+        // rebuild of its table or two per request).
+        for key in [
+            intern!(py, "REQUEST_METHOD"),
+            intern!(py, "SERVER_PROTOCOL"),
+            intern!(py, "wsgi.url_scheme"),
+            intern!(py, "RAW_URI"),
+            intern!(py, "QUERY_STRING"),
+            intern!(py, "PATH_INFO"),
+            intern!(py, "REMOTE_ADDR"),
+            intern!(py, "SERVER_NAME"),
+            intern!(py, "SERVER_PORT"),
+            intern!(py, "wsgi.input"),
+        ] {
+            template.set_item(key, intern!(py, ""))?;
+        }
         Ok(EnvironBuilder {
             template: template.unbind(),
             header_keys: HashMap::new(),
@@ -118,18 +149,18 @@ impl EnvironBuilder {
         input: WsgiInput,
     ) -> PyResult<Bound<'py, PyDict>> {
         let environ = self.template.bind(py).copy()?;
-        environ.set_item(
-            intern!(py, "REQUEST_METHOD"),
-            PyString::intern(py, &String::from_utf8_lossy(&head.method)),
-        )?;
-        environ.set_item(
-            intern!(py, "SERVER_PROTOCOL"),
-            PyString::intern(py, head.protocol()),
-        )?;
-        environ.set_item(
-            intern!(py, "wsgi.url_scheme"),
-            PyString::intern(py, head.scheme.as_str()),
-        )?;
+        environ.set_item(intern!(py, "REQUEST_METHOD"), method(py, &head.method))?;
+        let protocol = match head.protocol() {
+            "HTTP/1.1" => intern!(py, "HTTP/1.1").clone(),
+            "HTTP/2" => intern!(py, "HTTP/2").clone(),
+            other => PyString::intern(py, other),
+        };
+        environ.set_item(intern!(py, "SERVER_PROTOCOL"), protocol)?;
+        let scheme = match head.scheme {
+            Scheme::Http => intern!(py, "http"),
+            Scheme::Https => intern!(py, "https"),
+        };
+        environ.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
         if head.scheme == Scheme::Https {
             // As Apache's mod_ssl and nginx's fastcgi_params: frameworks look for it.
             environ.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
