@@ -19,6 +19,9 @@ fn is_field_value(bytes: &[u8]) -> bool {
 }
 
 fn latin1_bytes(text: &str, what: &str) -> PyResult<Vec<u8>> {
+    if text.is_ascii() {
+        return Ok(text.as_bytes().to_vec());
+    }
     text.chars()
         .map(|c| {
             u8::try_from(c as u32)
@@ -87,7 +90,7 @@ pub type ParsedHeaders = (Vec<(Vec<u8>, Vec<u8>)>, Option<u64>, bool);
 
 /// The application's headers, checked.
 pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
-    let mut parsed = Vec::new();
+    let mut parsed = Vec::with_capacity(headers.len().unwrap_or(0).min(MAX_RESPONSE_FIELDS));
     let (mut content_length, mut close) = (None, false);
     let (mut fields, mut size) = (0usize, 0usize);
     for item in headers.try_iter()? {
@@ -132,8 +135,8 @@ pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
                 String::from_utf8_lossy(&value)
             )));
         }
-        let lower = name.to_ascii_lowercase();
-        if lower == "content-length" {
+        // Compared without case, not lowercased: no copy of each name.
+        if name.eq_ignore_ascii_case("content-length") {
             let text = std::str::from_utf8(&value).unwrap_or("").trim();
             let length = text
                 .parse::<u64>()
@@ -147,8 +150,8 @@ pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
                 continue;
             }
             content_length = Some(length);
-        } else if HOP_BY_HOP.contains(&lower.as_str()) {
-            if lower == "connection" {
+        } else if HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop)) {
+            if name.eq_ignore_ascii_case("connection") {
                 close |= value
                     .split(|&b| b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
