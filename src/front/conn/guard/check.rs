@@ -226,7 +226,7 @@ impl Checker {
                 }
                 _ => {
                     let rest = &data[at..];
-                    match rest.iter().position(|&b| b == b'\n') {
+                    match memchr::memchr(b'\n', rest) {
                         None => {
                             self.line.extend_from_slice(rest);
                             self.held += rest.len();
@@ -234,14 +234,22 @@ impl Checker {
                             self.check_line_length()?;
                         }
                         Some(end) => {
-                            self.line.extend_from_slice(&rest[..end]);
                             self.held += end + 1;
                             at += end + 1;
-                            self.check_line_length()?;
-                            let mut line = std::mem::take(&mut self.line);
-                            let complete = self.on_line(&mut line)?;
-                            line.clear();
-                            self.line = line;
+                            // A line that arrived whole is read where it lies; only one
+                            // split across reads was gathered in `line`.
+                            let complete = if self.line.is_empty() {
+                                self.check_length(end)?;
+                                self.on_line(&rest[..end])?
+                            } else {
+                                self.line.extend_from_slice(&rest[..end]);
+                                self.check_line_length()?;
+                                let mut line = std::mem::take(&mut self.line);
+                                let complete = self.on_line(&line);
+                                line.clear();
+                                self.line = line;
+                                complete?
+                            };
                             if complete {
                                 *released += self.held;
                                 self.held = 0;
@@ -259,8 +267,14 @@ impl Checker {
 
     /// A line too long for its place is refused before it is complete.
     fn check_line_length(&self) -> Result<(), Reject> {
-        // The CR of the CRLF is still in `line`.
-        let length = self.line.len().saturating_sub(1);
+        self.check_length(self.line.len())
+    }
+
+    /// [`Checker::check_line_length`] for a line of `held` bytes (its CR included,
+    /// its LF not).
+    fn check_length(&self, held: usize) -> Result<(), Reject> {
+        // The CR of the CRLF is still counted in `held`.
+        let length = held.saturating_sub(1);
         match self.state {
             State::Start if length > self.limits.request_line => Err(Reject::UriTooLong),
             // A field line is counted with its CRLF, as gunicorn counts it.
@@ -276,11 +290,11 @@ impl Checker {
 
     /// Handles one complete line (LF removed). Returns whether everything held may now
     /// be released.
-    fn on_line(&mut self, line: &mut Vec<u8>) -> Result<bool, Reject> {
-        if line.pop() != Some(b'\r') {
+    fn on_line(&mut self, line: &[u8]) -> Result<bool, Reject> {
+        let Some((&b'\r', line)) = line.split_last() else {
             return Err(Reject::BadRequest("line ends with a bare LF"));
-        }
-        if line.contains(&b'\r') {
+        };
+        if memchr::memchr(b'\r', line).is_some() {
             return Err(Reject::BadRequest("bare CR in a line"));
         }
         match self.state {
