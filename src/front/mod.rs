@@ -144,7 +144,13 @@ async fn serve(
     access_log: Option<Arc<AccessLog>>,
     shards: &shard::Shards,
 ) -> Result<(), FrontError> {
-    let pool = pool::Pool::new(settings.max_queue, shards.count(), settings.prefetch);
+    let pool = pool::Pool::new(
+        settings.max_queue,
+        settings.limits.queue_timeout,
+        shards.count(),
+        settings.prefetch,
+    );
+    tokio::spawn(pool.clone().reap());
     let spread = shard::Spread::new(shards.handles());
     let shared = Arc::new(Shared {
         pool: pool.clone(),

@@ -308,8 +308,6 @@ async fn dispatch(
         )
     };
     let backlog = conn.budgets.response();
-    // Set when the request first waits for a worker (a free one needs no clock).
-    let mut queued_until = None;
     // A worker that retired between our lease and our write never saw the request, and
     // one that died before it began a request it held queued gives it back: either way
     // it goes to another worker instead of failing.
@@ -317,14 +315,12 @@ async fn dispatch(
         // A free worker now needs no timer; only a wait for one is bounded.
         let lease = match shared.pool.try_acquire() {
             Some(lease) => lease,
-            None => {
-                let until = *queued_until
-                    .get_or_insert_with(|| tokio::time::Instant::now() + limits.queue_timeout);
-                tokio::time::timeout_at(until, shared.pool.acquire())
-                    .await
-                    .map_err(|_| RequestError::Busy)?
-                    .map_err(|_| RequestError::Busy)?
-            }
+            // At most --queue-timeout, the pool's business.
+            None => shared
+                .pool
+                .acquire()
+                .await
+                .map_err(|_| RequestError::Busy)?,
         };
         let worker = lease.conn().clone();
         let hold = StreamHold {
@@ -346,7 +342,6 @@ async fn dispatch(
             Some(Event::Head(head)) => break (worker, stream, events, head),
             Some(Event::Returned(Returned(hold))) => {
                 spool = hold.spool;
-                queued_until = None;
             }
             Some(Event::Failed(failure)) => return Err(RequestError::Worker(failure)),
             Some(other) => {

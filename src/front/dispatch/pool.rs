@@ -39,13 +39,17 @@ pub struct Busy;
 pub struct Pool {
     inner: Mutex<Inner>,
     max_queue: usize,
+    /// `--queue-timeout`: how long a request may wait for a worker.
+    queue_timeout: Duration,
     /// `--prefetch`: requests a sync worker may hold queued behind the one it runs.
     prefetch: usize,
 }
 
-/// A request waiting for a worker: when it began waiting, and where to send its lease.
+/// A request waiting for a worker: when it began waiting (in queue order), until when
+/// it may, and where to send its lease.
 struct Waiter {
     since: u64,
+    until: Instant,
     lease: oneshot::Sender<Lease>,
 }
 
@@ -87,6 +91,10 @@ struct Pace {
     /// requests first.
     average: u64,
 }
+
+/// How often, at most, [`Pool::reap`] looks for requests that waited too long: a
+/// request is turned away this much after its `--queue-timeout` at most.
+const REAP_EVERY: Duration = Duration::from_millis(100);
 
 /// How long a request may expect to wait queued in a worker (prefetch): about the
 /// time one request spends in the front tier's queue when the workers are that busy.
@@ -157,7 +165,12 @@ impl Inner {
 impl Pool {
     /// An empty pool for `shards` shards, whose queue holds at most `max_queue` waiting
     /// requests; a sync worker may hold `prefetch` more (see the module's text).
-    pub fn new(max_queue: usize, shards: usize, prefetch: usize) -> Arc<Pool> {
+    pub fn new(
+        max_queue: usize,
+        queue_timeout: Duration,
+        shards: usize,
+        prefetch: usize,
+    ) -> Arc<Pool> {
         let shards = shards.max(1);
         Arc::new(Pool {
             inner: Mutex::new(Inner {
@@ -168,8 +181,29 @@ impl Pool {
                 channels_per_shard: vec![0; shards],
             }),
             max_queue,
+            queue_timeout,
             prefetch,
         })
+    }
+
+    /// Turns away requests that have waited `--queue-timeout` for a worker (their
+    /// [`Pool::acquire`] fails: 503), looking every [`REAP_EVERY`] at most. One task
+    /// for the whole queue rather than a timer per waiting request: under load most
+    /// requests wait a moment, and a timer each was set and cancelled per request.
+    pub async fn reap(self: Arc<Self>) {
+        let every = (self.queue_timeout / 10).clamp(Duration::from_millis(1), REAP_EVERY);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = Instant::now();
+            let mut inner = self.lock();
+            for queue in &mut inner.waiters {
+                // Oldest first, and all wait as long: the expired are at the front.
+                while queue.front().is_some_and(|waiter| waiter.until <= now) {
+                    // Dropping its sender tells the request.
+                    queue.pop_front();
+                }
+            }
+        }
     }
 
     /// The shard that is to read a new worker's channel: the one reading the fewest.
@@ -226,7 +260,8 @@ impl Pool {
         best.map(|index| self.take(&mut inner.workers[index], now))
     }
 
-    /// A free slot on the least-loaded worker, waiting for one if all are busy.
+    /// A free slot on the least-loaded worker, waiting for one if all are busy, for
+    /// `--queue-timeout` at most (see [`Pool::reap`]).
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Busy> {
         let here = shard::current();
         let waiter = {
@@ -241,7 +276,12 @@ impl Pool {
             let since = inner.queued_ever;
             inner.queued_ever += 1;
             let shard = here.min(inner.waiters.len() - 1);
-            inner.waiters[shard].push_back(Waiter { since, lease: tx });
+            let until = Instant::now() + self.queue_timeout;
+            inner.waiters[shard].push_back(Waiter {
+                since,
+                until,
+                lease: tx,
+            });
             rx
         };
         waiter.await.map_err(|_| Busy)
