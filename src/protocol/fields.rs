@@ -41,6 +41,18 @@ impl<'a> FieldWriter<'a> {
         self
     }
 
+    /// Where the next field goes, for [`FieldWriter::patch_u32`].
+    pub fn position(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Overwrites the `u32` written at `at` (from [`FieldWriter::position`]).
+    pub fn patch_u32(&mut self, at: usize, value: u32) {
+        if let Some(slot) = self.out.get_mut(at..at + 4) {
+            slot.copy_from_slice(&value.to_be_bytes());
+        }
+    }
+
     /// A byte string with its `u32` length first.
     pub fn bytes(&mut self, value: &[u8]) -> &mut Self {
         self.u32(value.len() as u32);

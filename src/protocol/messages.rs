@@ -47,10 +47,15 @@ fn write_headers<'h>(
     writer: &mut FieldWriter<'_>,
     headers: impl ExactSizeIterator<Item = (&'h [u8], &'h [u8])>,
 ) {
-    writer.u32(headers.len() as u32);
+    // The count is the pairs written, whatever the iterator said its length was.
+    let at = writer.position();
+    writer.u32(0);
+    let mut count = 0u32;
     for (name, value) in headers {
         writer.bytes(name).bytes(value);
+        count += 1;
     }
+    writer.patch_u32(at, count);
 }
 
 /// The worker's opening frame.

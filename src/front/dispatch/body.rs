@@ -13,10 +13,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use tokio::sync::mpsc;
 
 use super::budget::{Backlog, Budget, Held};
-use super::channel::{Event, Events, Failure, Spilled, WorkerConn};
+use super::channel::{Event, EventReceiver, Events, Failure, Spilled, WorkerConn};
 
 /// A request body, complete.
 pub enum RequestBody {
@@ -188,7 +187,7 @@ impl ResponseBody {
 /// The body of a worker's response. Dropped before the worker ended the stream (the
 /// client went away), it tells the worker to stop.
 pub struct WorkerBody {
-    events: mpsc::UnboundedReceiver<Event>,
+    events: EventReceiver,
     /// What the stream holds for the client.
     backlog: Arc<Backlog>,
     /// The spilled chunk being read back, if any.

@@ -304,7 +304,7 @@ impl Pool {
             prefetch,
         });
         let index = inner.workers.len() - 1;
-        self.hand_out(&mut inner, index);
+        self.hand_out(&mut inner, index, Instant::now());
     }
 
     /// Requests waiting for a free worker.
@@ -356,6 +356,7 @@ impl Pool {
     }
 
     fn release(self: &Arc<Self>, conn: Arc<WorkerConn>) {
+        let now = Instant::now();
         let mut inner = self.lock();
         if let Some(index) = inner
             .workers
@@ -365,7 +366,7 @@ impl Pool {
             let slot = &mut inner.workers[index];
             match &mut slot.prefetch {
                 Some(prefetch) => {
-                    prefetch.pace.ended(Instant::now());
+                    prefetch.pace.ended(now);
                     match prefetch.queued {
                         0 => slot.free += 1,
                         _ => prefetch.queued -= 1,
@@ -373,7 +374,7 @@ impl Pool {
                 }
                 None => slot.free += 1,
             }
-            self.hand_out(&mut inner, index);
+            self.hand_out(&mut inner, index, now);
         }
     }
 
@@ -406,9 +407,8 @@ impl Pool {
 
     /// Gives the free slots of worker `index` to waiting requests: its own shard's
     /// first, oldest first.
-    fn hand_out(self: &Arc<Self>, inner: &mut Inner, index: usize) {
+    fn hand_out(self: &Arc<Self>, inner: &mut Inner, index: usize, now: Instant) {
         let shard = inner.workers[index].conn.shard;
-        let now = Instant::now();
         loop {
             let slot = &inner.workers[index];
             if slot.free == 0 && !slot.may_prefetch(now) {

@@ -29,11 +29,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use tokio::net::UnixStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
+mod events;
 pub(super) mod transport;
 
+pub use events::EventReceiver;
+use events::EventSender;
 use transport::{push_all, write_all};
 
 use super::budget::{Backlog, Held};
@@ -91,7 +94,7 @@ pub struct Spilled {
 /// A stream's events, and what its response holds for its client.
 pub struct Events {
     /// The events, in order.
-    pub receiver: mpsc::UnboundedReceiver<Event>,
+    pub receiver: EventReceiver,
     /// The response's bytes held in memory and in its spill file.
     pub backlog: Arc<Backlog>,
 }
@@ -128,7 +131,7 @@ pub struct StreamHold {
 }
 
 struct Stream {
-    events: mpsc::UnboundedSender<Event>,
+    events: EventSender,
     backlog: Arc<Backlog>,
     /// The spill file once one was needed, and its length.
     spill: Option<(Arc<File>, u64)>,
@@ -141,7 +144,7 @@ struct Stream {
 /// its budgets allow, until its client takes it all or goes away.
 pub(super) struct Pause {
     backlog: Arc<Backlog>,
-    events: mpsc::UnboundedSender<Event>,
+    events: EventSender,
 }
 
 impl Pause {
@@ -430,7 +433,7 @@ impl WorkerConn {
             return Err(Refused::Failed(Failure::WorkerDied));
         }
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = events::events();
         {
             let mut streams = self.streams();
             if streams.timed_out {
