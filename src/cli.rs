@@ -341,6 +341,13 @@ pub struct ServeArgs {
     )]
     pub forwarded_allow_ips: String,
 
+    /// Do not add `X-Request-Start: t=MICROSECONDS` (since the epoch, when the front
+    /// tier read the request's head) to requests passed to the app, which APM agents
+    /// (New Relic, Datadog, Scout) read to show the time spent queued. [default: added;
+    /// a value sent by a peer in --forwarded-allow-ips is kept, anyone else's replaced]
+    #[arg(long)]
+    pub no_request_start: bool,
+
     /// The application: `module:callable`, `module`, `dir/module:callable` or
     /// `module:factory()`. Required, here or as `app` in the config file.
     #[arg(value_name = "APP")]

@@ -329,6 +329,11 @@ def check_parse(response, request: dict, host_added: bool, where: str):
         got["headers"] = dict(got["headers"] or {})
         made = got["headers"].pop("HTTP_X_REQUEST_ID", "")
         assert re.fullmatch(r"[0-9a-f]{32}", made), f"{where}: request id {made!r}"
+    # And an X-Request-Start of its own (test_request_start.py).
+    if not any(name == "X-REQUEST-START" for name, _ in request["headers"]):
+        got["headers"] = dict(got["headers"] or {})
+        stamped = got["headers"].pop("HTTP_X_REQUEST_START", "")
+        assert re.fullmatch(r"t=[0-9]{16}", stamped), f"{where}: request start {stamped!r}"
     assert got == wanted, where
 
 

@@ -112,6 +112,9 @@ pub struct Settings {
     pub compress: Option<CompressSettings>,
     /// `--health-path`: answered by the front tier (readiness).
     pub health_path: Option<String>,
+    /// Whether requests passed to the app get `X-Request-Start` (`--no-request-start`
+    /// turns it off).
+    pub request_start: bool,
     /// `--metrics-bind`: where the metrics are served.
     pub metrics_bind: Option<BindAddr>,
     /// What a client may send, and how slowly.
@@ -342,6 +345,7 @@ impl Settings {
             body_memory_limit: 1 << 20,
             files: FileSettings::from_args(args)?,
             health_path,
+            request_start: !args.no_request_start,
             metrics_bind,
             compress: args.compress.then_some(CompressSettings {
                 min_size: args.compress_min_size,

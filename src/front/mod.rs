@@ -166,6 +166,7 @@ async fn serve(
             .and_then(|tls| tls.hsts)
             .map(hsts_value),
         health: settings.health_path.clone().map(health::Health::new),
+        request_start: settings.request_start,
         metrics: settings
             .metrics_bind
             .as_ref()

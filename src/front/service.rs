@@ -20,7 +20,7 @@ use super::conn::conn_info::ConnInfo;
 use super::conn::guard::Tracked;
 use super::conn::guard::check::Reject;
 use super::conn::ip_text::IpText;
-use super::conn::proxy::{ClientFacts, client_facts};
+use super::conn::proxy::{ClientFacts, client_facts, peer_trusted};
 use super::dispatch::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
 use super::dispatch::budget::Budgets;
 use super::dispatch::channel::{Event, Failure, Queued, Refused, Returned, StreamHold};
@@ -29,6 +29,7 @@ use super::observe::access_log::{AccessLog, Entry};
 use super::observe::health::Health;
 use super::observe::metrics::{Metrics, Observation, RouteKind};
 use super::observe::request_id::{self, X_REQUEST_ID};
+use super::observe::request_start;
 use super::respond::compress::Compression;
 use super::respond::sendfile::Target;
 use super::respond::static_files::Files;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub metrics: Option<Arc<Metrics>>,
     /// `--access-logfile`, when on.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Whether requests passed to the app get `X-Request-Start`.
+    pub request_start: bool,
 }
 
 /// Whose fault a failed request is; [`error_response`] turns it into a status.
@@ -271,6 +274,10 @@ async fn dispatch(
     }
     if let Some(response) = shared.files.serve_static(&parts) {
         return Ok(with_kind(response, RouteKind::Static));
+    }
+    if shared.request_start {
+        // Now, with the head read: a body still to come is part of the wait.
+        request_start::stamp(&mut parts.headers, peer_trusted(conn, &shared.trusted));
     }
     let body_limits = BodyLimits {
         memory: shared.body_memory_limit,

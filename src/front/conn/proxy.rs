@@ -28,22 +28,23 @@ pub struct ClientFacts {
 
 /// The client of a request, from the connection and any trusted proxy headers.
 pub fn client_facts(headers: &HeaderMap, conn: &ConnInfo, trusted: &Trusted) -> ClientFacts {
-    let peer = conn.remote.map(|a| a.ip());
     let direct = ClientFacts {
-        addr: peer,
+        addr: conn.remote.map(|a| a.ip()),
         scheme: conn.scheme,
     };
-    let believed = match peer {
-        Some(ip) => trusted.allows(ip),
-        None => true,
-    };
-    if !believed {
+    if !peer_trusted(conn, trusted) {
         return direct;
     }
     from_headers(headers, trusted).map_or(direct, |(addr, scheme)| ClientFacts {
         addr: addr.or(direct.addr),
         scheme: scheme.unwrap_or(direct.scheme),
     })
+}
+
+/// Whether the connection's peer may speak for the client: an address in
+/// `--forwarded-allow-ips`, or a Unix socket peer.
+pub fn peer_trusted(conn: &ConnInfo, trusted: &Trusted) -> bool {
+    conn.remote.is_none_or(|addr| trusted.allows(addr.ip()))
 }
 
 // Named once: looking a header up by a string parses the name at each request.
