@@ -374,6 +374,38 @@ pub struct ServeArgs {
     /// redirect to the same URL over HTTPS. Repeatable.
     #[arg(long = "redirect-http", value_name = "ADDRESS")]
     pub redirect_http: Vec<String>,
+    // Automatic HTTPS (src/config/acme.rs, src/front/acme/).
+    /// Obtain and renew a certificate for DOMAIN from an ACME CA (Let's Encrypt by
+    /// default) and serve HTTPS with it on every --bind; DNS must point DOMAIN at this
+    /// host. Repeat for several domains (SNI picks; --tls certificates serve the other
+    /// names).
+    #[arg(long = "acme", value_name = "DOMAIN")]
+    pub acme: Vec<String>,
+
+    /// The contact address given to the ACME CA (expiry warnings, policy news).
+    /// [default: none]
+    #[arg(long, value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// The ACME CA's directory URL. [default: Let's Encrypt's production directory]
+    #[arg(long, value_name = "URL")]
+    pub acme_directory: Option<String>,
+
+    /// Use Let's Encrypt's staging directory (untrusted certificates, generous rate
+    /// limits): try a setup there first.
+    #[arg(long)]
+    pub acme_staging: bool,
+
+    /// Trust this PEM CA certificate (instead of the system's roots) for HTTPS to the
+    /// ACME directory: a private or test CA. [default: the system's roots]
+    #[arg(long, value_name = "PEM")]
+    pub acme_ca_root: Option<PathBuf>,
+
+    /// Where the ACME account and certificates are kept (files 0600); back it up, and
+    /// share it between restarts. [default: $STATE_DIRECTORY/acme (systemd), else
+    /// $XDG_STATE_HOME/rwsgi/acme, else ~/.local/state/rwsgi/acme]
+    #[arg(long, value_name = "DIR")]
+    pub acme_cache: Option<PathBuf>,
     // -- static files, internal redirects, compression --
     /// Serve the files of DIR at URL_PREFIX from the front tier (the app never sees these
     /// requests). Repeat for several; the longest matching prefix wins.

@@ -7,6 +7,7 @@
 //! process forked, and reported as one line naming the flag or key and where it was set.
 
 mod access_log;
+pub mod acme;
 mod app;
 mod bind;
 mod env;
@@ -30,6 +31,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use access_log::{AccessLog, Atom, Format, Layout, Piece, Target as AccessTarget};
+pub use acme::AcmeSettings;
 pub use app::AppSpec;
 pub use bind::BindAddr;
 pub use error::ConfigError;

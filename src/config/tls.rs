@@ -18,6 +18,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::time::ASN1Time;
 
+use super::acme::AcmeSettings;
 use super::bind::BindAddr;
 use super::error::ConfigError;
 use crate::cli::ServeArgs;
@@ -32,6 +33,8 @@ pub struct TlsSettings {
     pub loaded: Vec<LoadedCert>,
     /// `--hsts`: the max-age of Strict-Transport-Security, in seconds.
     pub hsts: Option<u64>,
+    /// `--acme`: certificates obtained by rwsgi itself (served by SNI beside `loaded`).
+    pub acme: Option<AcmeSettings>,
 }
 
 /// Where one certificate chain and its private key are read from.
@@ -72,11 +75,23 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 impl TlsSettings {
-    /// Checks the TLS flags; `None` when `--tls` is not given.
+    /// Checks the TLS flags; `None` when neither `--tls` nor `--acme` is given.
     pub fn from_args(args: &ServeArgs) -> Result<Option<TlsSettings>, ConfigError> {
+        let acme = AcmeSettings::from_args(args, &|name| std::env::var(name).ok())?;
+        if args.tls.is_empty() && acme.is_some() {
+            return Ok(Some(TlsSettings {
+                sources: Vec::new(),
+                loaded: Vec::new(),
+                hsts: args.hsts,
+                acme,
+            }));
+        }
         if args.tls.is_empty() {
             let needs_tls = |flag: &'static str| {
-                ConfigError::new(flag, "needs --tls (the certificate to serve HTTPS with)")
+                ConfigError::new(
+                    flag,
+                    "needs --tls or --acme (the certificate to serve HTTPS with)",
+                )
             };
             if args.tls_key.is_some() {
                 return Err(needs_tls("--tls-key"));
@@ -105,6 +120,7 @@ impl TlsSettings {
             sources,
             loaded,
             hsts: args.hsts,
+            acme,
         }))
     }
 }

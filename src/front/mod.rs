@@ -10,6 +10,7 @@
 // answer back, `respond` answers what the front tier serves itself or transforms,
 // `observe` tells about it. Imports run one way: dispatch at the bottom, conn,
 // respond and observe above it, service on top.
+mod acme;
 pub mod conn;
 mod dispatch;
 mod observe;
@@ -185,9 +186,19 @@ async fn serve(
         return Err(FrontError::Signals);
     };
     tokio::spawn(async move { while hangup.recv().await.is_some() {} });
-    let tls = (settings.tls.as_ref().map(tls::Tls::new).transpose())
+    // --acme: the cached certificates are served from the first handshake; the orders
+    // run in the background.
+    let acme = (settings.tls.as_ref())
+        .and_then(|tls| tls.acme.as_ref())
+        .map(|acme| Arc::new(acme::Acme::new(acme)));
+    let tls = (settings.tls.as_ref())
+        .map(|tls| tls::Tls::new(tls, acme.as_ref().map(|acme| acme.certificates())))
+        .transpose()
         .map_err(FrontError::Tls)?
         .map(Arc::new);
+    if let Some(acme) = acme {
+        acme.spawn();
+    }
     let reload = Arc::new(Notify::new());
     tokio::spawn(tls::reload_when_asked(tls.clone(), reload.clone()));
     // The master passes the --bind listeners first, then the --redirect-http ones, then

@@ -50,6 +50,13 @@ impl Arbiter {
                 same(&old.forwarded_allow, &new.forwarded_allow),
             ),
             ("tls/hsts", tls_sources(old) == tls_sources(&new)),
+            (
+                "acme",
+                same(
+                    &old.tls.as_ref().map(|t| &t.acme),
+                    &new.tls.as_ref().map(|t| &t.acme),
+                ),
+            ),
         ];
         let changed: Vec<&str> = kept
             .iter()

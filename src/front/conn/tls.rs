@@ -5,7 +5,10 @@
 //! Certificates are swapped behind the resolver, so a reload touches only handshakes
 //! that start after it; open connections keep the keys they agreed on. A handshake
 //! that fails or stalls must never cost more than a debug line and the head timeout.
-//! Plain HTTP sent to the port is answered in plain HTTP ([`plain`]).
+//! Plain HTTP sent to the port is answered in plain HTTP ([`plain`]). With `--acme`,
+//! the certificates rwsgi obtains itself are picked first for their names, and a
+//! handshake asking only for `acme-tls/1` gets the TLS-ALPN-01 challenge certificate
+//! (RFC 8737) and is closed once done.
 
 mod plain;
 
@@ -25,6 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::TlsSettings;
 use crate::config::tls::{CertSource, LoadedCert, load_all, provider};
+use crate::front::acme::{ACME_TLS_ALPN, Certificates};
 pub use plain::Peek;
 
 /// The front tier's TLS: what every TLS connection shares.
@@ -37,8 +41,9 @@ pub struct Tls {
 impl Tls {
     /// Builds the server side of TLS. The certificate files are read again (a front
     /// tier restarted after a SIGHUP must serve the reloaded ones); if they no longer
-    /// load, the ones checked at start-up are served.
-    pub fn new(settings: &TlsSettings) -> Result<Tls, String> {
+    /// load, the ones checked at start-up are served. `acme`: the certificates of
+    /// `--acme`, when given.
+    pub fn new(settings: &TlsSettings, acme: Option<Arc<Certificates>>) -> Result<Tls, String> {
         let loaded = match load_all(&settings.sources) {
             Ok(loaded) => loaded,
             Err(err) => {
@@ -48,9 +53,14 @@ impl Tls {
                 settings.loaded.clone()
             }
         };
-        let set = CertSet::new(loaded).ok_or("no TLS certificate to serve")?;
+        let set = CertSet::new(loaded);
+        if set.default.is_none() && acme.is_none() {
+            return Err("no TLS certificate to serve".into());
+        }
+        let answers_acme = acme.is_some();
         let certificates = Arc::new(SniResolver {
             current: RwLock::new(Arc::new(set)),
+            acme,
         });
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -62,6 +72,10 @@ impl Tls {
         config.ignore_client_order = true;
         // HTTP/2 when the client can, HTTP/1.1 otherwise (RFC 7301, RFC 9113 §3.2).
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if answers_acme {
+            // Last: chosen only by a client offering nothing else (the CA's validation).
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             certificates,
@@ -98,6 +112,11 @@ impl Tls {
             }
         };
         let why = match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(mut stream)) if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {
+                // RFC 8737 §3: the validation ends with the handshake; no data follows.
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                "a tls-alpn-01 validation, answered".to_string()
+            }
             Ok(Ok(stream)) => return Some(stream),
             Ok(Err(why)) => why,
             Err(_) => "timed out".to_string(),
@@ -112,6 +131,9 @@ impl Tls {
     /// Reads the certificate files again and serves them to new handshakes; on any
     /// error the current certificates stay.
     pub async fn reload(&self) {
+        if self.sources.is_empty() {
+            return info!("asked to reload TLS certificates: --acme renews its own, none to read");
+        }
         let sources = self.sources.clone();
         let loaded = match tokio::task::spawn_blocking(move || load_all(&sources)).await {
             Ok(loaded) => loaded,
@@ -130,7 +152,7 @@ impl Tls {
         }
         let names = describe(&loaded);
         match CertSet::new(loaded) {
-            Some(set) => {
+            set if set.default.is_some() => {
                 *self
                     .certificates
                     .current
@@ -138,7 +160,7 @@ impl Tls {
                     .unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
                 info!("Reloaded TLS certificates ({names})");
             }
-            None => {
+            _ => {
                 error!("cannot reload the TLS certificates: none loaded; keeping the current ones")
             }
         }
@@ -169,16 +191,16 @@ pub async fn reload_when_asked(tls: Option<Arc<Tls>>, requested: Arc<Notify>) {
     }
 }
 
-/// The certificates served at one time: by DNS name, and the default (the first
-/// `--tls`) for clients that send no name or one no certificate has.
+/// The `--tls` certificates served at one time: by DNS name, and the default (the
+/// first `--tls`) for clients that send no name or one no certificate has.
 struct CertSet {
-    default: Arc<CertifiedKey>,
+    default: Option<Arc<CertifiedKey>>,
     by_name: HashMap<String, Arc<CertifiedKey>>,
 }
 
 impl CertSet {
-    fn new(loaded: Vec<LoadedCert>) -> Option<CertSet> {
-        let default = loaded.first()?.certified.clone();
+    fn new(loaded: Vec<LoadedCert>) -> CertSet {
+        let default = loaded.first().map(|cert| cert.certified.clone());
         let mut by_name = HashMap::new();
         for cert in loaded {
             for name in cert.names {
@@ -188,12 +210,12 @@ impl CertSet {
                     .or_insert_with(|| cert.certified.clone());
             }
         }
-        Some(CertSet { default, by_name })
+        CertSet { default, by_name }
     }
 
     /// The certificate for a client asking for `name`: exact, then a wildcard for its
     /// parent (one label, RFC 6125 §6.4.3), then the default.
-    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+    fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let Some(name) = name else {
             return self.default.clone();
         };
@@ -202,17 +224,15 @@ impl CertSet {
             let (_, parent) = name.split_once('.')?;
             self.by_name.get(&format!("*.{parent}"))
         };
-        self.by_name
-            .get(&name)
-            .or_else(wildcard)
-            .unwrap_or(&self.default)
-            .clone()
+        (self.by_name.get(&name).or_else(wildcard).cloned()).or_else(|| self.default.clone())
     }
 }
 
-/// Chooses the certificate by the client's SNI; swappable on reload.
+/// Chooses the certificate by the client's SNI: `--acme`'s for its domains, else the
+/// `--tls` ones (swappable on reload), else `--acme`'s first.
 struct SniResolver {
     current: RwLock<Arc<CertSet>>,
+    acme: Option<Arc<Certificates>>,
 }
 
 impl std::fmt::Debug for SniResolver {
@@ -223,12 +243,27 @@ impl std::fmt::Debug for SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello
+            .server_name()
+            .map(|name| name.trim_end_matches('.').to_ascii_lowercase());
+        if let Some(acme) = &self.acme {
+            // RFC 8737 §3: the validation offers exactly one protocol, acme-tls/1, and
+            // gets the challenge certificate or no handshake at all.
+            let mut offered = hello.alpn().into_iter().flatten();
+            if offered.next() == Some(ACME_TLS_ALPN) && offered.next().is_none() {
+                return acme.challenge(name.as_deref()?);
+            }
+            if let Some(certified) = name.as_deref().and_then(|name| acme.get(name)) {
+                return Some(certified);
+            }
+        }
         let set = self
             .current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        Some(set.pick(hello.server_name()))
+        set.pick(name.as_deref())
+            .or_else(|| self.acme.as_ref()?.first())
     }
 }
 
@@ -252,9 +287,10 @@ mod tests {
     fn sni_picks_by_name_with_the_first_as_default() {
         let localhost = loaded("localhost.pem", "localhost.key");
         let other = loaded("other.test.pem", "other.test.key");
-        let set = CertSet::new(vec![localhost.clone(), other.clone()]).unwrap();
-        let is =
-            |picked: Arc<CertifiedKey>, cert: &LoadedCert| Arc::ptr_eq(&picked, &cert.certified);
+        let set = CertSet::new(vec![localhost.clone(), other.clone()]);
+        let is = |picked: Option<Arc<CertifiedKey>>, cert: &LoadedCert| {
+            Arc::ptr_eq(&picked.unwrap(), &cert.certified)
+        };
         assert!(is(set.pick(None), &localhost));
         assert!(is(set.pick(Some("localhost")), &localhost));
         assert!(is(set.pick(Some("other.test")), &other));

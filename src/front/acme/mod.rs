@@ -1,0 +1,407 @@
+//! Automatic HTTPS (`--acme`): certificates ordered from an ACME CA (RFC 8555) with the
+//! TLS-ALPN-01 challenge (RFC 8737) answered on the `--bind` listeners, kept in
+//! `--acme-cache`, and renewed at two thirds of their lifetime.
+//!
+//! It runs in the front tier, which owns the TLS config: one task per domain, one
+//! account per instance. The certificates it holds ([`Certificates`]) are read by the
+//! SNI resolver of `conn::tls`, so a new one serves the next handshake without a restart
+//! and without touching open connections. It must never stop the server: a CA that
+//! fails or cannot be reached is a WARNING line and a retry with backoff, while the
+//! certificate in hand (if any) is served as long as it is valid.
+
+mod cache;
+mod challenge;
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
+};
+use rustls::sign::CertifiedKey;
+use tracing::{error, info, warn};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::AcmeSettings;
+use crate::config::tls::{CertSource, load, provider};
+use cache::Cache;
+pub use challenge::ACME_TLS_ALPN;
+
+/// The certificates obtained so far, and the challenge certificates being validated;
+/// shared with the TLS resolver.
+#[derive(Default)]
+pub struct Certificates {
+    /// The `--acme` domains in order: the first serves clients that send no SNI.
+    domains: Vec<String>,
+    served: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl Certificates {
+    /// The certificate obtained for `name` (lowercase, no trailing dot), if any yet.
+    pub fn get(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let served = self.served.read().unwrap_or_else(PoisonError::into_inner);
+        served.get(name).cloned()
+    }
+
+    /// The certificate for a client that names no host: the first domain's.
+    pub fn first(&self) -> Option<Arc<CertifiedKey>> {
+        self.get(self.domains.first()?)
+    }
+
+    /// The TLS-ALPN-01 certificate for `name` while its validation runs.
+    pub fn challenge(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let challenges = self
+            .challenges
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        challenges.get(name).cloned()
+    }
+
+    fn serve(&self, domain: &str, certified: Arc<CertifiedKey>) {
+        let mut served = self.served.write().unwrap_or_else(PoisonError::into_inner);
+        served.insert(domain.to_string(), certified);
+    }
+
+    fn set_challenge(&self, domain: &str, certified: Option<Arc<CertifiedKey>>) {
+        let mut challenges = self
+            .challenges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        match certified {
+            Some(certified) => challenges.insert(domain.to_string(), certified),
+            None => challenges.remove(domain),
+        };
+    }
+}
+
+/// A certificate's lifetime, in seconds since the epoch.
+#[derive(Debug, Clone, Copy)]
+struct Validity {
+    not_before: i64,
+    not_after: i64,
+}
+
+impl Validity {
+    fn of(certified: &CertifiedKey) -> Option<Validity> {
+        let (_, cert) = X509Certificate::from_der(certified.end_entity_cert().ok()?).ok()?;
+        Some(Validity {
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+
+    /// When to order the next one: two thirds into its life (as Let's Encrypt advises
+    /// for 90-day certificates: 30 days before the end).
+    fn renew_at(&self) -> i64 {
+        self.not_before + (self.not_after - self.not_before) * 2 / 3
+    }
+
+    fn expired(&self) -> bool {
+        now() >= self.not_after
+    }
+
+    fn until(&self) -> String {
+        httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(self.not_after.max(0) as u64))
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The ACME client of one front tier.
+pub struct Acme {
+    settings: AcmeSettings,
+    cache: Cache,
+    certificates: Arc<Certificates>,
+    account: tokio::sync::Mutex<Option<Account>>,
+}
+
+impl Acme {
+    /// Loads the certificates still valid in the cache (served at once, no order) and
+    /// says what the server waits for.
+    pub fn new(settings: &AcmeSettings) -> Acme {
+        let cache = Cache::new(&settings.cache, &settings.directory);
+        let certificates = Certificates {
+            domains: settings.domains.clone(),
+            ..Certificates::default()
+        };
+        for domain in &settings.domains {
+            match cached(&cache, domain) {
+                Some((certified, validity)) => {
+                    certificates.serve(domain, certified);
+                    info!(
+                        "ACME: serving the cached certificate for {domain} (valid until {})",
+                        validity.until()
+                    );
+                }
+                None => info!(
+                    "ACME: no certificate for {domain} yet: ordering one from {}; HTTPS for \
+                     {domain} fails until it arrives",
+                    settings.directory
+                ),
+            }
+        }
+        Acme {
+            settings: settings.clone(),
+            cache,
+            certificates: Arc::new(certificates),
+            account: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// What the TLS resolver serves.
+    pub fn certificates(&self) -> Arc<Certificates> {
+        self.certificates.clone()
+    }
+
+    /// Keeps every domain's certificate: one task each, for the life of the process.
+    pub fn spawn(self: Arc<Self>) {
+        for domain in self.settings.domains.clone() {
+            tokio::spawn(self.clone().keep(domain));
+        }
+    }
+
+    /// Orders `domain`'s certificate when it is missing or due for renewal, and again
+    /// after a failure (with backoff), forever.
+    async fn keep(self: Arc<Self>, domain: String) {
+        let mut failures: u32 = 0;
+        loop {
+            let current = self.certificates.get(&domain);
+            let validity = current.as_deref().and_then(Validity::of);
+            if let Some(validity) = validity {
+                let wait = (validity.renew_at() - now()).max(0) as u64;
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            match self.obtain(&domain).await {
+                Ok(validity) => {
+                    failures = 0;
+                    info!(
+                        "ACME: obtained a certificate for {domain} (valid until {}); serving it",
+                        validity.until()
+                    );
+                }
+                Err(why) => {
+                    failures = failures.saturating_add(1);
+                    let backoff = backoff(failures);
+                    let kept = match validity {
+                        Some(v) if !v.expired() => {
+                            format!(
+                                "keeping the current certificate (valid until {})",
+                                v.until()
+                            )
+                        }
+                        _ => format!("HTTPS for {domain} fails until one is obtained"),
+                    };
+                    warn!(
+                        "ACME: cannot obtain a certificate for {domain} from {}: {why}; {kept}; \
+                         retrying in {}s",
+                        self.settings.directory,
+                        backoff.as_secs()
+                    );
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+
+    /// One order for `domain`, from the new order to the certificate served and cached.
+    async fn obtain(&self, domain: &str) -> Result<Validity, String> {
+        let account = self.account().await?;
+        let result = self.order(&account, domain).await;
+        self.certificates.set_challenge(domain, None);
+        let (key_pem, chain_pem) = result?;
+        let path = self.cache.certificate(domain);
+        let pem = format!("{key_pem}{chain_pem}");
+        self.cache.write(&path, pem.as_bytes()).map_err(|err| {
+            format!(
+                "the certificate came, but cannot be kept in {}: {err}",
+                path.display()
+            )
+        })?;
+        let (certified, validity) = cached(&self.cache, domain)
+            .ok_or_else(|| format!("the certificate in {} is unusable", path.display()))?;
+        self.certificates.serve(domain, certified);
+        Ok(validity)
+    }
+
+    /// Runs the order: answers the TLS-ALPN-01 challenge, waits for validation, sends
+    /// the CSR. Gives the private key and the chain, both PEM.
+    async fn order(&self, account: &Account, domain: &str) -> Result<(String, String), String> {
+        let text = |err: instant_acme::Error| why(&err);
+        let identifiers = [Identifier::Dns(domain.to_string())];
+        let mut order = account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .map_err(text)?;
+        let mut authorizations = order.authorizations();
+        while let Some(result) = authorizations.next().await {
+            let mut authorization = result.map_err(text)?;
+            match authorization.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => return Err(format!("the authorization is {other:?}")),
+            }
+            let mut challenge = authorization
+                .challenge(ChallengeType::TlsAlpn01)
+                .ok_or("the CA offers no tls-alpn-01 challenge")?;
+            let digest = challenge.key_authorization().digest();
+            let certified = challenge::certificate(domain, digest.as_ref())?;
+            self.certificates.set_challenge(domain, Some(certified));
+            challenge.set_ready().await.map_err(text)?;
+        }
+        let retries = RetryPolicy::default().timeout(Duration::from_secs(120));
+        let status = order.poll_ready(&retries).await.map_err(text)?;
+        if status != OrderStatus::Ready {
+            let why = match &order.state().error {
+                Some(problem) => problem.to_string(),
+                None => "the CA could not validate the tls-alpn-01 challenge (is DNS pointing \
+                         at this host, and port 443 reaching rwsgi?)"
+                    .to_string(),
+            };
+            return Err(format!("the order is {status:?}: {why}"));
+        }
+        let key_pem = order.finalize().await.map_err(text)?;
+        let chain_pem = order.poll_certificate(&retries).await.map_err(text)?;
+        Ok((key_pem, chain_pem))
+    }
+
+    /// The account, from the cache or created (and cached) on first use.
+    async fn account(&self) -> Result<Account, String> {
+        let mut slot = self.account.lock().await;
+        if let Some(account) = &*slot {
+            return Ok(account.clone());
+        }
+        let builder = match &self.settings.ca_root {
+            Some(root) => Account::builder_with_root(root),
+            None => Account::builder(),
+        }
+        .map_err(|err| format!("cannot set up HTTPS to the CA: {err}"))?;
+        let path = self.cache.account();
+        let account = match std::fs::read(&path) {
+            Ok(json) => {
+                let credentials = serde_json::from_slice(&json)
+                    .map_err(|err| format!("{}: unreadable account: {err}", path.display()))?;
+                builder
+                    .from_credentials(credentials)
+                    .await
+                    .map_err(|err| why(&err))?
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let contact: Vec<String> = self
+                    .settings
+                    .email
+                    .iter()
+                    .map(|e| format!("mailto:{e}"))
+                    .collect();
+                let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let new = NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                };
+                let (account, credentials) = builder
+                    .create(&new, self.settings.directory.clone(), None)
+                    .await
+                    .map_err(|err| format!("cannot create an account: {}", why(&err)))?;
+                let json = serde_json::to_vec(&credentials).map_err(|err| err.to_string())?;
+                if let Err(err) = self.cache.write(&path, &json) {
+                    // The account works for this run; the next start makes another.
+                    error!("ACME: cannot keep the account in {}: {err}", path.display());
+                }
+                info!("ACME: created an account at {}", self.settings.directory);
+                account
+            }
+            Err(err) => return Err(format!("{}: {err}", path.display())),
+        };
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+}
+
+/// An error with its causes ("client error (Connect): tcp connect error: Connection
+/// refused"): hyper's own message alone does not say what went wrong.
+fn why(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        let more = inner.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+/// `domain`'s certificate in the cache, when it loads and has not expired.
+fn cached(cache: &Cache, domain: &str) -> Option<(Arc<CertifiedKey>, Validity)> {
+    let path = cache.certificate(domain);
+    if !path.exists() {
+        return None;
+    }
+    let source = CertSource {
+        cert: path.clone(),
+        key: path.clone(),
+        key_flag: "--acme-cache",
+    };
+    let loaded = match load(&source, &provider()) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            warn!(
+                "ACME: the cached certificate for {domain} is unusable ({err}); ordering another"
+            );
+            return None;
+        }
+    };
+    let validity = Validity::of(&loaded.certified)?;
+    if validity.expired() {
+        info!("ACME: the cached certificate for {domain} has expired; ordering another");
+        return None;
+    }
+    Some((loaded.certified, validity))
+}
+
+/// How long to wait after the `failures`-th failure in a row: 10 s doubling to an hour,
+/// give or take a quarter so that instances sharing a CA do not retry in step.
+fn backoff(failures: u32) -> Duration {
+    let base = 10u64
+        .saturating_mul(1 << failures.saturating_sub(1).min(9))
+        .min(3600);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let jitter = base * (nanos % 500) / 1000; // 0 to half of base
+    Duration::from_secs(base - base / 4 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_two_thirds_into_the_life() {
+        let v = Validity {
+            not_before: 0,
+            not_after: 90,
+        };
+        assert_eq!(v.renew_at(), 60);
+    }
+
+    #[test]
+    fn backoff_grows_to_an_hour_with_jitter() {
+        for failures in 1..40 {
+            let base = (10u64 << (failures - 1).min(9)).min(3600);
+            let got = backoff(failures).as_secs();
+            assert!(
+                got >= base * 3 / 4 && got <= base * 5 / 4,
+                "{failures}: {got}"
+            );
+        }
+    }
+}

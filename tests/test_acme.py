@@ -1,0 +1,215 @@
+"""Automatic HTTPS (--acme) against a real ACME server: Debian's `pebble` (Let's
+Encrypt's test CA), with `pebble-challtestsrv` as the DNS server that points the test
+domains at 127.0.0.1. Both run on 127.0.0.1 only, with pebble's own TLS certificate made
+by openssl here; pebble validates TLS-ALPN-01 on rwsgi's port, and rejects 5% of nonces
+on purpose (the client must retry). scripts/test installs pebble with apt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+
+DOMAIN = "acme.test"
+OTHER = "other.acme.test"
+
+if not (shutil.which("pebble") and shutil.which("pebble-challtestsrv")):
+    pytest.skip("pebble is not installed (scripts/test installs Debian's package with apt)",
+                allow_module_level=True)
+
+
+def wait_for_file(path: Path, text: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Waits until `proc`'s log at `path` says `text`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        assert proc.poll() is None, path.read_text(errors="replace")
+        time.sleep(0.05)
+    raise AssertionError(f"no {text!r} in:\n{path.read_text(errors='replace')}")
+
+
+class Pebble:
+    """pebble and its DNS server, on 127.0.0.1, validating on `rwsgi_port`."""
+
+    def __init__(self, tmp: Path, rwsgi_port: int):
+        self.tmp = tmp
+        self.cert = tmp / "pebble.pem"
+        key = tmp / "pebble.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out",
+                        str(self.cert), "-days", "2", "-subj", "/CN=pebble",
+                        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                        # A server certificate, not a CA (rustls refuses a CA as a server's).
+                        "-addext", "basicConstraints=critical,CA:FALSE",
+                        "-addext", "extendedKeyUsage=serverAuth"],
+                       check=True, capture_output=True)
+        self.port = free_port()
+        self.management = free_port()
+        dns_port = free_port()
+        (tmp / "pebble.json").write_text(json.dumps({"pebble": {
+            "listenAddress": f"127.0.0.1:{self.port}",
+            "managementListenAddress": f"127.0.0.1:{self.management}",
+            "certificate": str(self.cert), "privateKey": str(key),
+            "httpPort": free_port(), "tlsPort": rwsgi_port,
+            "ocspResponderURL": "", "externalAccountBindingRequired": False,
+        }}))
+        self.dns_log = tmp / "dns.log"
+        self.dns = subprocess.Popen(
+            ["pebble-challtestsrv", "-dns01", f"127.0.0.1:{dns_port}", "-http01", "",
+             "-https01", "", "-tlsalpn01", "", "-management", f"127.0.0.1:{free_port()}",
+             "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""],
+            stdout=self.dns_log.open("w"), stderr=subprocess.STDOUT)
+        self.log = tmp / "pebble.log"
+        self.proc = subprocess.Popen(
+            ["pebble", "-config", str(tmp / "pebble.json"), "-dnsserver",
+             f"127.0.0.1:{dns_port}"],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+            env={**os.environ, "PEBBLE_VA_NOSLEEP": "1"})
+        wait_for_file(self.dns_log, "DNS", self.dns)
+        wait_for_file(self.log, "Listening on", self.proc)
+        self.directory = f"https://127.0.0.1:{self.port}/dir"
+
+    def root(self) -> Path:
+        """pebble's root CA (it makes a new one each run), from its management interface."""
+        context = ssl.create_default_context(cafile=str(self.cert))
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.management}/roots/0",
+                                    context=context, timeout=10) as response:
+            pem = response.read()
+        path = self.tmp / "pebble-root.pem"
+        path.write_bytes(pem)
+        return path
+
+    def stop(self):
+        for proc in (self.proc, self.dns):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def pebble_for(tmp_path):
+    started: list[Pebble] = []
+
+    def start(rwsgi_port: int) -> Pebble:
+        pebble = Pebble(tmp_path, rwsgi_port)
+        started.append(pebble)
+        return pebble
+
+    yield start
+    for pebble in started:
+        pebble.stop()
+
+
+def acme_args(pebble: Pebble, cache: Path, *domains: str) -> list[str]:
+    args = ["--acme-directory", pebble.directory, "--acme-ca-root", str(pebble.cert),
+            "--acme-cache", str(cache), "--acme-email", "ops@acme.test"]
+    for domain in domains:
+        args += ["--acme", domain]
+    return args
+
+
+def served_certificate(port: int, name: str, root: Path) -> bytes:
+    """The leaf certificate served to a client asking for `name`, verified against `root`."""
+    context = ssl.create_default_context(cafile=str(root))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def test_first_order_over_tls_alpn_01_and_a_restart_reuses_the_cache(serve, pebble_for, tmp_path):
+    port = free_port()
+    pebble = pebble_for(port)
+    cache = tmp_path / "cache"
+    server = serve("basic:hello", *acme_args(pebble, cache, DOMAIN), workers=1,
+                   bind=f"127.0.0.1:{port}", port=port)
+    # The server starts before any certificate exists, and says what it waits for.
+    server.wait_for_log(f"ACME: no certificate for {DOMAIN} yet")
+    server.wait_for_log(f"ACME: obtained a certificate for {DOMAIN}", timeout=60)
+    root = pebble.root()
+    # openssl and curl both verify it against pebble's root.
+    proc = subprocess.run(["openssl", "s_client", "-brief", "-connect", f"127.0.0.1:{port}",
+                           "-servername", DOMAIN, "-verify_hostname", DOMAIN,
+                           "-verify_return_error", "-CAfile", str(root)],
+                          input="", capture_output=True, text=True, timeout=15)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Verification: OK" in proc.stdout + proc.stderr
+    curl = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(root),
+                           "--resolve", f"{DOMAIN}:{port}:127.0.0.1",
+                           f"https://{DOMAIN}:{port}/"],
+                          capture_output=True, text=True, timeout=15)
+    assert (curl.returncode, curl.stdout) == (0, "Hello, World!\n"), curl.stderr
+    first = served_certificate(port, DOMAIN, root)
+
+    # The cache is private: files 0600, directories 0700.
+    files = [p for p in cache.rglob("*")]
+    assert any(p.name == f"{DOMAIN}.pem" for p in files), files
+    assert any(p.name == "account.json" for p in files), files
+    for path in [cache, *files]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+    # A restart serves the cached certificate at once, without a new order.
+    server.stop()
+    again = serve("basic:hello", *acme_args(pebble, cache, DOMAIN), workers=1,
+                  bind=f"127.0.0.1:{port}", port=port)
+    again.wait_for_log(f"ACME: serving the cached certificate for {DOMAIN}")
+    again.wait_ready()
+    assert served_certificate(port, DOMAIN, root) == first
+    assert "obtained a certificate" not in again.log
+    assert "ordering one" not in again.log
+
+
+def test_a_ca_that_cannot_be_reached_is_a_warning_and_the_cached_certificate_stays(
+        serve, pebble_for, tmp_path):
+    port = free_port()
+    pebble = pebble_for(port)
+    cache = tmp_path / "cache"
+    server = serve("basic:hello", *acme_args(pebble, cache, DOMAIN), workers=1,
+                   bind=f"127.0.0.1:{port}", port=port)
+    server.wait_for_log(f"ACME: obtained a certificate for {DOMAIN}", timeout=60)
+    root = pebble.root()
+    first = served_certificate(port, DOMAIN, root)
+    server.stop()
+    pebble.stop()
+
+    # pebble is gone: the cached domain is still served, the new one is a WARNING
+    # naming it and the CA, and its handshakes fail cleanly meanwhile.
+    again = serve("basic:hello", *acme_args(pebble, cache, DOMAIN, OTHER), workers=1,
+                  bind=f"127.0.0.1:{port}", port=port)
+    log = again.wait_for_log(f"ACME: cannot obtain a certificate for {OTHER}", timeout=30)
+    line = next(l for l in log.splitlines() if f"certificate for {OTHER} from" in l)
+    assert "WARNING" in line and pebble.directory in line, line
+    assert "retrying in" in line, line
+    assert served_certificate(port, DOMAIN, root) == first
+    with pytest.raises(ssl.SSLError):
+        served_certificate(port, OTHER, root)
+    assert f"cannot obtain a certificate for {DOMAIN}" not in again.log
+    assert again.proc.poll() is None
+
+
+def test_acme_flags_are_checked_before_the_start(serve, tmp_path):
+    for args, says in [
+        (["--acme", "*.example.com"], "wildcard"),
+        (["--acme", "a_b.example"], "not a domain name"),
+        (["--acme-email", "ops@example.com"], "needs --acme"),
+        (["--acme", "example.com", "--acme-staging", "--acme-directory", "https://x/d"],
+         "give one of them"),
+        (["--acme", "example.com", "--acme-directory", "http://x/d"], "https://"),
+    ]:
+        server = serve("basic:hello", *args, "--acme-cache", str(tmp_path), workers=1,
+                       wait=False)
+        assert server.wait() != 0
+        assert says in server.log, (args, server.log)
