@@ -672,11 +672,14 @@ fn receive_ring(socket: &UnixStream) -> io::Result<RingMap> {
 }
 
 /// Reads the doorbell bytes the front tier wrote (their value means nothing) without
-/// waiting; true if the front tier closed the channel.
+/// waiting; true if the front tier closed the channel. A read that leaves room in
+/// `scratch` has drained the socket: no second read only to be told EAGAIN (a doorbell
+/// rung since then wakes the next poll at once, which is harmless).
 fn drain_doorbells(socket: &UnixStream, scratch: &mut [u8]) -> io::Result<bool> {
     loop {
         match recv(socket.as_raw_fd(), scratch, MsgFlags::MSG_DONTWAIT) {
             Ok(0) => return Ok(true),
+            Ok(n) if n < scratch.len() => return Ok(false),
             Ok(_) => {}
             Err(Errno::EAGAIN) => return Ok(false),
             Err(Errno::EINTR) => {}

@@ -150,25 +150,49 @@ pub(in crate::front) async fn read_ring_frame(
                 closed = true;
                 continue;
             }
-            let mut doorbells = [0u8; 256];
-            loop {
-                match reader.try_read(&mut doorbells) {
-                    Ok(0) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
+            closed = drain_doorbells(reader);
             // A doorbell may also say that the worker made room in its requests' ring.
             room.notify_one();
         }
         yielded = 0;
+    }
+}
+
+/// Reads the doorbell bytes the worker wrote (their value means nothing); true if the
+/// worker closed its socket. A read that leaves room in the buffer has drained the
+/// socket, so readiness is cleared then and there, as in [`read_some`]: no second read
+/// only to be told EAGAIN, once per wake-up.
+fn drain_doorbells(reader: &UnixStream) -> bool {
+    let mut doorbells = [0u8; 256];
+    loop {
+        let mut drained = false;
+        let read = reader.try_io(Interest::READABLE, || {
+            // SAFETY: recv writes at most the buffer's length into the buffer.
+            let n = unsafe {
+                libc::recv(
+                    reader.as_raw_fd(),
+                    doorbells.as_mut_ptr().cast(),
+                    doorbells.len(),
+                    0,
+                )
+            };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = n as usize;
+            if n > 0 && n < doorbells.len() {
+                drained = true;
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match read {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) if drained => return false,
+            Err(_) => return true,
+        }
     }
 }
 
