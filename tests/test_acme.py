@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+from test_metrics import scrape, value
 
 DOMAIN = "acme.test"
 OTHER = "other.acme.test"
@@ -129,12 +130,25 @@ def served_certificate(port: int, name: str, root: Path) -> bytes:
             return tls.getpeercert(binary_form=True)
 
 
+def certificate_facts(der: bytes) -> tuple[str, int]:
+    """A DER certificate's serial number and notAfter (seconds since the epoch)."""
+    out = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-serial",
+                          "-enddate"], input=der, capture_output=True, check=True).stdout
+    fields = dict(line.split("=", 1) for line in out.decode().splitlines())
+    return fields["serial"], int(ssl.cert_time_to_seconds(fields["notAfter"]))
+
+
+def metrics_args(port: int) -> list[str]:
+    return ["--metrics-bind", f"127.0.0.1:{port}"]
+
+
 def test_first_order_over_tls_alpn_01_and_a_restart_reuses_the_cache(serve, pebble_for, tmp_path):
     port = free_port()
+    metrics_port = free_port()
     pebble = pebble_for(port)
     cache = tmp_path / "cache"
-    server = serve("basic:hello", *acme_args(pebble, cache, DOMAIN), workers=1,
-                   bind=f"127.0.0.1:{port}", port=port)
+    server = serve("basic:hello", *acme_args(pebble, cache, DOMAIN), *metrics_args(metrics_port),
+                   workers=1, bind=f"127.0.0.1:{port}", port=port)
     # The server starts before any certificate exists, and says what it waits for.
     server.wait_for_log(f"ACME: no certificate for {DOMAIN} yet")
     server.wait_for_log(f"ACME: obtained a certificate for {DOMAIN}", timeout=60)
@@ -152,6 +166,12 @@ def test_first_order_over_tls_alpn_01_and_a_restart_reuses_the_cache(serve, pebb
                           capture_output=True, text=True, timeout=15)
     assert (curl.returncode, curl.stdout) == (0, "Hello, World!\n"), curl.stderr
     first = served_certificate(port, DOMAIN, root)
+
+    # The metrics give the served certificate's notAfter, and no failure.
+    samples = scrape(metrics_port)
+    assert value(samples, "rwsgi_tls_cert_expiry_seconds", domain=DOMAIN) == \
+        certificate_facts(first)[1]
+    assert value(samples, "rwsgi_acme_failures_total", domain=DOMAIN) == 0
 
     # The cache is private: files 0600, directories 0700.
     files = [p for p in cache.rglob("*")]
@@ -187,8 +207,9 @@ def test_a_ca_that_cannot_be_reached_is_a_warning_and_the_cached_certificate_sta
 
     # pebble is gone: the cached domain is still served, the new one is a WARNING
     # naming it and the CA, and its handshakes fail cleanly meanwhile.
-    again = serve("basic:hello", *acme_args(pebble, cache, DOMAIN, OTHER), workers=1,
-                  bind=f"127.0.0.1:{port}", port=port)
+    metrics_port = free_port()
+    again = serve("basic:hello", *acme_args(pebble, cache, DOMAIN, OTHER),
+                  *metrics_args(metrics_port), workers=1, bind=f"127.0.0.1:{port}", port=port)
     log = again.wait_for_log(f"ACME: cannot obtain a certificate for {OTHER}", timeout=30)
     line = next(l for l in log.splitlines() if f"certificate for {OTHER} from" in l)
     assert "WARNING" in line and pebble.directory in line, line
@@ -198,6 +219,13 @@ def test_a_ca_that_cannot_be_reached_is_a_warning_and_the_cached_certificate_sta
         served_certificate(port, OTHER, root)
     assert f"cannot obtain a certificate for {DOMAIN}" not in again.log
     assert again.proc.poll() is None
+    # The failure is counted for its domain; only the cached certificate has an expiry.
+    samples = scrape(metrics_port)
+    assert value(samples, "rwsgi_acme_failures_total", domain=OTHER) >= 1
+    assert value(samples, "rwsgi_acme_failures_total", domain=DOMAIN) == 0
+    assert value(samples, "rwsgi_tls_cert_expiry_seconds", domain=DOMAIN) == \
+        certificate_facts(first)[1]
+    assert ("rwsgi_tls_cert_expiry_seconds", frozenset({("domain", OTHER)})) not in samples
 
 
 def test_acme_flags_are_checked_before_the_start(serve, tmp_path):

@@ -13,6 +13,7 @@ mod cache;
 mod challenge;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +38,8 @@ pub struct Certificates {
     domains: Vec<String>,
     served: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// The failed orders of each domain (in the order of `domains`), for the metrics.
+    failures: Vec<AtomicU64>,
 }
 
 impl Certificates {
@@ -58,6 +61,28 @@ impl Certificates {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         challenges.get(name).cloned()
+    }
+
+    /// Each domain with a certificate, and when it expires (seconds since the epoch).
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let served = self.served.read().unwrap_or_else(PoisonError::into_inner);
+        served
+            .iter()
+            .filter_map(|(domain, certified)| Some((domain.clone(), expiry(certified)?)))
+            .collect()
+    }
+
+    /// Each domain, and how many of its orders have failed.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, u64)> {
+        (self.domains.iter())
+            .zip(&self.failures)
+            .map(|(domain, n)| (domain.as_str(), n.load(Ordering::Relaxed)))
+    }
+
+    fn failed(&self, domain: &str) {
+        if let Some(i) = self.domains.iter().position(|d| d == domain) {
+            self.failures[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn serve(&self, domain: &str, certified: Arc<CertifiedKey>) {
@@ -108,6 +133,11 @@ impl Validity {
     }
 }
 
+/// When `certified` expires (its notAfter), in seconds since the epoch.
+pub fn expiry(certified: &CertifiedKey) -> Option<i64> {
+    Some(Validity::of(certified)?.not_after)
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -129,6 +159,7 @@ impl Acme {
         let cache = Cache::new(&settings.cache, &settings.directory);
         let certificates = Certificates {
             domains: settings.domains.clone(),
+            failures: settings.domains.iter().map(|_| AtomicU64::new(0)).collect(),
             ..Certificates::default()
         };
         for domain in &settings.domains {
@@ -188,6 +219,7 @@ impl Acme {
                 }
                 Err(why) => {
                     failures = failures.saturating_add(1);
+                    self.certificates.failed(&domain);
                     let backoff = backoff(failures);
                     let kept = match validity {
                         Some(v) if !v.expired() => {
