@@ -14,6 +14,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -228,6 +229,83 @@ def test_a_ca_that_cannot_be_reached_is_a_warning_and_the_cached_certificate_sta
     assert ("rwsgi_tls_cert_expiry_seconds", frozenset({("domain", OTHER)})) not in samples
 
 
+def https_get(port: int, name: str, root: Path) -> tuple[bytes, bytes]:
+    """GET / over a new TLS connection asking for `name`: the certificate and the answer."""
+    context = ssl.create_default_context(cafile=str(root))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+                        .encode())
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+            return tls.getpeercert(binary_form=True), answer
+
+
+def test_a_renewal_under_load_fails_no_request_and_new_handshakes_get_the_new_certificate(
+        serve, pebble_for, tmp_path):
+    port = free_port()
+    pebble = pebble_for(port)
+    # A renewal window longer than pebble's certificates live: each is renewed as soon as
+    # it is served (and the log says so).
+    renew_before = str(10 * 365 * 86400)
+    server = serve("basic:hello", *acme_args(pebble, tmp_path / "cache", DOMAIN),
+                   "--acme-renew-before", renew_before, workers=1,
+                   bind=f"127.0.0.1:{port}", port=port)
+    server.wait_for_log(f"ACME: obtained a certificate for {DOMAIN}", timeout=60)
+    assert f"no more than --acme-renew-before ({renew_before}s)" in server.wait_for_log(
+        "renewed at once")
+    root = pebble.root()
+    # A connection open across the renewals keeps working.
+    context = ssl.create_default_context(cafile=str(root))
+    kept = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                               server_hostname=DOMAIN)
+
+    def ask_kept() -> bytes:
+        kept.sendall(f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode())
+        answer = b""
+        while not answer.endswith(b"Hello, World!\n"):
+            chunk = kept.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        return answer
+
+    assert ask_kept().startswith(b"HTTP/1.1 200 ")
+
+    # New connections, one request each, until the load has seen a renewal (two
+    # certificates) and made 200 requests: bounded by 2000 requests and 60 s.
+    seen: list[bytes] = []
+    failures: list[str] = []
+
+    def load():
+        deadline = time.monotonic() + 60
+        while len(seen) + len(failures) < 2000 and time.monotonic() < deadline:
+            if len(seen) >= 200 and len(set(seen)) >= 2:
+                return
+            try:
+                cert, answer = https_get(port, DOMAIN, root)
+            except OSError as err:
+                failures.append(repr(err))
+                continue
+            if answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"Hello, World!\n"):
+                seen.append(cert)
+            else:
+                failures.append(answer[:200].decode(errors="replace"))
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    thread.join(timeout=90)
+    assert not thread.is_alive()
+    assert failures == [], failures[:5]
+    assert len(set(seen)) >= 2, f"no renewal in {len(seen)} requests:\n{server.log}"
+    assert "ACME: renewing the certificate for" in server.log
+    assert ask_kept().startswith(b"HTTP/1.1 200 ")
+    kept.close()
+    # Once renewed, new handshakes get the new certificate: another serial.
+    first_serial = certificate_facts(seen[0])[0]
+    assert certificate_facts(served_certificate(port, DOMAIN, root))[0] != first_serial
+
+
 def test_acme_flags_are_checked_before_the_start(serve, tmp_path):
     for args, says in [
         (["--acme", "*.example.com"], "wildcard"),
@@ -236,6 +314,8 @@ def test_acme_flags_are_checked_before_the_start(serve, tmp_path):
         (["--acme", "example.com", "--acme-staging", "--acme-directory", "https://x/d"],
          "give one of them"),
         (["--acme", "example.com", "--acme-directory", "http://x/d"], "https://"),
+        (["--acme", "example.com", "--acme-renew-before", "0"], "--acme-renew-before"),
+        (["--acme-renew-before", "86400"], "needs --acme"),
     ]:
         server = serve("basic:hello", *args, "--acme-cache", str(tmp_path), workers=1,
                        wait=False)

@@ -1,6 +1,6 @@
 //! Automatic HTTPS (`--acme`): certificates ordered from an ACME CA (RFC 8555) with the
 //! TLS-ALPN-01 challenge (RFC 8737) answered on the `--bind` listeners, kept in
-//! `--acme-cache`, and renewed at two thirds of their lifetime.
+//! `--acme-cache`, and renewed at two thirds of their lifetime (or `--acme-renew-before`).
 //!
 //! It runs in the front tier, which owns the TLS config: one task per domain, one
 //! account per instance. The certificates it holds ([`Certificates`]) are read by the
@@ -118,10 +118,20 @@ impl Validity {
         })
     }
 
-    /// When to order the next one: two thirds into its life (as Let's Encrypt advises
-    /// for 90-day certificates: 30 days before the end).
-    fn renew_at(&self) -> i64 {
-        self.not_before + (self.not_after - self.not_before) * 2 / 3
+    /// When to order the next one: `renew_before` seconds before the end, by default
+    /// two thirds into its life (as Let's Encrypt advises for 90-day certificates: 30
+    /// days before the end).
+    fn renew_at(&self, renew_before: Option<u64>) -> i64 {
+        match renew_before {
+            Some(before) => self
+                .not_after
+                .saturating_sub(i64::try_from(before).unwrap_or(i64::MAX)),
+            None => self.not_before + self.lifetime() * 2 / 3,
+        }
+    }
+
+    fn lifetime(&self) -> i64 {
+        self.not_after - self.not_before
     }
 
     fn expired(&self) -> bool {
@@ -206,8 +216,12 @@ impl Acme {
             let current = self.certificates.get(&domain);
             let validity = current.as_deref().and_then(Validity::of);
             if let Some(validity) = validity {
-                let wait = (validity.renew_at() - now()).max(0) as u64;
+                let wait = (validity.renew_at(self.settings.renew_before) - now()).max(0) as u64;
                 tokio::time::sleep(Duration::from_secs(wait)).await;
+                info!(
+                    "ACME: renewing the certificate for {domain} (valid until {})",
+                    validity.until()
+                );
             }
             match self.obtain(&domain).await {
                 Ok(validity) => {
@@ -216,6 +230,16 @@ impl Acme {
                         "ACME: obtained a certificate for {domain} (valid until {}); serving it",
                         validity.until()
                     );
+                    if let Some(before) = self.settings.renew_before
+                        && i64::try_from(before).unwrap_or(i64::MAX) >= validity.lifetime()
+                    {
+                        warn!(
+                            "ACME: the certificate for {domain} lives {}s, no more than \
+                             --acme-renew-before ({before}s): it is renewed at once, again \
+                             and again",
+                            validity.lifetime()
+                        );
+                    }
                 }
                 Err(why) => {
                     failures = failures.saturating_add(1);
@@ -422,7 +446,10 @@ mod tests {
             not_before: 0,
             not_after: 90,
         };
-        assert_eq!(v.renew_at(), 60);
+        assert_eq!(v.renew_at(None), 60);
+        assert_eq!(v.renew_at(Some(10)), 80);
+        // A window longer than the life renews at once.
+        assert!(v.renew_at(Some(u64::MAX)) < 0);
     }
 
     #[test]
