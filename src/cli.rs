@@ -406,6 +406,11 @@ pub struct ServeArgs {
     /// $XDG_STATE_HOME/rwsgi/acme, else ~/.local/state/rwsgi/acme]
     #[arg(long, value_name = "DIR")]
     pub acme_cache: Option<PathBuf>,
+
+    /// Renew each --acme certificate when it has less than SECONDS left. [default: a
+    /// third of its lifetime (30 days of Let's Encrypt's 90)]
+    #[arg(long, value_name = "SECONDS")]
+    pub acme_renew_before: Option<u64>,
     // -- static files, internal redirects, compression --
     /// Serve the files of DIR at URL_PREFIX from the front tier (the app never sees these
     /// requests). Repeat for several; the longest matching prefix wins.

@@ -14,6 +14,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+from test_metrics import scrape, value
 
 DOMAIN = "acme.test"
 OTHER = "other.acme.test"
@@ -129,12 +131,25 @@ def served_certificate(port: int, name: str, root: Path) -> bytes:
             return tls.getpeercert(binary_form=True)
 
 
+def certificate_facts(der: bytes) -> tuple[str, int]:
+    """A DER certificate's serial number and notAfter (seconds since the epoch)."""
+    out = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-serial",
+                          "-enddate"], input=der, capture_output=True, check=True).stdout
+    fields = dict(line.split("=", 1) for line in out.decode().splitlines())
+    return fields["serial"], int(ssl.cert_time_to_seconds(fields["notAfter"]))
+
+
+def metrics_args(port: int) -> list[str]:
+    return ["--metrics-bind", f"127.0.0.1:{port}"]
+
+
 def test_first_order_over_tls_alpn_01_and_a_restart_reuses_the_cache(serve, pebble_for, tmp_path):
     port = free_port()
+    metrics_port = free_port()
     pebble = pebble_for(port)
     cache = tmp_path / "cache"
-    server = serve("basic:hello", *acme_args(pebble, cache, DOMAIN), workers=1,
-                   bind=f"127.0.0.1:{port}", port=port)
+    server = serve("basic:hello", *acme_args(pebble, cache, DOMAIN), *metrics_args(metrics_port),
+                   workers=1, bind=f"127.0.0.1:{port}", port=port)
     # The server starts before any certificate exists, and says what it waits for.
     server.wait_for_log(f"ACME: no certificate for {DOMAIN} yet")
     server.wait_for_log(f"ACME: obtained a certificate for {DOMAIN}", timeout=60)
@@ -152,6 +167,12 @@ def test_first_order_over_tls_alpn_01_and_a_restart_reuses_the_cache(serve, pebb
                           capture_output=True, text=True, timeout=15)
     assert (curl.returncode, curl.stdout) == (0, "Hello, World!\n"), curl.stderr
     first = served_certificate(port, DOMAIN, root)
+
+    # The metrics give the served certificate's notAfter, and no failure.
+    samples = scrape(metrics_port)
+    assert value(samples, "rwsgi_tls_cert_expiry_seconds", domain=DOMAIN) == \
+        certificate_facts(first)[1]
+    assert value(samples, "rwsgi_acme_failures_total", domain=DOMAIN) == 0
 
     # The cache is private: files 0600, directories 0700.
     files = [p for p in cache.rglob("*")]
@@ -187,8 +208,9 @@ def test_a_ca_that_cannot_be_reached_is_a_warning_and_the_cached_certificate_sta
 
     # pebble is gone: the cached domain is still served, the new one is a WARNING
     # naming it and the CA, and its handshakes fail cleanly meanwhile.
-    again = serve("basic:hello", *acme_args(pebble, cache, DOMAIN, OTHER), workers=1,
-                  bind=f"127.0.0.1:{port}", port=port)
+    metrics_port = free_port()
+    again = serve("basic:hello", *acme_args(pebble, cache, DOMAIN, OTHER),
+                  *metrics_args(metrics_port), workers=1, bind=f"127.0.0.1:{port}", port=port)
     log = again.wait_for_log(f"ACME: cannot obtain a certificate for {OTHER}", timeout=30)
     line = next(l for l in log.splitlines() if f"certificate for {OTHER} from" in l)
     assert "WARNING" in line and pebble.directory in line, line
@@ -198,6 +220,90 @@ def test_a_ca_that_cannot_be_reached_is_a_warning_and_the_cached_certificate_sta
         served_certificate(port, OTHER, root)
     assert f"cannot obtain a certificate for {DOMAIN}" not in again.log
     assert again.proc.poll() is None
+    # The failure is counted for its domain; only the cached certificate has an expiry.
+    samples = scrape(metrics_port)
+    assert value(samples, "rwsgi_acme_failures_total", domain=OTHER) >= 1
+    assert value(samples, "rwsgi_acme_failures_total", domain=DOMAIN) == 0
+    assert value(samples, "rwsgi_tls_cert_expiry_seconds", domain=DOMAIN) == \
+        certificate_facts(first)[1]
+    assert ("rwsgi_tls_cert_expiry_seconds", frozenset({("domain", OTHER)})) not in samples
+
+
+def https_get(port: int, name: str, root: Path) -> tuple[bytes, bytes]:
+    """GET / over a new TLS connection asking for `name`: the certificate and the answer."""
+    context = ssl.create_default_context(cafile=str(root))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+                        .encode())
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+            return tls.getpeercert(binary_form=True), answer
+
+
+def test_a_renewal_under_load_fails_no_request_and_new_handshakes_get_the_new_certificate(
+        serve, pebble_for, tmp_path):
+    port = free_port()
+    pebble = pebble_for(port)
+    # A renewal window longer than pebble's certificates live: each is renewed as soon as
+    # it is served (and the log says so).
+    renew_before = str(10 * 365 * 86400)
+    server = serve("basic:hello", *acme_args(pebble, tmp_path / "cache", DOMAIN),
+                   "--acme-renew-before", renew_before, workers=1,
+                   bind=f"127.0.0.1:{port}", port=port)
+    server.wait_for_log(f"ACME: obtained a certificate for {DOMAIN}", timeout=60)
+    assert f"no more than --acme-renew-before ({renew_before}s)" in server.wait_for_log(
+        "renewed at once")
+    root = pebble.root()
+    # A connection open across the renewals keeps working.
+    context = ssl.create_default_context(cafile=str(root))
+    kept = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                               server_hostname=DOMAIN)
+
+    def ask_kept() -> bytes:
+        kept.sendall(f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode())
+        answer = b""
+        while not answer.endswith(b"Hello, World!\n"):
+            chunk = kept.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        return answer
+
+    assert ask_kept().startswith(b"HTTP/1.1 200 ")
+
+    # New connections, one request each, until the load has seen a renewal (two
+    # certificates) and made 200 requests: bounded by 2000 requests and 60 s.
+    seen: list[bytes] = []
+    failures: list[str] = []
+
+    def load():
+        deadline = time.monotonic() + 60
+        while len(seen) + len(failures) < 2000 and time.monotonic() < deadline:
+            if len(seen) >= 200 and len(set(seen)) >= 2:
+                return
+            try:
+                cert, answer = https_get(port, DOMAIN, root)
+            except OSError as err:
+                failures.append(repr(err))
+                continue
+            if answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"Hello, World!\n"):
+                seen.append(cert)
+            else:
+                failures.append(answer[:200].decode(errors="replace"))
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    thread.join(timeout=90)
+    assert not thread.is_alive()
+    assert failures == [], failures[:5]
+    assert len(set(seen)) >= 2, f"no renewal in {len(seen)} requests:\n{server.log}"
+    assert "ACME: renewing the certificate for" in server.log
+    assert ask_kept().startswith(b"HTTP/1.1 200 ")
+    kept.close()
+    # Once renewed, new handshakes get the new certificate: another serial.
+    first_serial = certificate_facts(seen[0])[0]
+    assert certificate_facts(served_certificate(port, DOMAIN, root))[0] != first_serial
 
 
 def test_acme_flags_are_checked_before_the_start(serve, tmp_path):
@@ -208,6 +314,8 @@ def test_acme_flags_are_checked_before_the_start(serve, tmp_path):
         (["--acme", "example.com", "--acme-staging", "--acme-directory", "https://x/d"],
          "give one of them"),
         (["--acme", "example.com", "--acme-directory", "http://x/d"], "https://"),
+        (["--acme", "example.com", "--acme-renew-before", "0"], "--acme-renew-before"),
+        (["--acme-renew-before", "86400"], "needs --acme"),
     ]:
         server = serve("basic:hello", *args, "--acme-cache", str(tmp_path), workers=1,
                        wait=False)

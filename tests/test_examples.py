@@ -12,8 +12,8 @@ from conftest import BINARY, ROOT
 EXAMPLES = ROOT / "examples"
 
 
-def flags_of_service() -> list[str]:
-    text = (EXAMPLES / "systemd" / "rwsgi.service").read_text()
+def flags_of_service(unit: str = "rwsgi.service") -> list[str]:
+    text = (EXAMPLES / "systemd" / unit).read_text()
     command = re.search(r"^ExecStart=(.*?)(?<!\\)$", text, re.M | re.S).group(1)
     words = command.replace("\\\n", " ").split()
     assert words[:2] == ["/usr/local/bin/rwsgi", "serve"], words
@@ -40,6 +40,17 @@ def test_the_systemd_unit_uses_real_flags():
     listing = run_config(flags)
     assert 'health_path = "/healthz"' in listing, listing
     assert "workers = 4" in listing, listing
+
+
+def test_the_acme_systemd_unit_uses_real_flags_and_its_state_directory():
+    text = (EXAMPLES / "systemd" / "rwsgi-acme.service").read_text()
+    assert "StateDirectory=myapp" in text
+    assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in text
+    flags = flags_of_service("rwsgi-acme.service")
+    assert "--acme-cache" not in flags
+    listing = run_config(flags)
+    assert 'acme = ["example.com", "www.example.com"]' in listing, listing
+    assert 'redirect_http = ["0.0.0.0:80"]' in listing, listing
 
 
 def test_the_kubernetes_deployment_uses_real_flags():

@@ -6,10 +6,11 @@ from __future__ import annotations
 import http.client
 import re
 import socket
+import ssl
 import subprocess
 import time
 
-from conftest import BINARY, free_port
+from conftest import BINARY, ROOT, free_port
 from kit import get, wait_workers
 
 SAMPLE = re.compile(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$")
@@ -141,3 +142,21 @@ def test_a_burst_of_connections_is_shared_between_front_threads(serve):
             break
         time.sleep(0.05)
     assert total == 0, samples
+
+
+def test_the_expiry_of_each_tls_certificate_is_given_by_name(serve):
+    certs = ROOT / "certs"
+    metrics_port = free_port()
+    server = serve("basic:hello", "--metrics-bind", f"127.0.0.1:{metrics_port}",
+                   "--tls", f"{certs / 'localhost.pem'}:{certs / 'localhost.key'}",
+                   "--tls", f"{certs / 'other.test.pem'}:{certs / 'other.test.key'}",
+                   workers=1)
+    server.wait_for_log(rf"Metrics at: http://127.0.0.1:{metrics_port}/metrics")
+    samples = scrape(metrics_port)
+    for name, pem in [("localhost", "localhost.pem"), ("other.test", "other.test.pem")]:
+        end = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-in", str(certs / pem)],
+                             capture_output=True, text=True, check=True).stdout
+        not_after = ssl.cert_time_to_seconds(end.strip().removeprefix("notAfter="))
+        assert value(samples, "rwsgi_tls_cert_expiry_seconds", domain=name) == not_after
+    # No --acme, no ACME failures counted.
+    assert not any(name == "rwsgi_acme_failures_total" for name, _ in samples)

@@ -31,6 +31,9 @@ pub struct AcmeSettings {
     pub ca_root: Option<PathBuf>,
     /// `--acme-cache`: the account and certificates (absolute).
     pub cache: PathBuf,
+    /// `--acme-renew-before`: renew with this many seconds left (`None`: a third of
+    /// the certificate's lifetime).
+    pub renew_before: Option<u64>,
 }
 
 impl AcmeSettings {
@@ -53,6 +56,7 @@ impl AcmeSettings {
                 ("--acme-staging", args.acme_staging),
                 ("--acme-ca-root", args.acme_ca_root.is_some()),
                 ("--acme-cache", args.acme_cache.is_some()),
+                ("--acme-renew-before", args.acme_renew_before.is_some()),
             ];
             return match given.into_iter().find(|(_, given)| *given) {
                 Some((flag, _)) => Err(needs_acme(flag)),
@@ -99,6 +103,12 @@ impl AcmeSettings {
                 )
             })?;
         }
+        if args.acme_renew_before == Some(0) {
+            return Err(ConfigError::new(
+                "--acme-renew-before",
+                "0 would renew only once the certificate has expired: give a number of seconds",
+            ));
+        }
         let cache = match &args.acme_cache {
             Some(dir) => dir.clone(),
             None => default_cache(env).ok_or_else(|| {
@@ -118,6 +128,7 @@ impl AcmeSettings {
             directory,
             ca_root: args.acme_ca_root.clone(),
             cache,
+            renew_before: args.acme_renew_before,
         }))
     }
 }

@@ -213,7 +213,12 @@ async fn serve(
             Accepting::Tcp(l, _) => metrics::MetricsListener::Tcp(l),
             Accepting::Unix(l, _) => metrics::MetricsListener::Unix(l),
         };
-        tokio::spawn(metrics::serve(listener, metrics.clone(), pool.clone()));
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            pool.clone(),
+            tls.clone(),
+        ));
     }
     memory::start(shards, shared.budgets.memory());
     let target = redirect::Target::new(listeners.iter().map(|(_, addr)| addr));

@@ -1,6 +1,6 @@
 //! Automatic HTTPS (`--acme`): certificates ordered from an ACME CA (RFC 8555) with the
 //! TLS-ALPN-01 challenge (RFC 8737) answered on the `--bind` listeners, kept in
-//! `--acme-cache`, and renewed at two thirds of their lifetime.
+//! `--acme-cache`, and renewed at two thirds of their lifetime (or `--acme-renew-before`).
 //!
 //! It runs in the front tier, which owns the TLS config: one task per domain, one
 //! account per instance. The certificates it holds ([`Certificates`]) are read by the
@@ -13,6 +13,7 @@ mod cache;
 mod challenge;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +38,8 @@ pub struct Certificates {
     domains: Vec<String>,
     served: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// The failed orders of each domain (in the order of `domains`), for the metrics.
+    failures: Vec<AtomicU64>,
 }
 
 impl Certificates {
@@ -58,6 +61,28 @@ impl Certificates {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         challenges.get(name).cloned()
+    }
+
+    /// Each domain with a certificate, and when it expires (seconds since the epoch).
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let served = self.served.read().unwrap_or_else(PoisonError::into_inner);
+        served
+            .iter()
+            .filter_map(|(domain, certified)| Some((domain.clone(), expiry(certified)?)))
+            .collect()
+    }
+
+    /// Each domain, and how many of its orders have failed.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, u64)> {
+        (self.domains.iter())
+            .zip(&self.failures)
+            .map(|(domain, n)| (domain.as_str(), n.load(Ordering::Relaxed)))
+    }
+
+    fn failed(&self, domain: &str) {
+        if let Some(i) = self.domains.iter().position(|d| d == domain) {
+            self.failures[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn serve(&self, domain: &str, certified: Arc<CertifiedKey>) {
@@ -93,10 +118,20 @@ impl Validity {
         })
     }
 
-    /// When to order the next one: two thirds into its life (as Let's Encrypt advises
-    /// for 90-day certificates: 30 days before the end).
-    fn renew_at(&self) -> i64 {
-        self.not_before + (self.not_after - self.not_before) * 2 / 3
+    /// When to order the next one: `renew_before` seconds before the end, by default
+    /// two thirds into its life (as Let's Encrypt advises for 90-day certificates: 30
+    /// days before the end).
+    fn renew_at(&self, renew_before: Option<u64>) -> i64 {
+        match renew_before {
+            Some(before) => self
+                .not_after
+                .saturating_sub(i64::try_from(before).unwrap_or(i64::MAX)),
+            None => self.not_before + self.lifetime() * 2 / 3,
+        }
+    }
+
+    fn lifetime(&self) -> i64 {
+        self.not_after - self.not_before
     }
 
     fn expired(&self) -> bool {
@@ -106,6 +141,11 @@ impl Validity {
     fn until(&self) -> String {
         httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(self.not_after.max(0) as u64))
     }
+}
+
+/// When `certified` expires (its notAfter), in seconds since the epoch.
+pub fn expiry(certified: &CertifiedKey) -> Option<i64> {
+    Some(Validity::of(certified)?.not_after)
 }
 
 fn now() -> i64 {
@@ -129,6 +169,7 @@ impl Acme {
         let cache = Cache::new(&settings.cache, &settings.directory);
         let certificates = Certificates {
             domains: settings.domains.clone(),
+            failures: settings.domains.iter().map(|_| AtomicU64::new(0)).collect(),
             ..Certificates::default()
         };
         for domain in &settings.domains {
@@ -175,8 +216,12 @@ impl Acme {
             let current = self.certificates.get(&domain);
             let validity = current.as_deref().and_then(Validity::of);
             if let Some(validity) = validity {
-                let wait = (validity.renew_at() - now()).max(0) as u64;
+                let wait = (validity.renew_at(self.settings.renew_before) - now()).max(0) as u64;
                 tokio::time::sleep(Duration::from_secs(wait)).await;
+                info!(
+                    "ACME: renewing the certificate for {domain} (valid until {})",
+                    validity.until()
+                );
             }
             match self.obtain(&domain).await {
                 Ok(validity) => {
@@ -185,9 +230,20 @@ impl Acme {
                         "ACME: obtained a certificate for {domain} (valid until {}); serving it",
                         validity.until()
                     );
+                    if let Some(before) = self.settings.renew_before
+                        && i64::try_from(before).unwrap_or(i64::MAX) >= validity.lifetime()
+                    {
+                        warn!(
+                            "ACME: the certificate for {domain} lives {}s, no more than \
+                             --acme-renew-before ({before}s): it is renewed at once, again \
+                             and again",
+                            validity.lifetime()
+                        );
+                    }
                 }
                 Err(why) => {
                     failures = failures.saturating_add(1);
+                    self.certificates.failed(&domain);
                     let backoff = backoff(failures);
                     let kept = match validity {
                         Some(v) if !v.expired() => {
@@ -390,7 +446,10 @@ mod tests {
             not_before: 0,
             not_after: 90,
         };
-        assert_eq!(v.renew_at(), 60);
+        assert_eq!(v.renew_at(None), 60);
+        assert_eq!(v.renew_at(Some(10)), 80);
+        // A window longer than the life renews at once.
+        assert!(v.renew_at(Some(u64::MAX)) < 0);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 mod plain;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -28,7 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::TlsSettings;
 use crate::config::tls::{CertSource, LoadedCert, load_all, provider};
-use crate::front::acme::{ACME_TLS_ALPN, Certificates};
+use crate::front::acme::{ACME_TLS_ALPN, Certificates, expiry};
 pub use plain::Peek;
 
 /// The front tier's TLS: what every TLS connection shares.
@@ -126,6 +126,30 @@ impl Tls {
             None => debug!("TLS handshake with a local peer failed: {why}"),
         }
         None
+    }
+
+    /// When the certificate served for each name expires (seconds since the epoch), by
+    /// name: `--acme`'s domains, then the names of the `--tls` certificates.
+    pub fn expiries(&self) -> BTreeMap<String, i64> {
+        let resolver = &self.certificates;
+        let mut expiries: BTreeMap<String, i64> = (resolver.acme.iter())
+            .flat_map(|acme| acme.expiries())
+            .collect();
+        let set = (resolver.current.read())
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (name, certified) in &set.by_name {
+            if let Some(not_after) = expiry(certified) {
+                // --acme's certificate is served first for its names (`SniResolver`).
+                expiries.entry(name.clone()).or_insert(not_after);
+            }
+        }
+        expiries
+    }
+
+    /// The `--acme` certificates, when given.
+    pub fn acme(&self) -> Option<&Certificates> {
+        self.certificates.acme.as_deref()
     }
 
     /// Reads the certificate files again and serves them to new handshakes; on any

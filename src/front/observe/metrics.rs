@@ -6,7 +6,8 @@
 //! to the response's last byte handed to the connection), bytes sent, requests in
 //! flight and waiting for a worker. Per worker, the requests it served come from the
 //! shared scoreboard (the worker counts them there), and its resident memory from
-//! `/proc`; worker restarts are counted by the master in the scoreboard.
+//! `/proc`; worker restarts are counted by the master in the scoreboard. With TLS, the
+//! expiry of the certificate served for each name, and `--acme`'s failed orders.
 //!
 //! Recording is a few relaxed atomic additions per response, and nothing at all without
 //! `--metrics-bind`.
@@ -25,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, UnixListener};
 use tracing::warn;
 
+use crate::front::conn::tls::Tls;
 use crate::front::dispatch::pool::Pool;
 use crate::front::dispatch::shard::Spread;
 use crate::procfs;
@@ -103,9 +105,12 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self, pool: &Pool) -> String {
+    pub fn render(&self, pool: &Pool, tls: Option<&Tls>) -> String {
         let mut out = String::with_capacity(4096);
         let _ = self.write(&mut out, pool);
+        if let Some(tls) = tls {
+            let _ = write_tls(&mut out, tls);
+        }
         out
     }
 
@@ -237,6 +242,47 @@ impl Metrics {
     }
 }
 
+/// The certificates' expiry and `--acme`'s failures.
+fn write_tls(out: &mut String, tls: &Tls) -> std::fmt::Result {
+    writeln!(
+        out,
+        "# HELP rwsgi_tls_cert_expiry_seconds When the certificate served for each name expires (notAfter), in seconds since the epoch."
+    )?;
+    writeln!(out, "# TYPE rwsgi_tls_cert_expiry_seconds gauge")?;
+    for (domain, not_after) in tls.expiries() {
+        writeln!(
+            out,
+            "rwsgi_tls_cert_expiry_seconds{{domain=\"{}\"}} {not_after}",
+            label(&domain)
+        )?;
+    }
+    let Some(acme) = tls.acme() else {
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "# HELP rwsgi_acme_failures_total ACME orders that failed (each retried with backoff), by domain."
+    )?;
+    writeln!(out, "# TYPE rwsgi_acme_failures_total counter")?;
+    for (domain, failures) in acme.failures() {
+        writeln!(
+            out,
+            "rwsgi_acme_failures_total{{domain=\"{}\"}} {failures}",
+            label(domain)
+        )?;
+    }
+    Ok(())
+}
+
+/// A label value as the exposition format writes it (backslash, quote and newline
+/// escaped): a `--tls` certificate's names are not checked to be DNS names.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// A process's resident memory.
 fn resident_bytes(pid: u32) -> Option<u64> {
     let statm = std::fs::read(format!("/proc/{pid}/statm")).ok()?;
@@ -250,7 +296,12 @@ pub enum MetricsListener {
 }
 
 /// Serves `/metrics` on `listener` until the front tier stops.
-pub async fn serve(listener: MetricsListener, metrics: Arc<Metrics>, pool: Arc<Pool>) {
+pub async fn serve(
+    listener: MetricsListener,
+    metrics: Arc<Metrics>,
+    pool: Arc<Pool>,
+    tls: Option<Arc<Tls>>,
+) {
     loop {
         let accepted = match &listener {
             MetricsListener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
@@ -264,9 +315,9 @@ pub async fn serve(listener: MetricsListener, metrics: Arc<Metrics>, pool: Arc<P
                 continue;
             }
         };
-        let (metrics, pool) = (metrics.clone(), pool.clone());
+        let (metrics, pool, tls) = (metrics.clone(), pool.clone(), tls.clone());
         let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-            let response = answer(&request, &metrics, &pool);
+            let response = answer(&request, &metrics, &pool, tls.as_deref());
             async move { Ok::<_, std::convert::Infallible>(response) }
         });
         tokio::spawn(async move {
@@ -290,11 +341,12 @@ fn answer(
     request: &Request<hyper::body::Incoming>,
     metrics: &Metrics,
     pool: &Pool,
+    tls: Option<&Tls>,
 ) -> Response<Full<Bytes>> {
     let (status, body, content_type) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
-            metrics.render(pool),
+            metrics.render(pool, tls),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         _ => (
