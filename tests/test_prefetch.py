@@ -76,22 +76,35 @@ def burst(port: int, first: str, then: str, count: int, seconds: float) -> dict[
 ], ids=["died", "timed-out"])
 def test_a_stopped_worker_gives_back_the_requests_it_had_not_begun(serve, flags, first, failed):
     server = serve("proc_apps:app", *flags, workers=1)
-    first_pid = warm_up(server.port)
+    # Requests are queued on the worker only while its current one is younger than the
+    # prefetch budget (1 ms): on a loaded machine the burst's streams can reach the
+    # pool later than that, and then they wait in the front tier instead (and are
+    # served all the same). Each attempt must serve every request right; one of three
+    # must show requests given back.
+    for attempt in range(3):
+        first_pid = warm_up(server.port)
+        results = burst(server.port, first, "/pid", 6, seconds=30)
 
-    results = burst(server.port, first, "/pid", 6, seconds=30)
-
-    assert len(results) == 7, (results, server.log)
-    statuses = sorted(status for status, _ in results.values())
-    # The first request alone fails; every other one is served.
-    assert statuses == [200] * 6 + [failed], (results, server.log)
+        assert len(results) == 7, (results, server.log)
+        statuses = sorted(status for status, _ in results.values())
+        # The first request alone fails; every other one is served.
+        assert statuses == [200] * 6 + [failed], (results, server.log)
+        pids = {int(body) for status, body in results.values() if status == 200}
+        assert any(pid != first_pid for pid in pids), (pids, first_pid)
+        # Written before the successor served what was given back, so before the burst
+        # ended; the log is read in the background, hence a moment's grace.
+        deadline = time.monotonic() + 2
+        while not (given := [m for m in re.finditer(GIVEN_BACK, server.log)
+                             if int(m.group(1)) == first_pid]):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if given:
+            break
     # Some were queued on the worker that stopped, and came back to be served by its
     # successor.
-    log = server.wait_for_log(GIVEN_BACK)
-    stopped, given_back = re.search(GIVEN_BACK, log).groups()
-    assert int(stopped) == first_pid
-    assert 1 <= int(given_back) <= 6
-    pids = {int(body) for status, body in results.values() if status == 200}
-    assert any(pid != first_pid for pid in pids), (pids, first_pid)
+    assert given, f"no request given back in 3 attempts:\n{server.log}"
+    assert 1 <= int(given[0].group(2)) <= 6
 
 
 def test_nothing_is_queued_behind_a_request_past_the_budget(serve):
