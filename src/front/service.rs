@@ -425,13 +425,10 @@ fn encode_request(
         path_and_query
     };
     let remote_addr = facts.addr.map(IpText::new);
-    let headers = Counted {
-        left: parts.headers.len(),
-        inner: parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
-    };
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
     RequestHeadRef {
         method: parts.method.as_str().as_bytes(),
         scheme: facts.scheme,
@@ -459,30 +456,6 @@ fn encode_request(
     encode_frame(out.bytes, Kind::End, stream, b"");
     Ok(())
 }
-
-/// An iterator whose length is known beforehand (a header map's `len` counts the pairs
-/// its iterator yields), so that the pairs are encoded straight from the map rather
-/// than gathered into a vector first.
-struct Counted<I> {
-    left: usize,
-    inner: I,
-}
-
-impl<I: Iterator> Iterator for Counted<I> {
-    type Item = I::Item;
-
-    fn next(&mut self) -> Option<I::Item> {
-        let item = self.inner.next()?;
-        self.left = self.left.saturating_sub(1);
-        Some(item)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.left, Some(self.left))
-    }
-}
-
-impl<I: Iterator> ExactSizeIterator for Counted<I> {}
 
 fn build_response(
     head: ResponseHead,

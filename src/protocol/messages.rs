@@ -45,9 +45,10 @@ fn read_headers(reader: &mut FieldReader) -> Result<Vec<(Bytes, Bytes)>, Protoco
 
 fn write_headers<'h>(
     writer: &mut FieldWriter<'_>,
-    headers: impl ExactSizeIterator<Item = (&'h [u8], &'h [u8])>,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
 ) {
-    // The count is the pairs written, whatever the iterator said its length was.
+    // The count is the pairs written, patched in after them: any iterator will do,
+    // a header map's included, with no vector gathered first.
     let at = writer.position();
     writer.u32(0);
     let mut count = 0u32;
@@ -260,7 +261,7 @@ impl RequestHeadRef<'_> {
         &self,
         out: &mut Vec<u8>,
         stream: u32,
-        headers: impl ExactSizeIterator<Item = (&'h [u8], &'h [u8])>,
+        headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     ) -> Result<(), ProtocolError> {
         encode_with(out, Kind::RequestHead, stream, |w| {
             w.bytes(self.method)
@@ -320,7 +321,7 @@ impl ResponseHead {
         status: u16,
         reason: &[u8],
         close: bool,
-        headers: impl ExactSizeIterator<Item = (&'h [u8], &'h [u8])>,
+        headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     ) -> Result<(), ProtocolError> {
         encode_with(out, Kind::ResponseHead, stream, |w| {
             w.u16(status).bytes(reason).u8(close as u8);

@@ -159,38 +159,16 @@ pub(in crate::front) async fn read_ring_frame(
 }
 
 /// Reads the doorbell bytes the worker wrote (their value means nothing); true if the
-/// worker closed its socket. A read that leaves room in the buffer has drained the
-/// socket, so readiness is cleared then and there, as in [`read_some`]: no second read
-/// only to be told EAGAIN, once per wake-up.
+/// worker closed its socket. A short read has drained the socket ([`recv_once`]): no
+/// second read only to be told EAGAIN, once per wake-up.
 fn drain_doorbells(reader: &UnixStream) -> bool {
-    let mut doorbells = [0u8; 256];
+    let mut doorbells = [std::mem::MaybeUninit::<u8>::uninit(); 256];
     loop {
-        let mut drained = false;
-        let read = reader.try_io(Interest::READABLE, || {
-            // SAFETY: recv writes at most the buffer's length into the buffer.
-            let n = unsafe {
-                libc::recv(
-                    reader.as_raw_fd(),
-                    doorbells.as_mut_ptr().cast(),
-                    doorbells.len(),
-                    0,
-                )
-            };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let n = n as usize;
-            if n > 0 && n < doorbells.len() {
-                drained = true;
-                return Err(std::io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        });
-        match read {
+        match recv_once(reader, &mut doorbells) {
             Ok(0) => return true,
+            Ok(n) if n < doorbells.len() => return false,
             Ok(_) => {}
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) if drained => return false,
             Err(_) => return true,
         }
     }
@@ -223,37 +201,50 @@ pub(in crate::front) async fn read_frame(
     }
 }
 
-/// One read of the channel into `buf`'s spare capacity. A read that leaves room unused
-/// has drained the socket, so readiness is cleared then and there: the next wait goes
-/// straight to the reactor, sparing the read that would only say EAGAIN (a syscall per
-/// response otherwise).
+/// One read of the channel into `buf`'s spare capacity, waiting for it; a short read
+/// clears readiness ([`recv_once`]), sparing a syscall per response.
 async fn read_some(reader: &UnixStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     loop {
         reader.readable().await?;
-        let mut got = 0;
-        let result = reader.try_io(Interest::READABLE, || {
-            let spare = buf.spare_capacity_mut();
-            let room = spare.len();
-            // SAFETY: recv writes at most `room` bytes into the spare capacity, which
-            // is valid for writes; nothing reads it before `set_len` below.
-            let n = unsafe { libc::recv(reader.as_raw_fd(), spare.as_mut_ptr().cast(), room, 0) };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
+        match recv_once(reader, buf.spare_capacity_mut()) {
+            Ok(got) => {
+                // SAFETY: recv initialised the first `got` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + got) };
+                return Ok(got);
             }
-            got = n as usize;
-            // SAFETY: recv initialised the first `got` bytes of the spare capacity.
-            unsafe { buf.set_len(buf.len() + got) };
-            if got > 0 && got < room {
-                Err(std::io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(got)
-            }
-        });
-        match result {
-            Ok(n) => return Ok(n),
-            Err(_) if got > 0 => return Ok(got),
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// One `recv` into `into`, without waiting: the bytes read (0 at the end of the
+/// stream), or WouldBlock when there were none. A read that leaves room in `into` has
+/// drained the socket, so tokio's readiness is cleared then and there: the next wait
+/// goes straight to the reactor, sparing the read that would only say EAGAIN.
+fn recv_once(
+    reader: &UnixStream,
+    into: &mut [std::mem::MaybeUninit<u8>],
+) -> std::io::Result<usize> {
+    let room = into.len();
+    let mut got = 0;
+    let read = reader.try_io(Interest::READABLE, || {
+        // SAFETY: recv writes at most `room` bytes into `into`, which is valid for
+        // writes of that many.
+        let n = unsafe { libc::recv(reader.as_raw_fd(), into.as_mut_ptr().cast(), room, 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        got = n as usize;
+        if got > 0 && got < room {
+            // Returning WouldBlock is what makes tokio clear the readiness.
+            Err(std::io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(got)
+        }
+    });
+    match read {
+        Err(_) if got > 0 => Ok(got),
+        read => read,
     }
 }
