@@ -326,11 +326,14 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     // hyper parses; hyper's header bound stays as a second line. hyper's own head
     // timer is off: the guard's times every head already, and hyper's would arm and
     // disarm a timer for each request.
-    builder
-        .http1()
-        .keep_alive(true)
-        .max_headers(limits.fields.saturating_add(8).min(MAX_H1_HEADERS))
-        .header_read_timeout(None);
+    builder.http1().keep_alive(true).header_read_timeout(None);
+    // hyper's own bound (100) keeps its header arrays on the stack; a set bound, even
+    // the same, costs two allocations and their filling per request.
+    if limits.fields > HYPER_MAX_HEADERS {
+        builder
+            .http1()
+            .max_headers(limits.fields.saturating_add(8).min(MAX_H1_HEADERS));
+    }
     let header_list = limits
         .field_size
         .saturating_add(32)
@@ -350,6 +353,10 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// hyper's HTTP/1 header array; the guard's limit is what counts.
 const MAX_H1_HEADERS: usize = 1024;
+
+/// hyper's bound on an HTTP/1 head's fields when none is set.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// Concurrent HTTP/2 streams per connection (nginx's default). Kept: bodies are budgeted
 /// per connection (see `budget`), so streams no longer multiply memory, and browsers
 /// open dozens at once on one page.

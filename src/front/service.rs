@@ -275,10 +275,12 @@ async fn dispatch(
     if let Some(response) = shared.files.serve_static(&parts) {
         return Ok(with_kind(response, RouteKind::Static));
     }
-    if shared.request_start {
-        // Now, with the head read: a body still to come is part of the wait.
-        request_start::stamp(&mut parts.headers, peer_trusted(conn, &shared.trusted));
-    }
+    // Now, with the head read: a body still to come is part of the wait.
+    let stamp = if shared.request_start {
+        request_start::stamp(&mut parts.headers, peer_trusted(conn, &shared.trusted))
+    } else {
+        None
+    };
     let body_limits = BodyLimits {
         memory: shared.body_memory_limit,
         max: limits.max_body_size,
@@ -308,9 +310,12 @@ async fn dispatch(
             &parts,
             conn,
             &facts,
+            stamp.as_ref(),
             stream,
-            body.as_ref(),
-            spool_path.as_ref(),
+            Payload {
+                body: body.as_ref(),
+                spool: spool_path.as_ref(),
+            },
             out,
         )
     };
@@ -405,14 +410,20 @@ fn version_code(version: Version) -> u8 {
     }
 }
 
+/// A request's body as the channel carries it: in memory, or the spool file's path.
+struct Payload<'a> {
+    body: Option<&'a Vec<Bytes>>,
+    spool: Option<&'a BodyFile>,
+}
+
 /// The frames opening a stream: the head, the body, End.
 fn encode_request(
     parts: &hyper::http::request::Parts,
     conn: &ConnInfo,
     facts: &ClientFacts,
+    stamp: Option<&request_start::Stamp>,
     stream: u32,
-    body: Option<&Vec<Bytes>>,
-    spool: Option<&BodyFile>,
+    payload: Payload<'_>,
     out: &mut Queued<'_>,
 ) -> Result<(), ProtocolError> {
     let uri = &parts.uri;
@@ -428,7 +439,8 @@ fn encode_request(
     let headers = parts
         .headers
         .iter()
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .chain(stamp.map(|stamp| (request_start::NAME, stamp.as_bytes())));
     RequestHeadRef {
         method: parts.method.as_str().as_bytes(),
         scheme: facts.scheme,
@@ -447,10 +459,10 @@ fn encode_request(
             .map_or(&[][..], |id| id.as_bytes()),
     }
     .encode(out.bytes, stream, headers)?;
-    if let Some(body) = body {
+    if let Some(body) = payload.body {
         out.body(stream, body);
     }
-    if let Some(file) = spool {
+    if let Some(file) = payload.spool {
         file.encode(out.bytes, stream)?;
     }
     encode_frame(out.bytes, Kind::End, stream, b"");

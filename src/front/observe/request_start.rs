@@ -10,42 +10,75 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use hyper::HeaderMap;
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::HeaderName;
+
+/// The header's name, as the request head on the channel carries it.
+pub const NAME: &[u8] = b"x-request-start";
 
 static X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
 
-/// Sets `X-Request-Start` to now, unless a trusted peer (`peer_trusted`) already did.
-pub fn stamp(headers: &mut HeaderMap, peer_trusted: bool) {
-    if peer_trusted && headers.contains_key(&X_REQUEST_START) {
-        return;
+/// The value stamped on one request: `t=` and up to 20 digits, on the stack.
+pub struct Stamp {
+    text: [u8; 22],
+    len: usize,
+}
+
+impl Stamp {
+    /// The header's value.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
     }
-    // A clock before 1970 is no clock to report: 0 rather than nothing.
+}
+
+/// The stamp for a request with `headers`, now: `None` when a trusted peer
+/// (`peer_trusted`) already set one, which stays. Anyone else's is removed from
+/// `headers`; the stamp goes into the request head beside them (see
+/// `service::encode_request`), without a header map entry of its own.
+pub fn stamp(headers: &mut HeaderMap, peer_trusted: bool) -> Option<Stamp> {
+    if peer_trusted {
+        if headers.contains_key(&X_REQUEST_START) {
+            return None;
+        }
+    } else {
+        headers.remove(&X_REQUEST_START);
+    }
+    // A clock before 1970 is no clock to report: 0 rather than nothing. u64 holds
+    // microseconds for half a million years.
     let micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_micros());
-    // `t=` and digits are always a valid value.
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(format!("t={micros}"))) {
-        headers.insert(X_REQUEST_START.clone(), value);
-    }
+    let micros = u64::try_from(micros).unwrap_or(u64::MAX);
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(micros).as_bytes();
+    let mut text = [0; 22];
+    text[..2].copy_from_slice(b"t=");
+    text[2..2 + digits.len()].copy_from_slice(digits);
+    Some(Stamp {
+        text,
+        len: 2 + digits.len(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use hyper::header::HeaderValue;
+
     #[test]
     fn a_trusted_peers_value_stays_and_anyone_elses_is_replaced() {
         let mut headers = HeaderMap::new();
         headers.append(&X_REQUEST_START, HeaderValue::from_static("t=1"));
         headers.append(&X_REQUEST_START, HeaderValue::from_static("t=2"));
-        stamp(&mut headers, true);
+        assert!(stamp(&mut headers, true).is_none());
         assert_eq!(headers.get_all(&X_REQUEST_START).iter().count(), 2);
-        stamp(&mut headers, false);
-        let values: Vec<_> = headers.get_all(&X_REQUEST_START).iter().collect();
-        assert_eq!(values.len(), 1);
-        let micros: u128 = values[0].to_str().unwrap()[2..].parse().unwrap();
+        let stamped = stamp(&mut headers, false).unwrap();
+        assert!(!headers.contains_key(&X_REQUEST_START));
+        let text = std::str::from_utf8(stamped.as_bytes()).unwrap();
+        let micros: u64 = text.strip_prefix("t=").unwrap().parse().unwrap();
         assert!(micros > 1_700_000_000_000_000, "{micros}");
+        // A trusted peer that sent none gets one too.
+        assert!(stamp(&mut headers, true).is_some());
     }
 }

@@ -80,8 +80,11 @@ pub struct ConnGuard {
 struct Shared {
     /// The refused request: its index on the connection and why.
     refused: Option<(u64, Reject, bool)>,
-    /// The reader waiting for the connection to become idle.
+    /// The reader waiting for the connection to become idle (HTTP/2, a refusal's
+    /// stand-in).
     idle_waker: Option<Waker>,
+    /// When the last response under way finished, and how many requests had begun then.
+    idle_since: Option<(Instant, u64)>,
     /// Requests the service has begun on this connection.
     requests: u64,
 }
@@ -146,6 +149,21 @@ impl ConnGuard {
         }
     }
 
+    /// When the connection became idle, given that `heads` request heads were read:
+    /// `None` while a response is under way or a head read has not begun yet. Unlike
+    /// [`ConnGuard::idle`] it registers no waker, so a response's end wakes nobody: an
+    /// HTTP/1 connection's reader checks back on its timer instead, which saves waking
+    /// the connection's task once more after every response.
+    fn idle_since(&self, heads: u64) -> Option<Instant> {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        match self.lock().idle_since {
+            Some((since, begun)) if begun == heads => Some(since),
+            _ => None,
+        }
+    }
+
     fn idle(&self, cx: &Context<'_>) -> bool {
         if self.busy.load(Ordering::Acquire) == 0 {
             return true;
@@ -162,10 +180,12 @@ pub struct Busy(Arc<ConnGuard>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some(waker) = self.0.lock().idle_waker.take()
-        {
-            waker.wake();
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut shared = self.0.lock();
+            shared.idle_since = Some((Instant::now(), shared.requests));
+            if let Some(waker) = shared.idle_waker.take() {
+                waker.wake();
+            }
         }
     }
 }
@@ -272,8 +292,8 @@ pub struct Guarded<S> {
     stand_in: &'static [u8],
     /// When the connection started, for the first request's head timeout.
     accepted: Instant,
-    /// When the current head's first byte arrived, or the connection became idle.
-    read_since: Option<(Instant, bool)>,
+    /// When the current head's first byte arrived.
+    read_since: Option<Instant>,
     read_timer: Option<Pin<Box<Sleep>>>,
     /// HTTP/2: since when no stream has been open, at which count of requests begun.
     h2_idle_since: Option<(Instant, u64)>,
@@ -311,16 +331,14 @@ impl<S> Guarded<S> {
     }
 
     /// The deadline for the next read, if any: head and keep-alive timeouts.
-    fn read_deadline(&mut self, cx: &Context<'_>) -> Option<Instant> {
+    ///
+    /// The keep-alive timeout counts from the end of the last response. While one is
+    /// under way the deadline is a check-back a keep-alive timeout away: the timer set
+    /// for it finds, when it fires, either a response still under way (and is set
+    /// again) or the time the connection became idle.
+    fn read_deadline(&mut self) -> Option<Instant> {
         if self.checker.in_head() || (self.mode == Mode::Detect && self.inbuf.len() > self.start) {
-            let since = match self.read_since {
-                Some((since, true)) => since,
-                _ => {
-                    let now = Instant::now();
-                    self.read_since = Some((now, true));
-                    now
-                }
-            };
+            let since = *self.read_since.get_or_insert_with(Instant::now);
             let since = if self.checker.heads() == 0 {
                 self.accepted
             } else {
@@ -328,26 +346,17 @@ impl<S> Guarded<S> {
             };
             return Some(since + self.timeouts.head);
         }
+        self.read_since = None;
         if !self.checker.between_requests() {
-            self.read_since = None;
             return None;
         }
         if self.checker.heads() == 0 {
             return Some(self.accepted + self.timeouts.head);
         }
-        if !self.guard.idle(cx) {
-            // A response is still under way; the connection is not idle yet.
-            self.read_since = None;
-            return None;
-        }
-        let since = match self.read_since {
-            Some((since, false)) => since,
-            _ => {
-                let now = Instant::now();
-                self.read_since = Some((now, false));
-                now
-            }
-        };
+        let since = self
+            .guard
+            .idle_since(self.checker.heads())
+            .unwrap_or_else(Instant::now);
         Some(since + self.timeouts.keepalive)
     }
 
@@ -607,20 +616,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                     this.inbuf.truncate(this.released);
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(Ok(())) => {
-                    // Bytes ended any idle time: the keep-alive timeout counts afresh
-                    // (a response answered before the next read must not leave the old
-                    // idle start in place). The head timeout keeps counting.
-                    if matches!(this.read_since, Some((_, false))) {
-                        this.read_since = None;
-                    }
-                    this.examine(from);
-                }
+                Poll::Ready(Ok(())) => this.examine(from),
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 Poll::Pending => {
-                    // No deadline (a request is being answered): a timer still armed
-                    // wakes the connection once, for nothing, at most.
-                    let Some(deadline) = this.read_deadline(cx) else {
+                    // No deadline while a body is read (the service times it): a timer
+                    // still armed wakes the connection once, for nothing, at most.
+                    let Some(deadline) = this.read_deadline() else {
                         return Poll::Pending;
                     };
                     if this.read_timer_passed(deadline, cx) {
