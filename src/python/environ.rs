@@ -58,11 +58,34 @@ fn method<'py>(py: Python<'py>, method: &[u8]) -> Bound<'py, PyString> {
     known.clone()
 }
 
-/// Per-worker environ state: the template and the header key cache.
+/// A value that tends to repeat from one request to the next (the server's name and
+/// port, the client's address): the last one's string is used again while the bytes
+/// are the same. The bytes are copied: a slice would keep the whole buffer it was read
+/// into alive.
+#[derive(Default)]
+struct Recent(Option<(Vec<u8>, Py<PyString>)>);
+
+impl Recent {
+    fn get<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
+        if let Some((last, string)) = &self.0
+            && last[..] == *bytes
+        {
+            return string.bind(py).clone();
+        }
+        let string = latin1(py, bytes);
+        self.0 = Some((bytes.to_vec(), string.clone().unbind()));
+        string
+    }
+}
+
+/// Per-worker environ state: the template and the caches.
 pub struct EnvironBuilder {
     template: Py<PyDict>,
     header_keys: HashMap<Bytes, Py<PyString>>,
     script_name: Vec<u8>,
+    server_name: Recent,
+    server_port: Recent,
+    remote_addr: Recent,
 }
 
 impl EnvironBuilder {
@@ -109,6 +132,9 @@ impl EnvironBuilder {
             template: template.unbind(),
             header_keys: HashMap::new(),
             script_name: script_name.into_bytes(),
+            server_name: Recent::default(),
+            server_port: Recent::default(),
+            remote_addr: Recent::default(),
         })
     }
 
@@ -118,10 +144,31 @@ impl EnvironBuilder {
             template: self.template.clone_ref(py),
             header_keys: HashMap::new(),
             script_name: self.script_name.clone(),
+            server_name: Recent::default(),
+            server_port: Recent::default(),
+            remote_addr: Recent::default(),
         }
     }
 
     fn header_key<'py>(&mut self, py: Python<'py>, name: &Bytes) -> Bound<'py, PyString> {
+        // The names of nearly every request, without hashing them.
+        let common = match &name[..] {
+            b"host" => Some(intern!(py, "HTTP_HOST")),
+            b"user-agent" => Some(intern!(py, "HTTP_USER_AGENT")),
+            b"accept" => Some(intern!(py, "HTTP_ACCEPT")),
+            b"accept-encoding" => Some(intern!(py, "HTTP_ACCEPT_ENCODING")),
+            b"accept-language" => Some(intern!(py, "HTTP_ACCEPT_LANGUAGE")),
+            b"connection" => Some(intern!(py, "HTTP_CONNECTION")),
+            b"cookie" => Some(intern!(py, "HTTP_COOKIE")),
+            b"x-request-id" => Some(intern!(py, "HTTP_X_REQUEST_ID")),
+            b"x-request-start" => Some(intern!(py, "HTTP_X_REQUEST_START")),
+            b"x-forwarded-for" => Some(intern!(py, "HTTP_X_FORWARDED_FOR")),
+            b"x-forwarded-proto" => Some(intern!(py, "HTTP_X_FORWARDED_PROTO")),
+            _ => None,
+        };
+        if let Some(key) = common {
+            return key.clone();
+        }
         if let Some(key) = self.header_keys.get(name) {
             return key.bind(py).clone();
         }
@@ -136,7 +183,10 @@ impl EnvironBuilder {
         }));
         let key = PyString::intern(py, &key);
         if self.header_keys.len() < HEADER_KEY_CACHE {
-            self.header_keys.insert(name.clone(), key.clone().unbind());
+            // A copy: the name is a slice of the buffer its request was read into, which
+            // it would keep alive for the worker's life.
+            let name = Bytes::copy_from_slice(name);
+            self.header_keys.insert(name, key.clone().unbind());
         }
         key
     }
@@ -179,12 +229,16 @@ impl EnvironBuilder {
         };
         let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode(path).into();
         environ.set_item(intern!(py, "PATH_INFO"), latin1(py, &decoded))?;
-        environ.set_item(intern!(py, "REMOTE_ADDR"), latin1(py, &head.remote_addr))?;
+        let remote_addr = self.remote_addr.get(py, &head.remote_addr);
+        environ.set_item(intern!(py, "REMOTE_ADDR"), remote_addr)?;
         if let Some(port) = head.remote_port {
-            environ.set_item(intern!(py, "REMOTE_PORT"), port.to_string())?;
+            let port = PyString::new(py, itoa::Buffer::new().format(port));
+            environ.set_item(intern!(py, "REMOTE_PORT"), port)?;
         }
-        let (mut server_name, mut server_port) =
-            (latin1(py, &head.server_name), latin1(py, &head.server_port));
+        let (mut server_name, mut server_port) = (
+            self.server_name.get(py, &head.server_name),
+            self.server_port.get(py, &head.server_port),
+        );
         for (name, value) in &head.headers {
             let key = match &name[..] {
                 b"content-type" => intern!(py, "CONTENT_TYPE").clone(),
