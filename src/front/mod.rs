@@ -381,6 +381,21 @@ async fn accept_loop(
         Some(_) => Scheme::Https,
         None => Scheme::Http,
     };
+    // SERVER_NAME and SERVER_PORT of a listener bound to one address are its own, the
+    // same for every connection: read once, not by a system call per connection.
+    let server: Option<(Arc<str>, Arc<str>)> = match &listener {
+        Accepting::Tcp(listener, _) => listener
+            .local_addr()
+            .ok()
+            .filter(|local| !local.ip().is_unspecified())
+            .map(|local| {
+                (
+                    local.ip().to_string().into(),
+                    local.port().to_string().into(),
+                )
+            }),
+        Accepting::Unix(..) => None,
+    };
     loop {
         // Beyond --max-connections, new connections wait in the listen backlog.
         let Ok(permit) = connections.clone().acquire_owned().await else {
@@ -389,13 +404,26 @@ async fn accept_loop(
         let accepted = match &listener {
             Accepting::Tcp(listener, addr) => listener.accept().await.map(|(stream, peer)| {
                 let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().ok();
+                let (server_name, server_port) = match &server {
+                    Some(server) => server.clone(),
+                    // A wildcard address: the connection's own says which was dialled.
+                    None => {
+                        let local = stream.local_addr().ok();
+                        (
+                            local
+                                .map_or_else(|| addr.to_string(), |a| a.ip().to_string())
+                                .into(),
+                            local
+                                .map(|a| a.port().to_string())
+                                .unwrap_or_default()
+                                .into(),
+                        )
+                    }
+                };
                 let info = ConnInfo {
                     remote: Some(peer),
-                    server_name: local
-                        .map(|a| a.ip().to_string())
-                        .unwrap_or_else(|| addr.to_string()),
-                    server_port: local.map(|a| a.port().to_string()).unwrap_or_default(),
+                    server_name,
+                    server_port,
                     scheme,
                     guard: Arc::default(),
                     budgets: shared.budgets.connection(),
@@ -412,8 +440,8 @@ async fn accept_loop(
                     Connection::Unix(stream),
                     ConnInfo {
                         remote: None,
-                        server_name: path,
-                        server_port: String::new(),
+                        server_name: path.into(),
+                        server_port: "".into(),
                         scheme,
                         guard: Arc::default(),
                         budgets: shared.budgets.connection(),

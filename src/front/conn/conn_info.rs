@@ -15,9 +15,9 @@ pub struct ConnInfo {
     /// The peer, for a TCP connection.
     pub remote: Option<SocketAddr>,
     /// SERVER_NAME: the listening socket's address (or the socket path).
-    pub server_name: String,
+    pub server_name: Arc<str>,
     /// SERVER_PORT: the listening socket's port (empty for a Unix socket).
-    pub server_port: String,
+    pub server_port: Arc<str>,
     /// The scheme the client connected with.
     pub scheme: Scheme,
     /// What the connection's guard found, shared with it.
