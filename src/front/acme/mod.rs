@@ -1,6 +1,14 @@
 //! Automatic HTTPS (`--acme`): certificates ordered from an ACME CA (RFC 8555) with the
-//! TLS-ALPN-01 challenge (RFC 8737) answered on the `--bind` listeners, kept in
-//! `--acme-cache`, and renewed at two thirds of their lifetime (or `--acme-renew-before`).
+//! TLS-ALPN-01 challenge (RFC 8737) answered on the `--bind` listeners or the HTTP-01
+//! challenge (RFC 8555 §8.3) on the `--redirect-http` ones, kept in `--acme-cache`, and
+//! renewed at two thirds of their lifetime (or `--acme-renew-before`).
+//!
+//! With a `--redirect-http` listener, HTTP-01 is tried first: it passes through anything
+//! that forwards plain HTTP to port 80, while TLS-ALPN-01 needs the handshake on port 443
+//! to reach rwsgi untouched (a load balancer or CDN that terminates TLS there breaks it),
+//! and every ACME CA offers HTTP-01 (TLS-ALPN-01 is optional). After a failed order the
+//! next attempt starts with the other type, so a host whose port 80 is blocked still gets
+//! its certificate over 443.
 //!
 //! It runs in the front tier, which owns the TLS config: one task per domain, one
 //! account per instance. The certificates it holds ([`Certificates`]) are read by the
@@ -38,6 +46,8 @@ pub struct Certificates {
     domains: Vec<String>,
     served: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// The HTTP-01 tokens being validated: token → (domain, key authorization).
+    tokens: RwLock<HashMap<String, (String, String)>>,
     /// The failed orders of each domain (in the order of `domains`), for the metrics.
     failures: Vec<AtomicU64>,
 }
@@ -61,6 +71,13 @@ impl Certificates {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         challenges.get(name).cloned()
+    }
+
+    /// The key authorization that answers the HTTP-01 `token` while its validation runs
+    /// (RFC 8555 §8.3).
+    pub fn key_authorization(&self, token: &str) -> Option<String> {
+        let tokens = self.tokens.read().unwrap_or_else(PoisonError::into_inner);
+        tokens.get(token).map(|(_, key_authorization)| key_authorization.clone())
     }
 
     /// Each domain with a certificate, and when it expires (seconds since the epoch).
@@ -99,6 +116,21 @@ impl Certificates {
             Some(certified) => challenges.insert(domain.to_string(), certified),
             None => challenges.remove(domain),
         };
+    }
+
+    fn set_token(&self, domain: &str, token: &str, key_authorization: &str) {
+        let mut tokens = self.tokens.write().unwrap_or_else(PoisonError::into_inner);
+        tokens.insert(
+            token.to_string(),
+            (domain.to_string(), key_authorization.to_string()),
+        );
+    }
+
+    /// Forgets `domain`'s challenges of either type once its order is over.
+    fn clear_challenges(&self, domain: &str) {
+        self.set_challenge(domain, None);
+        let mut tokens = self.tokens.write().unwrap_or_else(PoisonError::into_inner);
+        tokens.retain(|_, (of, _)| of != domain);
     }
 }
 
@@ -160,12 +192,15 @@ pub struct Acme {
     cache: Cache,
     certificates: Arc<Certificates>,
     account: tokio::sync::Mutex<Option<Account>>,
+    /// The challenge types to answer, the preferred first (see the module's comment).
+    challenge_types: Vec<ChallengeType>,
 }
 
 impl Acme {
     /// Loads the certificates still valid in the cache (served at once, no order) and
-    /// says what the server waits for.
-    pub fn new(settings: &AcmeSettings) -> Acme {
+    /// says what the server waits for. `http01`: a `--redirect-http` listener answers
+    /// the HTTP-01 challenge.
+    pub fn new(settings: &AcmeSettings, http01: bool) -> Acme {
         let cache = Cache::new(&settings.cache, &settings.directory);
         let certificates = Certificates {
             domains: settings.domains.clone(),
@@ -193,6 +228,11 @@ impl Acme {
             cache,
             certificates: Arc::new(certificates),
             account: tokio::sync::Mutex::new(None),
+            challenge_types: if http01 {
+                vec![ChallengeType::Http01, ChallengeType::TlsAlpn01]
+            } else {
+                vec![ChallengeType::TlsAlpn01]
+            },
         }
     }
 
@@ -223,7 +263,11 @@ impl Acme {
                     validity.until()
                 );
             }
-            match self.obtain(&domain).await {
+            // After a failure, the other challenge type first.
+            let mut types = self.challenge_types.clone();
+            let first = failures as usize % types.len();
+            types.rotate_left(first);
+            match self.obtain(&domain, &types).await {
                 Ok(validity) => {
                     failures = 0;
                     info!(
@@ -266,11 +310,12 @@ impl Acme {
         }
     }
 
-    /// One order for `domain`, from the new order to the certificate served and cached.
-    async fn obtain(&self, domain: &str) -> Result<Validity, String> {
+    /// One order for `domain`, from the new order to the certificate served and cached,
+    /// answering the first of `types` that the CA offers.
+    async fn obtain(&self, domain: &str, types: &[ChallengeType]) -> Result<Validity, String> {
         let account = self.account().await?;
-        let result = self.order(&account, domain).await;
-        self.certificates.set_challenge(domain, None);
+        let result = self.order(&account, domain, types).await;
+        self.certificates.clear_challenges(domain);
         let (key_pem, chain_pem) = result?;
         let path = self.cache.certificate(domain);
         let pem = format!("{key_pem}{chain_pem}");
@@ -286,15 +331,21 @@ impl Acme {
         Ok(validity)
     }
 
-    /// Runs the order: answers the TLS-ALPN-01 challenge, waits for validation, sends
-    /// the CSR. Gives the private key and the chain, both PEM.
-    async fn order(&self, account: &Account, domain: &str) -> Result<(String, String), String> {
+    /// Runs the order: answers the first of `types` the CA offers, waits for validation,
+    /// sends the CSR. Gives the private key and the chain, both PEM.
+    async fn order(
+        &self,
+        account: &Account,
+        domain: &str,
+        types: &[ChallengeType],
+    ) -> Result<(String, String), String> {
         let text = |err: instant_acme::Error| why(&err);
         let identifiers = [Identifier::Dns(domain.to_string())];
         let mut order = account
             .new_order(&NewOrder::new(&identifiers))
             .await
             .map_err(text)?;
+        let mut answered = None;
         let mut authorizations = order.authorizations();
         while let Some(result) = authorizations.next().await {
             let mut authorization = result.map_err(text)?;
@@ -303,22 +354,47 @@ impl Acme {
                 AuthorizationStatus::Valid => continue,
                 other => return Err(format!("the authorization is {other:?}")),
             }
+            let offered = |kind: &&ChallengeType| {
+                (authorization.challenges.iter()).any(|challenge| challenge.r#type == **kind)
+            };
+            let kind = types.iter().find(offered).cloned().ok_or_else(|| {
+                let names: Vec<&str> = types.iter().map(challenge_name).collect();
+                format!("the CA offers no {} challenge", names.join(" or "))
+            })?;
             let mut challenge = authorization
-                .challenge(ChallengeType::TlsAlpn01)
-                .ok_or("the CA offers no tls-alpn-01 challenge")?;
-            let digest = challenge.key_authorization().digest();
-            let certified = challenge::certificate(domain, digest.as_ref())?;
-            self.certificates.set_challenge(domain, Some(certified));
+                .challenge(kind.clone())
+                .ok_or("the challenge went away")?;
+            let key_authorization = challenge.key_authorization();
+            if kind == ChallengeType::Http01 {
+                let token = &challenge.token;
+                self.certificates
+                    .set_token(domain, token, key_authorization.as_str());
+            } else {
+                let digest = key_authorization.digest();
+                let certified = challenge::certificate(domain, digest.as_ref())?;
+                self.certificates.set_challenge(domain, Some(certified));
+            }
+            info!(
+                "ACME: answering the {} challenge for {domain}",
+                challenge_name(&kind)
+            );
             challenge.set_ready().await.map_err(text)?;
+            answered = Some(kind);
         }
         let retries = RetryPolicy::default().timeout(Duration::from_secs(120));
         let status = order.poll_ready(&retries).await.map_err(text)?;
         if status != OrderStatus::Ready {
             let why = match &order.state().error {
                 Some(problem) => problem.to_string(),
-                None => "the CA could not validate the tls-alpn-01 challenge (is DNS pointing \
-                         at this host, and port 443 reaching rwsgi?)"
-                    .to_string(),
+                None => match answered {
+                    Some(ChallengeType::Http01) => "the CA could not validate the http-01 \
+                        challenge (is DNS pointing at this host, and port 80 reaching the \
+                        --redirect-http listener?)"
+                        .to_string(),
+                    _ => "the CA could not validate the tls-alpn-01 challenge (is DNS pointing \
+                          at this host, and port 443 reaching rwsgi?)"
+                        .to_string(),
+                },
             };
             return Err(format!("the order is {status:?}: {why}"));
         }
@@ -377,6 +453,15 @@ impl Acme {
         };
         *slot = Some(account.clone());
         Ok(account)
+    }
+}
+
+/// A challenge type as RFC 8555 and RFC 8737 spell it.
+fn challenge_name(kind: &ChallengeType) -> &'static str {
+    match kind {
+        ChallengeType::Http01 => "http-01",
+        ChallengeType::TlsAlpn01 => "tls-alpn-01",
+        _ => "other",
     }
 }
 
