@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, LOCATION};
 use hyper::Method;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, LOCATION};
 use hyper::http::uri::Authority;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -97,17 +97,21 @@ pub async fn accept_loop(
     stop: Arc<Stop>,
     connections: Arc<Semaphore>,
 ) {
-    let builder = Arc::new(builder(header_timeout));
+    let service = Arc::new(Service {
+        target,
+        acme,
+        builder: builder(header_timeout),
+    });
     loop {
         let Ok(permit) = connections.clone().acquire_owned().await else {
             return;
         };
         let accepted = match &listener {
             Accepting::Tcp(listener, _) => listener.accept().await.map(|(stream, _)| {
-                tokio::spawn(serve(stream, target, acme.clone(), builder.clone(), &stop, permit));
+                tokio::spawn(serve(stream, service.clone(), &stop, permit));
             }),
             Accepting::Unix(listener, _) => listener.accept().await.map(|(stream, _)| {
-                tokio::spawn(serve(stream, target, acme.clone(), builder.clone(), &stop, permit));
+                tokio::spawn(serve(stream, service.clone(), &stop, permit));
             }),
         };
         if let Err(err) = accepted {
@@ -119,9 +123,7 @@ pub async fn accept_loop(
 
 fn serve<S>(
     stream: S,
-    target: Target,
-    acme: Option<Arc<Certificates>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: Arc<Service>,
     stop: &Stop,
     permit: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send + 'static
@@ -133,15 +135,14 @@ where
         let _permit = permit;
         let begun = Arc::new(AtomicBool::new(false));
         let begins = begun.clone();
-        let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+        let answers = service.clone();
+        let handler = service_fn(move |request: Request<hyper::body::Incoming>| {
             begins.store(true, Ordering::Relaxed);
-            let response = (acme.as_deref())
-                .and_then(|acme| challenge(acme, &request))
-                .unwrap_or_else(|| respond(target.location(&request)));
+            let response = answers.answer(&request);
             async move { Ok::<_, Infallible>(response) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
+        let connection = (service.builder)
+            .serve_connection(TokioIo::new(stream), handler)
             .into_owned();
         // Its HTTP/1 connections are closed by hyper's own timers, never as idle here.
         let idle = std::future::pending();
@@ -151,6 +152,21 @@ where
         {
             debug!("redirect connection ended with an error: {err}");
         }
+    }
+}
+
+/// What a redirect listener answers, and its connections' settings.
+struct Service {
+    target: Target,
+    acme: Option<Arc<Certificates>>,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Service {
+    fn answer<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        (self.acme.as_deref())
+            .and_then(|acme| challenge(acme, request))
+            .unwrap_or_else(|| respond(self.target.location(request)))
     }
 }
 
