@@ -407,8 +407,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub acme_cache: Option<PathBuf>,
 
-    /// Renew each --acme certificate when it has less than SECONDS left. [default: a
-    /// third of its lifetime (30 days of Let's Encrypt's 90)]
+    /// Renew each --acme certificate when it has less than SECONDS left. [default: inside
+    /// the CA's ARI renewal window, else with a third of its lifetime left]
     #[arg(long, value_name = "SECONDS")]
     pub acme_renew_before: Option<u64>,
     // -- static files, internal redirects, compression --

@@ -1,12 +1,13 @@
 """Automatic HTTPS (--acme) against a real ACME server: Debian's `pebble` (Let's
 Encrypt's test CA), with `pebble-challtestsrv` as the DNS server that points the test
 domains at 127.0.0.1. Both run on 127.0.0.1 only, with pebble's own TLS certificate made
-by openssl here; pebble validates TLS-ALPN-01 on rwsgi's port, and rejects 5% of nonces
-on purpose (the client must retry). scripts/test installs pebble with apt.
+by openssl here; pebble validates TLS-ALPN-01 on rwsgi's port and HTTP-01 on its
+--redirect-http port, and rejects 5% of nonces on purpose (the client must retry). scripts/test installs pebble with apt.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -44,9 +46,10 @@ def wait_for_file(path: Path, text: str, proc: subprocess.Popen, timeout: float 
 
 
 class Pebble:
-    """pebble and its DNS server, on 127.0.0.1, validating on `rwsgi_port`."""
+    """pebble and its DNS server, on 127.0.0.1, validating TLS-ALPN-01 on `rwsgi_port` and
+    HTTP-01 on `http_port` (a port nothing listens on when not given)."""
 
-    def __init__(self, tmp: Path, rwsgi_port: int):
+    def __init__(self, tmp: Path, rwsgi_port: int, http_port: int | None = None):
         self.tmp = tmp
         self.cert = tmp / "pebble.pem"
         key = tmp / "pebble.key"
@@ -65,7 +68,7 @@ class Pebble:
             "listenAddress": f"127.0.0.1:{self.port}",
             "managementListenAddress": f"127.0.0.1:{self.management}",
             "certificate": str(self.cert), "privateKey": str(key),
-            "httpPort": free_port(), "tlsPort": rwsgi_port,
+            "httpPort": http_port or free_port(), "tlsPort": rwsgi_port,
             "ocspResponderURL": "", "externalAccountBindingRequired": False,
         }}))
         self.dns_log = tmp / "dns.log"
@@ -105,8 +108,8 @@ class Pebble:
 def pebble_for(tmp_path):
     started: list[Pebble] = []
 
-    def start(rwsgi_port: int) -> Pebble:
-        pebble = Pebble(tmp_path, rwsgi_port)
+    def start(rwsgi_port: int, http_port: int | None = None) -> Pebble:
+        pebble = Pebble(tmp_path, rwsgi_port, http_port)
         started.append(pebble)
         return pebble
 
@@ -154,18 +157,7 @@ def test_first_order_over_tls_alpn_01_and_a_restart_reuses_the_cache(serve, pebb
     server.wait_for_log(f"ACME: no certificate for {DOMAIN} yet")
     server.wait_for_log(f"ACME: obtained a certificate for {DOMAIN}", timeout=60)
     root = pebble.root()
-    # openssl and curl both verify it against pebble's root.
-    proc = subprocess.run(["openssl", "s_client", "-brief", "-connect", f"127.0.0.1:{port}",
-                           "-servername", DOMAIN, "-verify_hostname", DOMAIN,
-                           "-verify_return_error", "-CAfile", str(root)],
-                          input="", capture_output=True, text=True, timeout=15)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Verification: OK" in proc.stdout + proc.stderr
-    curl = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(root),
-                           "--resolve", f"{DOMAIN}:{port}:127.0.0.1",
-                           f"https://{DOMAIN}:{port}/"],
-                          capture_output=True, text=True, timeout=15)
-    assert (curl.returncode, curl.stdout) == (0, "Hello, World!\n"), curl.stderr
+    assert_verified(port, root)
     first = served_certificate(port, DOMAIN, root)
 
     # The metrics give the served certificate's notAfter, and no failure.
@@ -191,6 +183,78 @@ def test_first_order_over_tls_alpn_01_and_a_restart_reuses_the_cache(serve, pebb
     assert served_certificate(port, DOMAIN, root) == first
     assert "obtained a certificate" not in again.log
     assert "ordering one" not in again.log
+
+
+def plain_request(port: int, method: str, path: str, host: str) -> tuple[int, Message, bytes]:
+    """`method` `path` over plain HTTP: the status, the headers and the body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=b"x" if method == "POST" else None,
+                     headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        conn.close()
+
+
+def assert_verified(port: int, root: Path):
+    """openssl and curl both verify DOMAIN's certificate on `port` against `root`."""
+    proc = subprocess.run(["openssl", "s_client", "-brief", "-connect", f"127.0.0.1:{port}",
+                           "-servername", DOMAIN, "-verify_hostname", DOMAIN,
+                           "-verify_return_error", "-CAfile", str(root)],
+                          input="", capture_output=True, text=True, timeout=15)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Verification: OK" in proc.stdout + proc.stderr
+    curl = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(root),
+                           "--resolve", f"{DOMAIN}:{port}:127.0.0.1",
+                           f"https://{DOMAIN}:{port}/"],
+                          capture_output=True, text=True, timeout=15)
+    assert (curl.returncode, curl.stdout) == (0, "Hello, World!\n"), curl.stderr
+
+
+def test_first_order_over_http_01_on_the_redirect_listener(serve, pebble_for, tmp_path):
+    port = free_port()
+    http_port = free_port()
+    # pebble validates TLS-ALPN-01 on a port nothing listens on: only HTTP-01, fetched
+    # from the --redirect-http listener, can pass.
+    pebble = pebble_for(free_port(), http_port=http_port)
+    server = serve("basic:hello", *acme_args(pebble, tmp_path / "cache", DOMAIN),
+                   "--redirect-http", f"127.0.0.1:{http_port}", workers=1,
+                   bind=f"127.0.0.1:{port}", port=port)
+    server.wait_for_log(f"ACME: answering the http-01 challenge for {DOMAIN}", timeout=30)
+    server.wait_for_log(f"ACME: obtained a certificate for {DOMAIN}", timeout=60)
+    # The first order passed: no failure, no fallback to the other challenge.
+    assert "tls-alpn-01" not in server.log and "cannot obtain" not in server.log, server.log
+    assert_verified(port, pebble.root())
+    # Debian's pebble offers no renewal information (RFC 9773 ARI): the renewal is set
+    # two thirds into the certificate's life, and the log says why.
+    server.wait_for_log(f"ACME: the certificate for {DOMAIN} is to be renewed at .* \\(two "
+                        "thirds into its life: no renewal window from the CA: its directory "
+                        "offers none\\)")
+
+    # The challenge path answers only tokens of an order in progress; every other path
+    # still redirects, and so does a challenge path sent with another method.
+    unknown = "/.well-known/acme-challenge/nosuchtoken"
+    status, headers, body = plain_request(http_port, "GET", unknown, DOMAIN)
+    assert (status, body, headers["Location"]) == (404, b"", None), headers
+    for method, path in [("GET", "/.well-known/other?x=1"), ("GET", "/"), ("POST", unknown)]:
+        status, headers, _ = plain_request(http_port, method, path, DOMAIN)
+        assert (status, headers["Location"]) == (308, f"https://{DOMAIN}:{port}{path}")
+
+
+def test_a_failed_http_01_order_is_tried_again_over_tls_alpn_01(serve, pebble_for, tmp_path):
+    port = free_port()
+    # pebble looks for HTTP-01 tokens on a port nothing listens on: the first order
+    # fails, the next one (after the first backoff, about 10 s) passes over TLS-ALPN-01.
+    pebble = pebble_for(port)
+    server = serve("basic:hello", *acme_args(pebble, tmp_path / "cache", DOMAIN),
+                   "--redirect-http", f"127.0.0.1:{free_port()}", workers=1,
+                   bind=f"127.0.0.1:{port}", port=port)
+    log = server.wait_for_log(f"ACME: cannot obtain a certificate for {DOMAIN}", timeout=30)
+    assert f"answering the http-01 challenge for {DOMAIN}" in log, log
+    server.wait_for_log(f"ACME: answering the tls-alpn-01 challenge for {DOMAIN}", timeout=30)
+    server.wait_for_log(f"ACME: obtained a certificate for {DOMAIN}", timeout=60)
+    assert_verified(port, pebble.root())
 
 
 def test_a_ca_that_cannot_be_reached_is_a_warning_and_the_cached_certificate_stays(

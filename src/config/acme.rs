@@ -31,8 +31,8 @@ pub struct AcmeSettings {
     pub ca_root: Option<PathBuf>,
     /// `--acme-cache`: the account and certificates (absolute).
     pub cache: PathBuf,
-    /// `--acme-renew-before`: renew with this many seconds left (`None`: a third of
-    /// the certificate's lifetime).
+    /// `--acme-renew-before`: renew with this many seconds left (`None`: inside the
+    /// CA's ARI window, else with a third of the certificate's lifetime left).
     pub renew_before: Option<u64>,
 }
 

@@ -190,9 +190,10 @@ async fn serve(
     // run in the background.
     let acme = (settings.tls.as_ref())
         .and_then(|tls| tls.acme.as_ref())
-        .map(|acme| Arc::new(acme::Acme::new(acme)));
+        .map(|acme| Arc::new(acme::Acme::new(acme, !settings.redirect_http.is_empty())));
+    let acme_certificates = acme.as_ref().map(|acme| acme.certificates());
     let tls = (settings.tls.as_ref())
-        .map(|tls| tls::Tls::new(tls, acme.as_ref().map(|acme| acme.certificates())))
+        .map(|tls| tls::Tls::new(tls, acme_certificates.clone()))
         .transpose()
         .map_err(FrontError::Tls)?
         .map(Arc::new);
@@ -247,6 +248,7 @@ async fn serve(
         accept_tasks.push(tokio::spawn(redirect::accept_loop(
             listener,
             target,
+            acme_certificates.clone(),
             settings.limits.header_timeout,
             stop.clone(),
             connections.clone(),

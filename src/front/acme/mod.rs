@@ -1,6 +1,15 @@
 //! Automatic HTTPS (`--acme`): certificates ordered from an ACME CA (RFC 8555) with the
-//! TLS-ALPN-01 challenge (RFC 8737) answered on the `--bind` listeners, kept in
-//! `--acme-cache`, and renewed at two thirds of their lifetime (or `--acme-renew-before`).
+//! TLS-ALPN-01 challenge (RFC 8737) answered on the `--bind` listeners or the HTTP-01
+//! challenge (RFC 8555 §8.3) on the `--redirect-http` ones, kept in `--acme-cache`, and
+//! renewed inside the CA's renewal window when its directory offers ARI (RFC 9773), else
+//! at two thirds of their lifetime (or always `--acme-renew-before`, when given).
+//!
+//! With a `--redirect-http` listener, HTTP-01 is tried first: it passes through anything
+//! that forwards plain HTTP to port 80, while TLS-ALPN-01 needs the handshake on port 443
+//! to reach rwsgi untouched (a load balancer or CDN that terminates TLS there breaks it),
+//! and every ACME CA offers HTTP-01 (TLS-ALPN-01 is optional). After a failed order the
+//! next attempt starts with the other type, so a host whose port 80 is blocked still gets
+//! its certificate over 443.
 //!
 //! It runs in the front tier, which owns the TLS config: one task per domain, one
 //! account per instance. The certificates it holds ([`Certificates`]) are read by the
@@ -18,8 +27,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-    RetryPolicy,
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls::sign::CertifiedKey;
 use tracing::{error, info, warn};
@@ -38,6 +47,8 @@ pub struct Certificates {
     domains: Vec<String>,
     served: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// The HTTP-01 tokens being validated: token → (domain, key authorization).
+    tokens: RwLock<HashMap<String, (String, String)>>,
     /// The failed orders of each domain (in the order of `domains`), for the metrics.
     failures: Vec<AtomicU64>,
 }
@@ -61,6 +72,15 @@ impl Certificates {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         challenges.get(name).cloned()
+    }
+
+    /// The key authorization that answers the HTTP-01 `token` while its validation runs
+    /// (RFC 8555 §8.3).
+    pub fn key_authorization(&self, token: &str) -> Option<String> {
+        let tokens = self.tokens.read().unwrap_or_else(PoisonError::into_inner);
+        tokens
+            .get(token)
+            .map(|(_, key_authorization)| key_authorization.clone())
     }
 
     /// Each domain with a certificate, and when it expires (seconds since the epoch).
@@ -99,6 +119,21 @@ impl Certificates {
             Some(certified) => challenges.insert(domain.to_string(), certified),
             None => challenges.remove(domain),
         };
+    }
+
+    fn set_token(&self, domain: &str, token: &str, key_authorization: &str) {
+        let mut tokens = self.tokens.write().unwrap_or_else(PoisonError::into_inner);
+        tokens.insert(
+            token.to_string(),
+            (domain.to_string(), key_authorization.to_string()),
+        );
+    }
+
+    /// Forgets `domain`'s challenges of either type once its order is over.
+    fn clear_challenges(&self, domain: &str) {
+        self.set_challenge(domain, None);
+        let mut tokens = self.tokens.write().unwrap_or_else(PoisonError::into_inner);
+        tokens.retain(|_, (of, _)| of != domain);
     }
 }
 
@@ -139,8 +174,53 @@ impl Validity {
     }
 
     fn until(&self) -> String {
-        httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(self.not_after.max(0) as u64))
+        date(self.not_after)
     }
+}
+
+/// A CA's suggested renewal window (RFC 9773 §4.2), in seconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    start: i64,
+    end: i64,
+}
+
+impl Window {
+    /// The time to renew at, `permille` thousandths into the window: RFC 9773 §4.2
+    /// recommends a uniformly random time within it, so that the CA's load is spread.
+    /// One already past means at once.
+    fn pick(&self, permille: u64) -> i64 {
+        let span = (self.end - self.start).max(0);
+        self.start + span.saturating_mul(permille.min(1000) as i64) / 1000
+    }
+}
+
+/// What the renewal of one certificate waits for.
+struct Schedule {
+    /// When to renew, in seconds since the epoch.
+    at: i64,
+    /// How it was chosen, for the log.
+    how: String,
+    /// When to ask the CA's renewal information again, which may move the window.
+    recheck: Option<Duration>,
+    /// The certificate's ARI identifier, when the CA's window set the time: the new
+    /// order names it as the one it replaces (RFC 9773 §5).
+    replaces: Option<CertificateIdentifier<'static>>,
+}
+
+/// How often to ask for renewal information again: the CA's Retry-After, but no more
+/// often than each minute and at least each day (RFC 9773 §4.3.2 advises such limits).
+fn recheck_after(retry_after: Duration) -> Duration {
+    retry_after.clamp(Duration::from_secs(60), Duration::from_secs(86400))
+}
+
+/// When asking for renewal information failed for a passing reason (not a CA without
+/// ARI), it is asked again after this long.
+const ARI_RETRY: Duration = Duration::from_secs(6 * 3600);
+
+/// `secs` since the epoch as an HTTP date.
+fn date(secs: i64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
 }
 
 /// When `certified` expires (its notAfter), in seconds since the epoch.
@@ -160,12 +240,15 @@ pub struct Acme {
     cache: Cache,
     certificates: Arc<Certificates>,
     account: tokio::sync::Mutex<Option<Account>>,
+    /// The challenge types to answer, the preferred first (see the module's comment).
+    challenge_types: Vec<ChallengeType>,
 }
 
 impl Acme {
     /// Loads the certificates still valid in the cache (served at once, no order) and
-    /// says what the server waits for.
-    pub fn new(settings: &AcmeSettings) -> Acme {
+    /// says what the server waits for. `http01`: a `--redirect-http` listener answers
+    /// the HTTP-01 challenge.
+    pub fn new(settings: &AcmeSettings, http01: bool) -> Acme {
         let cache = Cache::new(&settings.cache, &settings.directory);
         let certificates = Certificates {
             domains: settings.domains.clone(),
@@ -193,6 +276,11 @@ impl Acme {
             cache,
             certificates: Arc::new(certificates),
             account: tokio::sync::Mutex::new(None),
+            challenge_types: if http01 {
+                vec![ChallengeType::Http01, ChallengeType::TlsAlpn01]
+            } else {
+                vec![ChallengeType::TlsAlpn01]
+            },
         }
     }
 
@@ -215,15 +303,21 @@ impl Acme {
         loop {
             let current = self.certificates.get(&domain);
             let validity = current.as_deref().and_then(Validity::of);
-            if let Some(validity) = validity {
-                let wait = (validity.renew_at(self.settings.renew_before) - now()).max(0) as u64;
-                tokio::time::sleep(Duration::from_secs(wait)).await;
+            let mut replaces = None;
+            if let (Some(certified), Some(validity)) = (&current, validity) {
+                replaces = self.until_renewal(&domain, certified, validity).await;
                 info!(
                     "ACME: renewing the certificate for {domain} (valid until {})",
                     validity.until()
                 );
             }
-            match self.obtain(&domain).await {
+            // After a failure, the other challenge type first; and no `replaces`, which
+            // the CA may have refused (RFC 9773 §5: alreadyReplaced).
+            let mut types = self.challenge_types.clone();
+            let first = failures as usize % types.len();
+            types.rotate_left(first);
+            let replaces = replaces.filter(|_| failures == 0);
+            match self.obtain(&domain, &types, replaces).await {
                 Ok(validity) => {
                     failures = 0;
                     info!(
@@ -266,11 +360,132 @@ impl Acme {
         }
     }
 
-    /// One order for `domain`, from the new order to the certificate served and cached.
-    async fn obtain(&self, domain: &str) -> Result<Validity, String> {
+    /// Sleeps until `certified` (valid for `validity`) is due for renewal, and logs when
+    /// that is and why. Gives the ARI identifier for the new order's `replaces`.
+    async fn until_renewal(
+        &self,
+        domain: &str,
+        certified: &CertifiedKey,
+        validity: Validity,
+    ) -> Option<CertificateIdentifier<'static>> {
+        let mut picked: Option<(Window, i64)> = None;
+        let mut said = None;
+        loop {
+            let schedule = self.schedule(certified, validity, &mut picked).await;
+            if said != Some(schedule.at) {
+                info!(
+                    "ACME: the certificate for {domain} is to be renewed at {} ({})",
+                    date(schedule.at),
+                    schedule.how
+                );
+                said = Some(schedule.at);
+            }
+            let wait = Duration::from_secs((schedule.at - now()).max(0) as u64);
+            match schedule.recheck {
+                Some(recheck) if recheck < wait => tokio::time::sleep(recheck).await,
+                _ => {
+                    tokio::time::sleep(wait).await;
+                    return schedule.replaces;
+                }
+            }
+        }
+    }
+
+    /// When to renew `certified`: `--acme-renew-before` when given, else a time inside
+    /// the CA's ARI window (the same one while the window stays, `picked`), else two
+    /// thirds into its life.
+    async fn schedule(
+        &self,
+        certified: &CertifiedKey,
+        validity: Validity,
+        picked: &mut Option<(Window, i64)>,
+    ) -> Schedule {
+        let fallback = |how: String, recheck| Schedule {
+            at: validity.renew_at(self.settings.renew_before),
+            how,
+            recheck,
+            replaces: None,
+        };
+        if let Some(before) = self.settings.renew_before {
+            return fallback(
+                format!("{before}s before it expires, as --acme-renew-before says"),
+                None,
+            );
+        }
+        match self.renewal_info(certified).await {
+            Ok((replaces, window, retry_after)) => {
+                let at = match *picked {
+                    Some((seen, at)) if seen == window => at,
+                    _ => window.pick(permille()),
+                };
+                *picked = Some((window, at));
+                Schedule {
+                    at,
+                    how: format!(
+                        "inside the CA's renewal window (ARI), {} to {}",
+                        date(window.start),
+                        date(window.end)
+                    ),
+                    recheck: Some(recheck_after(retry_after)),
+                    replaces: Some(replaces),
+                }
+            }
+            // A window seen before stays good while the CA cannot be asked.
+            Err((_, true)) if picked.is_some() => Schedule {
+                at: picked.map_or(0, |(_, at)| at),
+                how: String::new(),
+                recheck: Some(ARI_RETRY),
+                replaces: None,
+            },
+            Err((why, passing)) => fallback(
+                format!("two thirds into its life: no renewal window from the CA: {why}"),
+                passing.then_some(ARI_RETRY),
+            ),
+        }
+    }
+
+    /// The CA's renewal information for `certified` (RFC 9773 §4): its identifier, its
+    /// window and when to ask again. The error says whether it may pass (true), or the
+    /// CA has no ARI or the certificate cannot be named (false).
+    async fn renewal_info(
+        &self,
+        certified: &CertifiedKey,
+    ) -> Result<(CertificateIdentifier<'static>, Window, Duration), (String, bool)> {
+        let der = (certified.end_entity_cert()).map_err(|err| (format!("{err:?}"), false))?;
+        let id = CertificateIdentifier::try_from(der)
+            .map_err(|err| (err, false))?
+            .into_owned();
+        let account = self.account().await.map_err(|err| (err, true))?;
+        let (info, retry_after) = match account.renewal_info(&id).await {
+            Ok(answer) => answer,
+            Err(instant_acme::Error::Unsupported(_)) => {
+                return Err(("its directory offers none".to_string(), false));
+            }
+            Err(err) => return Err((why(&err), true)),
+        };
+        let window = Window {
+            start: info.suggested_window.start.unix_timestamp(),
+            end: info.suggested_window.end.unix_timestamp(),
+        };
+        // RFC 9773 §4.2: the end must come after the start.
+        if window.end < window.start {
+            return Err(("its window ends before it starts".to_string(), true));
+        }
+        Ok((id, window, retry_after))
+    }
+
+    /// One order for `domain`, from the new order to the certificate served and cached,
+    /// answering the first of `types` that the CA offers; `replaces`: the certificate
+    /// it renews, named to a CA with ARI.
+    async fn obtain(
+        &self,
+        domain: &str,
+        types: &[ChallengeType],
+        replaces: Option<CertificateIdentifier<'static>>,
+    ) -> Result<Validity, String> {
         let account = self.account().await?;
-        let result = self.order(&account, domain).await;
-        self.certificates.set_challenge(domain, None);
+        let result = self.order(&account, domain, types, replaces).await;
+        self.certificates.clear_challenges(domain);
         let (key_pem, chain_pem) = result?;
         let path = self.cache.certificate(domain);
         let pem = format!("{key_pem}{chain_pem}");
@@ -286,15 +501,23 @@ impl Acme {
         Ok(validity)
     }
 
-    /// Runs the order: answers the TLS-ALPN-01 challenge, waits for validation, sends
-    /// the CSR. Gives the private key and the chain, both PEM.
-    async fn order(&self, account: &Account, domain: &str) -> Result<(String, String), String> {
+    /// Runs the order: answers the first of `types` the CA offers, waits for validation,
+    /// sends the CSR. Gives the private key and the chain, both PEM.
+    async fn order(
+        &self,
+        account: &Account,
+        domain: &str,
+        types: &[ChallengeType],
+        replaces: Option<CertificateIdentifier<'static>>,
+    ) -> Result<(String, String), String> {
         let text = |err: instant_acme::Error| why(&err);
         let identifiers = [Identifier::Dns(domain.to_string())];
-        let mut order = account
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .map_err(text)?;
+        let mut new_order = NewOrder::new(&identifiers);
+        if let Some(replaces) = replaces {
+            new_order = new_order.replaces(replaces);
+        }
+        let mut order = account.new_order(&new_order).await.map_err(text)?;
+        let mut answered = None;
         let mut authorizations = order.authorizations();
         while let Some(result) = authorizations.next().await {
             let mut authorization = result.map_err(text)?;
@@ -303,22 +526,47 @@ impl Acme {
                 AuthorizationStatus::Valid => continue,
                 other => return Err(format!("the authorization is {other:?}")),
             }
+            let offered = |kind: &&ChallengeType| {
+                (authorization.challenges.iter()).any(|challenge| challenge.r#type == **kind)
+            };
+            let kind = types.iter().find(offered).cloned().ok_or_else(|| {
+                let names: Vec<&str> = types.iter().map(challenge_name).collect();
+                format!("the CA offers no {} challenge", names.join(" or "))
+            })?;
             let mut challenge = authorization
-                .challenge(ChallengeType::TlsAlpn01)
-                .ok_or("the CA offers no tls-alpn-01 challenge")?;
-            let digest = challenge.key_authorization().digest();
-            let certified = challenge::certificate(domain, digest.as_ref())?;
-            self.certificates.set_challenge(domain, Some(certified));
+                .challenge(kind.clone())
+                .ok_or("the challenge went away")?;
+            let key_authorization = challenge.key_authorization();
+            if kind == ChallengeType::Http01 {
+                let token = &challenge.token;
+                self.certificates
+                    .set_token(domain, token, key_authorization.as_str());
+            } else {
+                let digest = key_authorization.digest();
+                let certified = challenge::certificate(domain, digest.as_ref())?;
+                self.certificates.set_challenge(domain, Some(certified));
+            }
+            info!(
+                "ACME: answering the {} challenge for {domain}",
+                challenge_name(&kind)
+            );
             challenge.set_ready().await.map_err(text)?;
+            answered = Some(kind);
         }
         let retries = RetryPolicy::default().timeout(Duration::from_secs(120));
         let status = order.poll_ready(&retries).await.map_err(text)?;
         if status != OrderStatus::Ready {
             let why = match &order.state().error {
                 Some(problem) => problem.to_string(),
-                None => "the CA could not validate the tls-alpn-01 challenge (is DNS pointing \
-                         at this host, and port 443 reaching rwsgi?)"
-                    .to_string(),
+                None => match answered {
+                    Some(ChallengeType::Http01) => "the CA could not validate the http-01 \
+                        challenge (is DNS pointing at this host, and port 80 reaching the \
+                        --redirect-http listener?)"
+                        .to_string(),
+                    _ => "the CA could not validate the tls-alpn-01 challenge (is DNS pointing \
+                          at this host, and port 443 reaching rwsgi?)"
+                        .to_string(),
+                },
             };
             return Err(format!("the order is {status:?}: {why}"));
         }
@@ -380,6 +628,15 @@ impl Acme {
     }
 }
 
+/// A challenge type as RFC 8555 and RFC 8737 spell it.
+fn challenge_name(kind: &ChallengeType) -> &'static str {
+    match kind {
+        ChallengeType::Http01 => "http-01",
+        ChallengeType::TlsAlpn01 => "tls-alpn-01",
+        _ => "other",
+    }
+}
+
 /// An error with its causes ("client error (Connect): tcp connect error: Connection
 /// refused"): hyper's own message alone does not say what went wrong.
 fn why(err: &dyn std::error::Error) -> String {
@@ -429,11 +686,16 @@ fn backoff(failures: u32) -> Duration {
     let base = 10u64
         .saturating_mul(1 << failures.saturating_sub(1).min(9))
         .min(3600);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    let jitter = base * (nanos % 500) / 1000; // 0 to half of base
+    let jitter = base * (permille() / 2) / 1000; // 0 to half of base
     Duration::from_secs(base - base / 4 + jitter)
+}
+
+/// A number from 0 to 999 that differs from call to call (the clock's nanoseconds):
+/// enough to spread retries and renewals, with no random number generator.
+fn permille() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64 % 1000)
 }
 
 #[cfg(test)]
@@ -450,6 +712,33 @@ mod tests {
         assert_eq!(v.renew_at(Some(10)), 80);
         // A window longer than the life renews at once.
         assert!(v.renew_at(Some(u64::MAX)) < 0);
+    }
+
+    #[test]
+    fn an_ari_window_is_renewed_inside() {
+        let window = Window {
+            start: 1000,
+            end: 2000,
+        };
+        assert_eq!(window.pick(0), 1000);
+        assert_eq!(window.pick(500), 1500);
+        assert_eq!(window.pick(999), 1999);
+        assert_eq!(window.pick(5000), 2000);
+        for _ in 0..100 {
+            let at = window.pick(permille());
+            assert!((1000..2000).contains(&at), "{at}");
+        }
+        // A window of one instant, or one reversed (refused before it gets here).
+        let point = Window { start: 7, end: 7 };
+        assert_eq!(point.pick(700), 7);
+    }
+
+    #[test]
+    fn ari_is_asked_again_within_a_minute_and_a_day() {
+        let secs = |s: u64| recheck_after(Duration::from_secs(s)).as_secs();
+        assert_eq!(secs(0), 60);
+        assert_eq!(secs(6 * 3600), 6 * 3600);
+        assert_eq!(secs(30 * 86400), 86400);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //! Nothing else is served here and no worker is involved, so a request never reaches
 //! the application over plain HTTP. A request that names no valid host (no Host
-//! header, or a malformed one) gets 400: there is nowhere to send it.
+//! header, or a malformed one) gets 400: there is nowhere to send it. With `--acme`,
+//! `GET /.well-known/acme-challenge/TOKEN` answers the HTTP-01 challenge (RFC 8555
+//! §8.3) instead: the key authorization of an order in progress, else 404.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::Method;
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, LOCATION};
 use hyper::http::uri::Authority;
 use hyper::service::service_fn;
@@ -25,6 +28,10 @@ use tracing::{debug, warn};
 use super::stopping::Stop;
 use crate::config::BindAddr;
 use crate::front::Accepting;
+use crate::front::acme::Certificates;
+
+/// Where the CA fetches an HTTP-01 token (RFC 8555 §8.3).
+const CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
 
 /// Where redirects point: the port of the HTTPS listener.
 #[derive(Debug, Clone, Copy)]
@@ -80,25 +87,31 @@ fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
 }
 
 /// Accepts connections on a `--redirect-http` listener until the task is aborted; they
-/// count against --max-connections like any other.
+/// count against --max-connections like any other. `acme`: the HTTP-01 tokens to
+/// answer, with `--acme`.
 pub async fn accept_loop(
     listener: Accepting,
     target: Target,
+    acme: Option<Arc<Certificates>>,
     header_timeout: Duration,
     stop: Arc<Stop>,
     connections: Arc<Semaphore>,
 ) {
-    let builder = Arc::new(builder(header_timeout));
+    let service = Arc::new(Service {
+        target,
+        acme,
+        builder: builder(header_timeout),
+    });
     loop {
         let Ok(permit) = connections.clone().acquire_owned().await else {
             return;
         };
         let accepted = match &listener {
             Accepting::Tcp(listener, _) => listener.accept().await.map(|(stream, _)| {
-                tokio::spawn(serve(stream, target, builder.clone(), &stop, permit));
+                tokio::spawn(serve(stream, service.clone(), &stop, permit));
             }),
             Accepting::Unix(listener, _) => listener.accept().await.map(|(stream, _)| {
-                tokio::spawn(serve(stream, target, builder.clone(), &stop, permit));
+                tokio::spawn(serve(stream, service.clone(), &stop, permit));
             }),
         };
         if let Err(err) = accepted {
@@ -110,8 +123,7 @@ pub async fn accept_loop(
 
 fn serve<S>(
     stream: S,
-    target: Target,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: Arc<Service>,
     stop: &Stop,
     permit: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send + 'static
@@ -123,13 +135,14 @@ where
         let _permit = permit;
         let begun = Arc::new(AtomicBool::new(false));
         let begins = begun.clone();
-        let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+        let answers = service.clone();
+        let handler = service_fn(move |request: Request<hyper::body::Incoming>| {
             begins.store(true, Ordering::Relaxed);
-            let response = respond(target.location(&request));
+            let response = answers.answer(&request);
             async move { Ok::<_, Infallible>(response) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
+        let connection = (service.builder)
+            .serve_connection(TokioIo::new(stream), handler)
             .into_owned();
         // Its HTTP/1 connections are closed by hyper's own timers, never as idle here.
         let idle = std::future::pending();
@@ -140,6 +153,41 @@ where
             debug!("redirect connection ended with an error: {err}");
         }
     }
+}
+
+/// What a redirect listener answers, and its connections' settings.
+struct Service {
+    target: Target,
+    acme: Option<Arc<Certificates>>,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Service {
+    fn answer<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        (self.acme.as_deref())
+            .and_then(|acme| challenge(acme, request))
+            .unwrap_or_else(|| respond(self.target.location(request)))
+    }
+}
+
+/// The answer to an HTTP-01 validation, or None when `request` is not one.
+fn challenge<B>(acme: &Certificates, request: &Request<B>) -> Option<Response<Full<Bytes>>> {
+    let token = request.uri().path().strip_prefix(CHALLENGE_PATH)?;
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let (status, body) = match acme.key_authorization(token) {
+        // RFC 8555 §8.3: the body is exactly the key authorization.
+        Some(key_authorization) => (StatusCode::OK, key_authorization),
+        None => (StatusCode::NOT_FOUND, String::new()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(response)
 }
 
 fn respond(location: Option<String>) -> Response<Full<Bytes>> {
