@@ -134,7 +134,8 @@ impl AcmeSettings {
 }
 
 /// One `--acme` value as a DNS name (RFC 1035 §2.3.1 letters, digits and hyphens, in
-/// labels of 1 to 63). No wildcard: TLS-ALPN-01 cannot prove one (RFC 8737 §3).
+/// labels of 1 to 63). No wildcard: neither TLS-ALPN-01 (RFC 8737 §3) nor HTTP-01
+/// (RFC 8555 §8.3) can prove one.
 fn domain(text: &str) -> Result<String, ConfigError> {
     let name = text.trim_end_matches('.').to_ascii_lowercase();
     let refuse = |why: &str| ConfigError::new("--acme", format!("{text:?}: {why}"));
