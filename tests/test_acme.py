@@ -385,3 +385,38 @@ def test_acme_flags_are_checked_before_the_start(serve, tmp_path):
                        wait=False)
         assert server.wait() != 0
         assert says in server.log, (args, server.log)
+
+
+def test_instances_sharing_a_cache_take_the_certificate_another_renewed(
+        serve, pebble_for, tmp_path):
+    """Two instances with one --acme-cache: the one whose renewal comes second finds the
+    certificate the first renewed and serves it, without an order of its own."""
+    first_port, second_port = free_port(), free_port()
+    pebble = pebble_for(first_port)  # only the first instance is validated
+    cache = tmp_path / "cache"
+    first = serve("basic:hello", *acme_args(pebble, cache, DOMAIN), workers=1,
+                  bind=f"127.0.0.1:{first_port}", port=first_port)
+    first.wait_for_log(f"ACME: obtained a certificate for {DOMAIN}", timeout=60)
+    root = pebble.root()
+    original, not_after = certificate_facts(served_certificate(first_port, DOMAIN, root))
+    first.stop()
+
+    # The second is due 40 s from now; the first, started again, 10 s from now, and then
+    # again soon after each renewal: it renews first, and keeps renewing.
+    def due_in(seconds: int) -> str:
+        return str(not_after - int(time.time()) - seconds)
+
+    second = serve("basic:hello", *acme_args(pebble, cache, DOMAIN),
+                   "--acme-renew-before", due_in(40), workers=1,
+                   bind=f"127.0.0.1:{second_port}", port=second_port)
+    second.wait_for_log(f"ACME: serving the cached certificate for {DOMAIN}")
+    first = serve("basic:hello", *acme_args(pebble, cache, DOMAIN),
+                  "--acme-renew-before", due_in(10), workers=1,
+                  bind=f"127.0.0.1:{first_port}", port=first_port)
+    first.wait_for_log(f"ACME: obtained a certificate for {DOMAIN}", timeout=60)
+
+    second.wait_for_log(f"ACME: serving the certificate for {DOMAIN} found renewed in",
+                        timeout=90)
+    assert certificate_facts(served_certificate(second_port, DOMAIN, root))[0] != original
+    assert "ACME: renewing the certificate" not in second.log, second.log
+    assert "obtained a certificate" not in second.log, second.log

@@ -242,6 +242,9 @@ pub struct Acme {
     account: tokio::sync::Mutex<Option<Account>>,
     /// The challenge types to answer, the preferred first (see the module's comment).
     challenge_types: Vec<ChallengeType>,
+    /// This process's place, in thousandths, in the thirtieth of a certificate's life
+    /// after two thirds where it renews without the CA's window (`Acme::renew_at`).
+    spread: i64,
 }
 
 impl Acme {
@@ -276,6 +279,7 @@ impl Acme {
             cache,
             certificates: Arc::new(certificates),
             account: tokio::sync::Mutex::new(None),
+            spread: permille() as i64,
             challenge_types: if http01 {
                 vec![ChallengeType::Http01, ChallengeType::TlsAlpn01]
             } else {
@@ -306,6 +310,9 @@ impl Acme {
             let mut replaces = None;
             if let (Some(certified), Some(validity)) = (&current, validity) {
                 replaces = self.until_renewal(&domain, certified, validity).await;
+                if self.adopt_renewed(&domain, validity) {
+                    continue;
+                }
                 info!(
                     "ACME: renewing the certificate for {domain} (valid until {})",
                     validity.until()
@@ -360,6 +367,39 @@ impl Acme {
         }
     }
 
+    /// When to renew a certificate valid for `validity` without the CA's window: as
+    /// `--acme-renew-before` says, else two thirds into its life and up to a thirtieth
+    /// more (three days of ninety), picked once per process: instances sharing
+    /// `--acme-cache` then do not all order in the same second, and those after the first
+    /// find its certificate (`adopt_renewed`).
+    fn renew_at(&self, validity: Validity) -> i64 {
+        match self.settings.renew_before {
+            Some(_) => validity.renew_at(self.settings.renew_before),
+            None => validity.renew_at(None) + validity.lifetime() * self.spread / 30_000,
+        }
+    }
+
+    /// Serves the cache's certificate for `domain` instead of ordering one, when another
+    /// instance sharing `--acme-cache` has renewed it meanwhile: it outlives `current`
+    /// and is not due for renewal itself. Several instances then order once between
+    /// them, not once each (the first to reach its renewal time orders).
+    fn adopt_renewed(&self, domain: &str, current: Validity) -> bool {
+        let Some((renewed, validity)) = cached(&self.cache, domain) else {
+            return false;
+        };
+        if validity.not_after <= current.not_after || self.renew_at(validity) <= now() {
+            return false;
+        }
+        self.certificates.serve(domain, renewed);
+        info!(
+            "ACME: serving the certificate for {domain} found renewed in {} (valid until {}); \
+             no order needed",
+            self.settings.cache.display(),
+            validity.until()
+        );
+        true
+    }
+
     /// Sleeps until `certified` (valid for `validity`) is due for renewal, and logs when
     /// that is and why. Gives the ARI identifier for the new order's `replaces`.
     async fn until_renewal(
@@ -401,7 +441,7 @@ impl Acme {
         picked: &mut Option<(Window, i64)>,
     ) -> Schedule {
         let fallback = |how: String, recheck| Schedule {
-            at: validity.renew_at(self.settings.renew_before),
+            at: self.renew_at(validity),
             how,
             recheck,
             replaces: None,
