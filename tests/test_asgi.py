@@ -154,14 +154,18 @@ def test_requests_run_concurrently_on_one_worker(serve):
 
 def test_send_after_the_client_left_raises_oserror(serve, tmp_path):
     marker = tmp_path / "send"
-    server = serve("asgi_plain:abandoned", "-k", "asgi", workers=1,
-                   env={"ASGI_MARKER": str(marker)})
+    # One request at a time: the abandoned one must give its place back.
+    server = serve("asgi_plain:abandoned", "-k", "asgi", "--worker-connections", "1",
+                   workers=1, env={"ASGI_MARKER": str(marker)})
     with socket.create_connection(("127.0.0.1", server.port)) as raw:
         raw.sendall(b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.2)  # the request reaches the app, which sleeps 1 s
     eventually(lambda: marker.exists() and marker.read_text(), what="the app's record")
     assert marker.read_text() == "OSError ClientDisconnected http.disconnect\n"
     assert "Error handling request" not in server.log, server.log
+    # The worker's one place is free again: the next request is served.
+    marker.unlink()
+    assert request(server.port, "/next", timeout=10) == (200, b"too late")
 
 
 def test_lifespan_off_sends_no_lifespan_scope(serve, tmp_path):

@@ -191,6 +191,7 @@ impl AsgiApp {
                     body,
                     bodyless,
                     gone: false,
+                    ended: false,
                     done: Some(done),
                 }),
             },
@@ -250,6 +251,8 @@ struct StreamState {
     bodyless: bool,
     /// The client went away (remembered: the channel tells once).
     gone: bool,
+    /// The stream's End or Abort is queued: the front tier frees its place then.
+    ended: bool,
     done: Option<TaskDone>,
 }
 
@@ -375,6 +378,7 @@ impl AsgiStream {
             pyo3::exceptions::PyTypeError::new_err("http.response.body: body must be bytes")
         })?;
         let bodyless = self.state().bodyless;
+        self.state().ended |= !more;
         let chunk = chunk.as_bytes();
         let queued = (|| {
             if !chunk.is_empty() && !bodyless {
@@ -409,11 +413,52 @@ impl AsgiStream {
         }
     }
 
-    /// The request's task is over.
+    /// The request's task is over. A stream not ended yet (its client went away, and
+    /// the application stopped there) is aborted: the front tier holds the worker's
+    /// place for it until then.
     fn close(&self, py: Python<'_>) {
+        let ended = std::mem::replace(&mut self.state().ended, true);
+        if !ended && self.sink.abort("the client went away").is_ok() {
+            let _ = self.flush(py);
+        }
         let done = self.state().done.take();
         if let Some(done) = done {
             done(py);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chunks a body is read in, and each one's `more_body`.
+    fn chunks(mut body: BodyReader) -> Vec<(usize, bool)> {
+        let mut seen = Vec::new();
+        loop {
+            let (chunk, more) = body.next().unwrap();
+            seen.push((chunk.len(), more));
+            if !more {
+                return seen;
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_body_is_one_empty_message() {
+        assert_eq!(chunks(BodyReader::Memory(Bytes::new())), [(0, false)]);
+    }
+
+    #[test]
+    fn a_body_comes_in_chunks_of_at_most_64_kib_from_memory_or_a_spool_file() {
+        let length = 2 * BODY_CHUNK + 100;
+        let expected = [(BODY_CHUNK, true), (BODY_CHUNK, true), (100, false)];
+        assert_eq!(chunks(BodyReader::Memory(vec![7; length].into())), expected);
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &vec![7; length]).unwrap();
+        std::io::Seek::rewind(&mut file).unwrap();
+        assert_eq!(chunks(BodyReader::File(file, length as u64)), expected);
+        let exact = BodyReader::Memory(vec![1; BODY_CHUNK].into());
+        assert_eq!(chunks(exact), [(BODY_CHUNK, false)]);
     }
 }

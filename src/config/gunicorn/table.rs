@@ -142,7 +142,10 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "asgi_lifespan",
         Value(&["--asgi-lifespan"]),
-        Mapped("lifespan", "-k asgi: auto, on or off (`--lifespan` or `--asgi-lifespan`)"),
+        Mapped(
+            "lifespan",
+            "-k asgi: auto, on or off (`--lifespan` or `--asgi-lifespan`)",
+        ),
     ),
     s(
         "asgi_disconnect_grace_period",
