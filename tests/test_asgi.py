@@ -238,3 +238,13 @@ def test_uvloop_is_used_when_installed_and_asyncio_on_request(serve):
     server = serve("asgi_plain:sleepy", "-k", "asgi", "--asgi-loop", "asyncio", workers=1)
     server.wait_for_log("ASGI worker on the asyncio event loop")
     assert request(server.port, "/?s=0")[0] == 200
+
+
+def test_a_worker_whose_event_loop_is_blocked_is_timed_out(serve):
+    server = serve("asgi_plain:blocks_the_loop", "-k", "asgi", "--timeout", "1",
+                   "--lifespan", "off", workers=1)
+    start = time.monotonic()
+    status, _ = request(server.port, "/", timeout=20)
+    assert status == 504
+    assert time.monotonic() - start < 15
+    server.wait_for_log("WORKER TIMEOUT")

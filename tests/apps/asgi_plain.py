@@ -121,3 +121,11 @@ async def lifespan_marks(scope, receive, send):
     await asyncio.sleep(float(query.get("s", "0")))
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": scope["state"]["token"].encode()})
+
+
+async def blocks_the_loop(scope, receive, send):
+    """Blocks the event loop itself (a sync call in an async view) for 30 s."""
+    if scope["type"] != "http":
+        return
+    import time
+    time.sleep(30)
