@@ -81,9 +81,10 @@ pub struct ServeArgs {
     pub workers: Option<usize>,
 
     /// The worker class: sync (one request at a time), gthread (--threads requests at
-    /// once, each in a Python thread) or gevent (greenlets, up to --worker-connections).
+    /// once, each in a Python thread), gevent (greenlets, up to --worker-connections) or
+    /// asgi (an ASGI 3 application on an asyncio event loop, up to --worker-connections).
     /// [default: sync, or gthread when --threads is more than 1]
-    #[arg(short = 'k', long, value_name = "CLASS", value_parser = ["sync", "gthread", "gevent"])]
+    #[arg(short = 'k', long, value_name = "CLASS", value_parser = ["sync", "gthread", "gevent", "asgi"])]
     pub worker_class: Option<String>,
 
     /// Python threads per gthread worker: requests one worker serves at once. More than
@@ -91,9 +92,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "INT")]
     pub threads: Option<usize>,
 
-    /// Requests one gevent worker serves at once (each in a greenlet).
+    /// Requests one gevent or asgi worker serves at once (each in a greenlet, or an
+    /// asyncio task).
     #[arg(long, value_name = "INT", default_value_t = 1000)]
     pub worker_connections: usize,
+
+    /// -k asgi: the ASGI lifespan protocol, once per worker: auto (tried; an app that
+    /// does not support it is served without), on (a failure stops the server) or off.
+    #[arg(long, visible_alias = "asgi-lifespan", value_name = "MODE", default_value = "auto",
+          value_parser = ["auto", "on", "off"])]
+    pub lifespan: String,
+
+    /// -k asgi: the event loop: auto (uvloop when it imports, else asyncio), asyncio or
+    /// uvloop.
+    #[arg(long, value_name = "LOOP", default_value = "auto",
+          value_parser = ["auto", "asyncio", "uvloop"])]
+    pub asgi_loop: String,
 
     /// Threads of the front tier (TLS, HTTP, static files). [default: half the CPU
     /// cores, at least 2 (1 on one core): the workers need the rest]

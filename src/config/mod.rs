@@ -43,7 +43,7 @@ pub use mounts::{FileSettings, Mount};
 pub use reload::Reload;
 pub use sources::Layered;
 pub use tls::{CertSource, LoadedCert, TlsSettings};
-pub use worker_class::WorkerClass;
+pub use worker_class::{Asgi, EventLoop, Lifespan, WorkerClass};
 
 use crate::cli::ServeArgs;
 use crate::scoreboard::MAX_WORKERS;

@@ -1,5 +1,6 @@
 //! `-k/--worker-class`, `--threads` and `--worker-connections`: how many requests one
-//! worker serves at once, and with what (DESIGN.md §3).
+//! worker serves at once, and with what (DESIGN.md §3); with `-k asgi`, `--lifespan`
+//! and `--asgi-loop`.
 
 use super::error::ConfigError;
 use crate::cli::ServeArgs;
@@ -17,6 +18,75 @@ pub enum WorkerClass {
     Threads(usize),
     /// Greenlets (gevent, monkey-patched at boot), up to this many requests at once.
     Gevent(usize),
+    /// An ASGI 3 application on an asyncio event loop.
+    Asgi(Asgi),
+}
+
+/// How an ASGI worker runs (`-k asgi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asgi {
+    /// Requests (scopes) served at once, `--worker-connections`.
+    pub connections: usize,
+    /// `--lifespan`.
+    pub lifespan: Lifespan,
+    /// `--asgi-loop`.
+    pub event_loop: EventLoop,
+}
+
+/// `--lifespan`: whether the ASGI lifespan protocol is spoken, and what its failure means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifespan {
+    /// Tried; an application that does not speak it is served without.
+    Auto,
+    /// Required: a failure stops the server.
+    On,
+    /// Never sent.
+    Off,
+}
+
+/// `--asgi-loop`: which event loop an ASGI worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventLoop {
+    /// uvloop when it imports, else asyncio's own.
+    Auto,
+    /// asyncio's own.
+    Asyncio,
+    /// uvloop, which must import.
+    Uvloop,
+}
+
+impl Lifespan {
+    /// The flag's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifespan::Auto => "auto",
+            Lifespan::On => "on",
+            Lifespan::Off => "off",
+        }
+    }
+}
+
+impl EventLoop {
+    /// The flag's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventLoop::Auto => "auto",
+            EventLoop::Asyncio => "asyncio",
+            EventLoop::Uvloop => "uvloop",
+        }
+    }
+}
+
+/// `--worker-connections`, checked.
+fn connections(args: &ServeArgs) -> Result<usize, ConfigError> {
+    let n = args.worker_connections;
+    if n == 0 || n > MAX_CAPACITY {
+        return Err(ConfigError::new(
+            "--worker-connections",
+            format!("must be between 1 and {MAX_CAPACITY}"),
+        ));
+    }
+    Ok(n)
 }
 
 impl WorkerClass {
@@ -37,20 +107,25 @@ impl WorkerClass {
         let class = match (args.worker_class.as_deref(), threads) {
             (None | Some("sync"), 1) => WorkerClass::Sync,
             (None | Some("sync") | Some("gthread"), n) => WorkerClass::Threads(n),
-            (Some("gevent"), _) => {
-                let n = args.worker_connections;
-                if n == 0 || n > MAX_CAPACITY {
-                    return Err(ConfigError::new(
-                        "--worker-connections",
-                        format!("must be between 1 and {MAX_CAPACITY}"),
-                    ));
-                }
-                WorkerClass::Gevent(n)
-            }
+            (Some("gevent"), _) => WorkerClass::Gevent(connections(args)?),
+            (Some("asgi"), _) => WorkerClass::Asgi(Asgi {
+                connections: connections(args)?,
+                // clap checked the values against these lists.
+                lifespan: match args.lifespan.as_str() {
+                    "on" => Lifespan::On,
+                    "off" => Lifespan::Off,
+                    _ => Lifespan::Auto,
+                },
+                event_loop: match args.asgi_loop.as_str() {
+                    "asyncio" => EventLoop::Asyncio,
+                    "uvloop" => EventLoop::Uvloop,
+                    _ => EventLoop::Auto,
+                },
+            }),
             (Some(other), _) => {
                 return Err(ConfigError::new(
                     "--worker-class",
-                    format!("{other:?} is not one of sync, gthread, gevent"),
+                    format!("{other:?} is not one of sync, gthread, gevent, asgi"),
                 ));
             }
         };
@@ -62,6 +137,7 @@ impl WorkerClass {
         let n = match self {
             WorkerClass::Sync => 1,
             WorkerClass::Threads(n) | WorkerClass::Gevent(n) => n,
+            WorkerClass::Asgi(asgi) => asgi.connections,
         };
         n.min(MAX_CAPACITY) as u16
     }
@@ -70,7 +146,7 @@ impl WorkerClass {
     pub fn stamped_threads(self) -> usize {
         match self {
             WorkerClass::Threads(n) => n,
-            WorkerClass::Sync | WorkerClass::Gevent(_) => 0,
+            WorkerClass::Sync | WorkerClass::Gevent(_) | WorkerClass::Asgi(_) => 0,
         }
     }
 
@@ -80,6 +156,7 @@ impl WorkerClass {
             WorkerClass::Sync => "sync",
             WorkerClass::Threads(_) => "gthread",
             WorkerClass::Gevent(_) => "gevent",
+            WorkerClass::Asgi(_) => "asgi",
         }
     }
 }

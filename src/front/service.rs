@@ -350,7 +350,13 @@ async fn dispatch(
             }
             Err(Refused::Failed(died)) => return Err(RequestError::Worker(died)),
         };
-        match events.receiver.recv().await {
+        // A client gone while the worker works on its request (hyper drops this future)
+        // is told to the worker, as once the response has begun (WorkerBody): an ASGI
+        // application gets its http.disconnect, and send() raises.
+        let waiting = UnansweredStream(Some((worker.clone(), stream)));
+        let event = events.receiver.recv().await;
+        waiting.answered();
+        match event {
             Some(Event::Head(head)) => break (worker, stream, events, head),
             Some(Event::Returned(Returned(hold))) => {
                 spool = hold.spool;
@@ -497,7 +503,9 @@ fn build_response(
         if head.close {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        if status.canonical_reason().map(str::as_bytes) != Some(&head.reason[..])
+        // An empty reason (an ASGI response has none) leaves hyper's canonical one.
+        if !head.reason.is_empty()
+            && status.canonical_reason().map(str::as_bytes) != Some(&head.reason[..])
             && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(head.reason.clone())
         {
             response.extensions_mut().insert(reason);
@@ -550,4 +558,23 @@ fn error_response(
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// A stream whose request went to a worker and whose response head has not come back:
+/// dropped before [`UnansweredStream::answered`] (its client went away), it aborts the
+/// stream.
+struct UnansweredStream(Option<(Arc<super::dispatch::channel::WorkerConn>, u32)>);
+
+impl UnansweredStream {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for UnansweredStream {
+    fn drop(&mut self) {
+        if let Some((worker, stream)) = self.0.take() {
+            worker.abort_stream(stream);
+        }
+    }
 }

@@ -106,10 +106,7 @@ impl EnvironBuilder {
             intern!(py, "SERVER_SOFTWARE"),
             concat!("rwsgi/", env!("CARGO_PKG_VERSION")),
         )?;
-        let script_name = std::env::var("SCRIPT_NAME")
-            .unwrap_or_default()
-            .trim_end_matches('/')
-            .to_string();
+        let script_name = script_name();
         template.set_item(intern!(py, "SCRIPT_NAME"), &script_name)?;
         // The keys every request sets, present already: a request then replaces their
         // values in a copy sized for them, rather than growing it as they arrive (a
@@ -273,6 +270,15 @@ impl EnvironBuilder {
         environ.set_item(intern!(py, "wsgi.input"), Bound::new(py, input)?)?;
         Ok(environ)
     }
+}
+
+/// `SCRIPT_NAME` from the environment, without a trailing `/`: the mount point of the
+/// application (also an ASGI scope's `root_path`).
+pub(super) fn script_name() -> String {
+    std::env::var("SCRIPT_NAME")
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Splits a Host header into name and port, with the scheme's default port.

@@ -114,8 +114,11 @@ pub fn parse_status(status: &str) -> PyResult<(u16, Vec<u8>)> {
     Ok((code, reason))
 }
 
+/// Header fields as checked bytes: (name, value).
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The app's headers as checked bytes, its Content-Length, and whether it asked to close.
-pub type ParsedHeaders = (Vec<(Vec<u8>, Vec<u8>)>, Option<u64>, bool);
+pub type ParsedHeaders = (Fields, Option<u64>, bool);
 
 /// The application's headers, checked.
 pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
@@ -190,4 +193,67 @@ pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
         parsed.push((name.as_bytes().to_vec(), value));
     }
     Ok((parsed, content_length, close))
+}
+
+/// An ASGI application's `http.response.start` headers (www.rst: an iterable of
+/// `[name, value]` byte strings), checked as a WSGI application's are: the fields, and
+/// whether it asked to close.
+pub fn parse_asgi_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Fields, bool)> {
+    let mut parsed = Vec::new();
+    let (mut close, mut size) = (false, 0usize);
+    for item in headers.try_iter()? {
+        let item = item?;
+        if parsed.len() >= MAX_RESPONSE_FIELDS {
+            return Err(PyValueError::new_err(format!(
+                "the response has more than {MAX_RESPONSE_FIELDS} header fields (rwsgi's limit)"
+            )));
+        }
+        let (name, value) = asgi_pair(&item).ok_or_else(|| {
+            PyTypeError::new_err(format!(
+                "header must be a [name, value] pair of bytes, not {item}"
+            ))
+        })?;
+        if name.is_empty() || !name.iter().copied().all(is_tchar) {
+            return Err(PyValueError::new_err(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        if !is_field_value(&value) {
+            return Err(PyValueError::new_err(format!(
+                "invalid header value for {:?}: {:?}",
+                String::from_utf8_lossy(&name),
+                String::from_utf8_lossy(&value)
+            )));
+        }
+        size += name.len() + value.len() + 4;
+        if size > MAX_RESPONSE_HEAD {
+            return Err(PyValueError::new_err(format!(
+                "the response headers take more than {MAX_RESPONSE_HEAD} bytes (rwsgi's limit)"
+            )));
+        }
+        let text = std::str::from_utf8(&name).unwrap_or("");
+        if HOP_BY_HOP.iter().any(|hop| text.eq_ignore_ascii_case(hop)) {
+            if text.eq_ignore_ascii_case("connection") {
+                close |= value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            }
+            continue;
+        }
+        parsed.push((name, value));
+    }
+    Ok((parsed, close))
+}
+
+/// `[name, value]` (a list or tuple of two byte strings) as bytes.
+fn asgi_pair(item: &Bound<'_, PyAny>) -> Option<(Vec<u8>, Vec<u8>)> {
+    use pyo3::types::PyBytes;
+    let mut parts = item.try_iter().ok()?;
+    let mut next = || -> Option<Vec<u8>> {
+        let part = parts.next()?.ok()?;
+        Some(part.cast::<PyBytes>().ok()?.as_bytes().to_vec())
+    };
+    let pair = (next()?, next()?);
+    parts.next().is_none().then_some(pair)
 }

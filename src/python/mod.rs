@@ -1,11 +1,13 @@
 //! Every line of pyo3: starting the interpreter, importing the application, building
-//! the environ, `wsgi.input`, `start_response` and the response iteration.
+//! the environ, `wsgi.input`, `start_response` and the response iteration; an ASGI
+//! application's scope, messages and event loop (`asgi`).
 //!
 //! The rest of rwsgi sees Python through this module's small API: [`preload`] and the
 //! fork hooks for the master, [`App`] for a worker.
 
 mod abort;
 mod app;
+mod asgi;
 mod broken;
 mod environ;
 mod errors;
@@ -23,6 +25,7 @@ use pyo3::prelude::*;
 use tracing::error;
 
 pub use abort::{install_abort_handler, install_dump_handler};
+pub use asgi::{AsgiApp, AsgiStream};
 pub use input::WsgiInput;
 pub use response::{Outcome, ResponseSink, format_traceback, send_error_page};
 

@@ -281,7 +281,8 @@ pub fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
     }
 }
 
-fn log_app_error(py: Python<'_>, err: &PyErr, label: &dyn std::fmt::Display) {
+/// Logs an application's failure on the request `label` names, with its traceback.
+pub(super) fn log_app_error(py: Python<'_>, err: &PyErr, label: &dyn std::fmt::Display) {
     error!(
         "Error handling request {label}\n{}",
         format_traceback(py, err).trim_end()

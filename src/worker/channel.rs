@@ -363,7 +363,7 @@ impl Channel {
         Ok(false)
     }
 
-    /// The channel's descriptor, for a gevent hub to wait on.
+    /// The channel's descriptor, for a gevent hub or an event loop to wait on.
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         lock(&self.reader).socket.as_raw_fd()
     }
@@ -751,6 +751,9 @@ pub struct StreamSink {
     stream: u32,
     /// Where the request shows signs of life: the worker's slot, or its thread's stamp.
     slot: WorkerSlot,
+    /// Aborts are only those the worker's reading loop noted: the socket is not read
+    /// here (an event loop watches it, and would not be woken for frames read aside).
+    noted_aborts_only: bool,
 }
 
 impl StreamSink {
@@ -760,7 +763,15 @@ impl StreamSink {
             channel,
             stream,
             slot,
+            noted_aborts_only: false,
         }
+    }
+
+    /// The sink for `stream` of a worker whose event loop reads the channel (-k asgi).
+    pub fn for_event_loop(channel: Arc<Channel>, stream: u32, slot: WorkerSlot) -> StreamSink {
+        let mut sink = StreamSink::new(channel, stream, slot);
+        sink.noted_aborts_only = true;
+        sink
     }
 
     fn queue(&self, fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
@@ -825,6 +836,9 @@ impl ResponseSink for StreamSink {
     }
 
     fn client_gone(&self) -> bool {
+        if self.noted_aborts_only {
+            return lock(&self.channel.gone).remove(&self.stream);
+        }
         self.channel.aborted(self.stream)
     }
 }

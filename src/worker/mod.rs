@@ -1,12 +1,14 @@
 //! A worker process: embeds CPython, loads the application and serves the requests the
 //! front tier sends down its channel: one at a time (the sync worker, `sync`), or
 //! several at once in Python threads (gthread, `threads`) or greenlets (`gevent`); how
-//! one request is served and when a worker retires, they share (`serve`).
+//! one request is served and when a worker retires, they share (`serve`). An ASGI
+//! application is served by tasks on an event loop (`asgi`).
 //!
 //! The loop is Rust: read frames with the GIL released, build the environ, call the
 //! app, send the response frames. A worker never parses HTTP and never touches a
 //! client socket.
 
+mod asgi;
 mod channel;
 mod gevent;
 mod memory;
@@ -114,12 +116,19 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> Resul
     if let Err(err) = python::install_dump_handler() {
         warn!("cannot install the SIGUSR2 traceback dump (none on a thread's --timeout): {err}");
     }
+    // Lifespan startup completes before the Hello: no request comes before it.
+    let asgi = match settings.worker_class {
+        WorkerClass::Asgi(options) => Some(python::AsgiApp::start(&app, options)?),
+        _ => None,
+    };
     let slot = WorkerSlot::new(slot);
     let capacity = settings.worker_class.capacity();
-    // The rings are read by a blocking loop (sync, gthread); a gevent hub waits on the
-    // socket itself, so it keeps the socket as its channel.
-    let ring =
-        !matches!(settings.worker_class, WorkerClass::Gevent(_)) && settings.limits.ring_size > 0;
+    // The rings are read by a blocking loop (sync, gthread); a gevent hub or an event
+    // loop waits on the socket itself, so it keeps the socket as its channel.
+    let ring = !matches!(
+        settings.worker_class,
+        WorkerClass::Gevent(_) | WorkerClass::Asgi(_)
+    ) && settings.limits.ring_size > 0;
     let channel = match Channel::new(channel).and_then(|c| c.hello(capacity, ring).map(|_| c)) {
         Ok(channel) => channel,
         // The front tier is already gone; the master will start everything anew.
@@ -129,10 +138,20 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> Resul
         max_requests: retire_after(settings),
         memory: MemoryLimit::new(settings.max_worker_memory),
     };
-    let finished = match settings.worker_class {
-        WorkerClass::Sync => sync::serve(app, &channel, slot, limits, id, &STOP),
-        WorkerClass::Threads(n) => threads::serve(app, &channel, slot, limits, n, &STOP),
-        WorkerClass::Gevent(_) => gevent::serve(app, &channel, slot, limits, &STOP),
+    let finished = match (settings.worker_class, asgi) {
+        (_, Some(asgi)) => asgi::serve(
+            asgi,
+            &channel,
+            slot,
+            limits,
+            &STOP,
+            settings.graceful_timeout,
+        ),
+        (WorkerClass::Sync, _) => sync::serve(app, &channel, slot, limits, id, &STOP),
+        (WorkerClass::Threads(n), _) => threads::serve(app, &channel, slot, limits, n, &STOP),
+        (WorkerClass::Gevent(_) | WorkerClass::Asgi(_), _) => {
+            gevent::serve(app, &channel, slot, limits, &STOP)
+        }
     };
     info!("Worker exiting (pid: {})", std::process::id());
     python::shutdown();

@@ -1,4 +1,4 @@
-//! What the sync, gthread and gevent workers share: serving one request, and when a
+//! What the sync, gthread, gevent and asgi workers share: serving one request, and when a
 //! worker retires on its own (`--max-requests`, `--max-worker-memory`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +9,7 @@ use tracing::{error, info};
 
 use super::channel::{Body, Channel, Request, StreamSink};
 use super::memory::MemoryLimit;
+use crate::protocol::RequestHead;
 use crate::python::{self, App, Outcome, ResponseSink};
 use crate::scoreboard::WorkerSlot;
 
@@ -39,24 +40,39 @@ pub(super) fn serve(
     request: Request,
 ) -> bool {
     let sink = Arc::new(StreamSink::new(channel.clone(), request.stream, slot));
-    let body = match request.body {
-        Body::Memory(bytes) => python::Body::Memory(bytes),
+    match open_body(request.body, &request.head, &*sink) {
+        Ok(Some(body)) => {
+            app.handle(py, &request.head, body, sink) != Outcome::ChannelBroken
+                && slot.idle().is_ok()
+        }
+        // A 500 was queued in the application's place.
+        Ok(None) => py.detach(|| sink.flush()).is_ok() && slot.idle().is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The request's body for the application. None when the front tier's spool file cannot
+/// be opened: the app would see a body that is not the client's, so a 500 is queued in
+/// its place (the caller flushes).
+pub(super) fn open_body(
+    body: Body,
+    head: &RequestHead,
+    sink: &dyn ResponseSink,
+) -> std::io::Result<Option<python::Body>> {
+    match body {
+        Body::Memory(bytes) => Ok(Some(python::Body::Memory(bytes))),
         Body::File { path, length } => match std::fs::File::open(&path) {
-            Ok(file) => python::Body::File { file, length },
+            Ok(file) => Ok(Some(python::Body::File { file, length })),
             Err(err) => {
-                // The app would see a body that is not the client's: answer 500.
                 error!(
                     "cannot open the spooled request body {}: {err}",
                     path.display()
                 );
-                let head_only = &request.head.method[..] == b"HEAD";
-                let sent = python::send_error_page(&*sink, head_only);
-                return py.detach(|| sent.and_then(|_| sink.flush())).is_ok()
-                    && slot.idle().is_ok();
+                python::send_error_page(sink, &head.method[..] == b"HEAD")?;
+                Ok(None)
             }
         },
-    };
-    app.handle(py, &request.head, body, sink) != Outcome::ChannelBroken && slot.idle().is_ok()
+    }
 }
 
 /// `--max-requests` and `--max-worker-memory` for a worker serving several requests at

@@ -242,6 +242,7 @@ mod tests {
         let value = |name: &str| match name {
             "worker_class" => "sync",
             "loglevel" => "info",
+            "asgi_loop" | "asgi_lifespan" => "auto",
             _ => "1",
         };
         for setting in SETTINGS {

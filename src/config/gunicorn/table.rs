@@ -54,7 +54,7 @@ const MASTER_HOOK: Status = Ignored(
      the worker hooks (post_fork, post_worker_init, pre_request, post_request, \
      worker_exit, worker_abort) are called",
 );
-const ASGI: Status = Ignored("rwsgi runs WSGI applications only; ASGI settings change nothing");
+const ASGI: Status = Ignored("rwsgi's -k asgi has no such setting yet; it changes nothing");
 const NO_SYSLOG: Status = Refused(
     "rwsgi does not write to syslog: leave the error log on stderr (journald and \
      container runtimes collect it) or use --error-logfile",
@@ -101,7 +101,7 @@ pub const SETTINGS: &[Setting] = &[
         Value(&["-k", "--worker-class"]),
         Mapped(
             "worker_class",
-            "sync, gthread and gevent; others are refused",
+            "sync, gthread, gevent and asgi; others are refused",
         ),
     ),
     s("threads", Value(&["--threads"]), Supported("threads")),
@@ -138,8 +138,15 @@ pub const SETTINGS: &[Setting] = &[
         Value(&["--keep-alive"]),
         Mapped("keep_alive", "the front tier's idle timeout (default 5)"),
     ),
-    s("asgi_loop", Value(&["--asgi-loop"]), ASGI),
-    s("asgi_lifespan", Value(&["--asgi-lifespan"]), ASGI),
+    s("asgi_loop", Value(&["--asgi-loop"]), Supported("asgi_loop")),
+    s(
+        "asgi_lifespan",
+        Value(&["--asgi-lifespan"]),
+        Mapped(
+            "lifespan",
+            "-k asgi: auto, on or off (`--lifespan` or `--asgi-lifespan`)",
+        ),
+    ),
     s(
         "asgi_disconnect_grace_period",
         Value(&["--asgi-disconnect-grace-period"]),

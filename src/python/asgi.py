@@ -1,0 +1,217 @@
+"""rwsgi's ASGI 3 glue (asgiref specs: asgi.rst 3.0, www.rst HTTP 2.5, lifespan.rst 2.0).
+
+Run by the worker (src/python/asgi.rs), never imported by applications. It holds only
+what is about coroutines: the event loop, one task per request, the order of the
+messages. The scope, the checks of what the application sends and every frame of the
+channel are Rust's (the `stream` objects and the `poll` callable given to `serve`).
+"""
+
+import asyncio
+import sys
+
+# Set by asgi.rs: log(level, message) writes to rwsgi's error log.
+log = None
+
+
+class ClientDisconnected(OSError):
+    """send() after the response completed or the client went away (HTTP spec 2.4)."""
+
+
+class LifespanFailed(Exception):
+    """The application answered lifespan.startup.failed (or failed under --lifespan on)."""
+
+
+def new_loop(kind):
+    """An event loop of `kind` (--asgi-loop), and the name of what it is."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop(), "uvloop"
+    return asyncio.new_event_loop(), "asyncio"
+
+
+class Lifespan:
+    """The lifespan scope of one worker process: startup before it serves, shutdown
+    after (lifespan.rst). The app's task lives from startup to shutdown."""
+
+    def __init__(self, app, mode):
+        self.app = app
+        self.mode = mode
+        self.state = {}
+        self.supported = False
+        self.task = None
+        self.inbox = asyncio.Queue()
+        self.answers = asyncio.Queue()
+
+    async def _run(self):
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": self.state,
+        }
+        await self.app(scope, self.inbox.get, self.answers.put)
+
+    async def _answer(self, message_type):
+        """The app's answer to `message_type`; the task's end (result or error) if it
+        ends first."""
+        await self.inbox.put({"type": message_type})
+        answer = asyncio.ensure_future(self.answers.get())
+        await asyncio.wait({answer, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        if answer.done():
+            return answer.result()
+        answer.cancel()
+        return None
+
+    async def startup(self):
+        """True when the app completed startup; False when it does not speak lifespan
+        (auto). Raises what makes the worker fail to boot."""
+        self.task = asyncio.ensure_future(self._run())
+        answer = await self._answer("lifespan.startup")
+        kind = answer and answer.get("type")
+        if kind == "lifespan.startup.complete":
+            self.supported = True
+            return True
+        if kind == "lifespan.startup.failed":
+            raise LifespanFailed(answer.get("message") or "lifespan.startup.failed")
+        error = self.task.exception() if self.task.done() else None
+        if self.mode == "on":
+            if error is not None:
+                raise error
+            raise LifespanFailed(
+                f"the application answered lifespan.startup with {answer!r}"
+                if answer
+                else "the application returned without answering lifespan.startup"
+            )
+        why = f"{type(error).__name__}: {error}" if error is not None else "no answer"
+        log("info", f"ASGI 'lifespan' protocol appears unsupported ({why}); serving without it")
+        return False
+
+    async def shutdown(self, timeout):
+        """Sends lifespan.shutdown and waits for the answer, at most `timeout` s."""
+        if not self.supported or self.task.done():
+            return
+        try:
+            answer = await asyncio.wait_for(self._answer("lifespan.shutdown"), timeout)
+        except asyncio.TimeoutError:
+            log("warning", f"ASGI lifespan.shutdown not answered within {timeout} s")
+            return
+        if answer and answer.get("type") == "lifespan.shutdown.failed":
+            log("error", f"ASGI lifespan.shutdown.failed: {answer.get('message', '')}")
+        elif self.task.done() and self.task.exception() is not None:
+            error = self.task.exception()
+            log("error", f"ASGI lifespan shutdown raised {type(error).__name__}: {error}")
+
+
+class Request:
+    """One http scope: its receive and send, in the order www.rst gives them."""
+
+    __slots__ = ("stream", "started", "complete", "body_done", "finished")
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.started = False
+        self.complete = False
+        self.body_done = False
+        # Set once the response is complete or the client is gone: what the last
+        # receive() waits for before it answers http.disconnect.
+        self.finished = asyncio.Event()
+
+    async def receive(self):
+        if not self.body_done and not self.stream.gone():
+            chunk, more = self.stream.read_body()
+            self.body_done = not more
+            return {"type": "http.request", "body": chunk, "more_body": more}
+        if not self.complete and not self.stream.gone():
+            await self.finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message):
+        kind = message["type"]
+        if self.complete or self.stream.gone():
+            raise ClientDisconnected(f"{kind}: the response is complete or the client is gone")
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            self.stream.start(message["status"], message.get("headers") or ())
+            self.started = True
+        elif kind == "http.response.body":
+            if not self.started:
+                raise RuntimeError("http.response.body before http.response.start")
+            more = bool(message.get("more_body", False))
+            try:
+                self.stream.body(message.get("body", b""), more)
+            except ConnectionError as err:
+                self.finished.set()
+                raise ClientDisconnected(str(err)) from None
+            if not more:
+                self.complete = True
+                self.finished.set()
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
+
+
+async def handle(app, stream, state, waiting):
+    request = Request(stream)
+    waiting[stream] = request
+    try:
+        await app(stream.scope(state), request.receive, request.send)
+    except BaseException as error:  # the app's failure, whatever it is
+        if isinstance(error, ClientDisconnected) or stream.gone():
+            pass  # spec 2.4: not an error of the application's
+        else:
+            stream.fail(error, request.started)
+        if not isinstance(error, Exception):
+            raise
+    else:
+        if not request.complete and not stream.gone():
+            stream.fail(
+                RuntimeError("the ASGI application returned without completing the response"),
+                request.started,
+            )
+    finally:
+        del waiting[stream]
+        request.finished.set()
+        stream.close()
+
+
+async def serve(app, fd, poll, state, stop_check):
+    """Serves the channel until it closes (retired, stopped, or the front tier gone),
+    then waits for the requests in flight."""
+    loop = asyncio.get_running_loop()
+    tasks = set()
+    waiting = {}
+    closed = loop.create_future()
+
+    def readable():
+        if closed.done():
+            return
+        streams, open_ = poll()
+        for stream in streams:
+            task = loop.create_task(handle(app, stream, state, waiting))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        # A client gone is noted by poll (the front tier's Abort): its request's last
+        # receive() answers http.disconnect now.
+        for stream, request in list(waiting.items()):
+            if stream.gone():
+                request.finished.set()
+        if not open_:
+            loop.remove_reader(fd)
+            closed.set_result(None)
+
+    def tick():
+        # A stop (SIGTERM, seen by Rust) is looked at by poll even when nothing arrives.
+        readable()
+        if not closed.done():
+            loop.call_later(stop_check, tick)
+
+    loop.add_reader(fd, readable)
+    loop.call_later(stop_check, tick)
+    readable()
+    await closed
+    while tasks:
+        await asyncio.wait(set(tasks))
