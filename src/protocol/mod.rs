@@ -36,7 +36,8 @@
 //!    response as if it were whole).
 //! 4. Either side may send [`Kind::Abort`] for a stream: from the front tier it means the
 //!    client went away. The worker still finishes such a stream with `End` or `Abort`,
-//!    because only that frees its slot.
+//!    because only that frees its slot: a request it drops unserved, the Abort having
+//!    come before the request was whole, gets an `Abort` back.
 //! 5. Retirement (`--max-requests`, or a graceful stop): the worker sends
 //!    [`Kind::Retire`] on stream 0 when it is idle (a sync worker) or at once (a worker
 //!    of several streams, whose reader never waits on a request). The front tier stops

@@ -265,7 +265,10 @@ impl Channel {
                     }
                 }
                 Kind::Retired if current.is_none() => return Ok(None),
-                Kind::Abort if ours => current = None,
+                Kind::Abort if ours => {
+                    current = None;
+                    self.dropped(frame.stream)?;
+                }
                 // An abort for a stream already answered: nothing to do.
                 Kind::Abort => {}
                 _ => {
@@ -354,13 +357,29 @@ impl Channel {
             },
             Kind::Retired => return Ok(true),
             Kind::Abort => {
-                if partial.remove(&frame.stream).is_none() {
+                if partial.remove(&frame.stream).is_some() {
+                    self.dropped(frame.stream)?;
+                } else {
                     lock(&self.gone).insert(frame.stream);
                 }
             }
             _ => return Err(ProtocolError::Invalid("frame out of order").into()),
         }
         Ok(false)
+    }
+
+    /// Tells the front tier that `stream`, aborted before its request was whole, will
+    /// not be served: its Abort ends the stream there, which frees the worker's place.
+    fn dropped(&self, stream: u32) -> Result<(), ChannelError> {
+        let mut writer = lock(&self.writer);
+        encode_frame(
+            &mut writer.buf,
+            Kind::Abort,
+            stream,
+            b"not served: the client went away",
+        );
+        writer.flush()?;
+        Ok(())
     }
 
     /// The channel's descriptor, for a gevent hub or an event loop to wait on.
@@ -847,5 +866,97 @@ impl Drop for StreamSink {
     fn drop(&mut self) {
         // An abort that came after the response was done is forgotten with it.
         lock(&self.channel.gone).remove(&self.stream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::AtomicBool;
+
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::protocol::{RequestHeadRef, Scheme};
+
+    /// A channel over one end of a socket pair; the other end plays the front tier.
+    fn channel() -> (Arc<Channel>, UnixStream) {
+        let (worker, front) = UnixStream::pair().unwrap();
+        (Channel::new(worker.into()).unwrap(), front)
+    }
+
+    fn head(out: &mut Vec<u8>, stream: u32) {
+        RequestHeadRef {
+            method: b"POST",
+            scheme: Scheme::Http,
+            version: 11,
+            raw_uri: b"/",
+            path: b"/",
+            query: b"",
+            remote_addr: b"127.0.0.1",
+            remote_port: Some(1),
+            server_name: b"127.0.0.1",
+            server_port: b"80",
+            request_id: b"id",
+        }
+        .encode(out, stream, std::iter::empty())
+        .unwrap();
+    }
+
+    /// Checks that the worker wrote back one frame: an Abort of `stream`.
+    fn assert_only_abort_back(front: &mut UnixStream, stream: u32) {
+        let back = written(front);
+        assert_eq!(back.len(), 1);
+        assert_eq!((back[0].kind, back[0].stream), (Kind::Abort, stream));
+    }
+
+    /// The frames the worker wrote back.
+    fn written(front: &mut UnixStream) -> Vec<Frame> {
+        front.set_nonblocking(true).unwrap();
+        let mut bytes = BytesMut::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = front.read(&mut chunk) {
+            bytes.extend_from_slice(&chunk[..n]);
+        }
+        let mut decoder = Decoder::new();
+        std::iter::from_fn(|| decoder.decode(&mut bytes).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_request_aborted_before_it_is_whole_is_answered_with_an_abort() {
+        // A worker of several streams: the head and part of the body, then the Abort.
+        let (channel, mut front) = channel();
+        let mut frames = Vec::new();
+        head(&mut frames, 3);
+        encode_frame(&mut frames, Kind::Body, 3, b"part");
+        encode_frame(&mut frames, Kind::Abort, 3, b"client went away");
+        front.write_all(&frames).unwrap();
+        let mut incoming = Incoming::default();
+        let mut delivered = 0;
+        let open = channel
+            .poll_requests(&AtomicBool::new(false), &mut incoming, |_| delivered += 1)
+            .unwrap();
+        assert!(open);
+        assert_eq!(delivered, 0);
+        assert_only_abort_back(&mut front, 3);
+    }
+
+    #[test]
+    fn a_sync_worker_drops_a_request_aborted_before_it_is_whole_and_says_so() {
+        // A sync worker: the aborted request is skipped, the next one served.
+        let (channel, mut front) = channel();
+        let mut frames = Vec::new();
+        head(&mut frames, 1);
+        encode_frame(&mut frames, Kind::Abort, 1, b"client went away");
+        head(&mut frames, 2);
+        encode_frame(&mut frames, Kind::End, 2, b"");
+        front.write_all(&frames).unwrap();
+        let request = channel
+            .next_request(&AtomicBool::new(false))
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.stream, 2);
+        assert_only_abort_back(&mut front, 1);
     }
 }
