@@ -248,3 +248,30 @@ def test_a_worker_whose_event_loop_is_blocked_is_timed_out(serve):
     assert status == 504
     assert time.monotonic() - start < 15
     server.wait_for_log("WORKER TIMEOUT")
+
+
+@pytest.mark.parametrize("app", ["asgi_plain:scope_echo", "asgi_frameworks:fastapi_app"])
+def test_an_asgi_callable_is_served_as_asgi_without_k(serve, app):
+    """`rwsgi serve main:app`: a coroutine function (a plain app) or an object whose
+    __call__ is one (FastAPI) is recognised, served as -k asgi would, and the log says so."""
+    server = serve(app, workers=1)
+    server.wait_for_log("The application is an ASGI callable: serving it as -k asgi")
+    with client(server, http2=False) as c:
+        # FastAPI's /state is set by its lifespan startup: lifespan ran too.
+        response = c.get("/" if app.endswith("scope_echo") else "/state")
+    assert response.status_code == 200, response.text
+    if app.endswith("scope_echo"):
+        assert response.json()["asgi"] == {"version": "3.0", "spec_version": "2.5"}
+    else:
+        assert response.json()["started_by"], response.text
+
+
+def test_a_wsgi_app_and_an_explicit_class_are_left_as_they_are(serve):
+    wsgi = serve("basic:hello", workers=1)
+    assert httpx.get(wsgi.url + "/").text == "Hello, World!\n"
+    # -k sync given: the user's choice stands, even for an ASGI callable (which then
+    # fails as a WSGI app: 500).
+    chosen = serve("asgi_plain:scope_echo", "-k", "sync", workers=1)
+    assert httpx.get(chosen.url + "/").status_code == 500
+    for server in (wsgi, chosen):
+        assert "ASGI callable" not in server.log

@@ -61,6 +61,9 @@ pub struct Settings {
     pub workers: usize,
     /// What serves requests in a worker, and how many at once (`-k`, `--threads`).
     pub worker_class: WorkerClass,
+    /// With no class asked for: how to serve an application that turns out to be an
+    /// ASGI callable (see `WorkerClass::asgi_if_found`).
+    pub asgi_if_found: Option<Asgi>,
     /// How many threads the front tier's runtime runs.
     pub front_threads: usize,
     /// Directory to change to before loading the app.
@@ -324,6 +327,7 @@ impl Settings {
             binds,
             workers,
             worker_class: WorkerClass::from_args(args)?,
+            asgi_if_found: WorkerClass::asgi_if_found(args)?,
             front_threads,
             chdir: args.chdir.clone(),
             pythonpath: args.pythonpath.clone(),

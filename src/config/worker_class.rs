@@ -55,6 +55,26 @@ pub enum EventLoop {
     Uvloop,
 }
 
+impl Asgi {
+    /// `--worker-connections`, `--lifespan` and `--asgi-loop`, checked.
+    fn from_args(args: &ServeArgs) -> Result<Asgi, ConfigError> {
+        Ok(Asgi {
+            connections: connections(args)?,
+            // clap checked the values against these lists.
+            lifespan: match args.lifespan.as_str() {
+                "on" => Lifespan::On,
+                "off" => Lifespan::Off,
+                _ => Lifespan::Auto,
+            },
+            event_loop: match args.asgi_loop.as_str() {
+                "asyncio" => EventLoop::Asyncio,
+                "uvloop" => EventLoop::Uvloop,
+                _ => EventLoop::Auto,
+            },
+        })
+    }
+}
+
 impl Lifespan {
     /// The flag's value.
     pub fn as_str(self) -> &'static str {
@@ -108,20 +128,7 @@ impl WorkerClass {
             (None | Some("sync"), 1) => WorkerClass::Sync,
             (None | Some("sync") | Some("gthread"), n) => WorkerClass::Threads(n),
             (Some("gevent"), _) => WorkerClass::Gevent(connections(args)?),
-            (Some("asgi"), _) => WorkerClass::Asgi(Asgi {
-                connections: connections(args)?,
-                // clap checked the values against these lists.
-                lifespan: match args.lifespan.as_str() {
-                    "on" => Lifespan::On,
-                    "off" => Lifespan::Off,
-                    _ => Lifespan::Auto,
-                },
-                event_loop: match args.asgi_loop.as_str() {
-                    "asyncio" => EventLoop::Asyncio,
-                    "uvloop" => EventLoop::Uvloop,
-                    _ => EventLoop::Auto,
-                },
-            }),
+            (Some("asgi"), _) => WorkerClass::Asgi(Asgi::from_args(args)?),
             (Some(other), _) => {
                 return Err(ConfigError::new(
                     "--worker-class",
@@ -130,6 +137,16 @@ impl WorkerClass {
             }
         };
         Ok(class)
+    }
+
+    /// How a worker serves an ASGI application it finds when no worker class was asked
+    /// for (`rwsgi serve main:app`): as `-k asgi` with the same flags. None when a class
+    /// or `--threads` was given: the user's choice stands.
+    pub fn asgi_if_found(args: &ServeArgs) -> Result<Option<Asgi>, ConfigError> {
+        if args.worker_class.is_some() || args.threads.is_some_and(|n| n != 1) {
+            return Ok(None);
+        }
+        Asgi::from_args(args).map(Some)
     }
 
     /// Requests one worker takes at once: what its Hello announces.

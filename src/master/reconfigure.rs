@@ -81,6 +81,7 @@ impl Arbiter {
         new.credentials = old.credentials;
         // The scoreboard and the master's watch are laid out for the class at start.
         new.worker_class = old.worker_class;
+        new.asgi_if_found = old.asgi_if_found;
         if new.reload.is_some() != old.reload.is_some() {
             new.reload = old.reload.clone();
         }

@@ -21,6 +21,7 @@ pub mod venv;
 
 use std::sync::{Arc, OnceLock};
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use tracing::error;
 
@@ -207,6 +208,28 @@ impl App {
             let environ = environ.map_err(BootError::Environ)?;
             hooks::post_worker_init(py, &app);
             Ok(App { app, environ })
+        })
+    }
+
+    /// Whether the application is an ASGI 3 callable: a coroutine function, or an object
+    /// whose `__call__` is one (FastAPI's, Starlette's and Django's `application`). A
+    /// WSGI callable is neither. One that cannot be inspected is taken for WSGI.
+    pub fn is_asgi(&self) -> bool {
+        Python::attach(|py| {
+            let Ok(inspect) = py.import(intern!(py, "inspect")) else {
+                return false;
+            };
+            let app = self.app.bind(py);
+            let is_coroutine = |callable: &Bound<'_, PyAny>| {
+                inspect
+                    .call_method1(intern!(py, "iscoroutinefunction"), (callable,))
+                    .and_then(|yes| yes.is_truthy())
+                    .unwrap_or(false)
+            };
+            is_coroutine(app)
+                || app
+                    .getattr(intern!(py, "__call__"))
+                    .is_ok_and(|call| is_coroutine(&call))
         })
     }
 

@@ -116,19 +116,28 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> Resul
     if let Err(err) = python::install_dump_handler() {
         warn!("cannot install the SIGUSR2 traceback dump (none on a thread's --timeout): {err}");
     }
+    // With no class asked for, an ASGI application is served as -k asgi would.
+    let class = match settings.asgi_if_found {
+        Some(options) if settings.worker_class == WorkerClass::Sync && app.is_asgi() => {
+            info!(
+                "The application is an ASGI callable: serving it as -k asgi would (give -k \
+                 to choose)"
+            );
+            WorkerClass::Asgi(options)
+        }
+        _ => settings.worker_class,
+    };
     // Lifespan startup completes before the Hello: no request comes before it.
-    let asgi = match settings.worker_class {
+    let asgi = match class {
         WorkerClass::Asgi(options) => Some(python::AsgiApp::start(&app, options)?),
         _ => None,
     };
     let slot = WorkerSlot::new(slot);
-    let capacity = settings.worker_class.capacity();
+    let capacity = class.capacity();
     // The rings are read by a blocking loop (sync, gthread); a gevent hub or an event
     // loop waits on the socket itself, so it keeps the socket as its channel.
-    let ring = !matches!(
-        settings.worker_class,
-        WorkerClass::Gevent(_) | WorkerClass::Asgi(_)
-    ) && settings.limits.ring_size > 0;
+    let ring = !matches!(class, WorkerClass::Gevent(_) | WorkerClass::Asgi(_))
+        && settings.limits.ring_size > 0;
     let channel = match Channel::new(channel).and_then(|c| c.hello(capacity, ring).map(|_| c)) {
         Ok(channel) => channel,
         // The front tier is already gone; the master will start everything anew.
@@ -138,7 +147,7 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> Resul
         max_requests: retire_after(settings),
         memory: MemoryLimit::new(settings.max_worker_memory),
     };
-    let finished = match (settings.worker_class, asgi) {
+    let finished = match (class, asgi) {
         (_, Some(asgi)) => asgi::serve(
             asgi,
             &channel,
