@@ -120,19 +120,86 @@ pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 /// The app's headers as checked bytes, its Content-Length, and whether it asked to close.
 pub type ParsedHeaders = (Fields, Option<u64>, bool);
 
-/// The application's headers, checked.
-pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
-    let mut parsed = Vec::with_capacity(headers.len().unwrap_or(0).min(MAX_RESPONSE_FIELDS));
-    let (mut content_length, mut close) = (None, false);
-    let (mut fields, mut size) = (0usize, 0usize);
-    for item in headers.try_iter()? {
-        let item = item?;
-        fields += 1;
-        if fields > MAX_RESPONSE_FIELDS {
+/// The checks every response header field passes, WSGI's or ASGI's: rwsgi's bounds on
+/// the number of fields and the head's size, the field's syntax (RFC 9110 §5.1, §5.5),
+/// and the hop-by-hop fields the front tier frames itself.
+#[derive(Default)]
+struct FieldChecks {
+    fields: usize,
+    size: usize,
+    /// A `Connection: close` was among the hop-by-hop fields.
+    close: bool,
+}
+
+impl FieldChecks {
+    /// One more field begins: rwsgi's bound on their number.
+    fn one_more(&mut self) -> PyResult<()> {
+        self.fields += 1;
+        if self.fields > MAX_RESPONSE_FIELDS {
             return Err(PyValueError::new_err(format!(
                 "the response has more than {MAX_RESPONSE_FIELDS} header fields (rwsgi's limit)"
             )));
         }
+        Ok(())
+    }
+
+    /// A field's name, and its size (with a value of `value_len` bytes) against rwsgi's
+    /// bound on the head.
+    fn name(&mut self, name: &[u8], value_len: usize) -> PyResult<()> {
+        if name.is_empty() || !name.iter().copied().all(is_tchar) {
+            return Err(PyValueError::new_err(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        self.size += name.len() + value_len + 4;
+        if self.size > MAX_RESPONSE_HEAD {
+            return Err(PyValueError::new_err(format!(
+                "the response headers take more than {MAX_RESPONSE_HEAD} bytes (rwsgi's limit)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A field's value.
+    fn value(name: &[u8], value: &[u8]) -> PyResult<()> {
+        if !is_field_value(value) {
+            return Err(PyValueError::new_err(format!(
+                "invalid header value for {:?}: {:?}",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(value)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the field is hop-by-hop, not to be passed on (a `Connection: close` is
+    /// noted).
+    fn hop_by_hop(&mut self, name: &[u8], value: &[u8]) -> bool {
+        // Compared without case, not lowercased: no copy of each name.
+        if !HOP_BY_HOP
+            .iter()
+            .any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
+        {
+            return false;
+        }
+        if name.eq_ignore_ascii_case(b"connection") {
+            self.close |= value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        true
+    }
+}
+
+/// The application's headers, checked.
+pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
+    let mut parsed = Vec::with_capacity(headers.len().unwrap_or(0).min(MAX_RESPONSE_FIELDS));
+    let mut content_length = None;
+    let mut checks = FieldChecks::default();
+    for item in headers.try_iter()? {
+        let item = item?;
+        checks.one_more()?;
         let pair = item.cast::<PyTuple>().map_err(|_| {
             PyTypeError::new_err(format!("header must be a (name, value) tuple, not {item}"))
         })?;
@@ -149,25 +216,9 @@ pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
         let value: &str = value_obj
             .extract()
             .map_err(|_| PyTypeError::new_err("header values must be str"))?;
-        if name.is_empty() || !name.bytes().all(is_tchar) {
-            return Err(PyValueError::new_err(format!(
-                "invalid header name {name:?}"
-            )));
-        }
-        size += name.len() + value.len() + 4;
-        if size > MAX_RESPONSE_HEAD {
-            return Err(PyValueError::new_err(format!(
-                "the response headers take more than {MAX_RESPONSE_HEAD} bytes (rwsgi's limit)"
-            )));
-        }
+        checks.name(name.as_bytes(), value.len())?;
         let value = latin1_bytes(value, "header value")?;
-        if !is_field_value(&value) {
-            return Err(PyValueError::new_err(format!(
-                "invalid header value for {name:?}: {:?}",
-                String::from_utf8_lossy(&value)
-            )));
-        }
-        // Compared without case, not lowercased: no copy of each name.
+        FieldChecks::value(name.as_bytes(), &value)?;
         if name.eq_ignore_ascii_case("content-length") {
             let text = std::str::from_utf8(&value).unwrap_or("").trim();
             let length = text
@@ -182,17 +233,12 @@ pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
                 continue;
             }
             content_length = Some(length);
-        } else if HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop)) {
-            if name.eq_ignore_ascii_case("connection") {
-                close |= value
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-            }
+        } else if checks.hop_by_hop(name.as_bytes(), &value) {
             continue;
         }
         parsed.push((name.as_bytes().to_vec(), value));
     }
-    Ok((parsed, content_length, close))
+    Ok((parsed, content_length, checks.close))
 }
 
 /// An ASGI application's `http.response.start` headers (www.rst: an iterable of
@@ -200,50 +246,22 @@ pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
 /// whether it asked to close.
 pub fn parse_asgi_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Fields, bool)> {
     let mut parsed = Vec::new();
-    let (mut close, mut size) = (false, 0usize);
+    let mut checks = FieldChecks::default();
     for item in headers.try_iter()? {
         let item = item?;
-        if parsed.len() >= MAX_RESPONSE_FIELDS {
-            return Err(PyValueError::new_err(format!(
-                "the response has more than {MAX_RESPONSE_FIELDS} header fields (rwsgi's limit)"
-            )));
-        }
+        checks.one_more()?;
         let (name, value) = asgi_pair(&item).ok_or_else(|| {
             PyTypeError::new_err(format!(
                 "header must be a [name, value] pair of bytes, not {item}"
             ))
         })?;
-        if name.is_empty() || !name.iter().copied().all(is_tchar) {
-            return Err(PyValueError::new_err(format!(
-                "invalid header name {:?}",
-                String::from_utf8_lossy(&name)
-            )));
+        checks.name(&name, value.len())?;
+        FieldChecks::value(&name, &value)?;
+        if !checks.hop_by_hop(&name, &value) {
+            parsed.push((name, value));
         }
-        if !is_field_value(&value) {
-            return Err(PyValueError::new_err(format!(
-                "invalid header value for {:?}: {:?}",
-                String::from_utf8_lossy(&name),
-                String::from_utf8_lossy(&value)
-            )));
-        }
-        size += name.len() + value.len() + 4;
-        if size > MAX_RESPONSE_HEAD {
-            return Err(PyValueError::new_err(format!(
-                "the response headers take more than {MAX_RESPONSE_HEAD} bytes (rwsgi's limit)"
-            )));
-        }
-        let text = std::str::from_utf8(&name).unwrap_or("");
-        if HOP_BY_HOP.iter().any(|hop| text.eq_ignore_ascii_case(hop)) {
-            if text.eq_ignore_ascii_case("connection") {
-                close |= value
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-            }
-            continue;
-        }
-        parsed.push((name, value));
     }
-    Ok((parsed, close))
+    Ok((parsed, checks.close))
 }
 
 /// `[name, value]` (a list or tuple of two byte strings) as bytes.
