@@ -244,31 +244,39 @@ impl Metrics {
 
 /// The certificates' expiry and `--acme`'s failures.
 fn write_tls(out: &mut String, tls: &Tls) -> std::fmt::Result {
-    writeln!(
+    by_domain(
         out,
-        "# HELP rwsgi_tls_cert_expiry_seconds When the certificate served for each name expires (notAfter), in seconds since the epoch."
+        "rwsgi_tls_cert_expiry_seconds",
+        "gauge",
+        "When the certificate served for each name expires (notAfter), in seconds since the epoch.",
+        tls.expiries(),
     )?;
-    writeln!(out, "# TYPE rwsgi_tls_cert_expiry_seconds gauge")?;
-    for (domain, not_after) in tls.expiries() {
-        writeln!(
-            out,
-            "rwsgi_tls_cert_expiry_seconds{{domain=\"{}\"}} {not_after}",
-            label(&domain)
-        )?;
-    }
     let Some(acme) = tls.acme() else {
         return Ok(());
     };
-    writeln!(
+    by_domain(
         out,
-        "# HELP rwsgi_acme_failures_total ACME orders that failed (each retried with backoff), by domain."
-    )?;
-    writeln!(out, "# TYPE rwsgi_acme_failures_total counter")?;
-    for (domain, failures) in acme.failures() {
+        "rwsgi_acme_failures_total",
+        "counter",
+        "ACME orders that failed (each retried with backoff), by domain.",
+        acme.failures(),
+    )
+}
+
+/// One metric family with a sample per domain.
+fn by_domain<D: AsRef<str>, V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (D, V)>,
+) -> std::fmt::Result {
+    writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
+    for (domain, value) in samples {
         writeln!(
             out,
-            "rwsgi_acme_failures_total{{domain=\"{}\"}} {failures}",
-            label(domain)
+            "{name}{{domain=\"{}\"}} {value}",
+            label(domain.as_ref())
         )?;
     }
     Ok(())
