@@ -21,6 +21,7 @@ mod service;
 #[cfg(fuzzing)]
 pub use observe::access_log::fuzz as access_log_fuzz;
 
+use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -353,6 +354,14 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// SERVER_NAME and SERVER_PORT of a connection to `local`.
+fn server_of(local: SocketAddr) -> (Arc<str>, Arc<str>) {
+    (
+        local.ip().to_string().into(),
+        local.port().to_string().into(),
+    )
+}
+
 /// hyper's HTTP/1 header array; the guard's limit is what counts.
 const MAX_H1_HEADERS: usize = 1024;
 
@@ -390,12 +399,7 @@ async fn accept_loop(
             .local_addr()
             .ok()
             .filter(|local| !local.ip().is_unspecified())
-            .map(|local| {
-                (
-                    local.ip().to_string().into(),
-                    local.port().to_string().into(),
-                )
-            }),
+            .map(server_of),
         Accepting::Unix(..) => None,
     };
     loop {
@@ -409,18 +413,9 @@ async fn accept_loop(
                 let (server_name, server_port) = match &server {
                     Some(server) => server.clone(),
                     // A wildcard address: the connection's own says which was dialled.
-                    None => {
-                        let local = stream.local_addr().ok();
-                        (
-                            local
-                                .map_or_else(|| addr.to_string(), |a| a.ip().to_string())
-                                .into(),
-                            local
-                                .map(|a| a.port().to_string())
-                                .unwrap_or_default()
-                                .into(),
-                        )
-                    }
+                    None => stream
+                        .local_addr()
+                        .map_or_else(|_| (addr.to_string().into(), "".into()), server_of),
                 };
                 let info = ConnInfo {
                     remote: Some(peer),
