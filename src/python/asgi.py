@@ -150,6 +150,12 @@ class Request:
             if not more:
                 self.complete = True
                 self.finished.set()
+        elif kind == "http.response.pathsend":
+            if not self.started:
+                raise RuntimeError("http.response.pathsend before http.response.start")
+            self.stream.pathsend(message["path"])
+            self.complete = True
+            self.finished.set()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
 

@@ -21,7 +21,7 @@ use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyModule, PyString, PyTu
 use tracing::{error, info, warn};
 
 use super::environ::script_name;
-use super::head::parse_asgi_headers;
+use super::head::{Fields, parse_asgi_headers};
 use super::response::{log_app_error, send_error_page};
 use super::{App, Body, BootError, RequestLabel, ResponseSink, report_boot_error};
 use crate::config::{Asgi, EventLoop, Lifespan};
@@ -44,6 +44,9 @@ pub struct AsgiApp {
     /// speak lifespan.
     state: Option<Py<PyDict>>,
     root_path: Py<PyString>,
+    /// Whether `http.response.pathsend` is offered: the front tier serves files only
+    /// from `--static` and `--internal` directories.
+    pathsend: bool,
 }
 
 impl AsgiApp {
@@ -83,12 +86,20 @@ impl AsgiApp {
                 lifespan: None,
                 state: None,
                 root_path: PyString::new(py, &script_name()).unbind(),
+                pathsend: false,
             };
             if options.lifespan != Lifespan::Off {
                 asgi.startup(py, options.lifespan)?;
             }
             Ok(asgi)
         })
+    }
+
+    /// Offers `http.response.pathsend` when the front tier has directories to serve
+    /// its files from (`--static`, `--internal`): the extension rides on `X-Sendfile`.
+    pub fn offer_pathsend(mut self, offered: bool) -> AsgiApp {
+        self.pathsend = offered;
+        self
     }
 
     fn startup(&mut self, py: Python<'_>, mode: Lifespan) -> Result<(), BootError> {
@@ -186,9 +197,12 @@ impl AsgiApp {
             AsgiStream {
                 head,
                 root_path: self.root_path.clone_ref(py),
+                pathsend: self.pathsend,
                 sink,
                 state: Mutex::new(StreamState {
                     body,
+                    head: None,
+                    head_written: false,
                     bodyless,
                     gone: false,
                     ended: false,
@@ -245,8 +259,19 @@ impl BodyReader {
     }
 }
 
+/// A response head checked at `http.response.start` and written with the first body
+/// chunk (or the file of a pathsend): until then a failure still answers 500.
+struct PendingHead {
+    status: u16,
+    headers: Fields,
+    close: bool,
+}
+
 struct StreamState {
     body: BodyReader,
+    head: Option<PendingHead>,
+    /// The head went to the front tier: a failure can only abort the stream.
+    head_written: bool,
     /// HEAD, 204 and 304: the body's bytes are not sent.
     bodyless: bool,
     /// The client went away (remembered: the channel tells once).
@@ -261,6 +286,7 @@ struct StreamState {
 pub struct AsgiStream {
     head: RequestHead,
     root_path: Py<PyString>,
+    pathsend: bool,
     sink: Arc<dyn ResponseSink>,
     state: Mutex<StreamState>,
 }
@@ -272,9 +298,30 @@ impl AsgiStream {
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let sink = &self.sink;
-        py.detach(|| sink.flush())
-            .map_err(|err| PyConnectionError::new_err(format!("the front tier is gone: {err}")))
+        py.detach(|| sink.flush()).map_err(front_gone)
     }
+
+    /// Queues the pending head, with `extra` fields replacing those of the same names.
+    fn write_head(&self, state: &mut StreamState, extra: &[(&[u8], Vec<u8>)]) -> io::Result<()> {
+        let Some(PendingHead {
+            status,
+            mut headers,
+            close,
+        }) = state.head.take()
+        else {
+            return Ok(());
+        };
+        state.head_written = true;
+        if !extra.is_empty() {
+            headers.retain(|(name, _)| !extra.iter().any(|(n, _)| name.eq_ignore_ascii_case(n)));
+            headers.extend(extra.iter().map(|(n, v)| (n.to_vec(), v.clone())));
+        }
+        self.sink.head(status, b"", close, &headers)
+    }
+}
+
+fn front_gone(err: io::Error) -> PyErr {
+    PyConnectionError::new_err(format!("the front tier is gone: {err}"))
 }
 
 #[pymethods]
@@ -337,7 +384,11 @@ impl AsgiStream {
         if let Some(state) = state {
             scope.set_item(intern!(py, "state"), state.copy()?)?;
         }
-        scope.set_item(intern!(py, "extensions"), PyDict::new(py))?;
+        let extensions = PyDict::new(py);
+        if self.pathsend {
+            extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
+        }
+        scope.set_item(intern!(py, "extensions"), extensions)?;
         Ok(scope)
     }
 
@@ -357,7 +408,7 @@ impl AsgiStream {
         state.gone
     }
 
-    /// `http.response.start`: the head, checked, is queued.
+    /// `http.response.start`: the head, checked, waits for the body (or the file).
     fn start(&self, status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
         let status: u16 = status
             .extract()
@@ -367,9 +418,12 @@ impl AsgiStream {
         let (headers, close) = parse_asgi_headers(headers)?;
         let mut state = self.state();
         state.bodyless |= matches!(status, 204 | 304);
-        self.sink
-            .head(status, b"", close, &headers)
-            .map_err(|err| PyConnectionError::new_err(format!("the front tier is gone: {err}")))
+        state.head = Some(PendingHead {
+            status,
+            headers,
+            close,
+        });
+        Ok(())
     }
 
     /// `http.response.body`: the chunk goes out now; the response ends without `more`.
@@ -377,20 +431,51 @@ impl AsgiStream {
         let chunk = body.cast::<PyBytes>().map_err(|_| {
             pyo3::exceptions::PyTypeError::new_err("http.response.body: body must be bytes")
         })?;
-        let bodyless = self.state().bodyless;
-        self.state().ended |= !more;
         let chunk = chunk.as_bytes();
-        let queued = (|| {
-            if !chunk.is_empty() && !bodyless {
-                self.sink.body(chunk)?;
+        {
+            let mut state = self.state();
+            state.ended |= !more;
+            self.write_head(&mut state, &[]).map_err(front_gone)?;
+            if !chunk.is_empty() && !state.bodyless {
+                self.sink.body(chunk).map_err(front_gone)?;
             }
             if !more {
-                self.sink.end()?;
+                self.sink.end().map_err(front_gone)?;
             }
-            Ok::<(), io::Error>(())
-        })();
-        queued
-            .map_err(|err| PyConnectionError::new_err(format!("the front tier is gone: {err}")))?;
+        }
+        self.flush(py)
+    }
+
+    /// `http.response.pathsend` (the ASGI extension): the front tier sends the file
+    /// named by the absolute `path` itself, as it does an `X-Sendfile` answer, and under
+    /// the same rules (inside a `--static` or `--internal` directory, no symlink out of
+    /// it, the client's ranges and conditionals, the file's status).
+    fn pathsend(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+        use std::os::unix::ffi::OsStrExt;
+        if !self.pathsend {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "http.response.pathsend is not offered: no --static or --internal directory",
+            ));
+        }
+        let bytes = path.as_os_str().as_bytes();
+        if !path.is_absolute() || bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
+            return Err(PyValueError::new_err(format!(
+                "http.response.pathsend: {path:?} is not an absolute path HTTP can carry"
+            )));
+        }
+        {
+            let mut state = self.state();
+            state.ended = true;
+            // An X-Accel-Redirect of the app's would win over the X-Sendfile.
+            if let Some(head) = &mut state.head {
+                head.headers
+                    .retain(|(name, _)| !name.eq_ignore_ascii_case(b"x-accel-redirect"));
+            }
+            let target: &[u8] = b"x-sendfile";
+            self.write_head(&mut state, &[(target, bytes.to_vec())])
+                .map_err(front_gone)?;
+            self.sink.end().map_err(front_gone)?;
+        }
         self.flush(py)
     }
 
@@ -402,12 +487,16 @@ impl AsgiStream {
             &PyErr::from_value(error.clone()),
             &RequestLabel(&self.head),
         );
-        let sent = if started {
+        let mut state = self.state();
+        // A head not written yet is dropped: the client gets the 500 instead.
+        state.head = None;
+        let sent = if started && state.head_written {
             self.sink
                 .abort("the application failed after sending the response head")
         } else {
-            send_error_page(&*self.sink, self.state().bodyless)
+            send_error_page(&*self.sink, state.bodyless)
         };
+        drop(state);
         if sent.is_ok() {
             let _ = self.flush(py);
         }

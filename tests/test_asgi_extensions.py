@@ -1,0 +1,102 @@
+"""-k asgi: the extensions of the ASGI HTTP spec (www.rst 2.5) and the response rules
+the server enforces whatever the application sends (issue 17).
+
+`http.response.pathsend` is served by the front tier as an X-Sendfile answer is, under
+the same rules; the checks below mirror tests/test_static.py's for X-Sendfile."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from urllib.parse import quote
+
+import pytest
+
+from conftest import ROOT
+
+FILES = ROOT / "static-test"
+PUBLIC = FILES / "public"
+PRIVATE = FILES / "private"
+REPORT = (PRIVATE / "report.txt").read_bytes()
+SECRET = b"top secret"
+
+
+def get(server, path, headers=None, method="GET"):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def files(serve):
+    return serve("asgi_extensions:pathsend", "-k", "asgi", "--static", f"/assets={PUBLIC}",
+                 "--internal", f"/protected={PRIVATE}", workers=1)
+
+
+def sendpath(server, path, headers=None, method="GET"):
+    return get(server, f"/?path={quote(str(path))}", headers, method)
+
+
+def test_pathsend_is_served_by_the_front_tier_with_the_apps_headers(files):
+    resp, body = sendpath(files, PRIVATE / "report.txt")
+    assert (resp.status, body) == (200, REPORT)
+    # The file's length, not the app's; the app's other headers kept.
+    assert resp.getheader("Content-Length") == str(len(REPORT))
+    assert resp.getheader("Content-Disposition") == 'attachment; filename="f"'
+    assert resp.getheader("X-App") == "kept"
+    assert resp.getheader("X-Sendfile") is None
+    assert resp.getheader("ETag") and resp.getheader("Last-Modified")
+    # Under the client's own headers: ranges and conditionals apply, HEAD has no body.
+    resp, body = sendpath(files, PUBLIC / "digits.txt", {"Range": "bytes=-3"})
+    assert (resp.status, body) == (206, b"789")
+    etag = sendpath(files, PRIVATE / "report.txt")[0].getheader("ETag")
+    resp, body = sendpath(files, PRIVATE / "report.txt", {"If-None-Match": etag})
+    assert (resp.status, body) == (304, b"")
+    resp, body = sendpath(files, PRIVATE / "report.txt", method="HEAD")
+    assert (resp.status, body) == (200, b"")
+    assert resp.getheader("Content-Length") == str(len(REPORT))
+
+
+@pytest.mark.parametrize("path", [
+    str(FILES / "secret.txt"),
+    str(PRIVATE / ".." / "secret.txt"),
+    "/etc/passwd",
+    str(PRIVATE),
+    str(PRIVATE / "missing.txt"),
+])
+def test_pathsend_outside_the_directories_is_refused(files, path):
+    resp, body = sendpath(files, path)
+    assert resp.status == 404
+    assert SECRET not in body and b"root:" not in body
+
+
+def test_a_relative_pathsend_is_the_apps_error(files):
+    resp, body = sendpath(files, "private/report.txt")
+    assert resp.status == 500
+    files.wait_for_log("is not an absolute path")
+    # The worker serves on.
+    assert sendpath(files, PRIVATE / "report.txt")[1] == REPORT
+
+
+def test_pathsend_symlink_out_of_its_directory_refused(serve, tmp_path):
+    root = tmp_path / "files"
+    root.mkdir()
+    (tmp_path / "secret.txt").write_bytes(SECRET)
+    (root / "link.txt").symlink_to(tmp_path / "secret.txt")
+    (root / "ok.txt").write_bytes(b"inside")
+    server = serve("asgi_extensions:pathsend", "-k", "asgi", "--internal", f"/p={root}",
+                   workers=1)
+    resp, body = sendpath(server, root / "link.txt")
+    assert resp.status == 404 and SECRET not in body
+    assert sendpath(server, root / "ok.txt")[1] == b"inside"
+
+
+def test_pathsend_is_not_offered_without_a_directory(serve):
+    server = serve("asgi_extensions:pathsend", "-k", "asgi", workers=1)
+    resp, body = sendpath(server, PRIVATE / "report.txt")
+    assert resp.status == 501
+    assert "http.response.pathsend" not in json.loads(body)
