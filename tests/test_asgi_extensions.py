@@ -6,13 +6,18 @@ the same rules; the checks below mirror tests/test_static.py's for X-Sendfile.""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import socket
 from urllib.parse import quote
 
+import h2.events
 import pytest
 
+import rawhttp
 from conftest import ROOT
+from test_h2 import RawH2
 
 FILES = ROOT / "static-test"
 PUBLIC = FILES / "public"
@@ -100,3 +105,59 @@ def test_pathsend_is_not_offered_without_a_directory(serve):
     resp, body = sendpath(server, PRIVATE / "report.txt")
     assert resp.status == 501
     assert "http.response.pathsend" not in json.loads(body)
+
+
+# -- http.response.trailers ------------------------------------------------------------
+
+CHUNKS = [f"chunk-{i}\n".encode() for i in range(3)]
+CHECKSUM = hashlib.sha256(b"".join(CHUNKS)).hexdigest()
+
+
+def raw_get(port: int, headers: str = "") -> bytes:
+    """The whole answer to one HTTP/1.1 GET, the connection closed after it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET /?n=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n"
+                     .encode())
+        return rawhttp.read_until_closed(sock)
+
+
+def test_trailers_over_chunked_http1_when_the_request_allows_them(serve):
+    server = serve("asgi_extensions:trailers", "-k", "asgi", workers=1)
+    answer = raw_get(server.port, "TE: trailers\r\n")
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert b"\r\nx-extensions: http.response.trailers" in head.lower(), head
+    assert b"\r\ntransfer-encoding: chunked" in head.lower(), head
+    assert b"\r\ntrailer: x-checksum" in head.lower(), head
+    assert all(chunk in body for chunk in CHUNKS), body
+    # The last chunk, then the trailer section (RFC 9112 §7.1.2).
+    assert body.endswith(f"0\r\nx-checksum: {CHECKSUM}\r\n\r\n".encode()), body
+
+    # Without TE: trailers the extension is not offered, and no trailer is sent.
+    answer = raw_get(server.port)
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert b"x-extensions: \r\n" in head.lower(), head
+    assert body.endswith(b"0\r\n\r\n") and b"x-checksum" not in body, body
+
+
+def test_trailers_over_http2(serve):
+    server = serve("asgi_extensions:trailers", "-k", "asgi", workers=1)
+    client = RawH2(server.port)
+    try:
+        stream = client.headers("/?n=3", extra=[("te", "trailers")])
+        events = client.pump(10, until=lambda evs: any(
+            isinstance(e, h2.events.StreamEnded) and e.stream_id == stream for e in evs))
+        heads = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+        trailers = [e for e in events if isinstance(e, h2.events.TrailersReceived)]
+        data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+        assert heads and dict(heads[0].headers)[b"x-extensions"] == b"http.response.trailers"
+        assert data == b"".join(CHUNKS)
+        assert trailers and dict(trailers[0].headers)[b"x-checksum"] == CHECKSUM.encode()
+
+        # Without TE: trailers, none.
+        stream = client.headers("/?n=3")
+        events = client.pump(10, until=lambda evs: any(
+            isinstance(e, h2.events.StreamEnded) and e.stream_id == stream for e in evs))
+        assert not [e for e in events if isinstance(e, h2.events.TrailersReceived)
+                    and e.stream_id == stream]
+    finally:
+        client.close()

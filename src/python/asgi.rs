@@ -188,6 +188,7 @@ impl AsgiApp {
         done: TaskDone,
     ) -> PyResult<Bound<'py, AsgiStream>> {
         let bodyless = &head.method[..] == b"HEAD";
+        let trailers = asks_for_trailers(&head);
         let body = match body {
             Body::Memory(bytes) => BodyReader::Memory(bytes),
             Body::File { file, length } => BodyReader::File(file, length),
@@ -198,11 +199,13 @@ impl AsgiApp {
                 head,
                 root_path: self.root_path.clone_ref(py),
                 pathsend: self.pathsend,
+                trailers_offered: trailers,
                 sink,
                 state: Mutex::new(StreamState {
                     body,
                     head: None,
                     head_written: false,
+                    trailers: Trailing::None,
                     bodyless,
                     gone: false,
                     ended: false,
@@ -211,6 +214,34 @@ impl AsgiApp {
             },
         )
     }
+}
+
+/// Whether the request allows trailers in its response: `TE: trailers` (RFC 9110
+/// §10.1.4), in HTTP/1.1 (chunked, RFC 9112 §7.1.2) or HTTP/2 (RFC 9113 §8.1).
+fn asks_for_trailers(head: &RequestHead) -> bool {
+    head.version != 10
+        && head.headers.iter().any(|(name, value)| {
+            name.eq_ignore_ascii_case(b"te")
+                && value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        })
+}
+
+/// The `Trailer` fields among an application's response headers, which
+/// `parse_asgi_headers` checked and left out as hop-by-hop.
+fn trailer_fields(headers: &Bound<'_, PyAny>) -> PyResult<Fields> {
+    let mut found = Vec::new();
+    for item in headers.try_iter()? {
+        let item = item?;
+        let name = item.get_item(0)?;
+        let name = name.cast::<PyBytes>()?.as_bytes();
+        if name.eq_ignore_ascii_case(b"trailer") {
+            let value = item.get_item(1)?;
+            found.push((name.to_vec(), value.cast::<PyBytes>()?.as_bytes().to_vec()));
+        }
+    }
+    Ok(found)
 }
 
 /// The glue module, made from the source in the binary.
@@ -267,8 +298,19 @@ struct PendingHead {
     close: bool,
 }
 
+/// Where a response that announced trailers (`"trailers": True`) stands.
+enum Trailing {
+    /// No trailers announced (or none offered): the last body chunk ends the response.
+    None,
+    /// Announced; the body is still coming.
+    Announced,
+    /// The body is whole: the fields gathered so far wait for the last trailers message.
+    Gathering(Fields),
+}
+
 struct StreamState {
     body: BodyReader,
+    trailers: Trailing,
     head: Option<PendingHead>,
     /// The head went to the front tier: a failure can only abort the stream.
     head_written: bool,
@@ -287,6 +329,8 @@ pub struct AsgiStream {
     head: RequestHead,
     root_path: Py<PyString>,
     pathsend: bool,
+    /// The request's `TE: trailers` allows `http.response.trailers`.
+    trailers_offered: bool,
     sink: Arc<dyn ResponseSink>,
     state: Mutex<StreamState>,
 }
@@ -388,6 +432,9 @@ impl AsgiStream {
         if self.pathsend {
             extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
         }
+        if self.trailers_offered {
+            extensions.set_item(intern!(py, "http.response.trailers"), PyDict::new(py))?;
+        }
         scope.set_item(intern!(py, "extensions"), extensions)?;
         Ok(scope)
     }
@@ -408,16 +455,38 @@ impl AsgiStream {
         state.gone
     }
 
+    /// Whether `http.response.trailers` is offered to this request.
+    fn trailers_offered(&self) -> bool {
+        self.trailers_offered
+    }
+
     /// `http.response.start`: the head, checked, waits for the body (or the file).
-    fn start(&self, status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// `trailers`: the application announced trailers (and they were offered); the
+    /// response's `Trailer` field, which names them (RFC 9110 §6.6.2) and without
+    /// which HTTP/1.1 sends none, is then kept.
+    #[pyo3(signature = (status, headers, trailers = false))]
+    fn start(
+        &self,
+        status: &Bound<'_, PyAny>,
+        headers: &Bound<'_, PyAny>,
+        trailers: bool,
+    ) -> PyResult<()> {
         let status: u16 = status
             .extract()
             .ok()
             .filter(|s| (200..=999).contains(s))
             .ok_or_else(|| PyValueError::new_err(format!("invalid response status {status}")))?;
-        let (headers, close) = parse_asgi_headers(headers)?;
+        let (mut fields, close) = parse_asgi_headers(headers)?;
+        let trailers = trailers && self.trailers_offered;
+        if trailers {
+            fields.extend(trailer_fields(headers)?);
+        }
+        let headers = fields;
         let mut state = self.state();
         state.bodyless |= matches!(status, 204 | 304);
+        if trailers {
+            state.trailers = Trailing::Announced;
+        }
         state.head = Some(PendingHead {
             status,
             headers,
@@ -434,14 +503,53 @@ impl AsgiStream {
         let chunk = chunk.as_bytes();
         {
             let mut state = self.state();
-            state.ended |= !more;
+            if !matches!(state.trailers, Trailing::None | Trailing::Announced) {
+                return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "http.response.body after the body's last message",
+                ));
+            }
             self.write_head(&mut state, &[]).map_err(front_gone)?;
             if !chunk.is_empty() && !state.bodyless {
                 self.sink.body(chunk).map_err(front_gone)?;
             }
             if !more {
-                self.sink.end().map_err(front_gone)?;
+                if let Trailing::Announced = state.trailers {
+                    // The response ends with the last trailers message.
+                    state.trailers = Trailing::Gathering(Vec::new());
+                } else {
+                    state.ended = true;
+                    self.sink.end().map_err(front_gone)?;
+                }
             }
+        }
+        self.flush(py)
+    }
+
+    /// `http.response.trailers` (the ASGI extension): its fields are checked as the
+    /// head's are and gathered; the last (without `more`) sends them all, and ends the
+    /// response. A HEAD, 204 or 304 response, which has no body, gets none.
+    fn trailers(&self, py: Python<'_>, headers: &Bound<'_, PyAny>, more: bool) -> PyResult<()> {
+        let (fields, _) = parse_asgi_headers(headers)?;
+        {
+            let mut state = self.state();
+            let Trailing::Gathering(gathered) = &mut state.trailers else {
+                return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "http.response.trailers before the body's last message, or not announced",
+                ));
+            };
+            gathered.extend(fields);
+            if more {
+                return Ok(());
+            }
+            let gathered = std::mem::replace(&mut state.trailers, Trailing::None);
+            state.ended = true;
+            if let Trailing::Gathering(fields) = gathered
+                && !state.bodyless
+                && !fields.is_empty()
+            {
+                self.sink.trailers(&fields).map_err(front_gone)?;
+            }
+            self.sink.end().map_err(front_gone)?;
         }
         self.flush(py)
     }

@@ -30,6 +30,8 @@ pub trait ResponseSink: Send + Sync {
     ) -> io::Result<()>;
     /// Queues a body chunk.
     fn body(&self, chunk: &[u8]) -> io::Result<()>;
+    /// Queues the response's trailer fields (after its body, before its end).
+    fn trailers(&self, fields: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()>;
     /// Queues the end of the response.
     fn end(&self) -> io::Result<()>;
     /// Queues an abort: the response cannot be completed.
