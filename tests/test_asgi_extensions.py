@@ -17,6 +17,7 @@ import pytest
 
 import rawhttp
 from conftest import ROOT
+from kit import eventually
 from test_h2 import RawH2
 
 FILES = ROOT / "static-test"
@@ -161,3 +162,57 @@ def test_trailers_over_http2(serve):
                     and e.stream_id == stream]
     finally:
         client.close()
+
+
+# -- --hooks and --reload ----------------------------------------------------------------
+
+def read_calls(log) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_pre_and_post_request_hooks_run_around_an_asgi_request(serve, tmp_path):
+    log = tmp_path / "hooks.jsonl"
+    server = serve("asgi_extensions:declared_length", "-k", "asgi", "--hooks", "hooks_asgi",
+                   workers=1, env={"HOOKS_LOG": str(log)})
+    resp, body = get(server, "/length?send=10")
+    assert (resp.status, body) == (200, b"aaaaabbbbb")
+    eventually(lambda: any(c["hook"] == "post_request" for c in read_calls(log)),
+               what="post_request called")
+    calls = read_calls(log)
+    assert [c["hook"] for c in calls] == ["pre_request", "app", "post_request"], calls
+    pre, _, post = calls
+    assert pre["req"] == {"method": "GET", "path": "/length", "query": "send=10",
+                          "nr": 0}
+    assert post["req"] == {**pre["req"], "nr": 1}
+    assert post["carried"] == "set in pre_request"
+    # environ is the http scope the app got; resp what was sent.
+    assert post["scope"] == {"type": "http", "path": "/length"}
+    assert (post["status_code"], post["sent"]) == (200, 10)
+
+
+APP_V1 = """\
+import helper
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": helper.NAME.encode()})
+"""
+
+
+def test_reload_shows_an_import_error_and_serves_the_fix(serve, tmp_path):
+    (tmp_path / "devasgi.py").write_text(APP_V1)
+    (tmp_path / "helper.py").write_text("raise RuntimeError('not yet')\n")
+    server = serve("devasgi:app", "-k", "asgi", "--reload", cwd=tmp_path, workers=None,
+                   env={"PYTHONDONTWRITEBYTECODE": "1"})
+    resp, page = get(server, "/")
+    assert resp.status == 500 and b"RuntimeError: not yet" in page and b"<pre>" in page, page
+    server.wait_for_log(r"Watching \d+ directories")
+    (tmp_path / "helper.py").write_text("NAME = 'ready'\n")
+    eventually(lambda: get(server, "/")[1] == b"ready", what="the fixed app served")
+    # Broken again by a save: the page again, the server still up.
+    (tmp_path / "helper.py").write_text("NAME = (\n")
+    eventually(lambda: b"SyntaxError" in get(server, "/")[1], what="the traceback page")
+    assert server.proc.poll() is None

@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 
 use super::environ::script_name;
 use super::head::{Fields, parse_asgi_headers};
+use super::hooks::{self, Recorder};
 use super::response::{log_app_error, send_error_page};
 use super::{App, Body, BootError, RequestLabel, ResponseSink, report_boot_error};
 use crate::config::{Asgi, EventLoop, Lifespan};
@@ -189,6 +190,22 @@ impl AsgiApp {
     ) -> PyResult<Bound<'py, AsgiStream>> {
         let bodyless = &head.method[..] == b"HEAD";
         let trailers = asks_for_trailers(&head);
+        // --hooks: pre_request now; post_request once the task is over, with what the
+        // response sent.
+        let hooks = hooks::active();
+        let req = hooks.and_then(|hooks| hooks.pre_request(py, &head));
+        let (sink, hooked) = match (hooks.filter(|h| h.wants_response()), req) {
+            (Some(_), Some(req)) => {
+                let recorder = Arc::new(Recorder::new(sink));
+                let sink: Arc<dyn ResponseSink> = recorder.clone();
+                let hooked = Hooked {
+                    req: req.unbind(),
+                    recorder,
+                };
+                (sink, Some(hooked))
+            }
+            _ => (sink, None),
+        };
         let body = match body {
             Body::Memory(bytes) => BodyReader::Memory(bytes),
             Body::File { file, length } => BodyReader::File(file, length),
@@ -201,6 +218,7 @@ impl AsgiApp {
                 pathsend: self.pathsend,
                 trailers_offered: trailers,
                 sink,
+                hooked,
                 state: Mutex::new(StreamState {
                     body,
                     head: None,
@@ -210,6 +228,7 @@ impl AsgiApp {
                     gone: false,
                     ended: false,
                     done: Some(done),
+                    scope: None,
                 }),
             },
         )
@@ -321,6 +340,14 @@ struct StreamState {
     /// The stream's End or Abort is queued: the front tier frees its place then.
     ended: bool,
     done: Option<TaskDone>,
+    /// The scope the application got, kept for `post_request` (with `--hooks` only).
+    scope: Option<Py<PyDict>>,
+}
+
+/// What `post_request` is called with once a request's task is over.
+struct Hooked {
+    req: Py<PyAny>,
+    recorder: Arc<Recorder>,
 }
 
 /// One request of an ASGI worker, as the glue's task sees it.
@@ -332,6 +359,7 @@ pub struct AsgiStream {
     /// The request's `TE: trailers` allows `http.response.trailers`.
     trailers_offered: bool,
     sink: Arc<dyn ResponseSink>,
+    hooked: Option<Hooked>,
     state: Mutex<StreamState>,
 }
 
@@ -436,6 +464,9 @@ impl AsgiStream {
             extensions.set_item(intern!(py, "http.response.trailers"), PyDict::new(py))?;
         }
         scope.set_item(intern!(py, "extensions"), extensions)?;
+        if self.hooked.is_some() {
+            self.state().scope = Some(scope.clone().unbind());
+        }
         Ok(scope)
     }
 
@@ -618,7 +649,15 @@ impl AsgiStream {
         if !ended && self.sink.abort("the client went away").is_ok() {
             let _ = self.flush(py);
         }
-        let done = self.state().done.take();
+        let (done, scope) = {
+            let mut state = self.state();
+            (state.done.take(), state.scope.take())
+        };
+        if let (Some(hooked), Some(hooks)) = (&self.hooked, hooks::active()) {
+            // As for WSGI, after the response has left; `environ` is the http scope.
+            let scope = scope.map_or_else(|| PyDict::new(py), |s| s.into_bound(py));
+            hooks.post_request(py, hooked.req.bind(py), &scope, &hooked.recorder);
+        }
         if let Some(done) = done {
             done(py);
         }

@@ -4,6 +4,7 @@ rules a server must enforce whatever the application sends."""
 
 import hashlib
 import json
+import os
 from urllib.parse import parse_qsl
 
 
@@ -65,9 +66,13 @@ async def trailers(scope, receive, send):
 
 
 async def declared_length(scope, receive, send):
-    """Declares Content-Length: 10 and sends ?send= bytes (in two chunks)."""
+    """Declares Content-Length: 10 and sends ?send= bytes (in two chunks); notes its
+    call in $HOOKS_LOG when set (tests of --hooks)."""
     if scope["type"] == "lifespan":
         return await _lifespan(receive, send)
+    if "HOOKS_LOG" in os.environ:
+        with open(os.environ["HOOKS_LOG"], "a") as log:
+            log.write(json.dumps({"hook": "app"}) + "\n")
     await receive()
     size = int(query(scope)["send"])
     await send({"type": "http.response.start", "status": 200,
