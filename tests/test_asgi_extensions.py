@@ -9,14 +9,18 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import socket
+import subprocess
+import time
 from urllib.parse import quote
 
 import h2.events
+import httpx
 import pytest
 
 import rawhttp
-from conftest import ROOT
+from conftest import APPS, BINARY, ROOT
 from kit import eventually
 from test_h2 import RawH2
 
@@ -216,3 +220,67 @@ def test_reload_shows_an_import_error_and_serves_the_fix(serve, tmp_path):
     (tmp_path / "helper.py").write_text("NAME = (\n")
     eventually(lambda: b"SyntaxError" in get(server, "/")[1], what="the traceback page")
     assert server.proc.poll() is None
+
+
+# -- a body that does not match its Content-Length --------------------------------------
+
+def exchange(sock: socket.socket, path: str) -> tuple[bytes, bytes]:
+    """One keep-alive GET: the head, and the body as its Content-Length frames it."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return head, rest
+
+
+def test_a_body_longer_than_its_content_length_is_cut_to_it(serve):
+    server = serve("asgi_extensions:declared_length", "-k", "asgi", workers=1)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        head, body = exchange(sock, "/?send=16")
+        assert head.startswith(b"HTTP/1.1 200") and body == b"aaaaaaaabb", (head, body)
+        # Nothing past the declared length: the next answer on the connection is whole.
+        head, body = exchange(sock, "/?send=10")
+        assert head.startswith(b"HTTP/1.1 200") and body == b"aaaaabbbbb", (head, body)
+    with httpx.Client(http1=False, http2=True, timeout=10) as client:
+        answer = client.get(f"{server.url}/?send=16")
+        assert (answer.status_code, answer.content) == (200, b"aaaaaaaabb")
+
+
+def test_a_body_shorter_than_its_content_length_aborts_the_connection(serve):
+    server = serve("asgi_extensions:declared_length", "-k", "asgi", workers=1)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /?send=4 HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = rawhttp.read_until_closed(sock)  # closed, not left waiting for 6 bytes
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\naabb"), data
+    server.wait_for_log("declared Content-Length: 10 but sent 4 bytes")
+    with httpx.Client(http1=False, http2=True, timeout=10) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get(f"{server.url}/?send=4")
+        # The connection's other streams go on.
+        assert client.get(f"{server.url}/?send=10").content == b"aaaaabbbbb"
+
+
+# -- a lifespan startup that never answers ----------------------------------------------
+
+@pytest.mark.parametrize("lifespan", ["auto", "on"])
+def test_a_startup_never_answered_fails_the_boot_after_timeout(lifespan):
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(BINARY), "serve", "-b", "127.0.0.1:0", "-w", "1", "-k", "asgi", "--timeout", "2",
+         "--lifespan", lifespan, "asgi_extensions:silent_startup"],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(APPS)})
+    log = done.stdout + done.stderr
+    assert done.returncode == 4, log
+    assert time.monotonic() - started < 20, log
+    assert "lifespan.startup not answered within 2 s (--timeout)" in log, log
+    assert "ASGI lifespan startup failed" in log, log

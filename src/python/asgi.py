@@ -66,11 +66,18 @@ class Lifespan:
         answer.cancel()
         return None
 
-    async def startup(self):
+    async def startup(self, timeout):
         """True when the app completed startup; False when it does not speak lifespan
-        (auto). Raises what makes the worker fail to boot."""
+        (auto). Raises what makes the worker fail to boot, an answer not come within
+        `timeout` seconds (--timeout; None: no bound) included."""
         self.task = asyncio.ensure_future(self._run())
-        answer = await self._answer("lifespan.startup")
+        try:
+            answer = await asyncio.wait_for(self._answer("lifespan.startup"), timeout)
+        except asyncio.TimeoutError:
+            self.task.cancel()
+            raise LifespanFailed(
+                f"lifespan.startup not answered within {timeout:g} s (--timeout)"
+            ) from None
         kind = answer and answer.get("type")
         if kind == "lifespan.startup.complete":
             self.supported = True

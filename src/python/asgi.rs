@@ -21,9 +21,9 @@ use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyModule, PyString, PyTu
 use tracing::{error, info, warn};
 
 use super::environ::script_name;
-use super::head::{Fields, parse_asgi_headers};
+use super::head::{Fields, parse_asgi_headers, parse_asgi_response_headers};
 use super::hooks::{self, Recorder};
-use super::response::{log_app_error, send_error_page};
+use super::response::{end_within_length, log_app_error, send_error_page, within_length};
 use super::{App, Body, BootError, RequestLabel, ResponseSink, report_boot_error};
 use crate::config::{Asgi, EventLoop, Lifespan};
 use crate::protocol::{RequestHead, Scheme};
@@ -53,7 +53,12 @@ pub struct AsgiApp {
 impl AsgiApp {
     /// Makes the event loop and runs lifespan startup: the worker must take no request
     /// before it is complete. A failure is reported as an application that does not load.
-    pub fn start(app: &App, options: Asgi) -> Result<AsgiApp, BootError> {
+    /// `timeout` (`--timeout`) bounds the wait for startup's answer.
+    pub fn start(
+        app: &App,
+        options: Asgi,
+        timeout: Option<Duration>,
+    ) -> Result<AsgiApp, BootError> {
         Python::attach(|py| {
             let glue = load_glue(py).map_err(|err| {
                 report_boot_error(
@@ -90,7 +95,7 @@ impl AsgiApp {
                 pathsend: false,
             };
             if options.lifespan != Lifespan::Off {
-                asgi.startup(py, options.lifespan)?;
+                asgi.startup(py, options.lifespan, timeout)?;
             }
             Ok(asgi)
         })
@@ -103,14 +108,20 @@ impl AsgiApp {
         self
     }
 
-    fn startup(&mut self, py: Python<'_>, mode: Lifespan) -> Result<(), BootError> {
+    fn startup(
+        &mut self,
+        py: Python<'_>,
+        mode: Lifespan,
+        timeout: Option<Duration>,
+    ) -> Result<(), BootError> {
         let run = || -> PyResult<(Bound<'_, PyAny>, bool)> {
             let lifespan = self
                 .glue
                 .bind(py)
                 .getattr(intern!(py, "Lifespan"))?
                 .call1((self.app.bind(py), mode.as_str()))?;
-            let startup = lifespan.call_method0(intern!(py, "startup"))?;
+            let timeout = timeout.map(|t| t.as_secs_f64());
+            let startup = lifespan.call_method1(intern!(py, "startup"), (timeout,))?;
             let supported = self.run_until_complete(py, &startup)?.is_truthy()?;
             Ok((lifespan, supported))
         };
@@ -223,6 +234,8 @@ impl AsgiApp {
                     body,
                     head: None,
                     head_written: false,
+                    declared: None,
+                    sent: 0,
                     trailers: Trailing::None,
                     bodyless,
                     gone: false,
@@ -333,6 +346,9 @@ struct StreamState {
     head: Option<PendingHead>,
     /// The head went to the front tier: a failure can only abort the stream.
     head_written: bool,
+    /// The Content-Length the application declared, and the body bytes it gave.
+    declared: Option<u64>,
+    sent: u64,
     /// HEAD, 204 and 304: the body's bytes are not sent.
     bodyless: bool,
     /// The client went away (remembered: the channel tells once).
@@ -371,6 +387,13 @@ impl AsgiStream {
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let sink = &self.sink;
         py.detach(|| sink.flush()).map_err(front_gone)
+    }
+
+    /// Ends the response: an Abort instead of the End when its body fell short of its
+    /// declared Content-Length (the client must not wait for bytes that never come).
+    fn end(&self, state: &mut StreamState) -> io::Result<()> {
+        state.ended = true;
+        end_within_length(&*self.sink, state.declared, state.sent, state.bodyless).map(|_| ())
     }
 
     /// Queues the pending head, with `extra` fields replacing those of the same names.
@@ -507,7 +530,7 @@ impl AsgiStream {
             .ok()
             .filter(|s| (200..=999).contains(s))
             .ok_or_else(|| PyValueError::new_err(format!("invalid response status {status}")))?;
-        let (mut fields, close) = parse_asgi_headers(headers)?;
+        let (mut fields, declared, close) = parse_asgi_response_headers(headers)?;
         let trailers = trailers && self.trailers_offered;
         if trailers {
             fields.extend(trailer_fields(headers)?);
@@ -515,6 +538,7 @@ impl AsgiStream {
         let headers = fields;
         let mut state = self.state();
         state.bodyless |= matches!(status, 204 | 304);
+        state.declared = declared;
         if trailers {
             state.trailers = Trailing::Announced;
         }
@@ -540,16 +564,18 @@ impl AsgiStream {
                 ));
             }
             self.write_head(&mut state, &[]).map_err(front_gone)?;
-            if !chunk.is_empty() && !state.bodyless {
-                self.sink.body(chunk).map_err(front_gone)?;
+            // Bytes past a declared Content-Length are not sent, as for WSGI.
+            let allowed = within_length(state.declared, state.sent, chunk.len());
+            state.sent += chunk.len() as u64;
+            if allowed > 0 && !state.bodyless {
+                self.sink.body(&chunk[..allowed]).map_err(front_gone)?;
             }
             if !more {
                 if let Trailing::Announced = state.trailers {
                     // The response ends with the last trailers message.
                     state.trailers = Trailing::Gathering(Vec::new());
                 } else {
-                    state.ended = true;
-                    self.sink.end().map_err(front_gone)?;
+                    self.end(&mut state).map_err(front_gone)?;
                 }
             }
         }
@@ -573,14 +599,13 @@ impl AsgiStream {
                 return Ok(());
             }
             let gathered = std::mem::replace(&mut state.trailers, Trailing::None);
-            state.ended = true;
             if let Trailing::Gathering(fields) = gathered
                 && !state.bodyless
                 && !fields.is_empty()
             {
                 self.sink.trailers(&fields).map_err(front_gone)?;
             }
-            self.sink.end().map_err(front_gone)?;
+            self.end(&mut state).map_err(front_gone)?;
         }
         self.flush(py)
     }

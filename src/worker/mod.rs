@@ -135,7 +135,8 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> Resul
     // Lifespan startup completes before the Hello: no request comes before it.
     let asgi = match class {
         WorkerClass::Asgi(options) => Some(
-            python::AsgiApp::start(&app, options)?.offer_pathsend(settings.files.has_targets()),
+            python::AsgiApp::start(&app, options, settings.timeout)?
+                .offer_pathsend(settings.files.has_targets()),
         ),
         _ => None,
     };

@@ -2,6 +2,7 @@
 HTTP spec (www.rst: http.response.pathsend, http.response.trailers) and the response
 rules a server must enforce whatever the application sends."""
 
+import asyncio
 import hashlib
 import json
 import os
@@ -79,3 +80,12 @@ async def declared_length(scope, receive, send):
                 "headers": [(b"content-length", b"10")]})
     await send({"type": "http.response.body", "body": b"a" * (size // 2), "more_body": True})
     await send({"type": "http.response.body", "body": b"b" * (size - size // 2)})
+
+
+async def silent_startup(scope, receive, send):
+    """Takes lifespan.startup and never answers it."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await asyncio.Event().wait()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"never"})
