@@ -38,36 +38,42 @@ fn main() {
     for n in 0..connections {
         let (host, path) = (host.clone(), path.clone());
         let (stop, messages, ready) = (stop.clone(), messages.clone(), ready.clone());
-        threads.push(std::thread::spawn(move || -> Result<(), Result<Refused, io::Error>> {
-            let opened = open(&host, port, &path);
-            ready.wait();
-            let (mut reader, mut writer) = opened?;
-            let payload = vec![b'a' + (n % 26) as u8; size];
-            let mut seed = 0x9e37_79b9_u32 ^ n as u32;
-            let mut frame = Vec::with_capacity(size + 14);
-            let mut count = 0;
-            while !stop.load(Ordering::Relaxed) {
-                masked_text(&mut frame, &payload, &mut seed);
-                writer.write_all(&frame).map_err(Err)?;
-                loop {
-                    let (opcode, data) = read_frame(&mut reader).map_err(Err)?;
-                    match opcode {
-                        0x1 | 0x2 if data.len() == size => break,
-                        0x9 => {
-                            masked(&mut frame, 0xA, &data, &mut seed); // pong
-                            writer.write_all(&frame).map_err(Err)?;
+        threads.push(std::thread::spawn(
+            move || -> Result<(), Result<Refused, io::Error>> {
+                let opened = open(&host, port, &path);
+                ready.wait();
+                let (mut reader, mut writer) = opened?;
+                let payload = vec![b'a' + (n % 26) as u8; size];
+                let mut seed = 0x9e37_79b9_u32 ^ n as u32;
+                let mut frame = Vec::with_capacity(size + 14);
+                let mut count = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    masked_text(&mut frame, &payload, &mut seed);
+                    writer.write_all(&frame).map_err(Err)?;
+                    loop {
+                        let (opcode, data) = read_frame(&mut reader).map_err(Err)?;
+                        match opcode {
+                            0x1 | 0x2 if data.len() == size => break,
+                            0x9 => {
+                                masked(&mut frame, 0xA, &data, &mut seed); // pong
+                                writer.write_all(&frame).map_err(Err)?;
+                            }
+                            0xA => {}
+                            _ => {
+                                return Err(Err(io::Error::other(format!(
+                                    "unexpected frame {opcode:#x}"
+                                ))))
+                            }
                         }
-                        0xA => {}
-                        _ => return Err(Err(io::Error::other(format!("unexpected frame {opcode:#x}")))),
                     }
+                    count += 1;
                 }
-                count += 1;
-            }
-            messages.fetch_add(count, Ordering::Relaxed);
-            masked(&mut frame, 0x8, &1000u16.to_be_bytes(), &mut seed); // close
-            let _ = writer.write_all(&frame);
-            Ok(())
-        }));
+                messages.fetch_add(count, Ordering::Relaxed);
+                masked(&mut frame, 0x8, &1000u16.to_be_bytes(), &mut seed); // close
+                let _ = writer.write_all(&frame);
+                Ok(())
+            },
+        ));
     }
     ready.wait();
     let start = Instant::now();
@@ -192,6 +198,11 @@ fn cpu_ticks() -> u64 {
         .rsplit_once(") ")
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     field(11) + field(12)
 }
