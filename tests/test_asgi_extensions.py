@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 import rawhttp
-from conftest import APPS, BINARY, ROOT
+from conftest import APPS, BINARY, ROOT, children_of
 from kit import eventually
 from test_h2 import RawH2
 
@@ -275,12 +276,21 @@ def test_a_body_shorter_than_its_content_length_aborts_the_connection(serve):
 @pytest.mark.parametrize("lifespan", ["auto", "on"])
 def test_a_startup_never_answered_fails_the_boot_after_timeout(lifespan):
     started = time.monotonic()
-    done = subprocess.run(
+    proc = subprocess.Popen(
         [str(BINARY), "serve", "-b", "127.0.0.1:0", "-w", "1", "-k", "asgi", "--timeout", "2",
          "--lifespan", lifespan, "asgi_extensions:silent_startup"],
-        capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(APPS)})
-    log = done.stdout + done.stderr
-    assert done.returncode == 4, log
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(APPS)})
+    try:
+        log, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        # Still waiting for the app: stop what this test started, by pid, workers first.
+        for pid in [*(c for k in children_of(proc.pid) for c in children_of(k)),
+                    *children_of(proc.pid), proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        pytest.fail(f"the server still waited for lifespan startup after 30 s:\n{log}")
+    assert proc.returncode == 4, log
     assert time.monotonic() - started < 20, log
     assert "lifespan.startup not answered within 2 s (--timeout)" in log, log
     assert "ASGI lifespan startup failed" in log, log
