@@ -294,3 +294,12 @@ def test_a_startup_never_answered_fails_the_boot_after_timeout(lifespan):
     assert time.monotonic() - started < 20, log
     assert "lifespan.startup not answered within 2 s (--timeout)" in log, log
     assert "ASGI lifespan startup failed" in log, log
+
+
+def test_a_failure_between_start_and_the_first_body_is_a_500(serve):
+    # The head waits for the first body message (pathsend needs that), so the client
+    # gets the 500 page rather than a cut response.
+    server = serve("asgi_extensions:fails_after_start", "-k", "asgi", workers=1)
+    resp, body = get(server, "/")
+    assert resp.status == 500 and b"Internal Server Error" in body
+    server.wait_for_log("RuntimeError: failed between start and body")

@@ -89,3 +89,12 @@ async def silent_startup(scope, receive, send):
         await asyncio.Event().wait()
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"never"})
+
+
+async def fails_after_start(scope, receive, send):
+    """Starts the response, then fails before its first body message."""
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    raise RuntimeError("failed between start and body (fails_after_start)")
