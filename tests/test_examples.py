@@ -7,6 +7,9 @@ from __future__ import annotations
 import re
 import subprocess
 
+import httpx
+import pytest
+
 from conftest import BINARY, ROOT
 
 EXAMPLES = ROOT / "examples"
@@ -59,3 +62,28 @@ def test_the_kubernetes_deployment_uses_real_flags():
     listing = run_config(flags)
     assert 'bind = ["0.0.0.0:8000"]' in listing, listing
     assert "graceful_timeout = 30" in listing, listing
+
+
+def test_the_fastapi_chat_example_serves_its_page_and_its_http_api(serve):
+    """examples/fastapi_chat as its docstring runs it: the page from --static, the HTTP
+    API from the app. (Its WebSocket endpoint needs rwsgi's WebSocket support.)"""
+    pytest.importorskip("fastapi")
+    chat = EXAMPLES / "fastapi_chat"
+    server = serve(f"{chat}/app:app", "-k", "asgi", "--static", f"/static={chat / 'static'}",
+                   workers=1)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        root = client.get("/")
+        assert (root.status_code, root.headers["location"]) == (307, "/static/")
+        page = client.get("/static/")
+        assert page.status_code == 200 and "new WebSocket(" in page.text
+        assert page.headers["content-type"].startswith("text/html")
+        assert client.get("/api/messages").json() == {"messages": [], "connected": 0}
+        answer = client.post("/api/messages", json={"name": "ada", "text": "hello"})
+        assert (answer.status_code, answer.json()) == (201, {"delivered_to": 0})
+        assert client.get("/api/messages").json()["messages"] == [
+            {"name": "ada", "text": "hello"}]
+        assert client.post("/api/messages", json={"name": "", "text": "x"}).status_code == 422
+    # The command line of the docstring names real flags.
+    docstring = (chat / "app.py").read_text()
+    assert ("rwsgi serve -k asgi --static /static=examples/fastapi_chat/static "
+            "examples/fastapi_chat/app:app") in docstring

@@ -94,6 +94,12 @@ pub struct FileSettings {
 }
 
 impl FileSettings {
+    /// Whether the front tier serves files an app's response points at (X-Sendfile,
+    /// X-Accel-Redirect, ASGI's pathsend): some `--static` or `--internal` directory.
+    pub fn has_targets(&self) -> bool {
+        !self.static_mounts.is_empty() || !self.internal_mounts.is_empty()
+    }
+
     /// Checks the file-serving flags of `rwsgi serve`.
     pub fn from_args(args: &ServeArgs) -> Result<FileSettings, ConfigError> {
         let chdir = args.chdir.as_deref();

@@ -336,6 +336,33 @@ impl ResponseHead {
     }
 }
 
+/// The trailer fields of a response (an ASGI application's `http.response.trailers`),
+/// sent after its last Body frame and before its End.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trailers {
+    /// Trailer fields, in the application's order and case.
+    pub headers: Vec<(Bytes, Bytes)>,
+}
+
+impl Trailers {
+    /// Reads a Trailers payload.
+    pub fn decode(payload: Bytes) -> Result<Trailers, ProtocolError> {
+        let mut r = FieldReader::new(payload, "trailers");
+        let headers = read_headers(&mut r)?;
+        r.finish()?;
+        Ok(Trailers { headers })
+    }
+
+    /// Appends a Trailers frame built from borrowed fields.
+    pub fn encode_parts<'h>(
+        out: &mut Vec<u8>,
+        stream: u32,
+        headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    ) -> Result<(), ProtocolError> {
+        encode_with(out, Kind::Trailers, stream, |w| write_headers(w, headers))
+    }
+}
+
 /// A request body spooled to a file by the front tier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyFile {

@@ -33,7 +33,15 @@
 //! 3. The worker answers with [`Kind::ResponseHead`], [`Kind::Body`] frames and
 //!    [`Kind::End`], or [`Kind::Abort`] when the response cannot be completed (the front
 //!    tier then resets the client's connection or stream instead of sending a truncated
-//!    response as if it were whole).
+//!    response as if it were whole). Between the last `Body` and the `End` the worker
+//!    may send one [`Kind::Trailers`] frame (an ASGI application's
+//!    `http.response.trailers`, offered only to a request with `TE: trailers`): its
+//!    payload is a header list as in `ResponseHead` (a `u32` count, then per field its
+//!    name and its value, each `u32`-length-prefixed); the front tier holds it until
+//!    the `End` and sends it as the response's trailer section (RFC 9110 §6.5), or
+//!    drops it where HTTP cannot carry it (a response not chunked, RFC 9112 §7.1.2). A
+//!    version-3 front tier that knows no `Trailers` never receives one: only a worker
+//!    of the same build sends it.
 //! 4. Either side may send [`Kind::Abort`] for a stream: from the front tier it means the
 //!    client went away. The worker still finishes such a stream with `End` or `Abort`,
 //!    because only that frees its slot: a request it drops unserved, the Abort having
@@ -71,7 +79,7 @@ pub mod ring;
 
 pub use codec::{Decoder, Frame, HEADER_LEN, encode_frame, encode_frame_header};
 pub use fields::{FieldReader, FieldWriter};
-pub use messages::{BodyFile, Hello, RequestHead, RequestHeadRef, ResponseHead, Scheme};
+pub use messages::{BodyFile, Hello, RequestHead, RequestHeadRef, ResponseHead, Scheme, Trailers};
 
 /// The protocol version spoken by this build; both sides must agree.
 pub const VERSION: u16 = 3;
@@ -110,6 +118,8 @@ pub enum Kind {
     /// Front → worker, stream 0, empty, sent on the socket with the shared-memory
     /// rings' descriptor (SCM_RIGHTS): from now on every frame travels in the rings.
     Ring = 10,
+    /// Worker → front: the response's trailer fields, after its body, before its End.
+    Trailers = 20,
 }
 
 impl Kind {
@@ -126,6 +136,7 @@ impl Kind {
             8 => Kind::Retire,
             9 => Kind::Retired,
             10 => Kind::Ring,
+            20 => Kind::Trailers,
             _ => return None,
         })
     }
@@ -165,6 +176,7 @@ pub fn fuzz_decode(data: &[u8]) {
         let _ = Hello::decode(payload.clone());
         let _ = RequestHead::decode(payload.clone());
         let _ = ResponseHead::decode(payload.clone());
+        let _ = Trailers::decode(payload.clone());
         let _ = BodyFile::decode(payload);
     }
 }

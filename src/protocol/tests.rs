@@ -63,6 +63,7 @@ fn conversation() -> (Vec<u8>, Vec<(Kind, u32)>) {
     encode_frame(&mut out, Kind::Abort, 9, b"client went away");
     encode_frame(&mut out, Kind::Retire, 0, b"");
     encode_frame(&mut out, Kind::Retired, 0, b"");
+    Trailers::encode_parts(&mut out, 7, sample_trailers()).unwrap();
     let expected = vec![
         (Kind::Hello, 0),
         (Kind::RequestHead, 7),
@@ -73,8 +74,13 @@ fn conversation() -> (Vec<u8>, Vec<(Kind, u32)>) {
         (Kind::Abort, 9),
         (Kind::Retire, 0),
         (Kind::Retired, 0),
+        (Kind::Trailers, 7),
     ];
     (out, expected)
+}
+
+fn sample_trailers() -> impl Iterator<Item = (&'static [u8], &'static [u8])> {
+    [(&b"x-checksum"[..], &b"abc"[..]), (b"x-empty", b"")].into_iter()
 }
 
 fn decode_all(chunks: &[&[u8]]) -> Result<Vec<Frame>, ProtocolError> {
@@ -119,6 +125,32 @@ fn every_kind_round_trips() {
     );
     assert_eq!(&frames[6].payload[..], b"client went away");
     assert!(frames[7].payload.is_empty() && frames[8].payload.is_empty());
+    let trailers = Trailers::decode(frames[9].payload.clone()).unwrap();
+    let expected: Vec<(Bytes, Bytes)> = sample_trailers()
+        .map(|(n, v)| (Bytes::from_static(n), Bytes::from_static(v)))
+        .collect();
+    assert_eq!(trailers.headers, expected);
+}
+
+#[test]
+fn trailers_refuse_a_count_the_payload_cannot_hold_and_trailing_bytes() {
+    assert_eq!(Kind::from_u8(20), Some(Kind::Trailers));
+    // A count of a billion fields in a 4-byte payload: refused before allocating.
+    let huge = Bytes::from_static(&[0x3b, 0x9a, 0xca, 0x00]);
+    assert!(matches!(
+        Trailers::decode(huge),
+        Err(ProtocolError::TooManyHeaders(_))
+    ));
+    let mut out = Vec::new();
+    Trailers::encode_parts(&mut out, 1, sample_trailers()).unwrap();
+    let mut payload = out[HEADER_LEN..].to_vec();
+    payload.push(0);
+    assert!(matches!(
+        Trailers::decode(payload.into()),
+        Err(ProtocolError::TrailingBytes(..))
+    ));
+    let empty = Trailers::decode(Bytes::from_static(&[0, 0, 0, 0])).unwrap();
+    assert!(empty.headers.is_empty());
 }
 
 #[test]

@@ -66,11 +66,18 @@ class Lifespan:
         answer.cancel()
         return None
 
-    async def startup(self):
+    async def startup(self, timeout):
         """True when the app completed startup; False when it does not speak lifespan
-        (auto). Raises what makes the worker fail to boot."""
+        (auto). Raises what makes the worker fail to boot, an answer not come within
+        `timeout` seconds (--timeout; None: no bound) included."""
         self.task = asyncio.ensure_future(self._run())
-        answer = await self._answer("lifespan.startup")
+        try:
+            answer = await asyncio.wait_for(self._answer("lifespan.startup"), timeout)
+        except asyncio.TimeoutError:
+            self.task.cancel()
+            raise LifespanFailed(
+                f"lifespan.startup not answered within {timeout:g} s (--timeout)"
+            ) from None
         kind = answer and answer.get("type")
         if kind == "lifespan.startup.complete":
             self.supported = True
@@ -109,11 +116,13 @@ class Lifespan:
 class Request:
     """One http scope: its receive and send, in the order www.rst gives them."""
 
-    __slots__ = ("stream", "started", "complete", "body_done", "finished")
+    __slots__ = ("stream", "started", "trailers", "complete", "body_done", "finished")
 
     def __init__(self, stream):
         self.stream = stream
         self.started = False
+        # The response announced trailers, which this request was offered.
+        self.trailers = False
         self.complete = False
         self.body_done = False
         # Set once the response is complete or the client is gone: what the last
@@ -131,12 +140,15 @@ class Request:
 
     async def send(self, message):
         kind = message["type"]
+        if kind == "http.response.trailers" and self.started and not self.trailers:
+            return  # not offered (no TE: trailers): dropped, as RFC 9110 §6.5.1 allows
         if self.complete or self.stream.gone():
             raise ClientDisconnected(f"{kind}: the response is complete or the client is gone")
         if kind == "http.response.start":
             if self.started:
                 raise RuntimeError("http.response.start sent twice")
-            self.stream.start(message["status"], message.get("headers") or ())
+            self.trailers = bool(message.get("trailers")) and self.stream.trailers_offered()
+            self.stream.start(message["status"], message.get("headers") or (), self.trailers)
             self.started = True
         elif kind == "http.response.body":
             if not self.started:
@@ -147,9 +159,25 @@ class Request:
             except ConnectionError as err:
                 self.finished.set()
                 raise ClientDisconnected(str(err)) from None
+            if not more and not self.trailers:
+                self.complete = True
+                self.finished.set()
+        elif kind == "http.response.trailers":
+            more = bool(message.get("more_trailers", False))
+            try:
+                self.stream.trailers(message.get("headers") or (), more)
+            except ConnectionError as err:
+                self.finished.set()
+                raise ClientDisconnected(str(err)) from None
             if not more:
                 self.complete = True
                 self.finished.set()
+        elif kind == "http.response.pathsend":
+            if not self.started:
+                raise RuntimeError("http.response.pathsend before http.response.start")
+            self.stream.pathsend(message["path"])
+            self.complete = True
+            self.finished.set()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
 

@@ -21,8 +21,9 @@ use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyModule, PyString, PyTu
 use tracing::{error, info, warn};
 
 use super::environ::script_name;
-use super::head::parse_asgi_headers;
-use super::response::{log_app_error, send_error_page};
+use super::head::{Fields, parse_asgi_headers, parse_asgi_response_headers};
+use super::hooks::{self, Recorder};
+use super::response::{end_within_length, log_app_error, send_error_page, within_length};
 use super::{App, Body, BootError, RequestLabel, ResponseSink, report_boot_error};
 use crate::config::{Asgi, EventLoop, Lifespan};
 use crate::protocol::{RequestHead, Scheme};
@@ -44,12 +45,20 @@ pub struct AsgiApp {
     /// speak lifespan.
     state: Option<Py<PyDict>>,
     root_path: Py<PyString>,
+    /// Whether `http.response.pathsend` is offered: the front tier serves files only
+    /// from `--static` and `--internal` directories.
+    pathsend: bool,
 }
 
 impl AsgiApp {
     /// Makes the event loop and runs lifespan startup: the worker must take no request
     /// before it is complete. A failure is reported as an application that does not load.
-    pub fn start(app: &App, options: Asgi) -> Result<AsgiApp, BootError> {
+    /// `timeout` (`--timeout`) bounds the wait for startup's answer.
+    pub fn start(
+        app: &App,
+        options: Asgi,
+        timeout: Option<Duration>,
+    ) -> Result<AsgiApp, BootError> {
         Python::attach(|py| {
             let glue = load_glue(py).map_err(|err| {
                 report_boot_error(
@@ -83,22 +92,36 @@ impl AsgiApp {
                 lifespan: None,
                 state: None,
                 root_path: PyString::new(py, &script_name()).unbind(),
+                pathsend: false,
             };
             if options.lifespan != Lifespan::Off {
-                asgi.startup(py, options.lifespan)?;
+                asgi.startup(py, options.lifespan, timeout)?;
             }
             Ok(asgi)
         })
     }
 
-    fn startup(&mut self, py: Python<'_>, mode: Lifespan) -> Result<(), BootError> {
+    /// Offers `http.response.pathsend` when the front tier has directories to serve
+    /// its files from (`--static`, `--internal`): the extension rides on `X-Sendfile`.
+    pub fn offer_pathsend(mut self, offered: bool) -> AsgiApp {
+        self.pathsend = offered;
+        self
+    }
+
+    fn startup(
+        &mut self,
+        py: Python<'_>,
+        mode: Lifespan,
+        timeout: Option<Duration>,
+    ) -> Result<(), BootError> {
         let run = || -> PyResult<(Bound<'_, PyAny>, bool)> {
             let lifespan = self
                 .glue
                 .bind(py)
                 .getattr(intern!(py, "Lifespan"))?
                 .call1((self.app.bind(py), mode.as_str()))?;
-            let startup = lifespan.call_method0(intern!(py, "startup"))?;
+            let timeout = timeout.map(|t| t.as_secs_f64());
+            let startup = lifespan.call_method1(intern!(py, "startup"), (timeout,))?;
             let supported = self.run_until_complete(py, &startup)?.is_truthy()?;
             Ok((lifespan, supported))
         };
@@ -177,6 +200,23 @@ impl AsgiApp {
         done: TaskDone,
     ) -> PyResult<Bound<'py, AsgiStream>> {
         let bodyless = &head.method[..] == b"HEAD";
+        let trailers = asks_for_trailers(&head);
+        // --hooks: pre_request now; post_request once the task is over, with what the
+        // response sent.
+        let hooks = hooks::active();
+        let req = hooks.and_then(|hooks| hooks.pre_request(py, &head));
+        let (sink, hooked) = match (hooks.filter(|h| h.wants_response()), req) {
+            (Some(_), Some(req)) => {
+                let recorder = Arc::new(Recorder::new(sink));
+                let sink: Arc<dyn ResponseSink> = recorder.clone();
+                let hooked = Hooked {
+                    req: req.unbind(),
+                    recorder,
+                };
+                (sink, Some(hooked))
+            }
+            _ => (sink, None),
+        };
         let body = match body {
             Body::Memory(bytes) => BodyReader::Memory(bytes),
             Body::File { file, length } => BodyReader::File(file, length),
@@ -186,17 +226,54 @@ impl AsgiApp {
             AsgiStream {
                 head,
                 root_path: self.root_path.clone_ref(py),
+                pathsend: self.pathsend,
+                trailers_offered: trailers,
                 sink,
+                hooked,
                 state: Mutex::new(StreamState {
                     body,
+                    head: None,
+                    head_written: false,
+                    declared: None,
+                    sent: 0,
+                    trailers: Trailing::None,
                     bodyless,
                     gone: false,
                     ended: false,
                     done: Some(done),
+                    scope: None,
                 }),
             },
         )
     }
+}
+
+/// Whether the request allows trailers in its response: `TE: trailers` (RFC 9110
+/// §10.1.4), in HTTP/1.1 (chunked, RFC 9112 §7.1.2) or HTTP/2 (RFC 9113 §8.1).
+fn asks_for_trailers(head: &RequestHead) -> bool {
+    head.version != 10
+        && head.headers.iter().any(|(name, value)| {
+            name.eq_ignore_ascii_case(b"te")
+                && value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        })
+}
+
+/// The `Trailer` fields among an application's response headers, which
+/// `parse_asgi_headers` checked and left out as hop-by-hop.
+fn trailer_fields(headers: &Bound<'_, PyAny>) -> PyResult<Fields> {
+    let mut found = Vec::new();
+    for item in headers.try_iter()? {
+        let item = item?;
+        let name = item.get_item(0)?;
+        let name = name.cast::<PyBytes>()?.as_bytes();
+        if name.eq_ignore_ascii_case(b"trailer") {
+            let value = item.get_item(1)?;
+            found.push((name.to_vec(), value.cast::<PyBytes>()?.as_bytes().to_vec()));
+        }
+    }
+    Ok(found)
 }
 
 /// The glue module, made from the source in the binary.
@@ -245,8 +322,33 @@ impl BodyReader {
     }
 }
 
+/// A response head checked at `http.response.start` and written with the first body
+/// chunk (or the file of a pathsend): until then a failure still answers 500.
+struct PendingHead {
+    status: u16,
+    headers: Fields,
+    close: bool,
+}
+
+/// Where a response that announced trailers (`"trailers": True`) stands.
+enum Trailing {
+    /// No trailers announced (or none offered): the last body chunk ends the response.
+    None,
+    /// Announced; the body is still coming.
+    Announced,
+    /// The body is whole: the fields gathered so far wait for the last trailers message.
+    Gathering(Fields),
+}
+
 struct StreamState {
     body: BodyReader,
+    trailers: Trailing,
+    head: Option<PendingHead>,
+    /// The head went to the front tier: a failure can only abort the stream.
+    head_written: bool,
+    /// The Content-Length the application declared, and the body bytes it gave.
+    declared: Option<u64>,
+    sent: u64,
     /// HEAD, 204 and 304: the body's bytes are not sent.
     bodyless: bool,
     /// The client went away (remembered: the channel tells once).
@@ -254,6 +356,14 @@ struct StreamState {
     /// The stream's End or Abort is queued: the front tier frees its place then.
     ended: bool,
     done: Option<TaskDone>,
+    /// The scope the application got, kept for `post_request` (with `--hooks` only).
+    scope: Option<Py<PyDict>>,
+}
+
+/// What `post_request` is called with once a request's task is over.
+struct Hooked {
+    req: Py<PyAny>,
+    recorder: Arc<Recorder>,
 }
 
 /// One request of an ASGI worker, as the glue's task sees it.
@@ -261,7 +371,11 @@ struct StreamState {
 pub struct AsgiStream {
     head: RequestHead,
     root_path: Py<PyString>,
+    pathsend: bool,
+    /// The request's `TE: trailers` allows `http.response.trailers`.
+    trailers_offered: bool,
     sink: Arc<dyn ResponseSink>,
+    hooked: Option<Hooked>,
     state: Mutex<StreamState>,
 }
 
@@ -272,9 +386,37 @@ impl AsgiStream {
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let sink = &self.sink;
-        py.detach(|| sink.flush())
-            .map_err(|err| PyConnectionError::new_err(format!("the front tier is gone: {err}")))
+        py.detach(|| sink.flush()).map_err(front_gone)
     }
+
+    /// Ends the response: an Abort instead of the End when its body fell short of its
+    /// declared Content-Length (the client must not wait for bytes that never come).
+    fn end(&self, state: &mut StreamState) -> io::Result<()> {
+        state.ended = true;
+        end_within_length(&*self.sink, state.declared, state.sent, state.bodyless).map(|_| ())
+    }
+
+    /// Queues the pending head, with `extra` fields replacing those of the same names.
+    fn write_head(&self, state: &mut StreamState, extra: &[(&[u8], Vec<u8>)]) -> io::Result<()> {
+        let Some(PendingHead {
+            status,
+            mut headers,
+            close,
+        }) = state.head.take()
+        else {
+            return Ok(());
+        };
+        state.head_written = true;
+        if !extra.is_empty() {
+            headers.retain(|(name, _)| !extra.iter().any(|(n, _)| name.eq_ignore_ascii_case(n)));
+            headers.extend(extra.iter().map(|(n, v)| (n.to_vec(), v.clone())));
+        }
+        self.sink.head(status, b"", close, &headers)
+    }
+}
+
+fn front_gone(err: io::Error) -> PyErr {
+    PyConnectionError::new_err(format!("the front tier is gone: {err}"))
 }
 
 #[pymethods]
@@ -337,7 +479,17 @@ impl AsgiStream {
         if let Some(state) = state {
             scope.set_item(intern!(py, "state"), state.copy()?)?;
         }
-        scope.set_item(intern!(py, "extensions"), PyDict::new(py))?;
+        let extensions = PyDict::new(py);
+        if self.pathsend {
+            extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
+        }
+        if self.trailers_offered {
+            extensions.set_item(intern!(py, "http.response.trailers"), PyDict::new(py))?;
+        }
+        scope.set_item(intern!(py, "extensions"), extensions)?;
+        if self.hooked.is_some() {
+            self.state().scope = Some(scope.clone().unbind());
+        }
         Ok(scope)
     }
 
@@ -357,19 +509,45 @@ impl AsgiStream {
         state.gone
     }
 
-    /// `http.response.start`: the head, checked, is queued.
-    fn start(&self, status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Whether `http.response.trailers` is offered to this request.
+    fn trailers_offered(&self) -> bool {
+        self.trailers_offered
+    }
+
+    /// `http.response.start`: the head, checked, waits for the body (or the file).
+    /// `trailers`: the application announced trailers (and they were offered); the
+    /// response's `Trailer` field, which names them (RFC 9110 §6.6.2) and without
+    /// which HTTP/1.1 sends none, is then kept.
+    #[pyo3(signature = (status, headers, trailers = false))]
+    fn start(
+        &self,
+        status: &Bound<'_, PyAny>,
+        headers: &Bound<'_, PyAny>,
+        trailers: bool,
+    ) -> PyResult<()> {
         let status: u16 = status
             .extract()
             .ok()
             .filter(|s| (200..=999).contains(s))
             .ok_or_else(|| PyValueError::new_err(format!("invalid response status {status}")))?;
-        let (headers, close) = parse_asgi_headers(headers)?;
+        let (mut fields, declared, close) = parse_asgi_response_headers(headers)?;
+        let trailers = trailers && self.trailers_offered;
+        if trailers {
+            fields.extend(trailer_fields(headers)?);
+        }
+        let headers = fields;
         let mut state = self.state();
         state.bodyless |= matches!(status, 204 | 304);
-        self.sink
-            .head(status, b"", close, &headers)
-            .map_err(|err| PyConnectionError::new_err(format!("the front tier is gone: {err}")))
+        state.declared = declared;
+        if trailers {
+            state.trailers = Trailing::Announced;
+        }
+        state.head = Some(PendingHead {
+            status,
+            headers,
+            close,
+        });
+        Ok(())
     }
 
     /// `http.response.body`: the chunk goes out now; the response ends without `more`.
@@ -377,20 +555,91 @@ impl AsgiStream {
         let chunk = body.cast::<PyBytes>().map_err(|_| {
             pyo3::exceptions::PyTypeError::new_err("http.response.body: body must be bytes")
         })?;
-        let bodyless = self.state().bodyless;
-        self.state().ended |= !more;
         let chunk = chunk.as_bytes();
-        let queued = (|| {
-            if !chunk.is_empty() && !bodyless {
-                self.sink.body(chunk)?;
+        {
+            let mut state = self.state();
+            if !matches!(state.trailers, Trailing::None | Trailing::Announced) {
+                return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "http.response.body after the body's last message",
+                ));
+            }
+            self.write_head(&mut state, &[]).map_err(front_gone)?;
+            // Bytes past a declared Content-Length are not sent, as for WSGI.
+            let allowed = within_length(state.declared, state.sent, chunk.len());
+            state.sent += chunk.len() as u64;
+            if allowed > 0 && !state.bodyless {
+                self.sink.body(&chunk[..allowed]).map_err(front_gone)?;
             }
             if !more {
-                self.sink.end()?;
+                if let Trailing::Announced = state.trailers {
+                    // The response ends with the last trailers message.
+                    state.trailers = Trailing::Gathering(Vec::new());
+                } else {
+                    self.end(&mut state).map_err(front_gone)?;
+                }
             }
-            Ok::<(), io::Error>(())
-        })();
-        queued
-            .map_err(|err| PyConnectionError::new_err(format!("the front tier is gone: {err}")))?;
+        }
+        self.flush(py)
+    }
+
+    /// `http.response.trailers` (the ASGI extension): its fields are checked as the
+    /// head's are and gathered; the last (without `more`) sends them all, and ends the
+    /// response. A HEAD, 204 or 304 response, which has no body, gets none.
+    fn trailers(&self, py: Python<'_>, headers: &Bound<'_, PyAny>, more: bool) -> PyResult<()> {
+        let (fields, _) = parse_asgi_headers(headers)?;
+        {
+            let mut state = self.state();
+            let Trailing::Gathering(gathered) = &mut state.trailers else {
+                return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "http.response.trailers before the body's last message, or not announced",
+                ));
+            };
+            gathered.extend(fields);
+            if more {
+                return Ok(());
+            }
+            let gathered = std::mem::replace(&mut state.trailers, Trailing::None);
+            if let Trailing::Gathering(fields) = gathered
+                && !state.bodyless
+                && !fields.is_empty()
+            {
+                self.sink.trailers(&fields).map_err(front_gone)?;
+            }
+            self.end(&mut state).map_err(front_gone)?;
+        }
+        self.flush(py)
+    }
+
+    /// `http.response.pathsend` (the ASGI extension): the front tier sends the file
+    /// named by the absolute `path` itself, as it does an `X-Sendfile` answer, and under
+    /// the same rules (inside a `--static` or `--internal` directory, no symlink out of
+    /// it, the client's ranges and conditionals, the file's status).
+    fn pathsend(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+        use std::os::unix::ffi::OsStrExt;
+        if !self.pathsend {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "http.response.pathsend is not offered: no --static or --internal directory",
+            ));
+        }
+        let bytes = path.as_os_str().as_bytes();
+        if !path.is_absolute() || bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
+            return Err(PyValueError::new_err(format!(
+                "http.response.pathsend: {path:?} is not an absolute path HTTP can carry"
+            )));
+        }
+        {
+            let mut state = self.state();
+            state.ended = true;
+            // An X-Accel-Redirect of the app's would win over the X-Sendfile.
+            if let Some(head) = &mut state.head {
+                head.headers
+                    .retain(|(name, _)| !name.eq_ignore_ascii_case(b"x-accel-redirect"));
+            }
+            let target: &[u8] = b"x-sendfile";
+            self.write_head(&mut state, &[(target, bytes.to_vec())])
+                .map_err(front_gone)?;
+            self.sink.end().map_err(front_gone)?;
+        }
         self.flush(py)
     }
 
@@ -402,12 +651,16 @@ impl AsgiStream {
             &PyErr::from_value(error.clone()),
             &RequestLabel(&self.head),
         );
-        let sent = if started {
+        let mut state = self.state();
+        // A head not written yet is dropped: the client gets the 500 instead.
+        state.head = None;
+        let sent = if started && state.head_written {
             self.sink
                 .abort("the application failed after sending the response head")
         } else {
-            send_error_page(&*self.sink, self.state().bodyless)
+            send_error_page(&*self.sink, state.bodyless)
         };
+        drop(state);
         if sent.is_ok() {
             let _ = self.flush(py);
         }
@@ -421,7 +674,15 @@ impl AsgiStream {
         if !ended && self.sink.abort("the client went away").is_ok() {
             let _ = self.flush(py);
         }
-        let done = self.state().done.take();
+        let (done, scope) = {
+            let mut state = self.state();
+            (state.done.take(), state.scope.take())
+        };
+        if let (Some(hooked), Some(hooks)) = (&self.hooked, hooks::active()) {
+            // As for WSGI, after the response has left; `environ` is the http scope.
+            let scope = scope.map_or_else(|| PyDict::new(py), |s| s.into_bound(py));
+            hooks.post_request(py, hooked.req.bind(py), &scope, &hooked.recorder);
+        }
         if let Some(done) = done {
             done(py);
         }

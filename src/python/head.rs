@@ -129,6 +129,8 @@ struct FieldChecks {
     size: usize,
     /// A `Connection: close` was among the hop-by-hop fields.
     close: bool,
+    /// The declared Content-Length.
+    content_length: Option<u64>,
 }
 
 impl FieldChecks {
@@ -173,6 +175,21 @@ impl FieldChecks {
         Ok(())
     }
 
+    /// A Content-Length field's value: whether it is the first (a repeat of the same
+    /// length is dropped, a different one refused, RFC 9110 §8.6).
+    fn content_length(&mut self, value: &[u8]) -> PyResult<bool> {
+        let text = std::str::from_utf8(value).unwrap_or("").trim();
+        let length = text
+            .parse::<u64>()
+            .ok()
+            .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| PyValueError::new_err(format!("invalid Content-Length {text:?}")))?;
+        if self.content_length.is_some_and(|l| l != length) {
+            return Err(PyValueError::new_err("conflicting Content-Length headers"));
+        }
+        Ok(self.content_length.replace(length).is_none())
+    }
+
     /// Whether the field is hop-by-hop, not to be passed on (a `Connection: close` is
     /// noted).
     fn hop_by_hop(&mut self, name: &[u8], value: &[u8]) -> bool {
@@ -195,7 +212,6 @@ impl FieldChecks {
 /// The application's headers, checked.
 pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
     let mut parsed = Vec::with_capacity(headers.len().unwrap_or(0).min(MAX_RESPONSE_FIELDS));
-    let mut content_length = None;
     let mut checks = FieldChecks::default();
     for item in headers.try_iter()? {
         let item = item?;
@@ -220,31 +236,27 @@ pub fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
         let value = latin1_bytes(value, "header value")?;
         FieldChecks::value(name.as_bytes(), &value)?;
         if name.eq_ignore_ascii_case("content-length") {
-            let text = std::str::from_utf8(&value).unwrap_or("").trim();
-            let length = text
-                .parse::<u64>()
-                .ok()
-                .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| PyValueError::new_err(format!("invalid Content-Length {text:?}")))?;
-            if content_length.is_some_and(|l| l != length) {
-                return Err(PyValueError::new_err("conflicting Content-Length headers"));
-            }
-            if content_length.is_some() {
+            if !checks.content_length(&value)? {
                 continue;
             }
-            content_length = Some(length);
         } else if checks.hop_by_hop(name.as_bytes(), &value) {
             continue;
         }
         parsed.push((name.as_bytes().to_vec(), value));
     }
-    Ok((parsed, content_length, checks.close))
+    Ok((parsed, checks.content_length, checks.close))
 }
 
 /// An ASGI application's `http.response.start` headers (www.rst: an iterable of
 /// `[name, value]` byte strings), checked as a WSGI application's are: the fields, and
 /// whether it asked to close.
 pub fn parse_asgi_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Fields, bool)> {
+    parse_asgi_response_headers(headers).map(|(fields, _, close)| (fields, close))
+}
+
+/// [`parse_asgi_headers`] with the declared Content-Length (a repeat of the same one
+/// dropped, different ones refused), as for WSGI.
+pub fn parse_asgi_response_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
     let mut parsed = Vec::new();
     let mut checks = FieldChecks::default();
     for item in headers.try_iter()? {
@@ -257,11 +269,16 @@ pub fn parse_asgi_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Fields, bool)
         })?;
         checks.name(&name, value.len())?;
         FieldChecks::value(&name, &value)?;
-        if !checks.hop_by_hop(&name, &value) {
-            parsed.push((name, value));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if !checks.content_length(&value)? {
+                continue;
+            }
+        } else if checks.hop_by_hop(&name, &value) {
+            continue;
         }
+        parsed.push((name, value));
     }
-    Ok((parsed, checks.close))
+    Ok((parsed, checks.content_length, checks.close))
 }
 
 /// `[name, value]` (a list or tuple of two byte strings) as bytes.

@@ -472,6 +472,10 @@ impl ResponseSink for Recorder {
         self.inner.body(chunk)
     }
 
+    fn trailers(&self, fields: &[(Vec<u8>, Vec<u8>)]) -> std::io::Result<()> {
+        self.inner.trailers(fields)
+    }
+
     fn end(&self) -> std::io::Result<()> {
         self.inner.end()
     }

@@ -85,8 +85,9 @@ fn report_boot_error(py: Python<'_>, what: &str, err: &PyErr, error: BootError) 
 
 /// Starts the interpreter, sets up `sys.path` and imports the application, printing
 /// the traceback of a failure. In a worker (`worker_id`), the `--hooks` module is
-/// loaded and `post_fork` called before the application is imported.
-fn load(settings: &Settings, worker_id: Option<u32>) -> Result<Py<PyAny>, BootError> {
+/// loaded and `post_fork` called before the application is imported. The flag says
+/// the application is `--reload`'s page of its load error (a WSGI application).
+fn load(settings: &Settings, worker_id: Option<u32>) -> Result<(Py<PyAny>, bool), BootError> {
     interp::initialize().map_err(BootError::Interpreter)?;
     Python::attach(|py| {
         let what = format!(
@@ -100,7 +101,7 @@ fn load(settings: &Settings, worker_id: Option<u32>) -> Result<Py<PyAny>, BootEr
         }
         patch_for_gevent(py, settings)?;
         match app::load(py, &settings.app) {
-            Ok(app) => Ok(app.unbind()),
+            Ok(app) => Ok((app.unbind(), false)),
             // --reload: show the error (log and browser) and wait for the next change.
             Err(err) if settings.reload.is_some() && worker_id.is_some() => {
                 let traceback = response::format_traceback(py, &err);
@@ -109,7 +110,7 @@ fn load(settings: &Settings, worker_id: Option<u32>) -> Result<Py<PyAny>, BootEr
                     traceback.trim_end()
                 );
                 broken::application(py, &what, &traceback)
-                    .map(Bound::unbind)
+                    .map(|page| (page.unbind(), true))
                     .map_err(|err| report_boot_error(py, &what, &err, BootError::AppReported))
             }
             Err(err) => Err(report_boot_error(py, &what, &err, BootError::AppReported)),
@@ -150,7 +151,7 @@ fn patch_for_gevent(py: Python<'_>, settings: &Settings) -> Result<(), BootError
 
 /// `--preload`: imports the application in the master, before any fork.
 pub fn preload(settings: &Settings) -> Result<(), BootError> {
-    let app = load(settings, None)?;
+    let (app, _) = load(settings, None)?;
     let _ = PRELOADED.set(app);
     Ok(())
 }
@@ -177,6 +178,9 @@ pub fn after_fork_child() {
 pub struct App {
     app: Py<PyAny>,
     environ: environ::EnvironBuilder,
+    /// The application is `--reload`'s page of its load error, a WSGI application
+    /// whatever `-k` says.
+    load_error: bool,
 }
 
 /// Where a request's body is, for `wsgi.input`.
@@ -196,10 +200,11 @@ impl App {
                 install_hooks(py, settings, id)?;
                 // Patched in the master already (before the preload); idempotent.
                 patch_for_gevent(py, settings)?;
-                Ok::<_, BootError>(app.clone_ref(py))
+                Ok::<_, BootError>((app.clone_ref(py), false))
             })?,
             None => load(settings, Some(id))?,
         };
+        let (app, load_error) = app;
         // PEP 3333: multithread is true when another thread of the process may call
         // the application at the same time, which greenlets do too.
         let multithread = settings.worker_class != WorkerClass::Sync;
@@ -207,8 +212,18 @@ impl App {
             let environ = environ::EnvironBuilder::new(py, settings.workers > 1, multithread);
             let environ = environ.map_err(BootError::Environ)?;
             hooks::post_worker_init(py, &app);
-            Ok(App { app, environ })
+            Ok(App {
+                app,
+                environ,
+                load_error,
+            })
         })
+    }
+
+    /// Whether the application is `--reload`'s page of its load error: then the worker
+    /// serves it as `-k sync` would, whatever `-k` says.
+    pub fn shows_load_error(&self) -> bool {
+        self.load_error
     }
 
     /// Whether the application is an ASGI 3 callable: a coroutine function, or an object
@@ -239,6 +254,7 @@ impl App {
         App {
             app: self.app.clone_ref(py),
             environ: self.environ.clone_ref(py),
+            load_error: self.load_error,
         }
     }
 

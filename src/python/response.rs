@@ -30,6 +30,8 @@ pub trait ResponseSink: Send + Sync {
     ) -> io::Result<()>;
     /// Queues a body chunk.
     fn body(&self, chunk: &[u8]) -> io::Result<()>;
+    /// Queues the response's trailer fields (after its body, before its end).
+    fn trailers(&self, fields: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()>;
     /// Queues the end of the response.
     fn end(&self) -> io::Result<()>;
     /// Queues an abort: the response cannot be completed.
@@ -137,12 +139,7 @@ impl StartResponse {
         }
         self.send_head(&mut state)?;
         let declared = state.head.as_ref().and_then(|h| h.content_length);
-        let allowed = match declared {
-            Some(length) => {
-                (length.saturating_sub(state.body_sent)).min(chunk.len() as u64) as usize
-            }
-            None => chunk.len(),
-        };
+        let allowed = within_length(declared, state.body_sent, chunk.len());
         state.body_sent += chunk.len() as u64;
         if allowed == 0 || self.bodyless(&state) {
             return Ok(());
@@ -474,20 +471,40 @@ fn finish(start: &StartResponse) -> PyResult<Outcome> {
     let mut state = start.state();
     start.send_head(&mut state)?;
     let declared = state.head.as_ref().and_then(|h| h.content_length);
-    let result = match declared {
-        Some(length) if state.body_sent < length && !start.bodyless(&state) => {
+    let bodyless = start.bodyless(&state);
+    let result = end_within_length(&*start.sink, declared, state.body_sent, bodyless);
+    result.map_err(|e| StartResponse::broken(&mut state, e))
+}
+
+/// How many bytes of a `len`-byte chunk a declared Content-Length still lets out once
+/// `sent` bytes were given: bytes past it are not sent (RFC 9112 §6.3: the recipient
+/// would take them for the next response).
+pub(super) fn within_length(declared: Option<u64>, sent: u64, len: usize) -> usize {
+    match declared {
+        Some(length) => length.saturating_sub(sent).min(len as u64) as usize,
+        None => len,
+    }
+}
+
+/// Ends a response whose application gave `sent` body bytes: an End, or an Abort (and
+/// an error line) when that is fewer than its declared Content-Length, so that the
+/// client sees a cut response rather than waiting for bytes that never come.
+pub(super) fn end_within_length(
+    sink: &dyn ResponseSink,
+    declared: Option<u64>,
+    sent: u64,
+    bodyless: bool,
+) -> io::Result<Outcome> {
+    match declared {
+        Some(length) if sent < length && !bodyless => {
             error!(
-                "the application declared Content-Length: {length} but sent {} bytes; aborting the response",
-                state.body_sent
+                "the application declared Content-Length: {length} but sent {sent} bytes; aborting the response"
             );
-            start
-                .sink
-                .abort("body shorter than its Content-Length")
+            sink.abort("body shorter than its Content-Length")
                 .map(|_| Outcome::Aborted)
         }
-        _ => start.sink.end().map(|_| Outcome::Complete),
-    };
-    result.map_err(|e| StartResponse::broken(&mut state, e))
+        _ => sink.end().map(|_| Outcome::Complete),
+    }
 }
 
 /// Sends a `wsgi.file_wrapper` response. A regular file with a descriptor is read from

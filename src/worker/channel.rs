@@ -19,7 +19,7 @@ use crate::lock::lock;
 use crate::protocol::ring::{RingError, RingMap};
 use crate::protocol::{
     BodyFile, Decoder, Frame, HEADER_LEN, Hello, Kind, MAX_PAYLOAD, ProtocolError, RequestHead,
-    ResponseHead, encode_frame, encode_frame_header,
+    ResponseHead, Trailers, encode_frame, encode_frame_header,
 };
 use crate::python::ResponseSink;
 use crate::scoreboard::WorkerSlot;
@@ -830,6 +830,11 @@ impl ResponseSink for StreamSink {
             }
             Ok(())
         })
+    }
+
+    fn trailers(&self, fields: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+        let fields = fields.iter().map(|(n, v)| (&n[..], &v[..]));
+        self.queue(|buf| Trailers::encode_parts(buf, self.stream, fields).map_err(io::Error::other))
     }
 
     fn end(&self) -> io::Result<()> {

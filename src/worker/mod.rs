@@ -127,9 +127,17 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> Resul
         }
         _ => settings.worker_class,
     };
+    // --reload showing a load error: its page is a WSGI application.
+    let class = match class {
+        WorkerClass::Asgi(_) if app.shows_load_error() => WorkerClass::Sync,
+        class => class,
+    };
     // Lifespan startup completes before the Hello: no request comes before it.
     let asgi = match class {
-        WorkerClass::Asgi(options) => Some(python::AsgiApp::start(&app, options)?),
+        WorkerClass::Asgi(options) => Some(
+            python::AsgiApp::start(&app, options, settings.timeout)?
+                .offer_pathsend(settings.files.has_targets()),
+        ),
         _ => None,
     };
     let slot = WorkerSlot::new(slot);

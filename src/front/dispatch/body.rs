@@ -197,6 +197,8 @@ pub struct WorkerBody {
     finished: bool,
     /// A failure held back one poll, so hyper writes out what came before it.
     failure: Option<Failure>,
+    /// Trailer fields held until the stream's End: sent last, once the body is whole.
+    trailers: Option<Vec<(Bytes, Bytes)>>,
 }
 
 impl WorkerBody {
@@ -210,8 +212,30 @@ impl WorkerBody {
             stream,
             finished: false,
             failure: None,
+            trailers: None,
         }
     }
+}
+
+/// A worker's trailer fields as a header map. The worker checked them; a field that is
+/// not one anyway (a worker's bytes are not trusted) is left out, and logged.
+fn trailer_map(fields: Vec<(Bytes, Bytes)>) -> hyper::HeaderMap {
+    let mut map = hyper::HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        match (
+            hyper::header::HeaderName::from_bytes(&name),
+            hyper::header::HeaderValue::from_maybe_shared(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                map.append(name, value);
+            }
+            _ => tracing::warn!(
+                "a worker's trailer field {:?} is not valid HTTP: left out",
+                String::from_utf8_lossy(&name)
+            ),
+        }
+    }
+    map
 }
 
 /// The most read back from a spill file at a time.
@@ -272,7 +296,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(bytes) => bytes.is_none(),
-            ResponseBody::Worker(body) => body.finished,
+            ResponseBody::Worker(body) => body.finished && body.trailers.is_none(),
             ResponseBody::Boxed(body) => body.is_end_stream(),
         }
     }
@@ -295,6 +319,10 @@ impl WorkerBody {
         if let Some(failure) = self.failure.take() {
             return Poll::Ready(Some(Err(ResponseAborted(failure))));
         }
+        if self.finished {
+            // The trailers were the last frame.
+            return Poll::Ready(None);
+        }
         loop {
             if let Some(piece) = self.read_spilled() {
                 return Poll::Ready(Some(match piece {
@@ -316,9 +344,16 @@ impl WorkerBody {
                     self.reading = Some(spilled);
                     continue;
                 }
+                Poll::Ready(Some(Event::Trailers(fields))) => {
+                    self.trailers = Some(fields);
+                    continue;
+                }
                 Poll::Ready(Some(Event::End)) => {
                     self.finished = true;
-                    Poll::Ready(None)
+                    match self.trailers.take() {
+                        Some(fields) => Poll::Ready(Some(Ok(Frame::trailers(trailer_map(fields))))),
+                        None => Poll::Ready(None),
+                    }
                 }
                 Poll::Ready(Some(Event::Failed(failure))) => {
                     // hyper flushes its buffer when the body is pending: the head and the

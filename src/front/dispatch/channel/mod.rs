@@ -43,7 +43,8 @@ use super::budget::{Backlog, Held};
 use crate::lock::lock;
 use crate::protocol::ring::RingMap;
 use crate::protocol::{
-    Frame, Kind, MAX_PAYLOAD, ProtocolError, ResponseHead, encode_frame, encode_frame_header,
+    Frame, Kind, MAX_PAYLOAD, ProtocolError, ResponseHead, Trailers, encode_frame,
+    encode_frame_header,
 };
 use crate::scoreboard;
 
@@ -58,6 +59,8 @@ pub enum Event {
     /// A chunk of the response body, written to the stream's spill file because the
     /// client is slower than the worker.
     Spilled(Spilled),
+    /// The response's trailer fields (an ASGI application's), sent once End comes.
+    Trailers(Vec<(Bytes, Bytes)>),
     /// The response is complete.
     End,
     /// The response cannot be completed.
@@ -522,6 +525,7 @@ impl WorkerConn {
                 }
                 return Ok(None);
             }
+            Kind::Trailers => Event::Trailers(Trailers::decode(frame.payload)?.headers),
             Kind::End => Event::End,
             Kind::Abort => Event::Failed(Failure::Aborted(
                 String::from_utf8_lossy(&frame.payload).into_owned(),
