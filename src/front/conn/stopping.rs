@@ -72,6 +72,13 @@ impl Stop {
 }
 
 impl Watch {
+    /// Resolves once the stop has begun: for a connection hyper no longer serves (a
+    /// WebSocket), which closes itself then.
+    pub async fn begun(&mut self) {
+        // An error means the stop's sender is gone: the front tier is ending anyway.
+        let _ = self.stopping.wait_for(|stopping| *stopping).await;
+    }
+
     /// Serves `connection` until it ends. When the stop begins, it is told to stop at
     /// once if a request has begun on it (`begun`), else once one begins or
     /// [`FIRST_REQUEST_GRACE`] has passed. When `idle` resolves, it is told to stop

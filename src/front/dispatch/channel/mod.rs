@@ -43,7 +43,8 @@ use super::budget::{Backlog, Held};
 use crate::lock::lock;
 use crate::protocol::ring::RingMap;
 use crate::protocol::{
-    Frame, Kind, MAX_PAYLOAD, ProtocolError, ResponseHead, encode_frame, encode_frame_header,
+    Frame, Kind, MAX_PAYLOAD, ProtocolError, ResponseHead, WsAccept, WsClose, WsCredit, WsMessage,
+    encode_frame, encode_frame_header,
 };
 use crate::scoreboard;
 
@@ -65,6 +66,14 @@ pub enum Event {
     /// The worker died before it began this request (it was queued behind another, see
     /// `pool`): it may go to another worker.
     Returned(Returned),
+    /// The application accepted the WebSocket.
+    WsAccept(WsAccept),
+    /// A piece of a message for the WebSocket's client.
+    WsMessage(WsMessage),
+    /// The application closed the WebSocket.
+    WsClose(WsClose),
+    /// The worker may be sent this many more bytes of the client's messages.
+    WsCredit(u32),
 }
 
 /// A request given back unstarted, with what it held.
@@ -275,6 +284,8 @@ pub struct WorkerConn {
     pub(super) outbox_ready: Notify,
     streams: Mutex<Streams>,
     next_stream: AtomicU32,
+    /// Set once the worker retires: its WebSockets close (1012).
+    retiring: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a stream's opening queues for the worker: frames, whose body payloads may stay
@@ -399,6 +410,7 @@ impl WorkerConn {
                 timed_out: false,
             }),
             next_stream: AtomicU32::new(1),
+            retiring: tokio::sync::watch::Sender::new(false),
         });
         tokio::spawn(writer(conn.clone()));
         conn
@@ -491,6 +503,50 @@ impl WorkerConn {
         encode_frame(&mut outbox.bytes, Kind::Retired, 0, b"");
         drop(outbox);
         self.outbox_ready.notify_one();
+        self.retiring.send_replace(true);
+    }
+
+    /// Watches for the worker's retirement (its WebSockets then close).
+    pub fn retiring(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.retiring.subscribe()
+    }
+
+    /// Queues a frame of WebSocket `stream` for the worker, if the stream is open.
+    fn ws_frame(&self, stream: u32, encode: impl FnOnce(&mut Vec<u8>)) {
+        if !self.streams().open.contains_key(&stream) {
+            return;
+        }
+        let mut outbox = self.outbox();
+        if outbox.closed {
+            return;
+        }
+        encode(&mut outbox.bytes);
+        drop(outbox);
+        self.outbox_ready.notify_one();
+    }
+
+    /// A piece of a client's message (within the worker's credit).
+    pub fn ws_message(&self, stream: u32, text: bool, last: bool, data: &[u8]) {
+        self.ws_frame(stream, |out| {
+            // A piece is cut to fit a frame by the caller.
+            let _ = WsMessage::encode(out, stream, text, last, data);
+        });
+    }
+
+    /// The WebSocket is over for the client: the application gets its
+    /// `websocket.disconnect` with `code`.
+    pub fn ws_close(&self, stream: u32, code: u16, reason: &str) {
+        self.ws_frame(stream, |out| WsClose::encode(out, stream, code, reason));
+    }
+
+    /// The handshake was never completed (the client left): the application is told.
+    pub fn ws_gone(&self, stream: u32, code: u16) {
+        self.ws_close(stream, code, "");
+    }
+
+    /// `bytes` of the worker's messages have been written to the client.
+    pub fn ws_credit(&self, stream: u32, bytes: u32) {
+        self.ws_frame(stream, |out| WsCredit::encode(out, stream, bytes));
     }
 
     /// Tells the worker that the client of `stream` went away. The stream stays open
@@ -522,6 +578,10 @@ impl WorkerConn {
                 }
                 return Ok(None);
             }
+            Kind::WsAccept => Event::WsAccept(WsAccept::decode(frame.payload)?),
+            Kind::WsMessage => Event::WsMessage(WsMessage::decode(frame.payload)?),
+            Kind::WsClose => Event::WsClose(WsClose::decode(frame.payload)?),
+            Kind::WsCredit => Event::WsCredit(WsCredit::decode(frame.payload)?.bytes),
             Kind::End => Event::End,
             Kind::Abort => Event::Failed(Failure::Aborted(
                 String::from_utf8_lossy(&frame.payload).into_owned(),

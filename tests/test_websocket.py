@@ -1,0 +1,217 @@
+"""-k asgi WebSockets (issue 17): RFC 6455 in the front tier, ASGI messages in the worker
+(asgiref www.rst 2.5). Driven by the `websockets` client library and by a raw client of
+our own (wskit) for what no library sends: the conformance cases of RFC 6455 §5-7."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from kit import eventually
+from wskit import RawSocket, close_payload
+
+websockets = pytest.importorskip("websockets")
+from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
+from websockets.sync.client import connect  # noqa: E402
+
+TEXT, BINARY, CLOSE, PING, PONG = 1, 2, 8, 9, 10
+
+
+@pytest.fixture
+def marker(tmp_path):
+    return tmp_path / "marker"
+
+
+def noted(marker, line: str, timeout: float = 10) -> list[str]:
+    """The application's notes, once `line` is among them."""
+    eventually(lambda: marker.exists() and line in marker.read_text().splitlines(),
+               timeout, f"the app to note {line!r}")
+    return marker.read_text().splitlines()
+
+
+@pytest.fixture
+def echo(serve, marker):
+    return serve("asgi_ws:echo", "-k", "asgi", "--access-logfile", "-", workers=1,
+                 env={"ASGI_MARKER": str(marker)})
+
+
+def test_messages_both_ways_with_the_scope_of_the_spec(echo):
+    url = f"ws://127.0.0.1:{echo.port}/room%20a/b?x=1"
+    with connect(url, subprotocols=["chat", "other"], compression=None, max_size=None) as ws:
+        assert ws.subprotocol == "chat"
+        assert ws.response.headers["x-accepted"] == "yes"
+        ws.send("héllo")
+        assert ws.recv() == "héllo"
+        ws.send(b"\x00\xff")
+        assert ws.recv() == b"\x00\xff"
+        ws.send("")
+        assert ws.recv() == ""
+        # Larger than the channel's credit window and than one channel frame, both ways.
+        big = bytes(range(256)) * (3 * 4096 + 7)
+        ws.send(big)
+        assert ws.recv() == big
+        ws.send("scope")
+        import json
+        scope = json.loads(ws.recv())
+    assert scope["type"] == "websocket"
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.5"}
+    assert scope["scheme"] == "ws" and scope["http_version"] == "1.1"
+    assert scope["path"] == "/room a/b" and scope["raw_path"] == "/room%20a/b"
+    assert scope["query_string"] == "x=1"
+    assert scope["subprotocols"] == ["chat", "other"]
+    assert "method" not in scope
+    assert scope["extensions"] == {"websocket.http.response": {}}
+    assert ["sec-websocket-protocol", "chat, other"] in scope["headers"]
+    assert scope["client"][0] == "127.0.0.1" and scope["server"] == ["127.0.0.1", echo.port]
+
+
+def test_a_close_by_the_application_reaches_the_client_and_its_disconnect_comes_once(
+        echo, marker):
+    with connect(f"ws://127.0.0.1:{echo.port}/") as ws:
+        ws.send("close 4001")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv()
+    assert closed.value.rcvd.code == 4001 and closed.value.rcvd.reason == "asked to"
+    notes = noted(marker, "again websocket.disconnect")
+    # The disconnect once (the second receive() answers it again, as the same event),
+    # and a send() after it is an OSError, as www.rst 2.5 says.
+    assert notes == ["disconnect 4001 'asked to'", "OSError ClientDisconnected",
+                     "again websocket.disconnect"]
+    echo.wait_for_log(r'"GET / HTTP/1.1" 101')
+
+
+def test_a_close_by_the_client_is_answered_and_the_application_gets_its_code(echo, marker):
+    ws = connect(f"ws://127.0.0.1:{echo.port}/")
+    ws.send("ping me")
+    assert ws.recv() == "ping me"
+    ws.close(4002, "bye")
+    # The server answered the close frame with its own (echoing the code).
+    assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 4002
+    assert noted(marker, "again websocket.disconnect")[:2] == [
+        "disconnect 4002 'bye'", "OSError ClientDisconnected"]
+
+
+def test_a_connection_dropped_without_a_close_frame_is_1006_for_the_application(echo, marker):
+    raw = RawSocket(echo.port)
+    raw.send(TEXT, b"hi")
+    assert raw.recv() == (True, TEXT, b"hi")
+    raw.sock.shutdown(socket.SHUT_RDWR)
+    raw.close()
+    assert noted(marker, "again websocket.disconnect")[0] == "disconnect 1006 ''"
+
+
+def test_denials_before_the_accept(echo):
+    with pytest.raises(InvalidStatus) as denied:
+        connect(f"ws://127.0.0.1:{echo.port}/deny")
+    assert denied.value.response.status_code == 403
+    # websocket.http.response: the application's own response.
+    raw = RawSocket(echo.port, "/respond")
+    assert raw.status == 401
+    assert "x-why: no" in raw.head.lower()
+    assert b"not you" in raw._until(b"0\r\n\r\n")
+    raw.close()
+    with pytest.raises(InvalidStatus) as failed:
+        connect(f"ws://127.0.0.1:{echo.port}/fail-before")
+    assert failed.value.response.status_code == 500
+    echo.wait_for_log("failing before the accept")
+
+
+def test_a_denied_handshake_leaves_the_connection_usable_for_the_next_request(echo):
+    raw = RawSocket(echo.port, "/deny")
+    assert raw.status == 403
+    raw.sock.sendall(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert raw._until(b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+    raw.close()
+
+
+def test_an_application_failing_after_the_accept_closes_with_1011_and_its_traceback(echo):
+    with connect(f"ws://127.0.0.1:{echo.port}/") as ws:
+        ws.send("fail")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv()
+    assert closed.value.rcvd.code == 1011
+    echo.wait_for_log("failing after the accept")
+
+
+def test_a_bad_handshake_is_refused(echo):
+    with socket.create_connection(("127.0.0.1", echo.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 8\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 426")
+
+
+# -- RFC 6455 §5-7 with a raw client ---------------------------------------------------
+
+def test_fragments_are_reassembled_around_control_frames(echo):
+    raw = RawSocket(echo.port)
+    raw.send(TEXT, "fra".encode(), fin=False)
+    raw.send(PING, b"in between")
+    raw.send(0, "gmé".encode()[:4], fin=False)
+    raw.send(PONG, b"unasked")  # an unsolicited pong is allowed (§5.5.3)
+    raw.send(0, "gmé".encode()[4:], fin=True)
+    assert raw.recv() == (True, PONG, b"in between")
+    assert raw.recv() == (True, TEXT, "fragmé".encode())
+    raw.send(CLOSE, close_payload(1000))
+    assert raw.recv_close() == (1000, "")
+    assert raw.at_eof()
+
+
+@pytest.mark.parametrize("case, code", [
+    ("unmasked", 1002),
+    ("reserved opcode", 1002),
+    ("rsv bit", 1002),
+    ("continuation of nothing", 1002),
+    ("fragmented ping", 1002),
+    ("close code 1005", 1002),
+    ("invalid utf-8", 1007),
+    ("invalid utf-8 across fragments", 1007),
+    ("oversized", 1009),
+    ("oversized in fragments", 1009),
+])
+def test_each_protocol_violation_closes_with_its_code(serve, marker, case, code):
+    server = serve("asgi_ws:echo", "-k", "asgi", "--ws-max-size", "1k", workers=1,
+                   env={"ASGI_MARKER": str(marker)})
+    raw = RawSocket(server.port)
+    if case == "unmasked":
+        raw.send(TEXT, b"hi", mask=False)
+    elif case == "reserved opcode":
+        raw.send(3, b"")
+    elif case == "rsv bit":
+        raw.send(TEXT, b"hi", rsv=2)
+    elif case == "continuation of nothing":
+        raw.send(0, b"hi")
+    elif case == "fragmented ping":
+        raw.send(PING, b"", fin=False)
+    elif case == "close code 1005":
+        raw.send(CLOSE, close_payload(1005))
+    elif case == "invalid utf-8":
+        raw.send(TEXT, b"ok \xff\xfe")
+    elif case == "invalid utf-8 across fragments":
+        raw.send(TEXT, b"\xc3", fin=False)
+        raw.send(0, b"(")
+    elif case == "oversized":
+        raw.send(BINARY, b"x" * 1025)
+    elif case == "oversized in fragments":
+        raw.send(BINARY, b"x" * 600, fin=False)
+        raw.send(0, b"x" * 600)
+    assert raw.recv_close()[0] == code
+    assert raw.at_eof()
+    assert noted(marker, "again websocket.disconnect")[0].startswith(f"disconnect {code} ")
+
+
+def test_a_close_without_a_code_is_1005_for_the_application(echo, marker):
+    raw = RawSocket(echo.port)
+    raw.send(CLOSE, b"")
+    assert raw.recv_close() == (None, "")
+    assert noted(marker, "again websocket.disconnect")[0] == "disconnect 1005 ''"
+
+
+def test_a_message_of_the_largest_size_passes(serve):
+    server = serve("asgi_ws:echo", "-k", "asgi", "--ws-max-size", "1k", workers=1)
+    raw = RawSocket(server.port)
+    raw.send(BINARY, b"y" * 1024)
+    assert raw.recv() == (True, BINARY, b"y" * 1024)
+    raw.close()
