@@ -16,8 +16,13 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 class RawSocket:
     """One WebSocket opened by hand."""
 
-    def __init__(self, port: int, path: str = "/", headers: bytes = b"", timeout: float = 10):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, path: str = "/", headers: bytes = b"", timeout: float = 10,
+                 rcvbuf: int | None = None):
+        self.sock = socket.socket()
+        if rcvbuf:  # a small receive buffer: a client that does not read fills it soon
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16))
         self.sock.sendall(
             b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"

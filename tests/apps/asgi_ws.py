@@ -77,7 +77,12 @@ async def echo(scope, receive, send):
 
 async def flood(scope, receive, send):
     """Sends $FLOOD_MIB messages of 1 MiB to a client that may not read them; notes
-    how many of them send() took before it is disconnected."""
+    how many of them send() took before it is disconnected. An HTTP request is answered
+    meanwhile (the event loop is not blocked by the waiting send)."""
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"the loop is free"})
+        return
     if scope["type"] != "websocket":
         return
     await receive()
@@ -87,8 +92,7 @@ async def flood(scope, receive, send):
     try:
         for sent in range(1, int(os.environ.get("FLOOD_MIB", "200")) + 1):
             await send({"type": "websocket.send", "bytes": chunk})
-            if sent % 8 == 0:
-                note(f"sent {sent}")
+            note(f"sent {sent}")
     except OSError:
         note(f"stopped {sent}")
         return
