@@ -289,3 +289,38 @@ def test_an_application_that_does_not_receive_stops_the_reading_of_its_client(se
     assert pushed < 32 << 20, f"{pushed >> 20} MiB taken from a client nobody reads"
     assert after[0] - before[0] < 24 and after[1] - before[1] < 24
     raw.close()
+
+
+# -- pings -----------------------------------------------------------------------------
+
+def test_the_server_pings_and_a_client_that_answers_stays(serve, marker):
+    server = serve("asgi_ws:echo", "-k", "asgi", "--ws-ping-interval", "0.3",
+                   "--ws-ping-timeout", "1", workers=1, env={"ASGI_MARKER": str(marker)})
+    raw = RawSocket(server.port)
+    for _ in range(3):
+        fin, opcode, payload = raw.recv()
+        assert (fin, opcode) == (True, PING)
+        raw.send(PONG, payload)
+    raw.send(TEXT, b"still here")
+    while (frame := raw.recv())[1] == PING:
+        raw.send(PONG, frame[2])
+    assert frame == (True, TEXT, b"still here")
+    raw.close()
+
+
+def test_a_client_that_does_not_answer_pings_is_closed_with_1011(serve, marker):
+    server = serve("asgi_ws:echo", "-k", "asgi", "--ws-ping-interval", "0.3",
+                   "--ws-ping-timeout", "0.5", workers=1, env={"ASGI_MARKER": str(marker)})
+    raw = RawSocket(server.port)
+    assert raw.recv()[1] == PING
+    assert raw.recv_close()[0] == 1011
+    assert noted(marker, "again websocket.disconnect")[0].startswith("disconnect 1011 ")
+
+
+def test_the_websockets_client_keeps_a_pinged_connection(serve):
+    server = serve("asgi_ws:echo", "-k", "asgi", "--ws-ping-interval", "0.2",
+                   "--ws-ping-timeout", "0.5", workers=1)
+    with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+        time.sleep(1.5)  # several pings, answered by the client library meanwhile
+        ws.send("alive")
+        assert ws.recv() == "alive"
