@@ -10,7 +10,7 @@ import time
 import pytest
 
 from kit import eventually, fronts_of, get, workers_of
-from wskit import RawSocket, close_payload
+from wskit import H2Socket, RawSocket, close_payload
 
 websockets = pytest.importorskip("websockets")
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
@@ -324,3 +324,58 @@ def test_the_websockets_client_keeps_a_pinged_connection(serve):
         time.sleep(1.5)  # several pings, answered by the client library meanwhile
         ws.send("alive")
         assert ws.recv() == "alive"
+
+
+# -- TLS and HTTP/2 (RFC 8441) ---------------------------------------------------------
+
+CERTS = __import__("pathlib").Path(__file__).resolve().parent.parent / "certs"
+LOCALHOST = f"{CERTS / 'localhost.pem'}:{CERTS / 'localhost.key'}"
+
+
+def test_websockets_over_tls(serve):
+    import ssl
+    server = serve("asgi_ws:echo", "-k", "asgi", "--tls", LOCALHOST, workers=1)
+    context = ssl.create_default_context(cafile=str(CERTS / "ca.pem"))
+    with connect(f"wss://localhost:{server.port}/tls", ssl=context) as ws:
+        ws.send("scope")
+        import json
+        scope = json.loads(ws.recv())
+        ws.send(b"\x01" * 100_000)
+        assert ws.recv() == b"\x01" * 100_000
+    assert scope["scheme"] == "wss" and scope["path"] == "/tls"
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "h2-tls"])
+def test_websockets_over_http2_extended_connect(serve, marker, tls):
+    args = ["--tls", LOCALHOST] if tls else []
+    server = serve("asgi_ws:echo", "-k", "asgi", *args, workers=1,
+                   env={"ASGI_MARKER": str(marker)})
+    ws = H2Socket(server.port, "/over/h2?q=1", tls=tls,
+                  headers=[("sec-websocket-protocol", "chat")])
+    # RFC 8441 §3 (SETTINGS_ENABLE_CONNECT_PROTOCOL was awaited) and §5: a 200.
+    assert ws.status == 200
+    assert ws.response_headers.get("sec-websocket-protocol") == "chat"
+    ws.send(TEXT, "héllo h2".encode())
+    assert ws.recv() == (True, TEXT, "héllo h2".encode())
+    ws.send(TEXT, b"scope")
+    import json
+    scope = json.loads(ws.recv()[2])
+    assert scope["http_version"] == "2" and scope["scheme"] == ("wss" if tls else "ws")
+    assert scope["path"] == "/over/h2" and scope["query_string"] == "q=1"
+    assert scope["subprotocols"] == ["chat"]
+    big = b"z" * 300_000  # larger than HTTP/2's initial window: flow control both ways
+    ws.send(BINARY, big)
+    assert ws.recv() == (True, BINARY, big)
+    ws.send(TEXT, b"close 4003")
+    assert ws.recv_close() == (4003, "asked to")
+    assert noted(marker, "again websocket.disconnect")[0] == "disconnect 4003 'asked to'"
+    ws.close()
+
+
+def test_an_http2_client_violating_rfc_6455_is_closed_with_1002(serve, marker):
+    server = serve("asgi_ws:echo", "-k", "asgi", workers=1, env={"ASGI_MARKER": str(marker)})
+    ws = H2Socket(server.port)
+    ws.send(TEXT, b"hi", mask=False)
+    assert ws.recv_close()[0] == 1002
+    assert noted(marker, "again websocket.disconnect")[0].startswith("disconnect 1002 ")
+    ws.close()
