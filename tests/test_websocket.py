@@ -379,3 +379,59 @@ def test_an_http2_client_violating_rfc_6455_is_closed_with_1002(serve, marker):
     assert ws.recv_close()[0] == 1002
     assert noted(marker, "again websocket.disconnect")[0].startswith("disconnect 1002 ")
     ws.close()
+
+
+# -- permessage-deflate (RFC 7692) -----------------------------------------------------
+
+def test_permessage_deflate_with_the_websockets_client(echo):
+    # The websockets client offers permessage-deflate by default.
+    with connect(f"ws://127.0.0.1:{echo.port}/", max_size=None) as ws:
+        extensions = ws.response.headers["sec-websocket-extensions"]
+        assert extensions.startswith("permessage-deflate")
+        text = "compressible " * 100_000
+        ws.send(text)
+        assert ws.recv() == text
+        for i in range(50):  # the server's context restarts with each message
+            ws.send(f"message {i}")
+            assert ws.recv() == f"message {i}"
+        noise = bytes(range(256)) * 5000
+        ws.send(noise)
+        assert ws.recv() == noise
+
+
+def deflate(data: bytes) -> bytes:
+    import zlib
+    compressor = zlib.compressobj(wbits=-15)
+    return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def test_permessage_deflate_on_the_wire(serve, marker):
+    import zlib
+    server = serve("asgi_ws:echo", "-k", "asgi", "--ws-max-size", "64k", workers=1,
+                   env={"ASGI_MARKER": str(marker)})
+    offer = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    raw = RawSocket(server.port, headers=offer)
+    assert "permessage-deflate; server_no_context_takeover" in raw.head
+    message = b"a" * 50_000
+    raw.send(BINARY, deflate(message), rsv=4)  # RSV1: compressed (§6)
+    fin, opcode, payload = raw.recv()
+    assert (fin, opcode, raw.rsv1) == (True, BINARY, True)
+    assert len(payload) < 1000
+    assert zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff") == message
+    # Uncompressed messages stay allowed; compressed control frames do not.
+    raw.send(TEXT, b"plain")
+    fin, opcode, payload = raw.recv()
+    assert zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff") == b"plain"
+    # A small message that inflates past --ws-max-size: 1009, before it is all inflated.
+    raw.send(BINARY, deflate(b"\0" * (10 << 20)), rsv=4)
+    assert raw.recv_close()[0] == 1009
+    assert noted(marker, "again websocket.disconnect")[0].startswith("disconnect 1009 ")
+
+
+def test_without_an_offer_nothing_is_compressed(echo):
+    raw = RawSocket(echo.port)
+    assert "sec-websocket-extensions" not in raw.head.lower()
+    raw.send(BINARY, b"b" * 1000)
+    assert raw.recv() == (True, BINARY, b"b" * 1000) and not raw.rsv1
+    raw.send(BINARY, deflate(b"x"), rsv=4)
+    assert raw.recv_close()[0] == 1002

@@ -57,6 +57,7 @@ class Frames:
         """The next frame from the server: (fin, opcode, payload); servers never mask."""
         b0, b1 = self._exactly(2)
         assert b1 & 0x80 == 0, "a server frame was masked"
+        self.rsv1 = bool(b0 & 0x40)  # the last frame's: compressed (RFC 7692)
         n = b1 & 0x7F
         if n == 126:
             (n,) = struct.unpack("!H", self._exactly(2))
