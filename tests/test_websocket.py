@@ -435,3 +435,56 @@ def test_without_an_offer_nothing_is_compressed(echo):
     assert raw.recv() == (True, BINARY, b"b" * 1000) and not raw.rsv1
     raw.send(BINARY, deflate(b"x"), rsv=4)
     assert raw.recv_close()[0] == 1002
+
+
+# -- graceful stop and rotation --------------------------------------------------------
+
+def test_term_closes_open_websockets_with_1001_at_once(serve, marker):
+    import signal
+    server = serve("asgi_ws:echo", "-k", "asgi", "--graceful-timeout", "60", workers=1,
+                   env={"ASGI_MARKER": str(marker)})
+    sockets = [connect(f"ws://127.0.0.1:{server.port}/") for _ in range(3)]
+    for ws in sockets:
+        ws.send("hi")
+        assert ws.recv() == "hi"
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    for ws in sockets:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=15)
+        assert closed.value.rcvd.code == 1001
+    # Every application was told once, and the server stopped well within
+    # --graceful-timeout.
+    noted(marker, "disconnect 1001 'server stopping'")
+    eventually(lambda: marker.read_text().splitlines().count(
+        "disconnect 1001 'server stopping'") == 3, 10, "three disconnects")
+    assert server.wait(30) == 0
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("how", ["hup", "max-requests"])
+def test_a_rotated_worker_closes_its_websockets_with_1012(serve, marker, how):
+    import signal
+    args = ["--max-requests", "2"] if how == "max-requests" else []
+    server = serve("asgi_ws:echo", "-k", "asgi", *args, workers=1,
+                   env={"ASGI_MARKER": str(marker)})
+    ws = connect(f"ws://127.0.0.1:{server.port}/")
+    ws.send("hi")
+    assert ws.recv() == "hi"
+    if how == "hup":
+        server.signal(signal.SIGHUP)
+    else:
+        assert get(server.port, "/plain")[0] == 200  # the second request: it retires
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=15)
+    assert closed.value.rcvd.code == 1012
+    noted(marker, "disconnect 1012 'worker restarting'")
+    # The new worker serves WebSockets; nothing hung.
+    def reconnects():
+        try:
+            with connect(f"ws://127.0.0.1:{server.port}/", open_timeout=5) as again:
+                again.send("back")
+                return again.recv(timeout=5) == "back"
+        except (OSError, InvalidStatus, ConnectionClosed):
+            return False
+    eventually(reconnects, 20, "a WebSocket on the new worker")

@@ -265,7 +265,7 @@ async fn serve(
     }
     let mut master_gone = tokio::spawn(control::receive(
         control,
-        pool,
+        pool.clone(),
         shards.handles().to_vec(),
         reload,
         settings.limits.ring_size,
@@ -304,6 +304,14 @@ async fn serve(
     {
         warn!("graceful timeout passed with connections still open");
     }
+    // The WebSockets closed last told their workers so (their applications' disconnect):
+    // those frames leave before the front tier does, within a moment.
+    let written = async {
+        while !pool.channels().iter().all(|worker| worker.written()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), written).await;
     Ok(())
 }
 

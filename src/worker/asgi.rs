@@ -49,9 +49,16 @@ impl Tasks {
     /// channel is still open.
     fn poll<'py>(self: &Arc<Self>, py: Python<'py>, stop: &AtomicBool) -> PyResult<Polled<'py>> {
         let mut requests = Vec::new();
+        let mut incoming = lock(&self.incoming);
         let open = self
             .channel
-            .poll_requests(stop, &mut lock(&self.incoming), |r| requests.push(r));
+            .poll_requests(stop, &mut incoming, |r| requests.push(r));
+        // After Retired the channel is still read while tasks run: the front tier closes
+        // their WebSockets then (1012), and their applications must hear it.
+        let draining =
+            incoming.retired && !incoming.closed && self.in_flight.load(Ordering::Relaxed) > 0;
+        drop(incoming);
+        let open = open.map(|open| open || draining);
         // The loop polls at least every STOP_CHECK_SECONDS: a loop that does is alive,
         // however long its WebSockets stay silent (--timeout is for a blocked loop).
         if self.in_flight.load(Ordering::Relaxed) > 0 {

@@ -84,6 +84,11 @@ pub struct Request {
 #[derive(Default)]
 pub struct Incoming {
     partial: HashMap<u32, Partial>,
+    /// Retired has come: frames of the streams still open may follow (an asgi worker's
+    /// WebSockets, which the front tier closes then), but no request.
+    pub retired: bool,
+    /// The front tier closed the channel.
+    pub closed: bool,
 }
 
 /// A request whose frames are still arriving.
@@ -319,7 +324,8 @@ impl Channel {
 
     /// [`Channel::read_requests`] without waiting (a gevent worker, whose hub waits for
     /// the channel to be readable): takes what has arrived. `Ok(false)` once the front
-    /// tier has closed the channel or answered Retired.
+    /// tier has closed the channel or answered Retired (`incoming` says which); called
+    /// again after Retired, it takes the frames of the streams still open.
     pub fn poll_requests(
         &self,
         stop: &AtomicBool,
@@ -334,10 +340,14 @@ impl Channel {
         loop {
             let frame = match reader.try_frame()? {
                 Some(Wait::Frame(frame)) => frame,
-                Some(_) => return Ok(false),
-                None => return Ok(true),
+                Some(_) => {
+                    incoming.closed = true;
+                    return Ok(false);
+                }
+                None => return Ok(!incoming.retired),
             };
             if self.take(incoming, frame, &mut deliver)? {
+                incoming.retired = true;
                 return Ok(false);
             }
         }

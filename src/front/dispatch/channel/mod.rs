@@ -506,6 +506,12 @@ impl WorkerConn {
         self.retiring.send_replace(true);
     }
 
+    /// Whether everything queued for the worker has been written (or never will be).
+    pub fn written(&self) -> bool {
+        let outbox = self.outbox();
+        outbox.closed || (outbox.bytes.is_empty() && !outbox.writing)
+    }
+
     /// Watches for the worker's retirement (its WebSockets then close).
     pub fn retiring(&self) -> tokio::sync::watch::Receiver<bool> {
         self.retiring.subscribe()
