@@ -79,7 +79,23 @@ def test_a_close_by_the_application_reaches_the_client_and_its_disconnect_comes_
     # and a send() after it is an OSError, as www.rst 2.5 says.
     assert notes == ["disconnect 4001 'asked to'", "OSError ClientDisconnected",
                      "again websocket.disconnect"]
-    echo.wait_for_log(r'"GET / HTTP/1.1" 101')
+
+
+
+def test_a_websocket_is_one_access_log_line_written_when_it_ends(serve):
+    import json
+    server = serve("asgi_ws:echo", "-k", "asgi", "--access-logfile", "-",
+                   "--access-log-format", "json", workers=1)
+    with connect(f"ws://127.0.0.1:{server.port}/logged") as ws:
+        ws.send("hi")
+        assert ws.recv() == "hi"
+        time.sleep(0.5)  # the WebSocket's life, which its line measures
+        # Open: not logged yet.
+        assert '"/logged"' not in server.log
+    server.wait_for_log('"/logged"')
+    [line] = [json.loads(line[line.index("{"):]) for line in server.log.splitlines()
+              if '"/logged"' in line]
+    assert line["status"] == 101 and line["duration_ms"] >= 500, line
 
 
 def test_a_close_by_the_client_is_answered_and_the_application_gets_its_code(echo, marker):
@@ -140,7 +156,9 @@ def test_a_bad_handshake_is_refused(echo):
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      b"Sec-WebSocket-Version: 8\r\n\r\n")
-        assert sock.recv(100).startswith(b"HTTP/1.1 426")
+        answer = sock.recv(4096).lower()
+        assert answer.startswith(b"http/1.1 426")
+        assert b"sec-websocket-version: 13" in answer
 
 
 # -- RFC 6455 §5-7 with a raw client ---------------------------------------------------

@@ -619,6 +619,13 @@ fn error_response(
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    if status == StatusCode::UPGRADE_REQUIRED {
+        // RFC 6455 §4.4: the WebSocket versions the server speaks.
+        headers.insert(
+            hyper::header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
     if matches!(err, RequestError::Client(..)) && version != Version::HTTP_2 {
         // What is left of the connection cannot be trusted to be framed right.
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
