@@ -506,3 +506,29 @@ def test_a_rotated_worker_closes_its_websockets_with_1012(serve, marker, how):
         except (OSError, InvalidStatus, ConnectionClosed):
             return False
     eventually(reconnects, 20, "a WebSocket on the new worker")
+
+
+# -- frameworks ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("app", ["asgi_ws_frameworks:starlette_app",
+                                 "asgi_ws_frameworks:fastapi_app"])
+def test_starlette_and_fastapi_websockets_echo_and_broadcast(serve, marker, app):
+    pytest.importorskip("fastapi")
+    server = serve(app, "-k", "asgi", workers=1, env={"ASGI_MARKER": str(marker)})
+    base = f"ws://127.0.0.1:{server.port}"
+    with connect(f"{base}/echo", subprotocols=["v1"]) as ws:
+        assert ws.subprotocol == "v1"
+        ws.send("text")
+        assert ws.recv() == "text"
+        ws.send(b"bytes")
+        assert ws.recv() == b"bytes"
+    members = [connect(f"{base}/room") for _ in range(3)]
+    members[0].send("to all")
+    assert [member.recv(timeout=10) for member in members] == ["to all"] * 3
+    members[2].close(4005)
+    members[1].send("still here")
+    assert [member.recv(timeout=10) for member in members[:2]] == ["still here"] * 2
+    for member in members[:2]:
+        member.close()
+    notes = noted(marker, "room disconnect 1000")
+    assert "echo disconnect 1000" in notes and "room disconnect 4005" in notes
