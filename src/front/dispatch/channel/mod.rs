@@ -43,8 +43,8 @@ use super::budget::{Backlog, Held};
 use crate::lock::lock;
 use crate::protocol::ring::RingMap;
 use crate::protocol::{
-    Frame, Kind, MAX_PAYLOAD, ProtocolError, ResponseHead, WsAccept, WsClose, WsCredit, WsMessage,
-    encode_frame, encode_frame_header,
+    Frame, Kind, MAX_PAYLOAD, ProtocolError, ResponseHead, WS_WINDOW, WsAccept, WsClose, WsCredit,
+    WsMessage, encode_frame, encode_frame_header,
 };
 use crate::scoreboard;
 
@@ -146,6 +146,9 @@ struct Stream {
     spill: Option<(Arc<File>, u64)>,
     /// Whether spilling failed (the rest of the response goes through memory).
     spill_failed: bool,
+    /// A WebSocket's: the bytes of messages the worker may still send (protocol/mod.rs,
+    /// 7), granted back as they are written to the client.
+    ws_credit: u32,
     hold: StreamHold,
 }
 
@@ -461,6 +464,7 @@ impl WorkerConn {
                     backlog: backlog.clone(),
                     spill: None,
                     spill_failed: false,
+                    ws_credit: WS_WINDOW,
                     hold,
                 },
             );
@@ -552,6 +556,9 @@ impl WorkerConn {
 
     /// `bytes` of the worker's messages have been written to the client.
     pub fn ws_credit(&self, stream: u32, bytes: u32) {
+        if let Some(open) = self.streams().open.get_mut(&stream) {
+            open.ws_credit = open.ws_credit.saturating_add(bytes);
+        }
         self.ws_frame(stream, |out| WsCredit::encode(out, stream, bytes));
     }
 
@@ -585,7 +592,23 @@ impl WorkerConn {
                 return Ok(None);
             }
             Kind::WsAccept => Event::WsAccept(WsAccept::decode(frame.payload)?),
-            Kind::WsMessage => Event::WsMessage(WsMessage::decode(frame.payload)?),
+            Kind::WsMessage => {
+                let message = WsMessage::decode(frame.payload)?;
+                let mut streams = self.streams();
+                if let Some(stream) = streams.open.get_mut(&frame.stream) {
+                    // What the front tier holds for a slow client is bounded by the
+                    // credit: a worker sending beyond it breaks the protocol.
+                    let size = message.data.len() as u32;
+                    stream.ws_credit =
+                        stream
+                            .ws_credit
+                            .checked_sub(size)
+                            .ok_or(ProtocolError::Invalid(
+                                "WebSocket message beyond its credit",
+                            ))?;
+                }
+                Event::WsMessage(message)
+            }
             Kind::WsClose => Event::WsClose(WsClose::decode(frame.payload)?),
             Kind::WsCredit => Event::WsCredit(WsCredit::decode(frame.payload)?.bytes),
             Kind::End => Event::End,
@@ -913,5 +936,49 @@ mod tests {
             .collect();
         assert!(received == body, "the body arrived altered");
         assert_eq!(&frames[18].payload[..], b"tail");
+    }
+}
+
+#[cfg(test)]
+mod ws_tests {
+    use super::*;
+
+    /// A worker may send a WebSocket's messages only within the credit the front tier
+    /// granted: beyond it, the frame is a protocol error, not memory held.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_worker_sending_beyond_its_websocket_credit_breaks_the_protocol() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let socket = Arc::new(UnixStream::from_std(ours).unwrap());
+        let conn = WorkerConn::new(1, 4242, 0, false, socket, None);
+        let hold = StreamHold {
+            lease: Box::new(()),
+            spool: None,
+        };
+        let backlog = crate::front::dispatch::budget::Budgets::new(1 << 30)
+            .connection()
+            .response();
+        let opened = conn.open_stream(hold, &backlog, |_, _| Ok(()));
+        let (id, _events) = opened.unwrap_or_else(|_| panic!("not opened"));
+        let message = |size: usize| {
+            let mut out = Vec::new();
+            WsMessage::encode(&mut out, id, false, true, &vec![0; size]).unwrap();
+            let mut buf = bytes::BytesMut::from(&out[..]);
+            crate::protocol::Decoder::new()
+                .decode(&mut buf)
+                .unwrap()
+                .unwrap()
+        };
+        let piece = MAX_PAYLOAD - 1;
+        let mut left = WS_WINDOW as usize;
+        while left > 0 {
+            let size = left.min(piece);
+            assert!(conn.route(message(size)).is_ok());
+            left -= size;
+        }
+        assert!(conn.route(message(1)).is_err());
+        conn.ws_credit(id, 10);
+        assert!(conn.route(message(10)).is_ok());
+        assert!(conn.route(message(1)).is_err());
     }
 }
