@@ -496,7 +496,7 @@ def test_a_rotated_worker_closes_its_websockets_with_1012(serve, marker, how):
     with pytest.raises(ConnectionClosed) as closed:
         ws.recv(timeout=15)
     assert closed.value.rcvd.code == 1012
-    noted(marker, "disconnect 1012 'worker restarting'")
+    noted(marker, "disconnect 1012 'server restarting'")
     # The new worker serves WebSockets; nothing hung.
     def reconnects():
         try:
@@ -532,3 +532,41 @@ def test_starlette_and_fastapi_websockets_echo_and_broadcast(serve, marker, app)
         member.close()
     notes = noted(marker, "room disconnect 1000")
     assert "echo disconnect 1000" in notes and "room disconnect 4005" in notes
+
+
+def test_a_new_master_taking_over_closes_the_old_ones_websockets_with_1012(serve, marker):
+    """USR2 then WINCH: the old front tier drains, a restart of the service for its
+    WebSockets (1012), while the new master serves them again."""
+    import signal
+    from kit import stop_pid
+    from test_signals import upgrade
+    server = serve("asgi_ws:echo", "-k", "asgi", workers=1, env={"ASGI_MARKER": str(marker)})
+    ws = connect(f"ws://127.0.0.1:{server.port}/")
+    ws.send("hi")
+    assert ws.recv() == "hi"
+    new = upgrade(server, workers=1)
+    try:
+        server.signal(signal.SIGWINCH)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=15)
+        assert closed.value.rcvd.code == 1012
+        noted(marker, "disconnect 1012 'server restarting'")
+        with connect(f"ws://127.0.0.1:{server.port}/") as again:
+            again.send("new master")
+            assert again.recv(timeout=10) == "new master"
+    finally:
+        stop_pid(new)
+
+
+def test_a_websocket_keeps_its_place_under_max_connections(serve):
+    server = serve("asgi_ws:echo", "-k", "asgi", "--max-connections", "1", workers=1)
+    with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+        ws.send("hi")
+        assert ws.recv() == "hi"
+        # The one place is the WebSocket's: a second connection waits in the backlog.
+        with pytest.raises(TimeoutError):
+            connect(f"ws://127.0.0.1:{server.port}/", open_timeout=1)
+    # Closed, the place is free again.
+    with connect(f"ws://127.0.0.1:{server.port}/", open_timeout=10) as ws:
+        ws.send("again")
+        assert ws.recv() == "again"

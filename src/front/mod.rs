@@ -269,6 +269,7 @@ async fn serve(
         shards.handles().to_vec(),
         reload,
         settings.limits.ring_size,
+        stop.replaced(),
     ));
     let graceful_stop = tokio::select! {
         _ = term.recv() => true,
@@ -630,9 +631,13 @@ where
     tokio::select! {
         // In order: no random pick each time the task runs.
         biased;
-        served = watch.serve(connection, || guard.begun(), guard.h2_idle()) => if let Err(err) = served {
-            tracing::debug!("connection ended with an error: {err}");
-        },
+        served = watch.serve(connection, || guard.begun(), guard.h2_idle()) => {
+            if let Err(err) = served {
+                tracing::debug!("connection ended with an error: {err}");
+            }
+            // A connection upgraded to a WebSocket keeps its place until it ends.
+            guard.upgraded_session().await;
+        }
         () = stalls.fired() => {}
     }
 }

@@ -405,6 +405,7 @@ async fn dispatch(
                     stream,
                     events,
                     settings,
+                    upgraded: (parts.version != Version::HTTP_2).then(|| conn.guard.clone()),
                 };
                 let response = ws::accepted(handshake, accept, upgrade, opened)
                     .map_err(RequestError::BadResponse)?;

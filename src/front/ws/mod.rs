@@ -163,6 +163,9 @@ pub struct Opened {
     /// Tells it to close for a stop of the front tier (1001).
     pub closer: Closer,
     pub settings: Settings,
+    /// An HTTP/1.1 connection's guard, told when the WebSocket ends (the connection's
+    /// task waits for it).
+    pub upgraded: Option<Arc<crate::front::conn::guard::ConnGuard>>,
 }
 
 /// The application accepted: the response completing the handshake (101, or 200 over
@@ -204,6 +207,7 @@ pub fn accepted(
     let observed = Observed::default();
     response.extensions_mut().insert(observed.clone());
     let deflate = handshake.deflate.is_some();
+    let upgraded = opened.upgraded.clone();
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
@@ -216,6 +220,9 @@ pub fn accepted(
             }
         }
         observed.end();
+        if let Some(guard) = upgraded {
+            guard.session_over();
+        }
     });
     Ok(response)
 }

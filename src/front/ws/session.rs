@@ -36,7 +36,8 @@ const OUT_QUEUE: usize = 16;
 const READ_SIZE: usize = 16 * 1024;
 
 /// Why the server closes a WebSocket by itself: the front tier stops (1001, going
-/// away) or the worker serving it is rotated (1012, service restart).
+/// away), or the worker serving it is rotated or a new master takes over (1012, service
+/// restart).
 pub struct Closer {
     /// The front tier's stop.
     pub stop: Watch,
@@ -49,7 +50,7 @@ impl Closer {
     async fn wait(&mut self) -> u16 {
         tokio::select! {
             biased;
-            () = self.stop.begun() => 1001,
+            restart = self.stop.begun() => if restart { 1012 } else { 1001 },
             _ = self.retiring.wait_for(|retiring| *retiring) => 1012,
         }
     }
@@ -105,6 +106,7 @@ where
         events,
         mut closer,
         settings,
+        ..
     } = opened;
     let (mut rd, wr) = tokio::io::split(io);
     let (out, queue) = mpsc::channel(OUT_QUEUE);
@@ -161,7 +163,7 @@ impl Session {
             tokio::select! {
                 biased;
                 code = closer.wait() => {
-                    let why = if code == 1001 { "server stopping" } else { "worker restarting" };
+                    let why = if code == 1001 { "server stopping" } else { "server restarting" };
                     debug!("closing a WebSocket: {why}");
                     self.worker.ws_close(self.stream, code, why);
                     return self.close(code, why).await;

@@ -78,6 +78,9 @@ pub struct ConnGuard {
     h2_idle: Signal,
     /// Requests whose responses are not finished yet.
     busy: AtomicUsize,
+    /// Set when the WebSocket an upgrade began has ended: the connection's task waits
+    /// for it, so that the connection keeps its place (`--max-connections`) meanwhile.
+    session_over: Signal,
 }
 
 #[derive(Default)]
@@ -115,6 +118,19 @@ impl ConnGuard {
     /// WebSocket has its own rules and pings). Called before the response is returned.
     pub fn upgrade(&self) {
         self.lock().upgraded = true;
+    }
+
+    /// The WebSocket the connection was upgraded to has ended.
+    pub fn session_over(&self) {
+        self.session_over.set();
+    }
+
+    /// Once hyper is done with the connection: waits for the WebSocket it was upgraded
+    /// to, if it was.
+    pub async fn upgraded_session(&self) {
+        if self.lock().upgraded {
+            self.session_over.wait().await;
+        }
     }
 
     /// What became of the upgrade asked by request number `heads - 1`: Some(true) once
