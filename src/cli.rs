@@ -109,6 +109,20 @@ pub struct ServeArgs {
           value_parser = ["auto", "asyncio", "uvloop"])]
     pub asgi_loop: String,
 
+    /// -k asgi: the largest WebSocket message a client may send, in bytes (suffixes k,
+    /// m, g), once reassembled and inflated; larger closes the WebSocket with 1009.
+    #[arg(long, value_name = "SIZE", default_value = "16m")]
+    pub ws_max_size: String,
+
+    /// -k asgi: seconds between the server's pings of a WebSocket client (0: none).
+    #[arg(long, value_name = "SECONDS", default_value_t = 20.0)]
+    pub ws_ping_interval: f64,
+
+    /// -k asgi: seconds a WebSocket client has to answer a ping before the WebSocket is
+    /// closed (1011).
+    #[arg(long, value_name = "SECONDS", default_value_t = 20.0)]
+    pub ws_ping_timeout: f64,
+
     /// Threads of the front tier (TLS, HTTP, static files). [default: half the CPU
     /// cores, at least 2 (1 on one core): the workers need the rest]
     #[arg(long, value_name = "INT")]

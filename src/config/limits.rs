@@ -48,6 +48,12 @@ pub struct Limits {
     pub backlog: i32,
     /// A request waiting for a worker.
     pub queue_timeout: Duration,
+    /// The largest WebSocket message a client may send (`--ws-max-size`).
+    pub ws_max_size: usize,
+    /// Between the server's WebSocket pings; None: no pings (`--ws-ping-interval 0`).
+    pub ws_ping_interval: Option<Duration>,
+    /// For a WebSocket client's pong (`--ws-ping-timeout`).
+    pub ws_ping_timeout: Duration,
 }
 
 impl Limits {
@@ -84,6 +90,20 @@ impl Limits {
             max_connections: args.max_connections,
             backlog: args.backlog,
             queue_timeout: seconds("--queue-timeout", args.queue_timeout)?,
+            ws_max_size: parse_size(&args.ws_max_size)
+                .filter(|&size| size > 0)
+                .and_then(|size| usize::try_from(size).ok())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "--ws-max-size",
+                        format!("{:?} is not a size such as 16m", args.ws_max_size),
+                    )
+                })?,
+            ws_ping_interval: match args.ws_ping_interval {
+                0.0 => None,
+                every => Some(seconds("--ws-ping-interval", every)?),
+            },
+            ws_ping_timeout: seconds("--ws-ping-timeout", args.ws_ping_timeout)?,
         })
     }
 }

@@ -16,6 +16,7 @@ mod dispatch;
 mod observe;
 mod respond;
 mod service;
+mod ws;
 
 /// The access log's fuzz entry point, for `fuzz/` (the module itself stays private).
 #[cfg(fuzzing)]
@@ -37,7 +38,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
-use crate::config::{BindAddr, Limits, Settings};
+use crate::config::{BindAddr, Limits, Settings, WorkerClass};
 use crate::protocol::Scheme;
 use conn::conn_info::ConnInfo;
 use conn::{guard, redirect, stopping, tls};
@@ -154,6 +155,12 @@ async fn serve(
     );
     tokio::spawn(pool.clone().reap());
     let spread = shard::Spread::new(shards.handles());
+    let stop = Arc::new(stopping::Stop::new());
+    let websockets = matches!(settings.worker_class, WorkerClass::Asgi(_)).then(|| ws::Settings {
+        max_size: settings.limits.ws_max_size,
+        ping_interval: settings.limits.ws_ping_interval,
+        ping_timeout: settings.limits.ws_ping_timeout,
+    });
     let shared = Arc::new(Shared {
         pool: pool.clone(),
         body_memory_limit: settings.body_memory_limit,
@@ -174,6 +181,8 @@ async fn serve(
             .as_ref()
             .map(|_| Arc::new(metrics::Metrics::new(spread.clone()))),
         access_log,
+        websockets,
+        stop: stop.clone(),
     });
     let connections = Arc::new(Semaphore::new(settings.limits.max_connections));
     // SIGHUP is the master's to handle (it asks for a reload over the control socket);
@@ -224,7 +233,6 @@ async fn serve(
     }
     memory::start(shards, shared.budgets.memory());
     let target = redirect::Target::new(listeners.iter().map(|(_, addr)| addr));
-    let stop = Arc::new(stopping::Stop::new());
     let mut accept_tasks = Vec::new();
     // Every shard accepts on every listener: whichever is free first takes the
     // connection, unless it holds more than its share (`spread`).
@@ -257,10 +265,11 @@ async fn serve(
     }
     let mut master_gone = tokio::spawn(control::receive(
         control,
-        pool,
+        pool.clone(),
         shards.handles().to_vec(),
         reload,
         settings.limits.ring_size,
+        stop.replaced(),
     ));
     let graceful_stop = tokio::select! {
         _ = term.recv() => true,
@@ -296,6 +305,14 @@ async fn serve(
     {
         warn!("graceful timeout passed with connections still open");
     }
+    // The WebSockets closed last told their workers so (their applications' disconnect):
+    // those frames leave before the front tier does, within a moment.
+    let written = async {
+        while !pool.channels().iter().all(|worker| worker.written()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), written).await;
     Ok(())
 }
 
@@ -316,8 +333,13 @@ struct Builders {
 }
 
 impl Builders {
-    fn new(limits: &Limits) -> Builders {
-        let any = http_builder(limits);
+    fn new(limits: &Limits, websockets: bool) -> Builders {
+        let mut any = http_builder(limits);
+        if websockets {
+            // RFC 8441 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL, so that a client may open
+            // a WebSocket on an HTTP/2 stream.
+            any.http2().enable_connect_protocol();
+        }
         let h2 = any.clone().http2_only();
         Builders { any, h2 }
     }
@@ -387,7 +409,7 @@ async fn accept_loop(
     tls: Option<Arc<tls::Tls>>,
     spread: Arc<shard::Spread>,
 ) {
-    let builders = Arc::new(Builders::new(&shared.limits));
+    let builders = Arc::new(Builders::new(&shared.limits, shared.websockets.is_some()));
     let scheme = match tls {
         Some(_) => Scheme::Https,
         None => Scheme::Http,
@@ -601,7 +623,7 @@ where
         service_fn(move |request| Box::pin(service::handle(shared.clone(), info.clone(), request)));
     let connection = Box::pin(
         builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned(),
     );
     // An HTTP/2 response stalled by flow control for --send-timeout drops the
@@ -609,9 +631,13 @@ where
     tokio::select! {
         // In order: no random pick each time the task runs.
         biased;
-        served = watch.serve(connection, || guard.begun(), guard.h2_idle()) => if let Err(err) = served {
-            tracing::debug!("connection ended with an error: {err}");
-        },
+        served = watch.serve(connection, || guard.begun(), guard.h2_idle()) => {
+            if let Err(err) = served {
+                tracing::debug!("connection ended with an error: {err}");
+            }
+            // A connection upgraded to a WebSocket keeps its place until it ends.
+            guard.upgraded_session().await;
+        }
         () = stalls.fired() => {}
     }
 }

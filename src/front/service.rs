@@ -33,6 +33,7 @@ use super::observe::request_start;
 use super::respond::compress::Compression;
 use super::respond::sendfile::Target;
 use super::respond::static_files::Files;
+use super::ws;
 use crate::config::{Limits, Trusted};
 use crate::protocol::{
     BodyFile, Kind, ProtocolError, RequestHeadRef, ResponseHead, Scheme, encode_frame,
@@ -64,6 +65,10 @@ pub struct Shared {
     pub access_log: Option<Arc<AccessLog>>,
     /// Whether requests passed to the app get `X-Request-Start`.
     pub request_start: bool,
+    /// WebSockets, when the workers serve them (`-k asgi`).
+    pub websockets: Option<super::ws::Settings>,
+    /// The front tier's stop, which a WebSocket watches to close itself (1001).
+    pub stop: Arc<super::conn::stopping::Stop>,
 }
 
 /// Whose fault a failed request is; [`error_response`] turns it into a status.
@@ -140,7 +145,12 @@ pub async fn handle(
         let kind = response.extensions().get::<RouteKind>().copied();
         observation.answered(kind.unwrap_or(RouteKind::App), response.status().as_u16());
     }
-    Ok(response.map(|body| Tracked::new(body, (entry, observation), busy)))
+    let mut observers = (entry, observation);
+    if let Some(observed) = response.extensions().get::<super::ws::Observed>() {
+        // A WebSocket is logged, and timed, when it ends.
+        observed.keep(Box::new(std::mem::take(&mut observers)));
+    }
+    Ok(response.map(|body| Tracked::new(body, observers, busy)))
 }
 
 fn refused(reject: Reject) -> RequestError {
@@ -149,7 +159,11 @@ fn refused(reject: Reject) -> RequestError {
 }
 
 /// Limits that hold for every protocol (the guard has checked HTTP/1 already).
-fn check_head(parts: &hyper::http::request::Parts, limits: &Limits) -> Result<(), RequestError> {
+fn check_head(
+    parts: &hyper::http::request::Parts,
+    limits: &Limits,
+    websocket: bool,
+) -> Result<(), RequestError> {
     let target = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if target > limits.request_line {
         return Err(RequestError::Client(
@@ -176,8 +190,9 @@ fn check_head(parts: &hyper::http::request::Parts, limits: &Limits) -> Result<()
     if parts.version == Version::HTTP_2 {
         check_h2_head(parts)?;
     }
-    if parts.method == Method::CONNECT {
-        // rwsgi is no forward proxy, and WSGI has no way to hold a tunnel.
+    if parts.method == Method::CONNECT && !websocket {
+        // rwsgi is no forward proxy, and WSGI has no way to hold a tunnel (an extended
+        // CONNECT opening a WebSocket, RFC 8441, is no tunnel).
         return Err(RequestError::Client(
             StatusCode::NOT_IMPLEMENTED,
             "CONNECT is not supported".into(),
@@ -262,7 +277,14 @@ async fn dispatch(
 ) -> Result<Response<ResponseBody>, RequestError> {
     let (mut parts, incoming) = request.into_parts();
     let limits = &shared.limits;
-    check_head(&parts, limits)?;
+    let websocket = match shared.websockets.map(|_| ws::check(&parts)) {
+        None | Some(ws::Check::Plain) => None,
+        Some(ws::Check::WebSocket(handshake)) => Some(handshake),
+        Some(ws::Check::Refused(status, why)) => {
+            return Err(RequestError::Client(status, why.into()));
+        }
+    };
+    check_head(&parts, limits, websocket.is_some())?;
     authority_as_host(&mut parts);
     request_id.install(&mut parts.headers);
     if let Some(response) = shared
@@ -286,7 +308,9 @@ async fn dispatch(
         max: limits.max_body_size,
         idle: limits.body_timeout,
     };
-    let body = if hyper::body::Body::is_end_stream(&incoming) {
+    // A WebSocket's handshake has no body (HTTP/2's extended CONNECT stream is the
+    // WebSocket itself, read by its session).
+    let body = if websocket.is_some() || hyper::body::Body::is_end_stream(&incoming) {
         // No body (most GETs): nothing to wait for, no timer to set.
         RequestBody::Memory(Vec::new(), conn.budgets.requests.hold(0))
     } else {
@@ -305,6 +329,9 @@ async fn dispatch(
         length: *length,
     });
     let mut spool = spool.map(|(file, _)| file);
+    let upgrade = websocket
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     let encode = |stream: u32, out: &mut Queued<'_>| {
         encode_request(
             &parts,
@@ -312,9 +339,12 @@ async fn dispatch(
             &facts,
             stamp.as_ref(),
             stream,
-            Payload {
-                body: body.as_ref(),
-                spool: spool_path.as_ref(),
+            match websocket.is_some() {
+                true => Payload::WebSocket,
+                false => Payload::Body {
+                    body: body.as_ref(),
+                    spool: spool_path.as_ref(),
+                },
             },
             out,
         )
@@ -358,6 +388,32 @@ async fn dispatch(
         waiting.answered();
         match event {
             Some(Event::Head(head)) => break (worker, stream, events, head),
+            Some(Event::WsAccept(accept)) => {
+                let (Some(handshake), Some(upgrade), Some(settings)) =
+                    (websocket, upgrade, shared.websockets)
+                else {
+                    return Err(RequestError::BadResponse(
+                        "an accept for no WebSocket".into(),
+                    ));
+                };
+                let opened = ws::Opened {
+                    closer: ws::Closer {
+                        stop: shared.stop.watch(),
+                        retiring: worker.retiring(),
+                    },
+                    worker,
+                    stream,
+                    events,
+                    settings,
+                    upgraded: (parts.version != Version::HTTP_2).then(|| conn.guard.clone()),
+                };
+                let response = ws::accepted(handshake, accept, upgrade, opened)
+                    .map_err(RequestError::BadResponse)?;
+                if parts.version != Version::HTTP_2 {
+                    conn.guard.upgrade();
+                }
+                return Ok(response);
+            }
             Some(Event::Returned(Returned(hold))) => {
                 spool = hold.spool;
             }
@@ -416,13 +472,17 @@ fn version_code(version: Version) -> u8 {
     }
 }
 
-/// A request's body as the channel carries it: in memory, or the spool file's path.
-struct Payload<'a> {
-    body: Option<&'a Vec<Bytes>>,
-    spool: Option<&'a BodyFile>,
+/// A request's body as the channel carries it: in memory, or the spool file's path;
+/// or a WebSocket's handshake, which has none.
+enum Payload<'a> {
+    Body {
+        body: Option<&'a Vec<Bytes>>,
+        spool: Option<&'a BodyFile>,
+    },
+    WebSocket,
 }
 
-/// The frames opening a stream: the head, the body, End.
+/// The frames opening a stream: the head, the body, End; a WebSocket's WsConnect.
 fn encode_request(
     parts: &hyper::http::request::Parts,
     conn: &ConnInfo,
@@ -447,6 +507,10 @@ fn encode_request(
         .iter()
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
         .chain(stamp.map(|stamp| (request_start::NAME, stamp.as_bytes())));
+    let kind = match payload {
+        Payload::WebSocket => Kind::WsConnect,
+        Payload::Body { .. } => Kind::RequestHead,
+    };
     RequestHeadRef {
         method: parts.method.as_str().as_bytes(),
         scheme: facts.scheme,
@@ -464,11 +528,14 @@ fn encode_request(
             .get(X_REQUEST_ID)
             .map_or(&[][..], |id| id.as_bytes()),
     }
-    .encode(out.bytes, stream, headers)?;
-    if let Some(body) = payload.body {
+    .encode_as(out.bytes, kind, stream, headers)?;
+    let Payload::Body { body, spool } = payload else {
+        return Ok(());
+    };
+    if let Some(body) = body {
         out.body(stream, body);
     }
-    if let Some(file) = payload.spool {
+    if let Some(file) = spool {
         file.encode(out.bytes, stream)?;
     }
     encode_frame(out.bytes, Kind::End, stream, b"");
@@ -552,6 +619,13 @@ fn error_response(
     let headers = response.headers_mut();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if status == StatusCode::UPGRADE_REQUIRED {
+        // RFC 6455 §4.4: the WebSocket versions the server speaks.
+        headers.insert(
+            hyper::header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
     }
     if matches!(err, RequestError::Client(..)) && version != Version::HTTP_2 {
         // What is left of the connection cannot be trusted to be framed right.

@@ -29,6 +29,11 @@ pub fn send_reload_tls(control: &OwnedFd) -> nix::Result<()> {
     send(control, Message::ReloadTls)
 }
 
+/// Tells the front tier that a new master takes over (its stop is a restart).
+pub fn send_replaced(control: &OwnedFd) -> nix::Result<()> {
+    send(control, Message::Replaced)
+}
+
 /// Tells the front tier that a worker was timed out.
 pub fn send_worker_timed_out(control: &OwnedFd, worker: AddWorker) -> nix::Result<()> {
     send(control, Message::WorkerTimedOut(worker))

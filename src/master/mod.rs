@@ -296,6 +296,19 @@ impl Arbiter {
         }
     }
 
+    /// While a new master (USR2) runs, a stop of this one's front tier is a restart of
+    /// the service: its WebSockets are told so (1012 rather than 1001).
+    fn tell_front_replaced(&self) {
+        if self.upgrade.child.is_none() {
+            return;
+        }
+        if let Some(front) = &self.front
+            && let Err(err) = control::send_replaced(&front.control)
+        {
+            warn!("cannot tell the front tier that a new master takes over: {err}");
+        }
+    }
+
     fn on_signals(&mut self, signals: Vec<Signal>) {
         let mut hangups = 0;
         for signal in signals {
@@ -421,6 +434,7 @@ impl Arbiter {
         let front = self.front.as_ref().map(|f| f.pid);
         signal_all(self.watcher.as_ref().map(|w| w.pid), Signal::SIGTERM);
         if graceful {
+            self.tell_front_replaced();
             signal_all(front, Signal::SIGTERM);
             // The front tier waits graceful_timeout for its requests; allow a little more
             // for the last responses to leave the workers before anything is killed.

@@ -266,6 +266,7 @@ impl Arbiter {
             return;
         }
         self.enter(Phase::Upgrading { drained: true });
+        self.tell_front_replaced();
         match &self.front {
             // The workers are told when it has drained (see front_exited).
             Some(front) => signal_all([front.pid], Signal::SIGTERM),

@@ -15,6 +15,9 @@
 //!   gthread worker (`--timeout`) and told it to retire: answer those requests 504 at
 //!   once (the scoreboard names their streams) and send it nothing more; its other
 //!   requests go on.
+//! - kind 6, `Replaced`: a new master (USR2) takes over and this front tier is about to
+//!   be stopped: its WebSockets close with 1012 (service restart), not 1001; id and pid
+//!   are zero.
 
 /// Bytes in one control message.
 pub const MESSAGE_LEN: usize = 12;
@@ -24,6 +27,7 @@ const RELOAD_TLS: u32 = 2;
 const WORKER_TIMED_OUT: u32 = 3;
 const WORKER_READY: u32 = 4;
 const STREAMS_TIMED_OUT: u32 = 5;
+const REPLACED: u32 = 6;
 
 /// One message between the master and the front tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +42,8 @@ pub enum Message {
     WorkerReady(AddWorker),
     /// Some requests of this (gthread) worker were timed out.
     StreamsTimedOut(AddWorker),
+    /// A new master takes over: the stop that follows is a restart.
+    Replaced,
 }
 
 impl Message {
@@ -49,6 +55,7 @@ impl Message {
             Message::WorkerTimedOut(worker) => words(WORKER_TIMED_OUT, worker.id, worker.pid),
             Message::WorkerReady(worker) => words(WORKER_READY, worker.id, worker.pid),
             Message::StreamsTimedOut(worker) => words(STREAMS_TIMED_OUT, worker.id, worker.pid),
+            Message::Replaced => words(REPLACED, 0, 0),
         }
     }
 
@@ -60,6 +67,7 @@ impl Message {
             (WORKER_TIMED_OUT, id, pid) => Some(Message::WorkerTimedOut(AddWorker { id, pid })),
             (WORKER_READY, id, pid) => Some(Message::WorkerReady(AddWorker { id, pid })),
             (STREAMS_TIMED_OUT, id, pid) => Some(Message::StreamsTimedOut(AddWorker { id, pid })),
+            (REPLACED, 0, 0) => Some(Message::Replaced),
             _ => None,
         }
     }
@@ -140,6 +148,17 @@ mod tests {
             Message::decode(&worker.encode()),
             Some(Message::AddWorker(worker))
         );
+    }
+
+    #[test]
+    fn replaced() {
+        let bytes = Message::Replaced.encode();
+        assert_eq!(bytes[..4], 6u32.to_be_bytes());
+        assert_eq!(Message::decode(&bytes), Some(Message::Replaced));
+        assert_eq!(AddWorker::decode(&bytes), None);
+        let mut stray = bytes;
+        stray[11] = 1;
+        assert_eq!(Message::decode(&stray), None);
     }
 
     #[test]

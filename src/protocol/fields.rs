@@ -59,6 +59,12 @@ impl<'a> FieldWriter<'a> {
         self.out.extend_from_slice(value);
         self
     }
+
+    /// Bytes without a length: only as a payload's last field, which runs to its end.
+    pub fn raw(&mut self, value: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(value);
+        self
+    }
 }
 
 /// Reads fields off a received payload, sharing its memory.
@@ -119,6 +125,11 @@ impl FieldReader {
     pub fn bytes(&mut self) -> Result<Bytes, ProtocolError> {
         let length = self.u32()? as usize;
         self.take(length)
+    }
+
+    /// All that is left: a payload's last field, written with [`FieldWriter::raw`].
+    pub fn rest(self) -> Bytes {
+        self.buf
     }
 
     /// Fails unless every byte was read.

@@ -7,7 +7,7 @@ use super::fields::{FieldReader, FieldWriter};
 use super::{Kind, MAGIC, MAX_HEADERS, MAX_PAYLOAD, ProtocolError, VERSION};
 
 /// Writes a frame whose payload is produced by `fill`, patching the length afterwards.
-fn encode_with(
+pub(super) fn encode_with(
     out: &mut Vec<u8>,
     kind: Kind,
     stream: u32,
@@ -27,7 +27,7 @@ fn encode_with(
     Ok(())
 }
 
-fn read_headers(reader: &mut FieldReader) -> Result<Vec<(Bytes, Bytes)>, ProtocolError> {
+pub(super) fn read_headers(reader: &mut FieldReader) -> Result<Vec<(Bytes, Bytes)>, ProtocolError> {
     let count = reader.u32()?;
     // Each header needs at least its two length prefixes: bound the allocation by what
     // the payload could possibly hold, as well as by the absolute cap.
@@ -43,7 +43,7 @@ fn read_headers(reader: &mut FieldReader) -> Result<Vec<(Bytes, Bytes)>, Protoco
     Ok(headers)
 }
 
-fn write_headers<'h>(
+pub(super) fn write_headers<'h>(
     writer: &mut FieldWriter<'_>,
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
 ) {
@@ -263,7 +263,19 @@ impl RequestHeadRef<'_> {
         stream: u32,
         headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     ) -> Result<(), ProtocolError> {
-        encode_with(out, Kind::RequestHead, stream, |w| {
+        self.encode_as(out, Kind::RequestHead, stream, headers)
+    }
+
+    /// Appends the head as a frame of `kind`: [`Kind::RequestHead`], or
+    /// [`Kind::WsConnect`] for a WebSocket handshake (the same payload).
+    pub fn encode_as<'h>(
+        &self,
+        out: &mut Vec<u8>,
+        kind: Kind,
+        stream: u32,
+        headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    ) -> Result<(), ProtocolError> {
+        encode_with(out, kind, stream, |w| {
             w.bytes(self.method)
                 .u8(match self.scheme {
                     Scheme::Http => 0,

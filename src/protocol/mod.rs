@@ -39,9 +39,7 @@
 //!    payload is a header list as in `ResponseHead` (a `u32` count, then per field its
 //!    name and its value, each `u32`-length-prefixed); the front tier holds it until
 //!    the `End` and sends it as the response's trailer section (RFC 9110 §6.5), or
-//!    drops it where HTTP cannot carry it (a response not chunked, RFC 9112 §7.1.2). A
-//!    version-3 front tier that knows no `Trailers` never receives one: only a worker
-//!    of the same build sends it.
+//!    drops it where HTTP cannot carry it (a response not chunked, RFC 9112 §7.1.2).
 //! 4. Either side may send [`Kind::Abort`] for a stream: from the front tier it means the
 //!    client went away. The worker still finishes such a stream with `End` or `Abort`,
 //!    because only that frees its slot: a request it drops unserved, the Abort having
@@ -65,6 +63,44 @@
 //!    so that a busy pair exchanges frames without a system call. The socket still tells
 //!    each side at once when the other is gone (end of file, hang-up).
 //!
+//! 7. WebSockets (protocol version 4). RFC 6455 (handshake, framing, masking, pings,
+//!    size limits, permessage-deflate) stays in the front tier; only what ASGI speaks
+//!    of crosses the channel, on a stream of its own:
+//!    - The front tier opens the stream with [`Kind::WsConnect`], whose payload is a
+//!      request head exactly as [`Kind::RequestHead`]'s (the offered subprotocols are
+//!      its `sec-websocket-protocol` fields). No Body or End follows it.
+//!    - The worker answers [`Kind::WsAccept`] ([`WsAccept`]: the subprotocol chosen
+//!      and extra header fields), after which the front tier completes the handshake
+//!      (101, or 200 for HTTP/2's extended CONNECT). Or it denies the WebSocket with a
+//!      whole response as for a request: [`Kind::ResponseHead`], [`Kind::Body`]
+//!      frames and [`Kind::End`] (a close before accept is a 403 made by the worker).
+//!    - After the accept, messages go both ways as [`Kind::WsMessage`] frames
+//!      ([`WsMessage`]: a flags byte, text and last piece, then the data). A message
+//!      may be cut into pieces of any size, each at most [`MAX_PAYLOAD`]; the pieces of
+//!      one message follow one another on the stream, and its last piece says so.
+//!    - Flow control: each side may send at most [`WS_WINDOW`] bytes of WsMessage
+//!      data (flags bytes not counted) beyond what the other has granted with
+//!      [`Kind::WsCredit`] ([`WsCredit`]: a `u32` of bytes). The front tier grants
+//!      what it has written to the client's connection; the worker what the
+//!      application has received (and pieces of a message not yet whole, which it
+//!      must hold anyway). A side that sends beyond its credit breaks the protocol.
+//!      A slow client therefore makes the application's `send()` wait, and an
+//!      application that does not receive makes the front tier stop reading its
+//!      client, with at most one window held on each side.
+//!    - [`Kind::WsClose`] ([`WsClose`]: a `u16` code, the rest of the payload a UTF-8
+//!      reason of at most [`MAX_CLOSE_REASON`] bytes) either way. From the worker: the
+//!      application closed (the front tier sends the close frame, RFC 6455 §7.1.2).
+//!      From the front tier: the WebSocket is over, whoever closed it (the client's
+//!      code; 1006 when the connection ended without a close frame; the front tier's
+//!      own 1001 or 1012 when it stops or the worker is rotated, or 1002, 1007, 1009
+//!      for the client's faults): the application gets its `websocket.disconnect`,
+//!      and nothing more of the WebSocket reaches the front tier's client. Each side
+//!      sends at most one WsClose.
+//!    - The worker ends the stream with [`Kind::End`] once the application's task is
+//!      over (or [`Kind::Abort`]: it failed, the front tier closes with 1011); only
+//!      that frees the worker's place. An [`Kind::Abort`] from the front tier means
+//!      what it means for a request (the client went away before an answer).
+//!
 //! Payload fields inside heads are encoded with [`FieldWriter`] and read with
 //! [`FieldReader`]: fixed-width integers and `u32`-length-prefixed byte strings.
 //!
@@ -76,13 +112,17 @@ pub mod control;
 mod fields;
 mod messages;
 pub mod ring;
+mod websocket;
 
 pub use codec::{Decoder, Frame, HEADER_LEN, encode_frame, encode_frame_header};
 pub use fields::{FieldReader, FieldWriter};
 pub use messages::{BodyFile, Hello, RequestHead, RequestHeadRef, ResponseHead, Scheme, Trailers};
+pub use websocket::{
+    MAX_CLOSE_REASON, WS_WINDOW, WsAccept, WsClose, WsCredit, WsMessage, truncate_utf8,
+};
 
 /// The protocol version spoken by this build; both sides must agree.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 
 /// Magic bytes opening the Hello payload, so a stray writer is detected at once.
 pub const MAGIC: &[u8; 4] = b"RWSG";
@@ -119,7 +159,17 @@ pub enum Kind {
     /// rings' descriptor (SCM_RIGHTS): from now on every frame travels in the rings.
     Ring = 10,
     /// Worker → front: the response's trailer fields, after its body, before its End.
-    Trailers = 20,
+    Trailers = 11,
+    /// Front → worker: opens a WebSocket stream with the handshake's request head.
+    WsConnect = 20,
+    /// Worker → front: the application accepted the WebSocket.
+    WsAccept = 21,
+    /// Either way: a piece of a WebSocket message.
+    WsMessage = 22,
+    /// Either way: the WebSocket closes (code and reason).
+    WsClose = 23,
+    /// Either way: more WsMessage bytes may be sent.
+    WsCredit = 24,
 }
 
 impl Kind {
@@ -136,7 +186,12 @@ impl Kind {
             8 => Kind::Retire,
             9 => Kind::Retired,
             10 => Kind::Ring,
-            20 => Kind::Trailers,
+            11 => Kind::Trailers,
+            20 => Kind::WsConnect,
+            21 => Kind::WsAccept,
+            22 => Kind::WsMessage,
+            23 => Kind::WsClose,
+            24 => Kind::WsCredit,
             _ => return None,
         })
     }
@@ -177,6 +232,10 @@ pub fn fuzz_decode(data: &[u8]) {
         let _ = RequestHead::decode(payload.clone());
         let _ = ResponseHead::decode(payload.clone());
         let _ = Trailers::decode(payload.clone());
+        let _ = WsAccept::decode(payload.clone());
+        let _ = WsMessage::decode(payload.clone());
+        let _ = WsClose::decode(payload.clone());
+        let _ = WsCredit::decode(payload.clone());
         let _ = BodyFile::decode(payload);
     }
 }

@@ -134,7 +134,7 @@ fn every_kind_round_trips() {
 
 #[test]
 fn trailers_refuse_a_count_the_payload_cannot_hold_and_trailing_bytes() {
-    assert_eq!(Kind::from_u8(20), Some(Kind::Trailers));
+    assert_eq!(Kind::from_u8(11), Some(Kind::Trailers));
     // A count of a billion fields in a 4-byte payload: refused before allocating.
     let huge = Bytes::from_static(&[0x3b, 0x9a, 0xca, 0x00]);
     assert!(matches!(
@@ -159,7 +159,8 @@ fn retire_kinds_have_stable_wire_bytes() {
     assert_eq!(Kind::from_u8(8), Some(Kind::Retire));
     assert_eq!(Kind::from_u8(9), Some(Kind::Retired));
     assert_eq!(Kind::from_u8(10), Some(Kind::Ring));
-    assert_eq!(Kind::from_u8(11), None);
+    assert_eq!(Kind::from_u8(11), Some(Kind::Trailers));
+    assert_eq!(Kind::from_u8(12), None);
     let mut out = Vec::new();
     encode_frame(&mut out, Kind::Retired, 0, b"");
     assert_eq!(out, [0, 0, 0, 0, 9, 0, 0, 0, 0, 0]);
@@ -289,4 +290,85 @@ fn garbage_never_panics() {
         }
         crate::protocol::fuzz_decode(&bytes);
     }
+}
+
+/// The WebSocket payloads round-trip, and what they must refuse is refused.
+#[test]
+fn websocket_payloads_round_trip_and_refuse_what_they_must() {
+    let decode_one = |out: &[u8]| {
+        let mut buf = BytesMut::from(out);
+        let frame = Decoder::new().decode(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        frame
+    };
+    let accept = WsAccept {
+        subprotocol: Some(Bytes::from_static(b"chat")),
+        headers: vec![(Bytes::from_static(b"x-a"), Bytes::from_static(b"1"))],
+    };
+    let mut out = Vec::new();
+    accept.encode(&mut out, 9).unwrap();
+    let frame = decode_one(&out);
+    assert_eq!((frame.kind, frame.stream), (Kind::WsAccept, 9));
+    assert_eq!(WsAccept::decode(frame.payload).unwrap(), accept);
+    let none = WsAccept {
+        subprotocol: None,
+        headers: Vec::new(),
+    };
+    out.clear();
+    none.encode(&mut out, 1).unwrap();
+    assert_eq!(WsAccept::decode(decode_one(&out).payload).unwrap(), none);
+
+    for (text, last) in [(true, true), (false, false), (true, false), (false, true)] {
+        out.clear();
+        WsMessage::encode(&mut out, 3, text, last, b"hi\x00").unwrap();
+        let message = WsMessage::decode(decode_one(&out).payload).unwrap();
+        assert_eq!((message.text, message.last), (text, last));
+        assert_eq!(&message.data[..], b"hi\x00");
+    }
+    assert!(WsMessage::decode(Bytes::new()).is_err());
+    assert!(WsMessage::decode(Bytes::from_static(b"\x04data")).is_err());
+
+    out.clear();
+    let long = "é".repeat(100);
+    WsClose::encode(&mut out, 3, 1001, &long);
+    let close = WsClose::decode(decode_one(&out).payload).unwrap();
+    assert_eq!(close.code, 1001);
+    assert!(close.reason.len() <= MAX_CLOSE_REASON && close.reason.len().is_multiple_of(2));
+    assert!(WsClose::decode(Bytes::from_static(b"\x03\xe8\xff")).is_err());
+    assert!(WsClose::decode(Bytes::from_static(b"\x03")).is_err());
+
+    out.clear();
+    WsCredit::encode(&mut out, 3, WS_WINDOW);
+    let credit = WsCredit::decode(decode_one(&out).payload).unwrap();
+    assert_eq!(credit.bytes, WS_WINDOW);
+    assert!(WsCredit::decode(Bytes::from_static(b"\0\0\0\x01\x02")).is_err());
+
+    // A WebSocket handshake's head is a request head under another kind.
+    out.clear();
+    let head = sample_request();
+    RequestHeadRef {
+        method: &head.method,
+        scheme: head.scheme,
+        version: head.version,
+        raw_uri: &head.raw_uri,
+        path: &head.path,
+        query: &head.query,
+        remote_addr: &head.remote_addr,
+        remote_port: head.remote_port,
+        server_name: &head.server_name,
+        server_port: &head.server_port,
+        request_id: &head.request_id,
+    }
+    .encode_as(
+        &mut out,
+        Kind::WsConnect,
+        5,
+        head.headers.iter().map(|(n, v)| (&n[..], &v[..])),
+    )
+    .unwrap();
+    let frame = decode_one(&out);
+    assert_eq!(frame.kind, Kind::WsConnect);
+    assert_eq!(RequestHead::decode(frame.payload).unwrap(), head);
+    assert_eq!(Kind::from_u8(24), Some(Kind::WsCredit));
+    assert_eq!(Kind::from_u8(25), None);
 }

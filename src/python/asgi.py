@@ -182,6 +182,108 @@ class Request:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
 
 
+class WebSocket:
+    """One websocket scope: its receive and send (www.rst 2.5). The socket (Rust) holds
+    the messages, the credit and every frame; here is only the waiting."""
+
+    __slots__ = ("socket", "wake", "connected", "accepted", "responding", "closed")
+
+    def __init__(self, socket):
+        self.socket = socket
+        # Set by serve() when something arrived for this WebSocket (a message, a close,
+        # credit).
+        self.wake = asyncio.Event()
+        self.connected = False
+        self.accepted = False
+        self.responding = False
+        # The application closed, or denied: nothing more may be sent.
+        self.closed = False
+
+    async def receive(self):
+        if not self.connected:
+            self.connected = True
+            return {"type": "websocket.connect"}
+        while True:
+            self.wake.clear()
+            item = self.socket.next()
+            if item is None:
+                await self.wake.wait()
+                continue
+            first, second = item
+            if first is True:
+                return {"type": "websocket.receive", "text": second, "bytes": None}
+            if first is False:
+                return {"type": "websocket.receive", "bytes": second, "text": None}
+            # The WebSocket is over, whoever closed it: the same answer every time.
+            return {"type": "websocket.disconnect", "code": first, "reason": second}
+
+    async def send(self, message):
+        kind = message["type"]
+        if self.closed or self.socket.gone():
+            raise ClientDisconnected(f"{kind}: the WebSocket is closed")
+        try:
+            await self._send(kind, message)
+        except ConnectionError as err:
+            raise ClientDisconnected(str(err)) from None
+
+    async def _send(self, kind, message):
+        socket = self.socket
+        if kind == "websocket.send":
+            text = message.get("text")
+            data = message.get("bytes")
+            if text is not None:
+                payload, is_text = text.encode(), True
+            elif data is not None:
+                payload, is_text = bytes(data), False
+            else:
+                raise ValueError("websocket.send needs bytes or text")
+            offset = socket.send(payload, is_text, 0)
+            while offset < len(payload):
+                # No credit: the client is slower than the application. Wait for the
+                # front tier's grant (serve() wakes us), never blocking the loop.
+                self.wake.clear()
+                if not socket.can_send():
+                    await self.wake.wait()
+                offset = socket.send(payload, is_text, offset)
+        elif kind == "websocket.accept":
+            socket.accept(message.get("subprotocol"), message.get("headers") or ())
+            self.accepted = True
+        elif kind == "websocket.close":
+            if self.responding:
+                raise RuntimeError("websocket.close during a websocket.http.response")
+            socket.close(message.get("code", 1000), message.get("reason") or "")
+            self.closed = True
+        elif kind == "websocket.http.response.start":
+            socket.start(message["status"], message.get("headers") or ())
+            self.responding = True
+        elif kind == "websocket.http.response.body":
+            more = bool(message.get("more_body", False))
+            socket.body(message.get("body", b""), more)
+            self.closed = not more
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} on a websocket scope")
+
+
+async def handle_socket(app, socket, state, sockets):
+    ws = WebSocket(socket)
+    sockets[socket.id] = ws
+    try:
+        await app(socket.scope(state), ws.receive, ws.send)
+    except BaseException as error:  # the app's failure, whatever it is
+        if not isinstance(error, ClientDisconnected):
+            # Before the accept a 500; after it, close 1011 (the traceback is logged).
+            socket.fail(error)
+        if not isinstance(error, Exception):
+            raise
+    else:
+        if not ws.accepted and not ws.responding:
+            # www.rst: an application that returns without accepting denies (403).
+            socket.deny()
+    finally:
+        del sockets[socket.id]
+        socket.finish()
+
+
 async def handle(app, stream, state, waiting):
     request = Request(stream)
     waiting[stream] = request
@@ -214,14 +316,24 @@ async def serve(app, fd, poll, state, stop_check):
     waiting = {}
     closed = loop.create_future()
 
+    sockets = {}
+
     def readable():
         if closed.done():
             return
-        streams, open_ = poll()
+        streams, new_sockets, touched, open_ = poll()
         for stream in streams:
             task = loop.create_task(handle(app, stream, state, waiting))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+        for socket in new_sockets:
+            task = loop.create_task(handle_socket(app, socket, state, sockets))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        for id_ in touched:
+            ws = sockets.get(id_)
+            if ws is not None:
+                ws.wake.set()
         # A client gone is noted by poll (the front tier's Abort): its request's last
         # receive() answers http.disconnect now.
         for stream, request in list(waiting.items()):

@@ -189,6 +189,21 @@ impl AsgiApp {
         let _ = self.event_loop.bind(py).call_method0(intern!(py, "close"));
     }
 
+    /// The socket object of one WebSocket for the glue's task; `done` is called once
+    /// its task has finished.
+    pub fn socket<'py>(
+        &self,
+        py: Python<'py>,
+        stream: u32,
+        head: RequestHead,
+        sink: Arc<dyn super::SocketSink>,
+        inbox: super::SharedInbox,
+        done: TaskDone,
+    ) -> PyResult<Bound<'py, super::AsgiSocket>> {
+        let root_path = self.root_path.clone_ref(py);
+        super::AsgiSocket::new(py, stream, head, root_path, sink, inbox, done)
+    }
+
     /// The stream object of one request for the glue's task; `done` is called once its
     /// task has finished.
     pub fn stream<'py>(
@@ -274,6 +289,95 @@ fn trailer_fields(headers: &Bound<'_, PyAny>) -> PyResult<Fields> {
         }
     }
     Ok(found)
+}
+
+/// The `http` or `websocket` scope of `head` (www.rst 2.5), with a shallow copy of the
+/// lifespan `state`.
+pub(super) fn scope_of<'py>(
+    py: Python<'py>,
+    head: &RequestHead,
+    root_path: &Bound<'py, PyString>,
+    state: Option<&Bound<'py, PyDict>>,
+    websocket: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let scope = PyDict::new(py);
+    let kind = match websocket {
+        true => intern!(py, "websocket"),
+        false => intern!(py, "http"),
+    };
+    scope.set_item(intern!(py, "type"), kind)?;
+    let asgi = PyDict::new(py);
+    asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
+    asgi.set_item(intern!(py, "spec_version"), intern!(py, "2.5"))?;
+    scope.set_item(intern!(py, "asgi"), asgi)?;
+    let version = match head.version {
+        10 => intern!(py, "1.0"),
+        20 => intern!(py, "2"),
+        _ => intern!(py, "1.1"),
+    };
+    scope.set_item(intern!(py, "http_version"), version)?;
+    let scheme = match (websocket, head.scheme) {
+        (false, Scheme::Http) => intern!(py, "http"),
+        (false, Scheme::Https) => intern!(py, "https"),
+        (true, Scheme::Http) => intern!(py, "ws"),
+        (true, Scheme::Https) => intern!(py, "wss"),
+    };
+    if !websocket {
+        let method = String::from_utf8_lossy(&head.method);
+        scope.set_item(intern!(py, "method"), method.as_ref())?;
+    }
+    scope.set_item(intern!(py, "scheme"), scheme)?;
+    // "path": the target without its query, percent-decoded and read as UTF-8.
+    let decoded = percent_encoding::percent_decode(&head.path).decode_utf8_lossy();
+    scope.set_item(intern!(py, "path"), decoded.as_ref())?;
+    scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, &head.path))?;
+    scope.set_item(intern!(py, "query_string"), PyBytes::new(py, &head.query))?;
+    scope.set_item(intern!(py, "root_path"), root_path)?;
+    let headers = PyList::empty(py);
+    let subprotocols = PyList::empty(py);
+    for (name, value) in &head.headers {
+        // Pseudo-headers are never passed on (www.rst, HTTP/2).
+        if name.starts_with(b":") {
+            continue;
+        }
+        if websocket && &name[..] == b"sec-websocket-protocol" {
+            // RFC 6455 §11.3.4: a comma-separated list, in the client's order.
+            for protocol in String::from_utf8_lossy(value).split(',') {
+                let protocol = protocol.trim();
+                if !protocol.is_empty() {
+                    subprotocols.append(protocol)?;
+                }
+            }
+        }
+        let pair = PyTuple::new(py, [PyBytes::new(py, name), PyBytes::new(py, value)])?;
+        headers.append(pair)?;
+    }
+    scope.set_item(intern!(py, "headers"), headers)?;
+    if websocket {
+        scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
+    }
+    let client = match head.remote_port {
+        Some(port) => {
+            let host = String::from_utf8_lossy(&head.remote_addr);
+            Some((host.into_owned(), port))
+        }
+        None => None,
+    };
+    scope.set_item(intern!(py, "client"), client)?;
+    let server_name = String::from_utf8_lossy(&head.server_name).into_owned();
+    let server_port = std::str::from_utf8(&head.server_port)
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok());
+    scope.set_item(intern!(py, "server"), (server_name, server_port))?;
+    if let Some(state) = state {
+        scope.set_item(intern!(py, "state"), state.copy()?)?;
+    }
+    let extensions = PyDict::new(py);
+    if websocket {
+        extensions.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
+    }
+    scope.set_item(intern!(py, "extensions"), extensions)?;
+    Ok(scope)
 }
 
 /// The glue module, made from the source in the binary.
@@ -427,66 +531,18 @@ impl AsgiStream {
         py: Python<'py>,
         state: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let head = &self.head;
-        let scope = PyDict::new(py);
-        scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
-        let asgi = PyDict::new(py);
-        asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
-        asgi.set_item(intern!(py, "spec_version"), intern!(py, "2.5"))?;
-        scope.set_item(intern!(py, "asgi"), asgi)?;
-        let version = match head.version {
-            10 => intern!(py, "1.0"),
-            20 => intern!(py, "2"),
-            _ => intern!(py, "1.1"),
-        };
-        scope.set_item(intern!(py, "http_version"), version)?;
-        let method = String::from_utf8_lossy(&head.method);
-        scope.set_item(intern!(py, "method"), method.as_ref())?;
-        let scheme = match head.scheme {
-            Scheme::Http => intern!(py, "http"),
-            Scheme::Https => intern!(py, "https"),
-        };
-        scope.set_item(intern!(py, "scheme"), scheme)?;
-        // "path": the target without its query, percent-decoded and read as UTF-8.
-        let decoded = percent_encoding::percent_decode(&head.path).decode_utf8_lossy();
-        scope.set_item(intern!(py, "path"), decoded.as_ref())?;
-        scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, &head.path))?;
-        scope.set_item(intern!(py, "query_string"), PyBytes::new(py, &head.query))?;
-        scope.set_item(intern!(py, "root_path"), self.root_path.bind(py))?;
-        let headers = PyList::empty(py);
-        for (name, value) in &head.headers {
-            // Pseudo-headers are never passed on (www.rst, HTTP/2).
-            if name.starts_with(b":") {
-                continue;
+        let scope = scope_of(py, &self.head, self.root_path.bind(py), state, false)?;
+        if self.pathsend || self.trailers_offered {
+            let extensions = scope
+                .get_item(intern!(py, "extensions"))?
+                .ok_or_else(|| PyValueError::new_err("the scope has no extensions"))?;
+            if self.pathsend {
+                extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
             }
-            let pair = PyTuple::new(py, [PyBytes::new(py, name), PyBytes::new(py, value)])?;
-            headers.append(pair)?;
-        }
-        scope.set_item(intern!(py, "headers"), headers)?;
-        let client = match head.remote_port {
-            Some(port) => {
-                let host = String::from_utf8_lossy(&head.remote_addr);
-                Some((host.into_owned(), port))
+            if self.trailers_offered {
+                extensions.set_item(intern!(py, "http.response.trailers"), PyDict::new(py))?;
             }
-            None => None,
-        };
-        scope.set_item(intern!(py, "client"), client)?;
-        let server_name = String::from_utf8_lossy(&head.server_name).into_owned();
-        let server_port = std::str::from_utf8(&head.server_port)
-            .ok()
-            .and_then(|p| p.parse::<u16>().ok());
-        scope.set_item(intern!(py, "server"), (server_name, server_port))?;
-        if let Some(state) = state {
-            scope.set_item(intern!(py, "state"), state.copy()?)?;
         }
-        let extensions = PyDict::new(py);
-        if self.pathsend {
-            extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
-        }
-        if self.trailers_offered {
-            extensions.set_item(intern!(py, "http.response.trailers"), PyDict::new(py))?;
-        }
-        scope.set_item(intern!(py, "extensions"), extensions)?;
         if self.hooked.is_some() {
             self.state().scope = Some(scope.clone().unbind());
         }

@@ -8,6 +8,7 @@
 mod abort;
 mod app;
 mod asgi;
+mod asgi_ws;
 mod broken;
 mod environ;
 mod errors;
@@ -27,6 +28,7 @@ use tracing::error;
 
 pub use abort::{install_abort_handler, install_dump_handler};
 pub use asgi::{AsgiApp, AsgiStream};
+pub use asgi_ws::{AsgiSocket, Inbox, SharedInbox, SocketSink};
 pub use input::WsgiInput;
 pub use response::{Outcome, ResponseSink, format_traceback, send_error_page};
 

@@ -29,6 +29,10 @@ use crate::scoreboard::WorkerSlot;
 /// How often the loop looks at a stop even when nothing arrives (seconds).
 const STOP_CHECK_SECONDS: f64 = 1.0;
 
+/// What one poll took: new requests' streams, new WebSockets' sockets, the WebSockets
+/// something arrived for, and whether the channel is open.
+type Polled<'py> = (Bound<'py, PyList>, Bound<'py, PyList>, Vec<u32>, bool);
+
 /// What the reading callback and the requests' ends share.
 struct Tasks {
     asgi: AsgiApp,
@@ -40,23 +44,36 @@ struct Tasks {
 }
 
 impl Tasks {
-    /// Takes what has arrived: the streams of the whole requests, and whether the
+    /// Takes what has arrived: the streams of the whole requests, the sockets of the
+    /// new WebSockets, the ids of the WebSockets something arrived for, and whether the
     /// channel is still open.
-    fn poll<'py>(
-        self: &Arc<Self>,
-        py: Python<'py>,
-        stop: &AtomicBool,
-    ) -> PyResult<(Bound<'py, PyList>, bool)> {
+    fn poll<'py>(self: &Arc<Self>, py: Python<'py>, stop: &AtomicBool) -> PyResult<Polled<'py>> {
         let mut requests = Vec::new();
+        let mut incoming = lock(&self.incoming);
         let open = self
             .channel
-            .poll_requests(stop, &mut lock(&self.incoming), |r| requests.push(r));
+            .poll_requests(stop, &mut incoming, |r| requests.push(r));
+        // After Retired the channel is still read while tasks run: the front tier closes
+        // their WebSockets then (1012), and their applications must hear it.
+        let draining =
+            incoming.retired && !incoming.closed && self.in_flight.load(Ordering::Relaxed) > 0;
+        drop(incoming);
+        let open = open.map(|open| open || draining);
+        // The loop polls at least every STOP_CHECK_SECONDS: a loop that does is alive,
+        // however long its WebSockets stay silent (--timeout is for a blocked loop).
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            let _ = self.slot.alive();
+        }
         let streams = PyList::empty(py);
+        let sockets = PyList::empty(py);
         for request in requests {
-            if let Some(stream) = self.start(py, request)? {
+            if let Some(inbox) = request.websocket.clone() {
+                sockets.append(self.open_socket(py, request, inbox)?)?;
+            } else if let Some(stream) = self.start(py, request)? {
                 streams.append(stream)?;
             }
         }
+        let touched = self.channel.take_touched();
         let open = match open {
             Ok(open) => open,
             Err(err) => {
@@ -64,7 +81,28 @@ impl Tasks {
                 false
             }
         };
-        Ok((streams, open))
+        Ok((streams, sockets, touched, open))
+    }
+
+    /// A WebSocket taken: its socket for the glue's task.
+    fn open_socket<'py>(
+        self: &Arc<Self>,
+        py: Python<'py>,
+        request: Request,
+        inbox: crate::python::SharedInbox,
+    ) -> PyResult<Bound<'py, crate::python::AsgiSocket>> {
+        self.retirement.took(&self.channel);
+        let _ = self.slot.alive();
+        let sink = Arc::new(StreamSink::for_event_loop(
+            self.channel.clone(),
+            request.stream,
+            self.slot,
+        ));
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let tasks = self.clone();
+        let done = Box::new(move |py: Python<'_>| tasks.finished(py));
+        self.asgi
+            .socket(py, request.stream, request.head, sink, inbox, done)
     }
 
     /// One request taken: its stream, or None when it was answered already (a body
@@ -74,7 +112,9 @@ impl Tasks {
         py: Python<'py>,
         request: Request,
     ) -> PyResult<Option<Bound<'py, crate::python::AsgiStream>>> {
-        let Request { stream, head, body } = request;
+        let Request {
+            stream, head, body, ..
+        } = request;
         self.retirement.took(&self.channel);
         // Taking the request is a sign of life of the worker (the master's clock runs
         // from it while the worker was idle).
@@ -132,7 +172,9 @@ pub(super) fn serve(
         let poll = PyCFunction::new_closure(py, Some(c"rwsgi_poll"), None, move |args, _| {
             shared
                 .poll(args.py(), stop)
-                .map(|(streams, open)| (streams.unbind(), open))
+                .map(|(streams, sockets, touched, open)| {
+                    (streams.unbind(), sockets.unbind(), touched, open)
+                })
         });
         let served = poll.and_then(|poll| {
             tasks

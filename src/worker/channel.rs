@@ -19,9 +19,10 @@ use crate::lock::lock;
 use crate::protocol::ring::{RingError, RingMap};
 use crate::protocol::{
     BodyFile, Decoder, Frame, HEADER_LEN, Hello, Kind, MAX_PAYLOAD, ProtocolError, RequestHead,
-    ResponseHead, Trailers, encode_frame, encode_frame_header,
+    ResponseHead, Trailers, WsAccept, WsClose, WsCredit, WsMessage, encode_frame,
+    encode_frame_header,
 };
-use crate::python::ResponseSink;
+use crate::python::{ResponseSink, SharedInbox, SocketSink};
 use crate::scoreboard::WorkerSlot;
 
 /// Why the channel cannot be used any more.
@@ -76,12 +77,19 @@ pub struct Request {
     pub head: RequestHead,
     /// The body.
     pub body: Body,
+    /// A WebSocket's handshake (no body): where its messages arrive.
+    pub websocket: Option<SharedInbox>,
 }
 
 /// The requests of a worker serving many streams whose frames are still arriving.
 #[derive(Default)]
 pub struct Incoming {
     partial: HashMap<u32, Partial>,
+    /// Retired has come: frames of the streams still open may follow (an asgi worker's
+    /// WebSockets, which the front tier closes then), but no request.
+    pub retired: bool,
+    /// The front tier closed the channel.
+    pub closed: bool,
 }
 
 /// A request whose frames are still arriving.
@@ -132,6 +140,7 @@ impl Partial {
             stream: self.stream,
             head: self.head,
             body,
+            websocket: None,
         }
     }
 }
@@ -165,6 +174,10 @@ pub struct Channel {
     /// Streams of requests being served whose clients went away (Abort frames read by
     /// [`Channel::read_requests`]).
     gone: Mutex<HashSet<u32>>,
+    /// The open WebSockets (an asgi worker's), by stream.
+    sockets: Mutex<HashMap<u32, SharedInbox>>,
+    /// WebSockets something arrived for since [`Channel::take_touched`] was last called.
+    touched: Mutex<Vec<u32>>,
 }
 
 /// How often a blocked read wakes to check whether the worker was told to stop.
@@ -205,6 +218,8 @@ impl Channel {
             }),
             retiring: AtomicBool::new(false),
             gone: Mutex::new(HashSet::new()),
+            sockets: Mutex::new(HashMap::new()),
+            touched: Mutex::new(Vec::new()),
         }))
     }
 
@@ -310,7 +325,8 @@ impl Channel {
 
     /// [`Channel::read_requests`] without waiting (a gevent worker, whose hub waits for
     /// the channel to be readable): takes what has arrived. `Ok(false)` once the front
-    /// tier has closed the channel or answered Retired.
+    /// tier has closed the channel or answered Retired (`incoming` says which); called
+    /// again after Retired, it takes the frames of the streams still open.
     pub fn poll_requests(
         &self,
         stop: &AtomicBool,
@@ -325,10 +341,14 @@ impl Channel {
         loop {
             let frame = match reader.try_frame()? {
                 Some(Wait::Frame(frame)) => frame,
-                Some(_) => return Ok(false),
-                None => return Ok(true),
+                Some(_) => {
+                    incoming.closed = true;
+                    return Ok(false);
+                }
+                None => return Ok(!incoming.retired),
             };
             if self.take(incoming, frame, &mut deliver)? {
+                incoming.retired = true;
                 return Ok(false);
             }
         }
@@ -359,13 +379,67 @@ impl Channel {
             Kind::Abort => {
                 if partial.remove(&frame.stream).is_some() {
                     self.dropped(frame.stream)?;
+                } else if let Some(inbox) = self.socket(frame.stream) {
+                    // The client left before the WebSocket was answered.
+                    lock(&inbox).closed(1006, String::new());
                 } else {
                     lock(&self.gone).insert(frame.stream);
                 }
             }
+            Kind::WsConnect if !partial.contains_key(&frame.stream) => {
+                let head = RequestHead::decode(frame.payload)?;
+                let inbox = SharedInbox::default();
+                lock(&self.sockets).insert(frame.stream, inbox.clone());
+                deliver(Request {
+                    stream: frame.stream,
+                    head,
+                    body: Body::Memory(Bytes::new()),
+                    websocket: Some(inbox),
+                });
+            }
+            Kind::WsMessage | Kind::WsClose | Kind::WsCredit => self.to_socket(frame)?,
             _ => return Err(ProtocolError::Invalid("frame out of order").into()),
         }
         Ok(false)
+    }
+
+    /// The inbox of WebSocket `stream`, while it is open.
+    fn socket(&self, stream: u32) -> Option<SharedInbox> {
+        let inbox = lock(&self.sockets).get(&stream).cloned();
+        if inbox.is_some() {
+            lock(&self.touched).push(stream);
+        }
+        inbox
+    }
+
+    /// A frame of a WebSocket, into its inbox (one that has ended drops it).
+    fn to_socket(&self, frame: Frame) -> Result<(), ChannelError> {
+        let Some(inbox) = self.socket(frame.stream) else {
+            return Ok(());
+        };
+        match frame.kind {
+            Kind::WsMessage => {
+                let message = WsMessage::decode(frame.payload)?;
+                let grant = lock(&inbox).piece(message.text, message.last, message.data);
+                if grant > 0 {
+                    let mut writer = lock(&self.writer);
+                    WsCredit::encode(&mut writer.buf, frame.stream, grant);
+                    writer.flush()?;
+                }
+            }
+            Kind::WsClose => {
+                let close = WsClose::decode(frame.payload)?;
+                let reason = String::from_utf8_lossy(&close.reason).into_owned();
+                lock(&inbox).closed(close.code, reason);
+            }
+            _ => lock(&inbox).granted(WsCredit::decode(frame.payload)?.bytes),
+        }
+        Ok(())
+    }
+
+    /// The WebSockets something arrived for since the last call.
+    pub fn take_touched(&self) -> Vec<u32> {
+        std::mem::take(&mut *lock(&self.touched))
     }
 
     /// Tells the front tier that `stream`, aborted before its request was whole, will
@@ -867,10 +941,45 @@ impl ResponseSink for StreamSink {
     }
 }
 
+impl SocketSink for StreamSink {
+    fn accept(&self, subprotocol: Option<&[u8]>, headers: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+        let accept = WsAccept {
+            subprotocol: subprotocol.map(Bytes::copy_from_slice),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)))
+                .collect(),
+        };
+        self.queue(|buf| accept.encode(buf, self.stream).map_err(io::Error::other))
+    }
+
+    fn message(&self, text: bool, last: bool, data: &[u8]) -> io::Result<()> {
+        self.queue(|buf| {
+            WsMessage::encode(buf, self.stream, text, last, data).map_err(io::Error::other)
+        })
+    }
+
+    fn close(&self, code: u16, reason: &str) -> io::Result<()> {
+        self.queue(|buf| {
+            WsClose::encode(buf, self.stream, code, reason);
+            Ok(())
+        })
+    }
+
+    fn credit(&self, bytes: u32) -> io::Result<()> {
+        self.queue(|buf| {
+            WsCredit::encode(buf, self.stream, bytes);
+            Ok(())
+        })
+    }
+}
+
 impl Drop for StreamSink {
     fn drop(&mut self) {
-        // An abort that came after the response was done is forgotten with it.
+        // An abort that came after the response was done is forgotten with it, and a
+        // WebSocket's inbox with its stream.
         lock(&self.channel.gone).remove(&self.stream);
+        lock(&self.channel.sockets).remove(&self.stream);
     }
 }
 

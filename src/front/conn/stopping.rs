@@ -30,12 +30,15 @@ pub struct Stop {
     /// Set before the signal is sent: a connection looks at this flag, not at its
     /// receiver, each time its task runs (see [`Watch::serve`]).
     begun: Arc<AtomicBool>,
+    /// A new master takes over (USR2): the stop is a restart of the service.
+    replaced: Arc<AtomicBool>,
 }
 
 /// One connection's view of the stop; the stop waits for every one of them to go.
 pub struct Watch {
     stopping: watch::Receiver<bool>,
     begun: Arc<AtomicBool>,
+    replaced: Arc<AtomicBool>,
 }
 
 impl Stop {
@@ -43,6 +46,7 @@ impl Stop {
         Stop {
             signal: watch::Sender::new(false),
             begun: Arc::default(),
+            replaced: Arc::default(),
         }
     }
 
@@ -51,12 +55,19 @@ impl Stop {
         Watch {
             stopping: self.signal.subscribe(),
             begun: self.begun.clone(),
+            replaced: self.replaced.clone(),
         }
     }
 
     /// Connections open (their watches alive).
     pub fn open(&self) -> usize {
         self.signal.receiver_count()
+    }
+
+    /// Set when a new master takes over (the master says so): the coming stop is a
+    /// restart.
+    pub fn replaced(&self) -> Arc<AtomicBool> {
+        self.replaced.clone()
     }
 
     /// Tells every connection to stop.
@@ -72,6 +83,15 @@ impl Stop {
 }
 
 impl Watch {
+    /// Resolves once the stop has begun: for a connection hyper no longer serves (a
+    /// WebSocket), which closes itself then. True when it is a restart (a new master
+    /// took over), false when the server goes away.
+    pub async fn begun(&mut self) -> bool {
+        // An error means the stop's sender is gone: the front tier is ending anyway.
+        let _ = self.stopping.wait_for(|stopping| *stopping).await;
+        self.replaced.load(Ordering::Acquire)
+    }
+
     /// Serves `connection` until it ends. When the stop begins, it is told to stop at
     /// once if a request has begun on it (`begun`), else once one begins or
     /// [`FIRST_REQUEST_GRACE`] has passed. When `idle` resolves, it is told to stop

@@ -375,6 +375,18 @@ impl WorkerBody {
                     self.finished = true;
                     Poll::Ready(Some(Err(ResponseAborted(Failure::WorkerDied))))
                 }
+                // A WebSocket's frames in an HTTP response: the worker broke the protocol.
+                Poll::Ready(Some(
+                    Event::WsAccept(_)
+                    | Event::WsMessage(_)
+                    | Event::WsClose(_)
+                    | Event::WsCredit(_),
+                )) => {
+                    self.finished = true;
+                    Poll::Ready(Some(Err(ResponseAborted(Failure::Aborted(
+                        "a WebSocket frame in an HTTP response".into(),
+                    )))))
+                }
                 Poll::Ready(None) => {
                     self.finished = true;
                     Poll::Ready(Some(Err(ResponseAborted(Failure::WorkerDied))))

@@ -45,13 +45,14 @@ impl Reporter {
 }
 
 /// Receives workers until the master closes the control socket (the master is gone);
-/// a reload request wakes `reload`.
+/// a reload request wakes `reload`; word that a new master takes over sets `replaced`.
 pub async fn receive(
     control: OwnedFd,
     pool: Arc<Pool>,
     shards: Vec<tokio::runtime::Handle>,
     reload: Arc<Notify>,
     ring_size: usize,
+    replaced: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let reporter = match control.try_clone() {
         Ok(fd) => Reporter(Arc::new(fd)),
@@ -103,6 +104,11 @@ pub async fn receive(
         match message {
             Some(Message::ReloadTls) if fds.is_empty() => {
                 reload.notify_one();
+                continue;
+            }
+            Some(Message::Replaced) if fds.is_empty() => {
+                // The coming stop is a restart: its WebSockets close with 1012.
+                replaced.store(true, std::sync::atomic::Ordering::Release);
                 continue;
             }
             Some(Message::StreamsTimedOut(worker)) if fds.is_empty() => {

@@ -322,6 +322,15 @@ impl Pool {
             .collect()
     }
 
+    /// Every worker whose channel is open, retiring ones included.
+    pub fn channels(&self) -> Vec<Arc<WorkerConn>> {
+        self.lock()
+            .channels
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
     /// How many workers take requests now (retiring ones excluded).
     pub fn ready_workers(&self) -> usize {
         self.lock().workers.len()

@@ -115,6 +115,10 @@ enum State {
     ChunkEnd,
     /// Trailer fields after the last chunk.
     Trailers,
+    /// After a bodyless request asking for an `Upgrade` (a WebSocket handshake):
+    /// nothing is examined until its answer is known. After a 101 the bytes are not
+    /// HTTP; after any other answer the checking resumes ([`Checker::resume`]).
+    Upgrade,
     /// Refused: nothing more is examined.
     Refused,
 }
@@ -128,6 +132,8 @@ struct Head {
     content_types: usize,
     content_length: Option<u64>,
     transfer_encoding: Vec<Vec<u8>>,
+    /// An `Upgrade` field came (RFC 9110 §7.8).
+    upgrade: bool,
 }
 
 /// The checker of one connection's request stream.
@@ -195,6 +201,19 @@ impl Checker {
         }
     }
 
+    /// Whether the last request asked for an upgrade and its answer is not known yet:
+    /// the bytes after it are not examined meanwhile.
+    pub fn awaiting_upgrade(&self) -> bool {
+        self.state == State::Upgrade
+    }
+
+    /// The upgrade was not made: the bytes after the request are a next request.
+    pub fn resume(&mut self) {
+        if self.state == State::Upgrade {
+            self.state = State::Start;
+        }
+    }
+
     /// Examines `data`, the bytes following everything examined before.
     pub fn examine(&mut self, data: &[u8]) -> Result<Examined, Refused> {
         let mut released = 0;
@@ -211,6 +230,7 @@ impl Checker {
         while at < data.len() {
             match self.state {
                 State::Refused => return Err(Reject::BadRequest("request after a refused one")),
+                State::Upgrade => break,
                 State::Body(left) | State::ChunkData(left) => {
                     let take = left.min((data.len() - at) as u64);
                     at += take as usize;
@@ -363,7 +383,7 @@ impl Checker {
                 }
                 Ok(true)
             }
-            State::Body(_) | State::ChunkData(_) | State::Refused => {
+            State::Body(_) | State::ChunkData(_) | State::Upgrade | State::Refused => {
                 unreachable!("lines are only read in line states")
             }
         }
@@ -390,6 +410,8 @@ impl Checker {
                     .transfer_encoding
                     .push(coding.to_ascii_lowercase());
             }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            self.head.upgrade = true;
         } else if name.eq_ignore_ascii_case(b"host") {
             self.head.hosts += 1;
         } else if name.eq_ignore_ascii_case(b"content-type") {
@@ -414,6 +436,8 @@ impl Checker {
         if head.transfer_encoding.is_empty() {
             return Ok(match head.content_length {
                 Some(length) if length > 0 => State::Body(length),
+                // HTTP/1.0 has no upgrade (RFC 9110 §7.8).
+                _ if head.upgrade && !head.http10 => State::Upgrade,
                 _ => State::Start,
             });
         }

@@ -6,6 +6,10 @@
 //!   status (400, 414, 431, 501) and `Connection: close`; responses to requests
 //!   pipelined before it are not disturbed. A refused body (a bad chunk) is reported to
 //!   the service reading it, which answers 400.
+//! - A bodyless request asking for an `Upgrade` (a WebSocket handshake) holds what
+//!   follows it unexamined until its answer is known: after a 101 the connection's
+//!   bytes pass through unchecked and untimed (the WebSocket session has its own rules
+//!   and pings); after any other answer the checking resumes where it stopped.
 //! - Timeouts: a request head must arrive within `head_timeout` (from the connection's
 //!   start or from its first byte); a keep-alive connection idle for `keepalive_timeout`
 //!   after its last response is closed; a client that reads nothing of a response for
@@ -74,6 +78,9 @@ pub struct ConnGuard {
     h2_idle: Signal,
     /// Requests whose responses are not finished yet.
     busy: AtomicUsize,
+    /// Set when the WebSocket an upgrade began has ended: the connection's task waits
+    /// for it, so that the connection keeps its place (`--max-connections`) meanwhile.
+    session_over: Signal,
 }
 
 #[derive(Default)]
@@ -87,6 +94,8 @@ struct Shared {
     idle_since: Option<(Instant, u64)>,
     /// Requests the service has begun on this connection.
     requests: u64,
+    /// The service answered an upgrade request with 101: what follows is not HTTP.
+    upgraded: bool,
 }
 
 impl ConnGuard {
@@ -102,6 +111,47 @@ impl ConnGuard {
         let index = shared.requests;
         shared.requests += 1;
         (index, Busy(self.clone()))
+    }
+
+    /// The service is answering the upgrade request with 101 (a WebSocket): the guard
+    /// passes the connection's bytes through from then on, unchecked and untimed (the
+    /// WebSocket has its own rules and pings). Called before the response is returned.
+    pub fn upgrade(&self) {
+        self.lock().upgraded = true;
+    }
+
+    /// The WebSocket the connection was upgraded to has ended.
+    pub fn session_over(&self) {
+        self.session_over.set();
+    }
+
+    /// Once hyper is done with the connection: waits for the WebSocket it was upgraded
+    /// to, if it was.
+    pub async fn upgraded_session(&self) {
+        if self.lock().upgraded {
+            self.session_over.wait().await;
+        }
+    }
+
+    /// What became of the upgrade asked by request number `heads - 1`: Some(true) once
+    /// the service answered 101, Some(false) once it answered otherwise (its response
+    /// finished without [`ConnGuard::upgrade`]), None meanwhile (`cx` is woken when a
+    /// response finishes).
+    fn upgrade_outcome(&self, heads: u64, cx: &Context<'_>) -> Option<bool> {
+        let mut shared = self.lock();
+        if shared.upgraded {
+            return Some(true);
+        }
+        if shared.requests < heads {
+            shared.idle_waker = Some(cx.waker().clone());
+            return None;
+        }
+        drop(shared);
+        if !self.idle(cx) {
+            return None;
+        }
+        // The 101 is marked before its response is returned, so before it finished.
+        Some(self.lock().upgraded)
     }
 
     /// Whether a request has begun on this connection.
@@ -271,6 +321,8 @@ enum Mode {
     Checked,
     /// HTTP/2 (or already checked by someone else): passed through.
     Through,
+    /// Upgraded by a 101 (a WebSocket): passed through, with no read deadline.
+    Upgraded,
     /// A refusal was handed over: nothing more is read.
     Done,
     /// Timed out: the client is told the connection ended.
@@ -288,6 +340,8 @@ pub struct Guarded<S> {
     inbuf: Vec<u8>,
     start: usize,
     released: usize,
+    /// Where the bytes held after an upgrade request begin (not examined yet).
+    unexamined: Option<usize>,
     /// What is left of the stand-in request to hand to hyper.
     stand_in: &'static [u8],
     /// When the connection started, for the first request's head timeout.
@@ -314,6 +368,7 @@ impl<S> Guarded<S> {
             inbuf: Vec::new(),
             start: 0,
             released: 0,
+            unexamined: None,
             stand_in: &[],
             accepted: Instant::now(),
             read_since: None,
@@ -381,7 +436,12 @@ impl<S> Guarded<S> {
 
     fn examine_checked(&mut self, from: usize) {
         match self.checker.examine(&self.inbuf[from..]) {
-            Ok(examined) => self.released += examined.released,
+            Ok(examined) => {
+                self.released += examined.released;
+                if self.checker.awaiting_upgrade() && self.unexamined.is_none() {
+                    self.unexamined = Some(from + examined.examined);
+                }
+            }
             Err(Refused { released, reject }) => {
                 // Requests before the refused one go to hyper as they are.
                 self.released += released;
@@ -565,6 +625,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         if this.mode == Mode::Through && this.start == this.inbuf.len() {
             return this.poll_through(cx, buf);
         }
+        if this.mode == Mode::Upgraded && this.start == this.inbuf.len() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
         if this.mode == Mode::Checked && this.start == this.inbuf.len() {
             let passable = this.checker.passable();
             if passable > 0 {
@@ -581,6 +644,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                     this.inbuf = Vec::new();
                     this.start = 0;
                     this.released = 0;
+                    this.unexamined = this.unexamined.map(|_| 0);
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -602,10 +666,33 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             if this.mode == Mode::Through {
                 return this.poll_through(cx, buf);
             }
+            if this.mode == Mode::Upgraded {
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            }
+            if this.mode == Mode::Checked && this.checker.awaiting_upgrade() {
+                match this.guard.upgrade_outcome(this.checker.heads(), cx) {
+                    Some(true) => {
+                        // What the client sent after its handshake is the WebSocket's.
+                        this.mode = Mode::Upgraded;
+                        this.released = this.inbuf.len();
+                        this.read_timer = None;
+                    }
+                    Some(false) => {
+                        this.checker.resume();
+                        let from = this.unexamined.take().unwrap_or(this.inbuf.len());
+                        this.examine_checked(from);
+                    }
+                    // Nothing more is read until the answer is known.
+                    None => return Poll::Pending,
+                }
+                continue;
+            }
             if this.start > 0 && this.start == this.released {
                 // Keep the held bytes only.
                 this.inbuf.drain(..this.start);
                 this.released -= this.start;
+                let drained = this.start;
+                this.unexamined = this.unexamined.map(|at| at.saturating_sub(drained));
                 this.start = 0;
             }
             let from = this.inbuf.len();

@@ -43,8 +43,8 @@ use super::budget::{Backlog, Held};
 use crate::lock::lock;
 use crate::protocol::ring::RingMap;
 use crate::protocol::{
-    Frame, Kind, MAX_PAYLOAD, ProtocolError, ResponseHead, Trailers, encode_frame,
-    encode_frame_header,
+    Frame, Kind, MAX_PAYLOAD, ProtocolError, ResponseHead, Trailers, WS_WINDOW, WsAccept, WsClose,
+    WsCredit, WsMessage, encode_frame, encode_frame_header,
 };
 use crate::scoreboard;
 
@@ -68,6 +68,14 @@ pub enum Event {
     /// The worker died before it began this request (it was queued behind another, see
     /// `pool`): it may go to another worker.
     Returned(Returned),
+    /// The application accepted the WebSocket.
+    WsAccept(WsAccept),
+    /// A piece of a message for the WebSocket's client.
+    WsMessage(WsMessage),
+    /// The application closed the WebSocket.
+    WsClose(WsClose),
+    /// The worker may be sent this many more bytes of the client's messages.
+    WsCredit(u32),
 }
 
 /// A request given back unstarted, with what it held.
@@ -140,6 +148,9 @@ struct Stream {
     spill: Option<(Arc<File>, u64)>,
     /// Whether spilling failed (the rest of the response goes through memory).
     spill_failed: bool,
+    /// A WebSocket's: the bytes of messages the worker may still send (protocol/mod.rs,
+    /// 7), granted back as they are written to the client.
+    ws_credit: u32,
     hold: StreamHold,
 }
 
@@ -278,6 +289,8 @@ pub struct WorkerConn {
     pub(super) outbox_ready: Notify,
     streams: Mutex<Streams>,
     next_stream: AtomicU32,
+    /// Set once the worker retires: its WebSockets close (1012).
+    retiring: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a stream's opening queues for the worker: frames, whose body payloads may stay
@@ -402,6 +415,7 @@ impl WorkerConn {
                 timed_out: false,
             }),
             next_stream: AtomicU32::new(1),
+            retiring: tokio::sync::watch::Sender::new(false),
         });
         tokio::spawn(writer(conn.clone()));
         conn
@@ -452,6 +466,7 @@ impl WorkerConn {
                     backlog: backlog.clone(),
                     spill: None,
                     spill_failed: false,
+                    ws_credit: WS_WINDOW,
                     hold,
                 },
             );
@@ -494,6 +509,59 @@ impl WorkerConn {
         encode_frame(&mut outbox.bytes, Kind::Retired, 0, b"");
         drop(outbox);
         self.outbox_ready.notify_one();
+        self.retiring.send_replace(true);
+    }
+
+    /// Whether everything queued for the worker has been written (or never will be).
+    pub fn written(&self) -> bool {
+        let outbox = self.outbox();
+        outbox.closed || (outbox.bytes.is_empty() && !outbox.writing)
+    }
+
+    /// Watches for the worker's retirement (its WebSockets then close).
+    pub fn retiring(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.retiring.subscribe()
+    }
+
+    /// Queues a frame of WebSocket `stream` for the worker, if the stream is open.
+    fn ws_frame(&self, stream: u32, encode: impl FnOnce(&mut Vec<u8>)) {
+        if !self.streams().open.contains_key(&stream) {
+            return;
+        }
+        let mut outbox = self.outbox();
+        if outbox.closed {
+            return;
+        }
+        encode(&mut outbox.bytes);
+        drop(outbox);
+        self.outbox_ready.notify_one();
+    }
+
+    /// A piece of a client's message (within the worker's credit).
+    pub fn ws_message(&self, stream: u32, text: bool, last: bool, data: &[u8]) {
+        self.ws_frame(stream, |out| {
+            // A piece is cut to fit a frame by the caller.
+            let _ = WsMessage::encode(out, stream, text, last, data);
+        });
+    }
+
+    /// The WebSocket is over for the client: the application gets its
+    /// `websocket.disconnect` with `code`.
+    pub fn ws_close(&self, stream: u32, code: u16, reason: &str) {
+        self.ws_frame(stream, |out| WsClose::encode(out, stream, code, reason));
+    }
+
+    /// The handshake was never completed (the client left): the application is told.
+    pub fn ws_gone(&self, stream: u32, code: u16) {
+        self.ws_close(stream, code, "");
+    }
+
+    /// `bytes` of the worker's messages have been written to the client.
+    pub fn ws_credit(&self, stream: u32, bytes: u32) {
+        if let Some(open) = self.streams().open.get_mut(&stream) {
+            open.ws_credit = open.ws_credit.saturating_add(bytes);
+        }
+        self.ws_frame(stream, |out| WsCredit::encode(out, stream, bytes));
     }
 
     /// Tells the worker that the client of `stream` went away. The stream stays open
@@ -526,6 +594,26 @@ impl WorkerConn {
                 return Ok(None);
             }
             Kind::Trailers => Event::Trailers(Trailers::decode(frame.payload)?.headers),
+            Kind::WsAccept => Event::WsAccept(WsAccept::decode(frame.payload)?),
+            Kind::WsMessage => {
+                let message = WsMessage::decode(frame.payload)?;
+                let mut streams = self.streams();
+                if let Some(stream) = streams.open.get_mut(&frame.stream) {
+                    // What the front tier holds for a slow client is bounded by the
+                    // credit: a worker sending beyond it breaks the protocol.
+                    let size = message.data.len() as u32;
+                    stream.ws_credit =
+                        stream
+                            .ws_credit
+                            .checked_sub(size)
+                            .ok_or(ProtocolError::Invalid(
+                                "WebSocket message beyond its credit",
+                            ))?;
+                }
+                Event::WsMessage(message)
+            }
+            Kind::WsClose => Event::WsClose(WsClose::decode(frame.payload)?),
+            Kind::WsCredit => Event::WsCredit(WsCredit::decode(frame.payload)?.bytes),
             Kind::End => Event::End,
             Kind::Abort => Event::Failed(Failure::Aborted(
                 String::from_utf8_lossy(&frame.payload).into_owned(),
@@ -851,5 +939,49 @@ mod tests {
             .collect();
         assert!(received == body, "the body arrived altered");
         assert_eq!(&frames[18].payload[..], b"tail");
+    }
+}
+
+#[cfg(test)]
+mod ws_tests {
+    use super::*;
+
+    /// A worker may send a WebSocket's messages only within the credit the front tier
+    /// granted: beyond it, the frame is a protocol error, not memory held.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_worker_sending_beyond_its_websocket_credit_breaks_the_protocol() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let socket = Arc::new(UnixStream::from_std(ours).unwrap());
+        let conn = WorkerConn::new(1, 4242, 0, false, socket, None);
+        let hold = StreamHold {
+            lease: Box::new(()),
+            spool: None,
+        };
+        let backlog = crate::front::dispatch::budget::Budgets::new(1 << 30)
+            .connection()
+            .response();
+        let opened = conn.open_stream(hold, &backlog, |_, _| Ok(()));
+        let (id, _events) = opened.unwrap_or_else(|_| panic!("not opened"));
+        let message = |size: usize| {
+            let mut out = Vec::new();
+            WsMessage::encode(&mut out, id, false, true, &vec![0; size]).unwrap();
+            let mut buf = bytes::BytesMut::from(&out[..]);
+            crate::protocol::Decoder::new()
+                .decode(&mut buf)
+                .unwrap()
+                .unwrap()
+        };
+        let piece = MAX_PAYLOAD - 1;
+        let mut left = WS_WINDOW as usize;
+        while left > 0 {
+            let size = left.min(piece);
+            assert!(conn.route(message(size)).is_ok());
+            left -= size;
+        }
+        assert!(conn.route(message(1)).is_err());
+        conn.ws_credit(id, 10);
+        assert!(conn.route(message(10)).is_ok());
+        assert!(conn.route(message(1)).is_err());
     }
 }
