@@ -122,6 +122,12 @@ pub struct ServeArgs {
     /// closed (1011).
     #[arg(long, value_name = "SECONDS", default_value_t = 20.0)]
     pub ws_ping_timeout: f64,
+    /// The application's mount point below the site's root, as a proxy in front
+    /// forwards it (`/api`): WSGI's SCRIPT_NAME and the ASGI scope's root_path. An ASGI
+    /// request whose path does not start with it (the proxy stripped it) gets it
+    /// prefixed. [default: the SCRIPT_NAME environment variable]
+    #[arg(long, value_name = "PATH")]
+    pub root_path: Option<String>,
 
     /// Threads of the front tier (TLS, HTTP, static files). [default: half the CPU
     /// cores, at least 2 (1 on one core): the workers need the rest]

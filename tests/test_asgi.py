@@ -76,6 +76,18 @@ def test_plain_app_sees_the_http_scope_of_the_spec(serve):
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["http_version"] == "1.0"
 
 
+def test_root_path_is_prefixed_to_a_path_a_proxy_stripped(serve):
+    """--root-path as uvicorn's: the scope's path is from the site's root, so a router
+    that strips root_path (Starlette's) finds its route whether the proxy in front
+    stripped the prefix or not."""
+    server = serve("asgi_plain:scope_echo", "-k", "asgi", "--root-path", "/api", workers=1)
+    stripped = httpx.get(f"{server.url}/items/1", timeout=15).json()
+    assert (stripped["root_path"], stripped["path"]) == ("/api", "/api/items/1")
+    assert stripped["raw_path"] == "/items/1"
+    kept = httpx.get(f"{server.url}/api/items/1", timeout=15).json()
+    assert (kept["root_path"], kept["path"]) == ("/api", "/api/items/1")
+
+
 def test_a_unix_socket_client_is_none(serve, tmp_path):
     path = tmp_path / "asgi.sock"
     server = serve("asgi_plain:scope_echo", "-k", "asgi", workers=1, bind=f"unix:{path}")

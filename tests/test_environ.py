@@ -8,6 +8,8 @@ import json
 import socket
 import uuid
 
+from conftest import APPS
+from kit import rwsgi
 from rawhttp import read_until_closed
 
 TIMEOUT = 5
@@ -107,6 +109,22 @@ def test_script_name_from_the_environment(serve):
     env = get_environ(server.port, "/mount")[0]["environ"]
     assert env["SCRIPT_NAME"] == "/mount"
     assert env["PATH_INFO"] == ""
+
+
+def test_root_path_flag_is_the_script_name_and_wins_over_the_variable(serve):
+    server = serve("wsgi_environ:dump", "--root-path", "/app/", env={"SCRIPT_NAME": "/other"})
+    env = get_environ(server.port, "/app/sub?x=1")[0]["environ"]
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/app", "/sub")
+    # A path outside the mount point is passed whole, as with SCRIPT_NAME.
+    env = get_environ(server.port, "/apple")[0]["environ"]
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/app", "/apple")
+
+
+def test_a_root_path_that_is_not_a_path_is_refused_by_name():
+    done = rwsgi("serve", "--root-path", "app", "-b", "127.0.0.1:0", "wsgi_environ:dump",
+                 cwd=APPS)
+    assert done.returncode != 0
+    assert "--root-path" in done.stderr and "must start with /" in done.stderr, done.stderr
 
 
 def test_content_type_and_length(serve):

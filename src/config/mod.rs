@@ -64,6 +64,9 @@ pub struct Settings {
     /// With no class asked for: how to serve an application that turns out to be an
     /// ASGI callable (see `WorkerClass::asgi_if_found`).
     pub asgi_if_found: Option<Asgi>,
+    /// The application's mount point (`--root-path`, else `SCRIPT_NAME`), without a
+    /// trailing `/`: empty, or a path starting with `/`.
+    pub root_path: String,
     /// How many threads the front tier's runtime runs.
     pub front_threads: usize,
     /// Directory to change to before loading the app.
@@ -328,6 +331,7 @@ impl Settings {
             workers,
             worker_class: WorkerClass::from_args(args)?,
             asgi_if_found: WorkerClass::asgi_if_found(args)?,
+            root_path: root_path(args)?,
             front_threads,
             chdir: args.chdir.clone(),
             pythonpath: args.pythonpath.clone(),
@@ -364,4 +368,31 @@ impl Settings {
             redirect_http,
         })
     }
+}
+
+/// `--root-path`, checked (a path from the site's root), else the `SCRIPT_NAME` variable
+/// as gunicorn takes it; without its trailing `/`.
+fn root_path(args: &ServeArgs) -> Result<String, ConfigError> {
+    let Some(given) = &args.root_path else {
+        let variable = std::env::var("SCRIPT_NAME").unwrap_or_default();
+        return Ok(variable.trim_end_matches('/').to_string());
+    };
+    let flag = "--root-path";
+    let path = given.trim_end_matches('/');
+    if !path.is_empty() && !path.starts_with('/') {
+        return Err(ConfigError::new(
+            flag,
+            format!("{given:?} must start with / (the path from the site's root)"),
+        ));
+    }
+    if path
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b'?' || b == b'#')
+    {
+        return Err(ConfigError::new(
+            flag,
+            format!("{given:?} must be a plain path (no query, fragment or control character)"),
+        ));
+    }
+    Ok(path.to_string())
 }

@@ -20,7 +20,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyModule, PyString, PyTuple};
 use tracing::{error, info, warn};
 
-use super::environ::script_name;
 use super::head::{Fields, parse_asgi_headers, parse_asgi_response_headers};
 use super::hooks::{self, Recorder};
 use super::response::{end_within_length, log_app_error, send_error_page, within_length};
@@ -44,7 +43,7 @@ pub struct AsgiApp {
     /// The lifespan state, copied into every scope; None when the application does not
     /// speak lifespan.
     state: Option<Py<PyDict>>,
-    root_path: Py<PyString>,
+    scopes: Arc<ScopeMaker>,
     /// Whether `http.response.pathsend` is offered: the front tier serves files only
     /// from `--static` and `--internal` directories.
     pathsend: bool,
@@ -91,7 +90,14 @@ impl AsgiApp {
                 event_loop: event_loop.unbind(),
                 lifespan: None,
                 state: None,
-                root_path: PyString::new(py, &script_name()).unbind(),
+                scopes: Arc::new(ScopeMaker::new(py, &app.root_path).map_err(|err| {
+                    report_boot_error(
+                        py,
+                        "-k asgi: cannot make the scope",
+                        &err,
+                        BootError::WorkerReported,
+                    )
+                })?),
                 pathsend: false,
             };
             if options.lifespan != Lifespan::Off {
@@ -200,8 +206,7 @@ impl AsgiApp {
         inbox: super::SharedInbox,
         done: TaskDone,
     ) -> PyResult<Bound<'py, super::AsgiSocket>> {
-        let root_path = self.root_path.clone_ref(py);
-        super::AsgiSocket::new(py, stream, head, root_path, sink, inbox, done)
+        super::AsgiSocket::new(py, stream, head, self.scopes.clone(), sink, inbox, done)
     }
 
     /// The stream object of one request for the glue's task; `done` is called once its
@@ -240,7 +245,7 @@ impl AsgiApp {
             py,
             AsgiStream {
                 head,
-                root_path: self.root_path.clone_ref(py),
+                scopes: self.scopes.clone(),
                 pathsend: self.pathsend,
                 trailers_offered: trailers,
                 sink,
@@ -291,93 +296,212 @@ fn trailer_fields(headers: &Bound<'_, PyAny>) -> PyResult<Fields> {
     Ok(found)
 }
 
-/// The `http` or `websocket` scope of `head` (www.rst 2.5), with a shallow copy of the
-/// lifespan `state`.
-pub(super) fn scope_of<'py>(
-    py: Python<'py>,
-    head: &RequestHead,
-    root_path: &Bound<'py, PyString>,
-    state: Option<&Bound<'py, PyDict>>,
-    websocket: bool,
-) -> PyResult<Bound<'py, PyDict>> {
-    let scope = PyDict::new(py);
-    let kind = match websocket {
-        true => intern!(py, "websocket"),
-        false => intern!(py, "http"),
-    };
-    scope.set_item(intern!(py, "type"), kind)?;
-    let asgi = PyDict::new(py);
-    asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
-    asgi.set_item(intern!(py, "spec_version"), intern!(py, "2.5"))?;
-    scope.set_item(intern!(py, "asgi"), asgi)?;
-    let version = match head.version {
-        10 => intern!(py, "1.0"),
-        20 => intern!(py, "2"),
-        _ => intern!(py, "1.1"),
-    };
-    scope.set_item(intern!(py, "http_version"), version)?;
-    let scheme = match (websocket, head.scheme) {
-        (false, Scheme::Http) => intern!(py, "http"),
-        (false, Scheme::Https) => intern!(py, "https"),
-        (true, Scheme::Http) => intern!(py, "ws"),
-        (true, Scheme::Https) => intern!(py, "wss"),
-    };
-    if !websocket {
-        let method = String::from_utf8_lossy(&head.method);
-        scope.set_item(intern!(py, "method"), method.as_ref())?;
+/// Makes the scopes of one worker (www.rst 2.5): a template of what every scope of a
+/// kind holds, with every key, copied (a copy has its full size at once, and a
+/// request's values replace the placeholders rather than grow the dict); the Python
+/// strings of the server's and the client's address are kept while they repeat (they
+/// nearly always do).
+pub(super) struct ScopeMaker {
+    /// The `http` template: `type`, `asgi` (one dict for every scope: the application
+    /// reads it), `root_path`, and None for the rest.
+    http: Py<PyDict>,
+    /// The `websocket` template, the same with `subprotocols` and without `method`.
+    websocket: Py<PyDict>,
+    /// `--root-path` (or `SCRIPT_NAME`), prefixed to a path that does not start with it
+    /// (a proxy in front stripped it), as uvicorn does: routers then see the path from
+    /// the site's root.
+    root_path: Vec<u8>,
+    recent: Mutex<RecentAddresses>,
+}
+
+#[derive(Default)]
+struct RecentAddresses {
+    /// The server's name and port as the head gave them, and the `server` pair.
+    server: Option<(Vec<u8>, Vec<u8>, Py<PyTuple>)>,
+    /// The client's host as the head gave it, and its string.
+    client_host: Option<(Vec<u8>, Py<PyString>)>,
+}
+
+impl ScopeMaker {
+    pub(super) fn new(py: Python<'_>, root_path: &str) -> PyResult<ScopeMaker> {
+        let asgi = PyDict::new(py);
+        asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
+        asgi.set_item(intern!(py, "spec_version"), intern!(py, "2.5"))?;
+        let template = |kind: &Bound<'_, PyString>, keys: &[&Bound<'_, PyString>]| {
+            let template = PyDict::new(py);
+            template.set_item(intern!(py, "type"), kind)?;
+            template.set_item(intern!(py, "asgi"), &asgi)?;
+            template.set_item(intern!(py, "root_path"), root_path)?;
+            for key in keys {
+                template.set_item(key, py.None())?;
+            }
+            Ok::<_, PyErr>(template.unbind())
+        };
+        let common = [
+            intern!(py, "http_version"),
+            intern!(py, "scheme"),
+            intern!(py, "path"),
+            intern!(py, "raw_path"),
+            intern!(py, "query_string"),
+            intern!(py, "headers"),
+            intern!(py, "client"),
+            intern!(py, "server"),
+            intern!(py, "extensions"),
+        ];
+        let mut http_keys = common.to_vec();
+        http_keys.push(intern!(py, "method"));
+        let mut websocket_keys = common.to_vec();
+        websocket_keys.push(intern!(py, "subprotocols"));
+        Ok(ScopeMaker {
+            http: template(intern!(py, "http"), &http_keys)?,
+            websocket: template(intern!(py, "websocket"), &websocket_keys)?,
+            root_path: root_path.as_bytes().to_vec(),
+            recent: Mutex::new(RecentAddresses::default()),
+        })
     }
-    scope.set_item(intern!(py, "scheme"), scheme)?;
-    // "path": the target without its query, percent-decoded and read as UTF-8.
-    let decoded = percent_encoding::percent_decode(&head.path).decode_utf8_lossy();
-    scope.set_item(intern!(py, "path"), decoded.as_ref())?;
-    scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, &head.path))?;
-    scope.set_item(intern!(py, "query_string"), PyBytes::new(py, &head.query))?;
-    scope.set_item(intern!(py, "root_path"), root_path)?;
-    let headers = PyList::empty(py);
-    let subprotocols = PyList::empty(py);
-    for (name, value) in &head.headers {
-        // Pseudo-headers are never passed on (www.rst, HTTP/2).
-        if name.starts_with(b":") {
-            continue;
+
+    /// The `http` or `websocket` scope of `head`, with a shallow copy of the lifespan
+    /// `state`.
+    pub(super) fn scope<'py>(
+        &self,
+        py: Python<'py>,
+        head: &RequestHead,
+        state: Option<&Bound<'py, PyDict>>,
+        websocket: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let template = match websocket {
+            true => &self.websocket,
+            false => &self.http,
+        };
+        let scope = template.bind(py).copy()?;
+        let version = match head.version {
+            10 => intern!(py, "1.0"),
+            20 => intern!(py, "2"),
+            _ => intern!(py, "1.1"),
+        };
+        scope.set_item(intern!(py, "http_version"), version)?;
+        let scheme = match (websocket, head.scheme) {
+            (false, Scheme::Http) => intern!(py, "http"),
+            (false, Scheme::Https) => intern!(py, "https"),
+            (true, Scheme::Http) => intern!(py, "ws"),
+            (true, Scheme::Https) => intern!(py, "wss"),
+        };
+        scope.set_item(intern!(py, "scheme"), scheme)?;
+        if !websocket {
+            scope.set_item(intern!(py, "method"), method(py, &head.method))?;
         }
-        if websocket && &name[..] == b"sec-websocket-protocol" {
-            // RFC 6455 §11.3.4: a comma-separated list, in the client's order.
-            for protocol in String::from_utf8_lossy(value).split(',') {
-                let protocol = protocol.trim();
-                if !protocol.is_empty() {
-                    subprotocols.append(protocol)?;
+        // "path": the target without its query, percent-decoded and read as UTF-8, from
+        // the site's root (`root_path` included).
+        let decoded = percent_encoding::percent_decode(&head.path).decode_utf8_lossy();
+        if self.root_path.is_empty() || under(&head.path, &self.root_path) {
+            scope.set_item(intern!(py, "path"), decoded.as_ref())?;
+        } else {
+            let root = String::from_utf8_lossy(&self.root_path);
+            scope.set_item(intern!(py, "path"), format!("{root}{decoded}"))?;
+        }
+        scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, &head.path))?;
+        scope.set_item(intern!(py, "query_string"), PyBytes::new(py, &head.query))?;
+        let headers = PyList::empty(py);
+        let subprotocols = PyList::empty(py);
+        for (name, value) in &head.headers {
+            // Pseudo-headers are never passed on (www.rst, HTTP/2).
+            if name.starts_with(b":") {
+                continue;
+            }
+            if websocket && &name[..] == b"sec-websocket-protocol" {
+                // RFC 6455 §11.3.4: a comma-separated list, in the client's order.
+                for protocol in String::from_utf8_lossy(value).split(',') {
+                    let protocol = protocol.trim();
+                    if !protocol.is_empty() {
+                        subprotocols.append(protocol)?;
+                    }
                 }
             }
+            let pair = PyTuple::new(py, [PyBytes::new(py, name), PyBytes::new(py, value)])?;
+            headers.append(pair)?;
         }
-        let pair = PyTuple::new(py, [PyBytes::new(py, name), PyBytes::new(py, value)])?;
-        headers.append(pair)?;
-    }
-    scope.set_item(intern!(py, "headers"), headers)?;
-    if websocket {
-        scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
-    }
-    let client = match head.remote_port {
-        Some(port) => {
-            let host = String::from_utf8_lossy(&head.remote_addr);
-            Some((host.into_owned(), port))
+        scope.set_item(intern!(py, "headers"), headers)?;
+        if websocket {
+            scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
         }
-        None => None,
-    };
-    scope.set_item(intern!(py, "client"), client)?;
-    let server_name = String::from_utf8_lossy(&head.server_name).into_owned();
-    let server_port = std::str::from_utf8(&head.server_port)
-        .ok()
-        .and_then(|p| p.parse::<u16>().ok());
-    scope.set_item(intern!(py, "server"), (server_name, server_port))?;
-    if let Some(state) = state {
-        scope.set_item(intern!(py, "state"), state.copy()?)?;
+        self.addresses(py, head, &scope)?;
+        if let Some(state) = state {
+            scope.set_item(intern!(py, "state"), state.copy()?)?;
+        }
+        let extensions = PyDict::new(py);
+        if websocket {
+            extensions.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
+        }
+        scope.set_item(intern!(py, "extensions"), extensions)?;
+        Ok(scope)
     }
-    let extensions = PyDict::new(py);
-    if websocket {
-        extensions.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
+
+    /// `client` (left None for a client without an address: a Unix socket) and
+    /// `server`.
+    fn addresses(
+        &self,
+        py: Python<'_>,
+        head: &RequestHead,
+        scope: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        let mut recent = crate::lock::lock(&self.recent);
+        if let Some(port) = head.remote_port {
+            let host = match &recent.client_host {
+                Some((bytes, host)) if bytes[..] == head.remote_addr[..] => host.bind(py).clone(),
+                _ => {
+                    let host = PyString::new(py, &String::from_utf8_lossy(&head.remote_addr));
+                    recent.client_host = Some((head.remote_addr.to_vec(), host.clone().unbind()));
+                    host
+                }
+            };
+            scope.set_item(intern!(py, "client"), (host, port))?;
+        }
+        let server = match &recent.server {
+            Some((name, port, pair))
+                if name[..] == head.server_name[..] && port[..] == head.server_port[..] =>
+            {
+                pair.bind(py).clone()
+            }
+            _ => {
+                let name = String::from_utf8_lossy(&head.server_name).into_owned();
+                let port = std::str::from_utf8(&head.server_port)
+                    .ok()
+                    .and_then(|p| p.parse::<u16>().ok());
+                let pair = PyTuple::new(
+                    py,
+                    [name.into_pyobject(py)?.into_any(), port.into_pyobject(py)?],
+                )?;
+                recent.server = Some((
+                    head.server_name.to_vec(),
+                    head.server_port.to_vec(),
+                    pair.clone().unbind(),
+                ));
+                pair
+            }
+        };
+        scope.set_item(intern!(py, "server"), server)
     }
-    scope.set_item(intern!(py, "extensions"), extensions)?;
-    Ok(scope)
+}
+
+/// Whether `path` is `root` or below it (`/api` is under `/api`, `/api/x` too, `/apix`
+/// is not).
+fn under(path: &[u8], root: &[u8]) -> bool {
+    path.strip_prefix(root)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
+}
+
+/// The method's string: the common ones are made once.
+fn method<'py>(py: Python<'py>, method: &[u8]) -> Bound<'py, PyString> {
+    match method {
+        b"GET" => intern!(py, "GET").clone(),
+        b"POST" => intern!(py, "POST").clone(),
+        b"HEAD" => intern!(py, "HEAD").clone(),
+        b"PUT" => intern!(py, "PUT").clone(),
+        b"DELETE" => intern!(py, "DELETE").clone(),
+        b"PATCH" => intern!(py, "PATCH").clone(),
+        b"OPTIONS" => intern!(py, "OPTIONS").clone(),
+        other => PyString::new(py, &String::from_utf8_lossy(other)),
+    }
 }
 
 /// The glue module, made from the source in the binary.
@@ -474,7 +598,7 @@ struct Hooked {
 #[pyclass(frozen, module = "rwsgi")]
 pub struct AsgiStream {
     head: RequestHead,
-    root_path: Py<PyString>,
+    scopes: Arc<ScopeMaker>,
     pathsend: bool,
     /// The request's `TE: trailers` allows `http.response.trailers`.
     trailers_offered: bool,
@@ -531,7 +655,7 @@ impl AsgiStream {
         py: Python<'py>,
         state: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let scope = scope_of(py, &self.head, self.root_path.bind(py), state, false)?;
+        let scope = self.scopes.scope(py, &self.head, state, false)?;
         if self.pathsend || self.trailers_offered {
             let extensions = scope
                 .get_item(intern!(py, "extensions"))?

@@ -17,7 +17,7 @@ use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError, PyValueEr
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
-use super::asgi::{TaskDone, scope_of};
+use super::asgi::{ScopeMaker, TaskDone};
 use super::head::parse_asgi_headers;
 use super::response::{log_app_error, send_error_page};
 use super::{RequestLabel, ResponseSink};
@@ -113,7 +113,7 @@ struct State {
 pub struct AsgiSocket {
     id: u32,
     head: RequestHead,
-    root_path: Py<PyString>,
+    scopes: Arc<ScopeMaker>,
     sink: Arc<dyn SocketSink>,
     inbox: SharedInbox,
     state: Mutex<State>,
@@ -121,11 +121,11 @@ pub struct AsgiSocket {
 
 impl AsgiSocket {
     /// The socket of stream `id`, whose frames arrive in `inbox`.
-    pub fn new(
+    pub(super) fn new(
         py: Python<'_>,
         id: u32,
         head: RequestHead,
-        root_path: Py<PyString>,
+        scopes: Arc<ScopeMaker>,
         sink: Arc<dyn SocketSink>,
         inbox: SharedInbox,
         done: TaskDone,
@@ -135,7 +135,7 @@ impl AsgiSocket {
             AsgiSocket {
                 id,
                 head,
-                root_path,
+                scopes,
                 sink,
                 inbox,
                 state: Mutex::new(State {
@@ -188,7 +188,7 @@ impl AsgiSocket {
         py: Python<'py>,
         state: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        scope_of(py, &self.head, self.root_path.bind(py), state, true)
+        self.scopes.scope(py, &self.head, state, true)
     }
 
     /// The next message received: `(True, str)`, `(False, bytes)`, `(code, reason)`

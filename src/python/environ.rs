@@ -89,8 +89,14 @@ pub struct EnvironBuilder {
 }
 
 impl EnvironBuilder {
-    /// The template for a worker serving with `multiprocess` and `multithread` set so.
-    pub fn new(py: Python<'_>, multiprocess: bool, multithread: bool) -> PyResult<EnvironBuilder> {
+    /// The template for a worker serving with `multiprocess` and `multithread` set so,
+    /// for an application mounted at `script_name` (`--root-path`).
+    pub fn new(
+        py: Python<'_>,
+        multiprocess: bool,
+        multithread: bool,
+        script_name: &str,
+    ) -> PyResult<EnvironBuilder> {
         let template = PyDict::new(py);
         template.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
         template.set_item(intern!(py, "wsgi.multithread"), multithread)?;
@@ -106,8 +112,7 @@ impl EnvironBuilder {
             intern!(py, "SERVER_SOFTWARE"),
             concat!("rwsgi/", env!("CARGO_PKG_VERSION")),
         )?;
-        let script_name = script_name();
-        template.set_item(intern!(py, "SCRIPT_NAME"), &script_name)?;
+        template.set_item(intern!(py, "SCRIPT_NAME"), script_name)?;
         // The keys every request sets, present already: a request then replaces their
         // values in a copy sized for them, rather than growing it as they arrive (a
         // rebuild of its table or two per request).
@@ -128,7 +133,7 @@ impl EnvironBuilder {
         Ok(EnvironBuilder {
             template: template.unbind(),
             header_keys: HashMap::new(),
-            script_name: script_name.into_bytes(),
+            script_name: script_name.as_bytes().to_vec(),
             server_name: Recent::default(),
             server_port: Recent::default(),
             remote_addr: Recent::default(),
@@ -270,15 +275,6 @@ impl EnvironBuilder {
         environ.set_item(intern!(py, "wsgi.input"), Bound::new(py, input)?)?;
         Ok(environ)
     }
-}
-
-/// `SCRIPT_NAME` from the environment, without a trailing `/`: the mount point of the
-/// application (also an ASGI scope's `root_path`).
-pub(super) fn script_name() -> String {
-    std::env::var("SCRIPT_NAME")
-        .unwrap_or_default()
-        .trim_end_matches('/')
-        .to_string()
 }
 
 /// Splits a Host header into name and port, with the scheme's default port.

@@ -183,6 +183,8 @@ pub struct App {
     /// The application is `--reload`'s page of its load error, a WSGI application
     /// whatever `-k` says.
     load_error: bool,
+    /// The mount point (`--root-path`): an ASGI scope's `root_path`.
+    root_path: String,
 }
 
 /// Where a request's body is, for `wsgi.input`.
@@ -211,13 +213,19 @@ impl App {
         // the application at the same time, which greenlets do too.
         let multithread = settings.worker_class != WorkerClass::Sync;
         Python::attach(|py| {
-            let environ = environ::EnvironBuilder::new(py, settings.workers > 1, multithread);
+            let environ = environ::EnvironBuilder::new(
+                py,
+                settings.workers > 1,
+                multithread,
+                &settings.root_path,
+            );
             let environ = environ.map_err(BootError::Environ)?;
             hooks::post_worker_init(py, &app);
             Ok(App {
                 app,
                 environ,
                 load_error,
+                root_path: settings.root_path.clone(),
             })
         })
     }
@@ -257,6 +265,7 @@ impl App {
             app: self.app.clone_ref(py),
             environ: self.environ.clone_ref(py),
             load_error: self.load_error,
+            root_path: self.root_path.clone(),
         }
     }
 

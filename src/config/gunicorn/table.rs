@@ -336,7 +336,11 @@ pub const SETTINGS: &[Setting] = &[
         Value(&["--header-map"]),
         Ignored("rwsgi always drops header names holding `_` (gunicorn's default, drop)"),
     ),
-    s("root_path", Value(&["--root-path"]), ASGI),
+    s(
+        "root_path",
+        Value(&["--root-path"]),
+        Mapped("root_path", "same flag; WSGI's SCRIPT_NAME too"),
+    ),
     // Logging
     s(
         "accesslog",
