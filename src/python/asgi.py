@@ -116,26 +116,42 @@ class Lifespan:
 class Request:
     """One http scope: its receive and send, in the order www.rst gives them."""
 
-    __slots__ = ("stream", "started", "trailers", "complete", "body_done", "finished")
+    __slots__ = (
+        "stream", "flusher", "task", "started", "trailers", "complete", "body_done", "over",
+        "waiter",
+    )
 
-    def __init__(self, stream):
+    def __init__(self, stream, flusher):
         self.stream = stream
+        self.flusher = flusher
+        # The request's task, held here while it runs (the loop holds tasks weakly).
+        self.task = None
         self.started = False
         # The response announced trailers, which this request was offered.
         self.trailers = False
         self.complete = False
         self.body_done = False
-        # Set once the response is complete or the client is gone: what the last
-        # receive() waits for before it answers http.disconnect.
-        self.finished = asyncio.Event()
+        # The response is complete or the client is gone: what the last receive()
+        # waits for before it answers http.disconnect, through `waiter` (made only when
+        # a receive() waits: most requests never do).
+        self.over = False
+        self.waiter = None
+
+    def finish(self):
+        self.over = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def receive(self):
         if not self.body_done and not self.stream.gone():
             chunk, more = self.stream.read_body()
             self.body_done = not more
             return {"type": "http.request", "body": chunk, "more_body": more}
-        if not self.complete and not self.stream.gone():
-            await self.finished.wait()
+        if not self.over and not self.stream.gone():
+            if self.waiter is None:
+                self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
         return {"type": "http.disconnect"}
 
     async def send(self, message):
@@ -144,42 +160,73 @@ class Request:
             return  # not offered (no TE: trailers): dropped, as RFC 9110 §6.5.1 allows
         if self.complete or self.stream.gone():
             raise ClientDisconnected(f"{kind}: the response is complete or the client is gone")
-        if kind == "http.response.start":
-            if self.started:
-                raise RuntimeError("http.response.start sent twice")
-            self.trailers = bool(message.get("trailers")) and self.stream.trailers_offered()
-            self.stream.start(message["status"], message.get("headers") or (), self.trailers)
-            self.started = True
-        elif kind == "http.response.body":
+        # The frames are queued; the Flusher writes them once per turn of the loop.
+        if kind == "http.response.body":
             if not self.started:
                 raise RuntimeError("http.response.body before http.response.start")
             more = bool(message.get("more_body", False))
             try:
                 self.stream.body(message.get("body", b""), more)
             except ConnectionError as err:
-                self.finished.set()
+                self.finish()
                 raise ClientDisconnected(str(err)) from None
+            self.flusher.want(self.stream)
             if not more and not self.trailers:
                 self.complete = True
-                self.finished.set()
+                self.finish()
+        elif kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            self.trailers = bool(message.get("trailers")) and self.stream.trailers_offered()
+            self.stream.start(message["status"], message.get("headers") or (), self.trailers)
+            self.started = True
         elif kind == "http.response.trailers":
             more = bool(message.get("more_trailers", False))
             try:
                 self.stream.trailers(message.get("headers") or (), more)
             except ConnectionError as err:
-                self.finished.set()
+                self.finish()
                 raise ClientDisconnected(str(err)) from None
+            self.flusher.want(self.stream)
             if not more:
                 self.complete = True
-                self.finished.set()
+                self.finish()
         elif kind == "http.response.pathsend":
             if not self.started:
                 raise RuntimeError("http.response.pathsend before http.response.start")
             self.stream.pathsend(message["path"])
+            self.flusher.want(self.stream)
             self.complete = True
-            self.finished.set()
+            self.finish()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
+
+
+class Flusher:
+    """Writes what the responses queued once per turn of the loop, not once per send():
+    the responses finished in one turn leave in one write. A send() that queues more
+    than the channel's high-water mark is written at once by Rust."""
+
+    __slots__ = ("loop", "stream")
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.stream = None
+
+    def want(self, stream):
+        if self.stream is None:
+            self.loop.call_soon(self.flush)
+        self.stream = stream
+
+    def flush(self):
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            # The whole channel's queue, whichever stream asks; a front tier gone is
+            # seen by the reader (the channel's end), not here.
+            try:
+                stream.flush()
+            except ConnectionError:
+                pass
 
 
 class WebSocket:
@@ -284,9 +331,9 @@ async def handle_socket(app, socket, state, sockets):
         socket.finish()
 
 
-async def handle(app, stream, state, waiting):
-    request = Request(stream)
-    waiting[stream] = request
+async def handle(app, request, state, waiting):
+    stream = request.stream
+    flusher = request.flusher
     try:
         await app(stream.scope(state), request.receive, request.send)
     except BaseException as error:  # the app's failure, whatever it is
@@ -294,6 +341,7 @@ async def handle(app, stream, state, waiting):
             pass  # spec 2.4: not an error of the application's
         else:
             stream.fail(error, request.started)
+            flusher.want(stream)
         if not isinstance(error, Exception):
             raise
     else:
@@ -302,30 +350,34 @@ async def handle(app, stream, state, waiting):
                 RuntimeError("the ASGI application returned without completing the response"),
                 request.started,
             )
+            flusher.want(stream)
     finally:
         del waiting[stream]
-        request.finished.set()
-        stream.close()
+        request.finish()
+        if stream.close():
+            flusher.want(stream)
 
 
 async def serve(app, fd, poll, state, stop_check):
     """Serves the channel until it closes (retired, stopped, or the front tier gone),
     then waits for the requests in flight."""
     loop = asyncio.get_running_loop()
+    # The WebSockets' tasks; the requests in flight, by stream, each holding its task.
     tasks = set()
     waiting = {}
     closed = loop.create_future()
+    flusher = Flusher(loop)
 
     sockets = {}
 
     def readable():
         if closed.done():
             return
-        streams, new_sockets, touched, open_ = poll()
+        streams, new_sockets, touched, aborted, open_ = poll()
         for stream in streams:
-            task = loop.create_task(handle(app, stream, state, waiting))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            request = Request(stream, flusher)
+            request.task = loop.create_task(handle(app, request, state, waiting))
+            waiting[stream] = request
         for socket in new_sockets:
             task = loop.create_task(handle_socket(app, socket, state, sockets))
             tasks.add(task)
@@ -336,9 +388,10 @@ async def serve(app, fd, poll, state, stop_check):
                 ws.wake.set()
         # A client gone is noted by poll (the front tier's Abort): its request's last
         # receive() answers http.disconnect now.
-        for stream, request in list(waiting.items()):
-            if stream.gone():
-                request.finished.set()
+        if aborted:
+            for stream, request in list(waiting.items()):
+                if stream.gone():
+                    request.finish()
         if not open_:
             loop.remove_reader(fd)
             closed.set_result(None)
@@ -353,5 +406,6 @@ async def serve(app, fd, poll, state, stop_check):
     loop.call_later(stop_check, tick)
     readable()
     await closed
-    while tasks:
-        await asyncio.wait(set(tasks))
+    while tasks or waiting:
+        await asyncio.wait(set(tasks) | {request.task for request in waiting.values()})
+    flusher.flush()

@@ -612,11 +612,6 @@ impl AsgiStream {
         crate::lock::lock(&self.state)
     }
 
-    fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        let sink = &self.sink;
-        py.detach(|| sink.flush()).map_err(front_gone)
-    }
-
     /// Ends the response: an Abort instead of the End when its body fell short of its
     /// declared Content-Length (the client must not wait for bytes that never come).
     fn end(&self, state: &mut StreamState) -> io::Result<()> {
@@ -730,8 +725,16 @@ impl AsgiStream {
         Ok(())
     }
 
-    /// `http.response.body`: the chunk goes out now; the response ends without `more`.
-    fn body(&self, py: Python<'_>, body: &Bound<'_, PyAny>, more: bool) -> PyResult<()> {
+    /// Writes what is queued on the channel, for every stream: the glue's `Flusher`
+    /// calls it once per turn of the loop, not once per message.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let sink = &self.sink;
+        py.detach(|| sink.flush()).map_err(front_gone)
+    }
+
+    /// `http.response.body`: the chunk is queued (the glue flushes); the response ends
+    /// without `more`.
+    fn body(&self, body: &Bound<'_, PyAny>, more: bool) -> PyResult<()> {
         let chunk = body.cast::<PyBytes>().map_err(|_| {
             pyo3::exceptions::PyTypeError::new_err("http.response.body: body must be bytes")
         })?;
@@ -759,13 +762,13 @@ impl AsgiStream {
                 }
             }
         }
-        self.flush(py)
+        Ok(())
     }
 
     /// `http.response.trailers` (the ASGI extension): its fields are checked as the
     /// head's are and gathered; the last (without `more`) sends them all, and ends the
     /// response. A HEAD, 204 or 304 response, which has no body, gets none.
-    fn trailers(&self, py: Python<'_>, headers: &Bound<'_, PyAny>, more: bool) -> PyResult<()> {
+    fn trailers(&self, headers: &Bound<'_, PyAny>, more: bool) -> PyResult<()> {
         let (fields, _) = parse_asgi_headers(headers)?;
         {
             let mut state = self.state();
@@ -787,14 +790,14 @@ impl AsgiStream {
             }
             self.end(&mut state).map_err(front_gone)?;
         }
-        self.flush(py)
+        Ok(())
     }
 
     /// `http.response.pathsend` (the ASGI extension): the front tier sends the file
     /// named by the absolute `path` itself, as it does an `X-Sendfile` answer, and under
     /// the same rules (inside a `--static` or `--internal` directory, no symlink out of
     /// it, the client's ranges and conditionals, the file's status).
-    fn pathsend(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+    fn pathsend(&self, path: std::path::PathBuf) -> PyResult<()> {
         use std::os::unix::ffi::OsStrExt;
         if !self.pathsend {
             return Err(pyo3::exceptions::PyRuntimeError::new_err(
@@ -820,11 +823,12 @@ impl AsgiStream {
                 .map_err(front_gone)?;
             self.sink.end().map_err(front_gone)?;
         }
-        self.flush(py)
+        Ok(())
     }
 
     /// The application failed: the traceback goes to the error log with the request's
     /// id; the client gets a 500 if no response started, else its stream is aborted.
+    /// What it queues leaves with the glue's next flush.
     fn fail(&self, py: Python<'_>, error: &Bound<'_, PyAny>, started: bool) {
         log_app_error(
             py,
@@ -834,38 +838,35 @@ impl AsgiStream {
         let mut state = self.state();
         // A head not written yet is dropped: the client gets the 500 instead.
         state.head = None;
-        let sent = if started && state.head_written {
+        let _ = if started && state.head_written {
             self.sink
                 .abort("the application failed after sending the response head")
         } else {
             send_error_page(&*self.sink, state.bodyless)
         };
-        drop(state);
-        if sent.is_ok() {
-            let _ = self.flush(py);
-        }
     }
 
     /// The request's task is over. A stream not ended yet (its client went away, and
     /// the application stopped there) is aborted: the front tier holds the worker's
-    /// place for it until then.
-    fn close(&self, py: Python<'_>) {
+    /// place for it until then. True when something is queued for the glue to flush.
+    fn close(&self, py: Python<'_>) -> bool {
         let ended = std::mem::replace(&mut self.state().ended, true);
-        if !ended && self.sink.abort("the client went away").is_ok() {
-            let _ = self.flush(py);
-        }
+        let queued = !ended && self.sink.abort("the client went away").is_ok();
         let (done, scope) = {
             let mut state = self.state();
             (state.done.take(), state.scope.take())
         };
         if let (Some(hooked), Some(hooks)) = (&self.hooked, hooks::active()) {
-            // As for WSGI, after the response has left; `environ` is the http scope.
+            // As for WSGI, after the response has left (written now, not at the loop's
+            // next flush); `environ` is the http scope.
+            let _ = self.flush(py);
             let scope = scope.map_or_else(|| PyDict::new(py), |s| s.into_bound(py));
             hooks.post_request(py, hooked.req.bind(py), &scope, &hooked.recorder);
         }
         if let Some(done) = done {
             done(py);
         }
+        queued
     }
 }
 

@@ -30,8 +30,9 @@ use crate::scoreboard::WorkerSlot;
 const STOP_CHECK_SECONDS: f64 = 1.0;
 
 /// What one poll took: new requests' streams, new WebSockets' sockets, the WebSockets
-/// something arrived for, and whether the channel is open.
-type Polled<'py> = (Bound<'py, PyList>, Bound<'py, PyList>, Vec<u32>, bool);
+/// something arrived for, whether a client of a request being served went away, and
+/// whether the channel is open.
+type Polled<'py> = (Bound<'py, PyList>, Bound<'py, PyList>, Vec<u32>, bool, bool);
 
 /// What the reading callback and the requests' ends share.
 struct Tasks {
@@ -50,9 +51,11 @@ impl Tasks {
     fn poll<'py>(self: &Arc<Self>, py: Python<'py>, stop: &AtomicBool) -> PyResult<Polled<'py>> {
         let mut requests = Vec::new();
         let mut incoming = lock(&self.incoming);
+        let aborts = incoming.aborts;
         let open = self
             .channel
             .poll_requests(stop, &mut incoming, |r| requests.push(r));
+        let aborted = incoming.aborts != aborts;
         // After Retired the channel is still read while tasks run: the front tier closes
         // their WebSockets then (1012), and their applications must hear it.
         let draining =
@@ -81,7 +84,7 @@ impl Tasks {
                 false
             }
         };
-        Ok((streams, sockets, touched, open))
+        Ok((streams, sockets, touched, aborted, open))
     }
 
     /// A WebSocket taken: its socket for the glue's task.
@@ -172,8 +175,8 @@ pub(super) fn serve(
         let poll = PyCFunction::new_closure(py, Some(c"rwsgi_poll"), None, move |args, _| {
             shared
                 .poll(args.py(), stop)
-                .map(|(streams, sockets, touched, open)| {
-                    (streams.unbind(), sockets.unbind(), touched, open)
+                .map(|(streams, sockets, touched, aborted, open)| {
+                    (streams.unbind(), sockets.unbind(), touched, aborted, open)
                 })
         });
         let served = poll.and_then(|poll| {

@@ -90,6 +90,9 @@ pub struct Incoming {
     pub retired: bool,
     /// The front tier closed the channel.
     pub closed: bool,
+    /// Aborts of requests being served, counted: an event loop looks for the streams
+    /// whose client went away only when this has moved.
+    pub aborts: u64,
 }
 
 /// A request whose frames are still arriving.
@@ -384,6 +387,7 @@ impl Channel {
                     lock(&inbox).closed(1006, String::new());
                 } else {
                     lock(&self.gone).insert(frame.stream);
+                    incoming.aborts += 1;
                 }
             }
             Kind::WsConnect if !partial.contains_key(&frame.stream) => {
