@@ -570,3 +570,15 @@ def test_a_websocket_keeps_its_place_under_max_connections(serve):
     with connect(f"ws://127.0.0.1:{server.port}/", open_timeout=10) as ws:
         ws.send("again")
         assert ws.recv() == "again"
+
+
+def test_an_idle_websocket_on_http2_outlives_the_keep_alive_timeout(serve):
+    server = serve("asgi_ws:echo", "-k", "asgi", "--keep-alive", "0.5",
+                   "--ws-ping-interval", "0", workers=1)
+    ws = H2Socket(server.port)
+    ws.send(TEXT, b"one")
+    assert ws.recv() == (True, TEXT, b"one")
+    time.sleep(1.5)  # past the keep-alive timeout twice: an idle connection would be gone
+    ws.send(TEXT, b"two")
+    assert ws.recv() == (True, TEXT, b"two")
+    ws.close()

@@ -166,6 +166,8 @@ pub struct Opened {
     /// An HTTP/1.1 connection's guard, told when the WebSocket ends (the connection's
     /// task waits for it).
     pub upgraded: Option<Arc<crate::front::conn::guard::ConnGuard>>,
+    /// An HTTP/2 connection's busy token, held while the WebSocket lives on its stream.
+    pub busy: Option<crate::front::conn::guard::Busy>,
 }
 
 /// The application accepted: the response completing the handshake (101, or 200 over
