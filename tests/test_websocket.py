@@ -475,7 +475,8 @@ def test_term_closes_open_websockets_with_1001_at_once(serve, marker):
     # --graceful-timeout.
     noted(marker, "disconnect 1001 'server stopping'")
     eventually(lambda: marker.read_text().splitlines().count(
-        "disconnect 1001 'server stopping'") == 3, 10, "three disconnects")
+        "disconnect 1001 'server stopping'") == 3, 10,
+        f"three disconnects, in:\n{marker.read_text()}\n{server.log}")
     assert server.wait(30) == 0
     assert time.monotonic() - started < 20
 
