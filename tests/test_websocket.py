@@ -475,7 +475,8 @@ def test_term_closes_open_websockets_with_1001_at_once(serve, marker):
     # --graceful-timeout.
     noted(marker, "disconnect 1001 'server stopping'")
     eventually(lambda: marker.read_text().splitlines().count(
-        "disconnect 1001 'server stopping'") == 3, 10, "three disconnects")
+        "disconnect 1001 'server stopping'") == 3, 10,
+        f"three disconnects, in:\n{marker.read_text()}\n{server.log}")
     assert server.wait(30) == 0
     assert time.monotonic() - started < 20
 
@@ -570,3 +571,15 @@ def test_a_websocket_keeps_its_place_under_max_connections(serve):
     with connect(f"ws://127.0.0.1:{server.port}/", open_timeout=10) as ws:
         ws.send("again")
         assert ws.recv() == "again"
+
+
+def test_an_idle_websocket_on_http2_outlives_the_keep_alive_timeout(serve):
+    server = serve("asgi_ws:echo", "-k", "asgi", "--keep-alive", "0.5",
+                   "--ws-ping-interval", "0", workers=1)
+    ws = H2Socket(server.port)
+    ws.send(TEXT, b"one")
+    assert ws.recv() == (True, TEXT, b"one")
+    time.sleep(1.5)  # past the keep-alive timeout twice: an idle connection would be gone
+    ws.send(TEXT, b"two")
+    assert ws.recv() == (True, TEXT, b"two")
+    ws.close()

@@ -406,6 +406,7 @@ async fn dispatch(
                     events,
                     settings,
                     upgraded: (parts.version != Version::HTTP_2).then(|| conn.guard.clone()),
+                    busy: (parts.version == Version::HTTP_2).then(|| conn.guard.hold()),
                 };
                 let response = ws::accepted(handshake, accept, upgrade, opened)
                     .map_err(RequestError::BadResponse)?;

@@ -87,6 +87,7 @@ pub enum InflateError {
 pub struct Inflater(Box<Decompress>);
 
 impl Inflater {
+    /// A fresh context (raw DEFLATE, a 15-bit window).
     pub fn new() -> Inflater {
         Inflater(Box::new(Decompress::new(false)))
     }
@@ -131,6 +132,7 @@ impl Inflater {
 pub struct Deflater(Box<Compress>);
 
 impl Deflater {
+    /// A compressor at flate2's fast level: messages are small and latency counts.
     pub fn new() -> Deflater {
         Deflater(Box::new(Compress::new(Compression::fast(), false)))
     }

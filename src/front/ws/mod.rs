@@ -156,16 +156,21 @@ impl Observed {
 
 /// What a session needs besides the handshake.
 pub struct Opened {
-    /// The worker serving it, and its stream.
+    /// The worker serving it.
     pub worker: Arc<WorkerConn>,
+    /// Its stream on the worker's channel.
     pub stream: u32,
+    /// The stream's events (the worker's messages, closes and credit).
     pub events: Events,
-    /// Tells it to close for a stop of the front tier (1001).
+    /// Tells it to close for a stop of the front tier (1001) or a rotation (1012).
     pub closer: Closer,
+    /// `--ws-max-size` and the pings.
     pub settings: Settings,
     /// An HTTP/1.1 connection's guard, told when the WebSocket ends (the connection's
     /// task waits for it).
     pub upgraded: Option<Arc<crate::front::conn::guard::ConnGuard>>,
+    /// An HTTP/2 connection's busy token, held while the WebSocket lives on its stream.
+    pub busy: Option<crate::front::conn::guard::Busy>,
 }
 
 /// The application accepted: the response completing the handshake (101, or 200 over

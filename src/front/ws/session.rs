@@ -106,6 +106,7 @@ where
         events,
         mut closer,
         settings,
+        busy,
         ..
     } = opened;
     let (mut rd, wr) = tokio::io::split(io);
@@ -135,6 +136,8 @@ where
     drop(session);
     drop(events);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+    // The HTTP/2 connection may go idle now.
+    drop(busy);
 }
 
 impl Session {

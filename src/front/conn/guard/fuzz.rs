@@ -126,6 +126,7 @@ mod tests {
         b"OPTIONS * HTTP/1.1\r\n",
         b"Host: a\r\n",
         b"Host: b\r\n",
+        b"Upgrade: websocket\r\n",
         b"Content-Length: 5\r\n",
         b"Content-Length: 5, 5\r\n",
         b"Content-Length: 12\r\n",

@@ -120,6 +120,14 @@ impl ConnGuard {
         self.lock().upgraded = true;
     }
 
+    /// Keeps the connection busy, as a response under way does, without counting a
+    /// request: held by a WebSocket on an HTTP/2 stream, so that the connection is not
+    /// closed as idle (GOAWAY after the keep-alive timeout) while it lives.
+    pub fn hold(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
     /// The WebSocket the connection was upgraded to has ended.
     pub fn session_over(&self) {
         self.session_over.set();

@@ -279,3 +279,30 @@ fn framing_and_routing_fields_are_refused_as_trailers() {
         refused(&[&head[..], trailer].concat(), 400);
     }
 }
+
+#[test]
+fn bytes_after_an_upgrade_request_wait_for_its_answer() {
+    let handshake =
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    // A WebSocket frame is no HTTP: held, not refused, until the answer is known.
+    let frame = b"\x81\x82abcd\x01\x02";
+    let mut stream = handshake.to_vec();
+    stream.extend_from_slice(frame);
+    assert_eq!(check(&stream), Ok(handshake.len()));
+    let mut checker = Checker::new(LIMITS);
+    let examined = checker.examine(&stream).unwrap();
+    assert_eq!(
+        (examined.examined, examined.released),
+        (handshake.len(), handshake.len())
+    );
+    assert!(checker.awaiting_upgrade());
+    assert_eq!(checker.examine(frame).unwrap().examined, 0);
+    // Answered without a 101: what follows is a next request, checked as any.
+    checker.resume();
+    assert!(!checker.awaiting_upgrade());
+    let next = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(checker.examine(next).unwrap().released, next.len());
+    // An upgrade asked with a body, or in HTTP/1.0, is no upgrade to wait for.
+    ok(b"POST / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nContent-Length: 2\r\n\r\nhiGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    ok(b"GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+}
