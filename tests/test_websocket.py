@@ -551,7 +551,10 @@ def test_a_new_master_taking_over_closes_the_old_ones_websockets_with_1012(serve
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=15)
         assert closed.value.rcvd.code == 1012
-        noted(marker, "disconnect 1012 'server restarting'")
+        eventually(lambda: marker.exists() and "disconnect 1012 'server restarting'"
+                   in marker.read_text().splitlines(), 10,
+                   f"the app's 1012 disconnect, in:\n{marker.read_text() if marker.exists() else ''}"
+                   f"\n{server.log}")
         with connect(f"ws://127.0.0.1:{server.port}/") as again:
             again.send("new master")
             assert again.recv(timeout=10) == "new master"

@@ -339,7 +339,7 @@ impl Channel {
         let mut reader = lock(&self.reader);
         if stop.load(Ordering::Relaxed) && !self.retiring.load(Ordering::Relaxed) {
             self.retire();
-            lock(&self.writer).flush()?;
+            lock(&self.writer).flush_while_reading()?;
         }
         loop {
             let frame = match reader.try_frame()? {
@@ -428,7 +428,7 @@ impl Channel {
                 if grant > 0 {
                     let mut writer = lock(&self.writer);
                     WsCredit::encode(&mut writer.buf, frame.stream, grant);
-                    writer.flush()?;
+                    writer.flush_while_reading()?;
                 }
             }
             Kind::WsClose => {
@@ -456,7 +456,7 @@ impl Channel {
             stream,
             b"not served: the client went away",
         );
-        writer.flush()?;
+        writer.flush_while_reading()?;
         Ok(())
     }
 
@@ -661,6 +661,23 @@ impl Reader {
 impl Writer {
     fn flush(&mut self) -> io::Result<()> {
         self.write_out(None)
+    }
+
+    /// A flush made while reading: a front tier that has gone (it may stop first, as
+    /// after USR2 and WINCH) is not an error here, so that what it sent before going is
+    /// still read, and its end is seen where the reading meets it.
+    fn flush_while_reading(&mut self) -> io::Result<()> {
+        match self.flush() {
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Ok(())
+            }
+            done => done,
+        }
     }
 
     /// Sends a large body chunk of `stream` into the ring from where it is, after what
