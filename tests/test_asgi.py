@@ -88,6 +88,22 @@ def test_root_path_is_prefixed_to_a_path_a_proxy_stripped(serve):
     assert (kept["root_path"], kept["path"]) == ("/api", "/api/items/1")
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "h2c"])
+def test_server_sent_events_reach_the_client_as_they_are_sent(serve, tmp_path, http2):
+    """An event leaves when the app sends it, not when the response ends: the second
+    event is only produced once the client has read the first."""
+    server = serve("asgi_frameworks:starlette_app", "-k", "asgi", workers=1)
+    go = tmp_path / "go"
+    with client(server, http2) as c, c.stream("GET", "/events", params={"go": str(go)}) as sse:
+        assert sse.status_code == 200
+        assert sse.headers["content-type"].startswith("text/event-stream")
+        lines = sse.iter_lines()
+        first = [next(lines) for _ in range(3)]
+        assert first == ["event: greeting", "data: one", ""]
+        go.touch()
+        assert [next(lines) for _ in range(2)] == ["data: two", ""]
+
+
 def test_a_unix_socket_client_is_none(serve, tmp_path):
     path = tmp_path / "asgi.sock"
     server = serve("asgi_plain:scope_echo", "-k", "asgi", workers=1, bind=f"unix:{path}")

@@ -4,6 +4,7 @@ serving)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from conftest import BINARY, ROOT
+from kit import eventually
 
 EXAMPLES = ROOT / "examples"
 
@@ -64,9 +66,9 @@ def test_the_kubernetes_deployment_uses_real_flags():
     assert "graceful_timeout = 30" in listing, listing
 
 
-def test_the_fastapi_chat_example_serves_its_page_and_its_http_api(serve):
+def test_the_fastapi_chat_example_serves_its_page_its_http_api_and_its_room(serve):
     """examples/fastapi_chat as its docstring runs it: the page from --static, the HTTP
-    API from the app. (Its WebSocket endpoint needs rwsgi's WebSocket support.)"""
+    API and the WebSocket room from the app."""
     pytest.importorskip("fastapi")
     chat = EXAMPLES / "fastapi_chat"
     server = serve(f"{chat}/app:app", "-k", "asgi", "--static", f"/static={chat / 'static'}",
@@ -83,6 +85,24 @@ def test_the_fastapi_chat_example_serves_its_page_and_its_http_api(serve):
         assert client.get("/api/messages").json()["messages"] == [
             {"name": "ada", "text": "hello"}]
         assert client.post("/api/messages", json={"name": "", "text": "x"}).status_code == 422
+        # The room over WebSockets: a message from one reaches both, and one posted
+        # over HTTP reaches the sockets too.
+        from websockets.sync.client import connect
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        with connect(url, open_timeout=10) as ada, connect(url, open_timeout=10) as bob:
+            eventually(lambda: client.get("/api/messages").json()["connected"] == 2,
+                       what="both sockets in the room")
+            ada.send(json.dumps({"name": "ada", "text": "hi bob"}))
+            for socket in (ada, bob):
+                assert json.loads(socket.recv(timeout=10)) == {"name": "ada", "text": "hi bob"}
+            bob.send(json.dumps({"name": "", "text": "no name"}))
+            assert "error" in json.loads(bob.recv(timeout=10))
+            answer = client.post("/api/messages", json={"name": "eve", "text": "from http"})
+            assert answer.json() == {"delivered_to": 2}
+            for socket in (ada, bob):
+                assert json.loads(socket.recv(timeout=10))["name"] == "eve"
+        eventually(lambda: client.get("/api/messages").json()["connected"] == 0,
+                   what="the room to empty once the sockets closed")
     # The command line of the docstring names real flags.
     docstring = (chat / "app.py").read_text()
     assert ("rwsgi serve -k asgi --static /static=examples/fastapi_chat/static "

@@ -1,5 +1,6 @@
 """A Starlette and a FastAPI application for tests/test_asgi.py: JSON, forms, uploads,
-streaming, background tasks, lifespan state and a failing endpoint."""
+streaming, server-sent events, background tasks, lifespan state and a failing
+endpoint."""
 
 import asyncio
 import contextlib
@@ -41,6 +42,20 @@ async def stream(request: Request):
     return StreamingResponse(chunks(), media_type="text/plain")
 
 
+async def events(request: Request):
+    """Server-sent events: the first event, then the second only once the file named
+    by `?go=` exists (the client makes it after it has read the first)."""
+    go = request.query_params["go"]
+
+    async def stream():
+        yield b"event: greeting\ndata: one\n\n"
+        while not os.path.exists(go):
+            await asyncio.sleep(0.02)
+        yield b"data: two\n\n"
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
 def write_marker(path: str, text: str):
     with open(path, "w") as marker:
         marker.write(text)
@@ -63,6 +78,7 @@ starlette_app = Starlette(lifespan=lifespan, routes=[
     Route("/json", echo_json, methods=["POST"]),
     Route("/form", form, methods=["POST"]),
     Route("/stream", stream),
+    Route("/events", events),
     Route("/background", background),
     Route("/state", state),
     Route("/boom", boom),
