@@ -4,6 +4,8 @@ our own (wskit) for what no library sends: the conformance cases of RFC 6455 §5
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import time
 
@@ -218,6 +220,36 @@ def test_each_protocol_violation_closes_with_its_code(serve, marker, case, code)
     assert raw.recv_close()[0] == code
     assert raw.at_eof()
     assert noted(marker, "again websocket.disconnect")[0].startswith(f"disconnect {code} ")
+
+
+def test_messages_on_their_way_count_against_the_front_tiers_memory(serve, marker):
+    """--ws-max-size bounds one WebSocket; all of them together are bounded by the
+    front tier's memory for what clients send (96 MiB of its 128): a WebSocket whose
+    bytes would pass it is closed with 1013 (try again later), the others go on, and
+    what a closed one held is given back."""
+    server = serve("asgi_ws:echo", "-k", "asgi", workers=1, env={"ASGI_MARKER": str(marker)})
+    big = os.urandom(15 << 20)  # under --ws-max-size (16 MiB): allowed alone
+
+    def holding(raw):
+        """A first fragment of 15 MiB, then a ping: the pong says it is held, not
+        refused."""
+        raw.send(BINARY, big, fin=False)
+        raw.send(PING, b"still here")
+        return raw.recv()
+
+    held = [RawSocket(server.port, timeout=30) for _ in range(6)]
+    for raw in held:  # 90 MiB
+        assert holding(raw) == (True, PONG, b"still here")
+    over = RawSocket(server.port, timeout=30)
+    with contextlib.suppress(OSError):  # the server may stop reading before the end
+        over.send(BINARY, big, fin=False)
+    assert over.recv_close() == (1013, "server busy: try again later")
+    assert noted(marker, "disconnect 1013 'server busy: try again later'")
+    for raw in held:
+        raw.close()
+    # What they held is given back: a new WebSocket may hold as much again.
+    eventually(lambda: holding(RawSocket(server.port, timeout=30)) == (True, PONG, b"still here"),
+               what="room again once the others closed")
 
 
 def test_a_close_without_a_code_is_1005_for_the_application(echo, marker):

@@ -407,6 +407,7 @@ async fn dispatch(
                     settings,
                     upgraded: (parts.version != Version::HTTP_2).then(|| conn.guard.clone()),
                     busy: (parts.version == Version::HTTP_2).then(|| conn.guard.hold()),
+                    memory: shared.budgets.requests(),
                 };
                 let response = ws::accepted(handshake, accept, upgrade, opened)
                     .map_err(RequestError::BadResponse)?;

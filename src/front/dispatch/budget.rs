@@ -142,6 +142,22 @@ impl Held {
         }
         taken
     }
+
+    /// Gives back `n` of the bytes held (all of them at most), keeping the rest.
+    pub fn release(&mut self, n: u64) {
+        let n = n.min(self.n);
+        let mut budget = Some(&self.budget);
+        while let Some(each) = budget {
+            each.give(n);
+            budget = each.parent.as_ref();
+        }
+        self.n -= n;
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.n
+    }
 }
 
 impl Drop for Held {
@@ -185,6 +201,12 @@ impl Budgets {
     /// The front tier's memory budget.
     pub fn memory(&self) -> Arc<Budget> {
         self.memory.clone()
+    }
+
+    /// The share of the front tier's memory that what clients send may take (request
+    /// bodies, WebSocket messages on their way to a worker).
+    pub fn requests(&self) -> Arc<Budget> {
+        self.requests.clone()
     }
 
     /// A new connection's budgets.

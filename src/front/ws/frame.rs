@@ -104,6 +104,11 @@ impl Reader {
         }
     }
 
+    /// Bytes of a fragmented message gathered so far.
+    pub fn gathered(&self) -> usize {
+        self.partial.as_ref().map_or(0, |p| p.data.len())
+    }
+
     /// The next message or control frame whole in `buf` (consumed from it), None when
     /// more bytes are needed.
     pub fn read(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, Violation> {

@@ -171,6 +171,9 @@ pub struct Opened {
     pub upgraded: Option<Arc<crate::front::conn::guard::ConnGuard>>,
     /// An HTTP/2 connection's busy token, held while the WebSocket lives on its stream.
     pub busy: Option<crate::front::conn::guard::Busy>,
+    /// What the client's bytes held here count against: the front tier's memory for
+    /// what clients send.
+    pub memory: Arc<crate::front::dispatch::budget::Budget>,
 }
 
 /// The application accepted: the response completing the handshake (101, or 200 over

@@ -22,8 +22,13 @@ use super::deflate::{Deflater, Inflater};
 use super::frame::{self, Incoming, Opcode, Reader, Violation};
 use super::{Opened, Settings};
 use crate::front::conn::stopping::Watch;
+use crate::front::dispatch::budget::Held;
 use crate::front::dispatch::channel::{Event, EventReceiver, WorkerConn};
 use crate::protocol::{MAX_PAYLOAD, WS_WINDOW};
+
+/// RFC 6455 §7.4.1 (IANA registry): the server is overloaded, try again later; sent when
+/// the front tier's memory for what clients send is spent.
+const TRY_AGAIN_LATER: u16 = 1013;
 
 /// How long the other side has to answer a close frame before the connection is
 /// dropped (a stop is never held longer by a WebSocket).
@@ -85,6 +90,10 @@ struct Session {
     /// A ping was sent: the pong must come by then.
     pong_due: Option<Instant>,
     next_ping: Option<Instant>,
+    /// The client's bytes held here (a frame still arriving, a fragmented message, a
+    /// message waiting for the worker's credit), counted against the front tier's
+    /// memory: `--ws-max-size` bounds one WebSocket, this all of them together.
+    held: Held,
 }
 
 /// How a session ended.
@@ -107,6 +116,7 @@ where
         mut closer,
         settings,
         busy,
+        memory,
         ..
     } = opened;
     let (mut rd, wr) = tokio::io::split(io);
@@ -125,6 +135,7 @@ where
         sending: false,
         pong_due: None,
         next_ping: settings.ping_interval.map(|every| Instant::now() + every),
+        held: memory.hold(0),
     };
     let mut events = events.receiver;
     let ended = session.serve(&mut rd, &mut events, &mut closer).await;
@@ -161,6 +172,12 @@ impl Session {
                 }
             }
             self.forward();
+            if !self.account() {
+                let why = "server busy: try again later";
+                debug!("closing a WebSocket: the front tier's memory for client data is spent");
+                self.worker.ws_close(self.stream, TRY_AGAIN_LATER, why);
+                return self.close(TRY_AGAIN_LATER, why).await;
+            }
             let reading = self.waiting.is_none();
             let alarm = self.alarm(reading);
             tokio::select! {
@@ -192,6 +209,22 @@ impl Session {
                         return ended;
                     }
                 }
+            }
+        }
+    }
+
+    /// Holds what the client's bytes here take now against the front tier's memory;
+    /// false when there is no room for them.
+    fn account(&mut self) -> bool {
+        let waiting = self.waiting.as_ref().map_or(0, |w| w.data.len() - w.sent);
+        let holding = (self.inbuf.len() + self.reader.gathered() + waiting) as u64;
+        let held = self.held.held();
+        match holding.checked_sub(held) {
+            Some(0) => true,
+            Some(more) => self.held.try_add(more),
+            None => {
+                self.held.release(held - holding);
+                true
             }
         }
     }
