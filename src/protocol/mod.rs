@@ -92,8 +92,10 @@
 //!      application closed (the front tier sends the close frame, RFC 6455 §7.1.2).
 //!      From the front tier: the WebSocket is over, whoever closed it (the client's
 //!      code; 1006 when the connection ended without a close frame; the front tier's
-//!      own 1001 or 1012 when it stops or the worker is rotated, or 1002, 1007, 1009
-//!      for the client's faults): the application gets its `websocket.disconnect`,
+//!      own 1001 or 1012 when it stops or the worker is rotated, 1002, 1007, 1009
+//!      for the client's faults, 1011 for a client that misses its pong, or 1013 when
+//!      the front tier's memory for what clients send is spent): the application gets
+//!      its `websocket.disconnect`,
 //!      and nothing more of the WebSocket reaches the front tier's client. Each side
 //!      sends at most one WsClose.
 //!    - The worker ends the stream with [`Kind::End`] once the application's task is
