@@ -95,9 +95,8 @@
 //!      own 1001 or 1012 when it stops or the worker is rotated, 1002, 1007, 1009
 //!      for the client's faults, 1011 for a client that misses its pong, or 1013 when
 //!      the front tier's memory for what clients send is spent): the application gets
-//!      its `websocket.disconnect`,
-//!      and nothing more of the WebSocket reaches the front tier's client. Each side
-//!      sends at most one WsClose.
+//!      its `websocket.disconnect`, and nothing more of the WebSocket reaches the front
+//!      tier's client. Each side sends at most one WsClose.
 //!    - The worker ends the stream with [`Kind::End`] once the application's task is
 //!      over (or [`Kind::Abort`]: it failed, the front tier closes with 1011); only
 //!      that frees the worker's place. An [`Kind::Abort`] from the front tier means
