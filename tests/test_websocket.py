@@ -513,6 +513,33 @@ def test_term_closes_open_websockets_with_1001_at_once(serve, marker):
     assert time.monotonic() - started < 20
 
 
+def test_a_worker_whose_front_tier_is_gone_ends_its_websockets_and_exits(serve, marker):
+    """The front tier killed: the worker's channel ends, its open WebSocket is over for
+    the application (1006, no close frame could cross) and the worker exits by itself
+    instead of waiting for ever for a message that cannot come (a worker left so
+    ignored TERM, its loop waiting for the task)."""
+    import signal
+    from conftest import alive
+    server = serve("asgi_ws:echo", "-k", "asgi", workers=1, env={"ASGI_MARKER": str(marker)})
+    ws = connect(f"ws://127.0.0.1:{server.port}/")
+    ws.send("hi")
+    assert ws.recv() == "hi"
+    (worker,) = workers_of(server.pid)
+    (front,) = fronts_of(server.pid)
+    try:
+        # The master held still (it would stop the worker itself), the front tier gone
+        # at once (no close frame of its own).
+        os.kill(server.pid, signal.SIGSTOP)
+        os.kill(front, signal.SIGKILL)
+        noted(marker, "disconnect 1006 ''")
+        eventually(lambda: not alive(worker), what="the worker to exit")
+    finally:
+        os.kill(server.pid, signal.SIGKILL)
+        if alive(worker):
+            os.kill(worker, signal.SIGKILL)
+        ws.close()
+
+
 @pytest.mark.parametrize("how", ["hup", "max-requests"])
 def test_a_rotated_worker_closes_its_websockets_with_1012(serve, marker, how):
     import signal

@@ -60,6 +60,7 @@ impl Tasks {
         // their WebSockets then (1012), and their applications must hear it.
         let draining =
             incoming.retired && !incoming.closed && self.in_flight.load(Ordering::Relaxed) > 0;
+        let ended = incoming.closed || open.is_err();
         drop(incoming);
         let open = open.map(|open| open || draining);
         // The loop polls at least every STOP_CHECK_SECONDS: a loop that does is alive,
@@ -75,6 +76,11 @@ impl Tasks {
             } else if let Some(stream) = self.start(py, request)? {
                 streams.append(stream)?;
             }
+        }
+        if ended {
+            // No frame of the front tier's can come any more: the WebSockets still open
+            // are over (else their tasks, and the worker, would wait for ever).
+            self.channel.end_sockets();
         }
         let touched = self.channel.take_touched();
         let open = match open {

@@ -441,6 +441,18 @@ impl Channel {
         Ok(())
     }
 
+    /// The channel has ended (the front tier is gone): every WebSocket still open is
+    /// over for its application, 1006 (RFC 6455 §7.1.5: no close frame could cross),
+    /// so that its task ends and the worker can exit.
+    pub fn end_sockets(&self) {
+        let sockets = lock(&self.sockets);
+        let mut touched = lock(&self.touched);
+        for (&stream, inbox) in sockets.iter() {
+            lock(inbox).closed(1006, String::new());
+            touched.push(stream);
+        }
+    }
+
     /// The WebSockets something arrived for since the last call.
     pub fn take_touched(&self) -> Vec<u32> {
         std::mem::take(&mut *lock(&self.touched))
