@@ -483,6 +483,16 @@ impl ScopeMaker {
     }
 }
 
+/// An application's response status, checked: an integer from 200 to 999 (1xx heads
+/// are the server's own).
+pub(super) fn response_status(status: &Bound<'_, PyAny>) -> PyResult<u16> {
+    status
+        .extract()
+        .ok()
+        .filter(|s| (200..=999).contains(s))
+        .ok_or_else(|| PyValueError::new_err(format!("invalid response status {status}")))
+}
+
 /// Whether `path` is `root` or below it (`/api` is under `/api`, `/api/x` too, `/apix`
 /// is not).
 fn under(path: &[u8], root: &[u8]) -> bool {
@@ -700,11 +710,7 @@ impl AsgiStream {
         headers: &Bound<'_, PyAny>,
         trailers: bool,
     ) -> PyResult<()> {
-        let status: u16 = status
-            .extract()
-            .ok()
-            .filter(|s| (200..=999).contains(s))
-            .ok_or_else(|| PyValueError::new_err(format!("invalid response status {status}")))?;
+        let status = response_status(status)?;
         let (mut fields, declared, close) = parse_asgi_response_headers(headers)?;
         let trailers = trailers && self.trailers_offered;
         if trailers {

@@ -13,7 +13,7 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
-use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
@@ -329,11 +329,7 @@ impl AsgiSocket {
         status: &Bound<'_, PyAny>,
         headers: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let status: u16 = status
-            .extract()
-            .ok()
-            .filter(|s| (200..=999).contains(s))
-            .ok_or_else(|| PyValueError::new_err(format!("invalid response status {status}")))?;
+        let status = super::asgi::response_status(status)?;
         let (headers, close) = parse_asgi_headers(headers)?;
         {
             let mut state = self.state();
