@@ -196,6 +196,19 @@ def test_send_after_the_client_left_raises_oserror(serve, tmp_path):
     assert request(server.port, "/next", timeout=10) == (200, b"too late")
 
 
+def test_a_receive_given_up_does_not_spoil_the_next_one(serve, tmp_path):
+    # asyncio.wait_for cancels the first wait for http.disconnect; the next receive()
+    # still gets its http.disconnect once the response is complete, not the
+    # cancellation of the first.
+    marker = tmp_path / "outcome"
+    server = serve("asgi_plain:gives_up_waiting", "-k", "asgi", workers=1,
+                   env={"ASGI_MARKER": str(marker)})
+    assert request(server.port, "/") == (200, b"answered")
+    eventually(lambda: marker.exists() and marker.read_text(), what="the app's record")
+    assert marker.read_text() == "http.disconnect\n"
+    assert "Error handling request" not in server.log, server.log
+
+
 def test_lifespan_off_sends_no_lifespan_scope(serve, tmp_path):
     marker = tmp_path / "lifespan"
     server = serve("asgi_plain:no_lifespan", "-k", "asgi", "--lifespan", "off", workers=1,

@@ -113,11 +113,13 @@ pub mod control;
 mod fields;
 mod messages;
 pub mod ring;
+mod stream_ids;
 mod websocket;
 
 pub use codec::{Decoder, Frame, HEADER_LEN, encode_frame, encode_frame_header};
 pub use fields::{FieldReader, FieldWriter};
 pub use messages::{BodyFile, Hello, RequestHead, RequestHeadRef, ResponseHead, Scheme, Trailers};
+pub use stream_ids::{StreamMap, StreamSet};
 pub use websocket::{
     MAX_CLOSE_REASON, WS_WINDOW, WsAccept, WsClose, WsCredit, WsMessage, truncate_utf8,
 };

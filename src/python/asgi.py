@@ -1,13 +1,16 @@
 """rwsgi's ASGI 3 glue (asgiref specs: asgi.rst 3.0, www.rst HTTP 2.5, lifespan.rst 2.0).
 
 Run by the worker (src/python/asgi.rs), never imported by applications. It holds only
-what is about coroutines: the event loop, one task per request, the order of the
-messages. The scope, the checks of what the application sends and every frame of the
-channel are Rust's (the `stream` objects and the `poll` callable given to `serve`).
+what is about coroutines: the event loop, one task per request, lifespan, and the
+waiting of a WebSocket's messages. The scope and every frame of the channel are Rust's
+(the `stream` and `socket` objects and the `poll` callable given to `serve`), and so
+are an http scope's `receive` and `send`: they never suspend but for the last
+`receive()`, which waits for `http.disconnect`, so that a request runs no Python of the
+glue's but its task.
 """
 
 import asyncio
-import sys
+from asyncio import Task
 
 # Set by asgi.rs: log(level, message) writes to rwsgi's error log.
 log = None
@@ -113,122 +116,6 @@ class Lifespan:
             log("error", f"ASGI lifespan shutdown raised {type(error).__name__}: {error}")
 
 
-class Request:
-    """One http scope: its receive and send, in the order www.rst gives them."""
-
-    __slots__ = (
-        "stream", "flusher", "task", "started", "trailers", "complete", "body_done", "over",
-        "waiter",
-    )
-
-    def __init__(self, stream, flusher):
-        self.stream = stream
-        self.flusher = flusher
-        # The request's task, held here while it runs (the loop holds tasks weakly).
-        self.task = None
-        self.started = False
-        # The response announced trailers, which this request was offered.
-        self.trailers = False
-        self.complete = False
-        self.body_done = False
-        # The response is complete or the client is gone: what the last receive()
-        # waits for before it answers http.disconnect, through `waiter` (made only when
-        # a receive() waits: most requests never do).
-        self.over = False
-        self.waiter = None
-
-    def finish(self):
-        self.over = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def receive(self):
-        if not self.body_done and not self.stream.gone():
-            chunk, more = self.stream.read_body()
-            self.body_done = not more
-            return {"type": "http.request", "body": chunk, "more_body": more}
-        if not self.over and not self.stream.gone():
-            if self.waiter is None:
-                self.waiter = asyncio.get_running_loop().create_future()
-            await self.waiter
-        return {"type": "http.disconnect"}
-
-    async def send(self, message):
-        kind = message["type"]
-        if kind == "http.response.trailers" and self.started and not self.trailers:
-            return  # not offered (no TE: trailers): dropped, as RFC 9110 §6.5.1 allows
-        if self.complete or self.stream.gone():
-            raise ClientDisconnected(f"{kind}: the response is complete or the client is gone")
-        # The frames are queued; the Flusher writes them once per turn of the loop.
-        if kind == "http.response.body":
-            if not self.started:
-                raise RuntimeError("http.response.body before http.response.start")
-            more = bool(message.get("more_body", False))
-            try:
-                self.stream.body(message.get("body", b""), more)
-            except ConnectionError as err:
-                self.finish()
-                raise ClientDisconnected(str(err)) from None
-            self.flusher.want(self.stream)
-            if not more and not self.trailers:
-                self.complete = True
-                self.finish()
-        elif kind == "http.response.start":
-            if self.started:
-                raise RuntimeError("http.response.start sent twice")
-            self.trailers = bool(message.get("trailers")) and self.stream.trailers_offered()
-            self.stream.start(message["status"], message.get("headers") or (), self.trailers)
-            self.started = True
-        elif kind == "http.response.trailers":
-            more = bool(message.get("more_trailers", False))
-            try:
-                self.stream.trailers(message.get("headers") or (), more)
-            except ConnectionError as err:
-                self.finish()
-                raise ClientDisconnected(str(err)) from None
-            self.flusher.want(self.stream)
-            if not more:
-                self.complete = True
-                self.finish()
-        elif kind == "http.response.pathsend":
-            if not self.started:
-                raise RuntimeError("http.response.pathsend before http.response.start")
-            self.stream.pathsend(message["path"])
-            self.flusher.want(self.stream)
-            self.complete = True
-            self.finish()
-        else:
-            raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
-
-
-class Flusher:
-    """Writes what the responses queued once per turn of the loop, not once per send():
-    the responses finished in one turn leave in one write. A send() that queues more
-    than the channel's high-water mark is written at once by Rust."""
-
-    __slots__ = ("loop", "stream")
-
-    def __init__(self, loop):
-        self.loop = loop
-        self.stream = None
-
-    def want(self, stream):
-        if self.stream is None:
-            self.loop.call_soon(self.flush)
-        self.stream = stream
-
-    def flush(self):
-        stream, self.stream = self.stream, None
-        if stream is not None:
-            # The whole channel's queue, whichever stream asks; a front tier gone is
-            # seen by the reader (the channel's end), not here.
-            try:
-                stream.flush()
-            except ConnectionError:
-                pass
-
-
 class WebSocket:
     """One websocket scope: its receive and send (www.rst 2.5). The socket (Rust) holds
     the messages, the credit and every frame; here is only the waiting."""
@@ -331,42 +218,31 @@ async def handle_socket(app, socket, state, sockets):
         socket.finish()
 
 
-async def handle(app, request, state, waiting):
-    stream = request.stream
-    flusher = request.flusher
+async def handle(app, stream, state, waiting):
+    """One http scope's task. Its receive and send are the stream's own (Rust): they
+    never suspend but for the last receive(), which waits for http.disconnect."""
     try:
-        await app(stream.scope(state), request.receive, request.send)
+        await app(stream.scope(state), stream.receive, stream.send)
     except BaseException as error:  # the app's failure, whatever it is
-        if isinstance(error, ClientDisconnected) or stream.gone():
-            pass  # spec 2.4: not an error of the application's
-        else:
-            stream.fail(error, request.started)
-            flusher.want(stream)
+        stream.close(error)
         if not isinstance(error, Exception):
             raise
     else:
-        if not request.complete and not stream.gone():
-            stream.fail(
-                RuntimeError("the ASGI application returned without completing the response"),
-                request.started,
-            )
-            flusher.want(stream)
+        stream.close(None)
     finally:
         del waiting[stream]
-        request.finish()
-        if stream.close():
-            flusher.want(stream)
 
 
-async def serve(app, fd, poll, state, stop_check):
+async def serve(app, fd, poll, state, stop_check, flush):
     """Serves the channel until it closes (retired, stopped, or the front tier gone),
-    then waits for the requests in flight."""
+    then waits for the requests in flight. `flush` writes what the responses queued
+    (the streams ask the loop to call it once per turn)."""
     loop = asyncio.get_running_loop()
-    # The WebSockets' tasks; the requests in flight, by stream, each holding its task.
+    # The WebSockets' tasks; the requests in flight, by stream, each holding its task
+    # (the loop holds tasks weakly).
     tasks = set()
     waiting = {}
     closed = loop.create_future()
-    flusher = Flusher(loop)
 
     sockets = {}
 
@@ -374,10 +250,17 @@ async def serve(app, fd, poll, state, stop_check):
         if closed.done():
             return
         streams, new_sockets, touched, aborted, open_ = poll()
-        for stream in streams:
-            request = Request(stream, flusher)
-            request.task = loop.create_task(handle(app, request, state, waiting))
-            waiting[stream] = request
+        if streams:
+            # The Task itself when the loop makes plain ones: named, it skips formatting
+            # a name of its own (and uvloop's wrapper); an application's task factory
+            # (set in its lifespan) is honoured.
+            if loop.get_task_factory() is None:
+                for stream in streams:
+                    task = Task(handle(app, stream, state, waiting), loop=loop, name="http")
+                    waiting[stream] = task
+            else:
+                for stream in streams:
+                    waiting[stream] = loop.create_task(handle(app, stream, state, waiting))
         for socket in new_sockets:
             task = loop.create_task(handle_socket(app, socket, state, sockets))
             tasks.add(task)
@@ -389,9 +272,8 @@ async def serve(app, fd, poll, state, stop_check):
         # A client gone is noted by poll (the front tier's Abort): its request's last
         # receive() answers http.disconnect now.
         if aborted:
-            for stream, request in list(waiting.items()):
-                if stream.gone():
-                    request.finish()
+            for stream in list(waiting):
+                stream.wake_if_gone()
         if not open_:
             loop.remove_reader(fd)
             closed.set_result(None)
@@ -407,5 +289,5 @@ async def serve(app, fd, poll, state, stop_check):
     readable()
     await closed
     while tasks or waiting:
-        await asyncio.wait(set(tasks) | {request.task for request in waiting.values()})
-    flusher.flush()
+        await asyncio.wait(set(tasks) | set(waiting.values()))
+    flush()

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pyo3::exceptions::{PyConnectionError, PyValueError};
+use pyo3::exceptions::{PyConnectionError, PyKeyError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyModule, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyModule, PyString, PyTuple, PyType};
 use tracing::{error, info, warn};
 
 use super::head::{Fields, parse_asgi_headers, parse_asgi_response_headers};
@@ -44,6 +44,7 @@ pub struct AsgiApp {
     /// speak lifespan.
     state: Option<Py<PyDict>>,
     scopes: Arc<ScopeMaker>,
+    parts: Arc<LoopParts>,
     /// Whether `http.response.pathsend` is offered: the front tier serves files only
     /// from `--static` and `--internal` directories.
     pathsend: bool,
@@ -84,7 +85,16 @@ impl AsgiApp {
                 "ASGI worker on the {kind} event loop (pid: {})",
                 std::process::id()
             );
+            let parts = LoopParts::new(py, &event_loop, &glue).map_err(|err| {
+                report_boot_error(
+                    py,
+                    "-k asgi: cannot prepare the event loop",
+                    &err,
+                    BootError::WorkerReported,
+                )
+            })?;
             let mut asgi = AsgiApp {
+                parts: Arc::new(parts),
                 app: app.app.clone_ref(py),
                 glue: glue.unbind(),
                 event_loop: event_loop.unbind(),
@@ -173,6 +183,7 @@ impl AsgiApp {
             poll,
             state,
             stop_check,
+            self.parts.flusher.bind(py),
         ))?;
         self.run_until_complete(py, &serve).map(|_| ())
     }
@@ -246,12 +257,18 @@ impl AsgiApp {
             AsgiStream {
                 head,
                 scopes: self.scopes.clone(),
+                parts: self.parts.clone(),
                 pathsend: self.pathsend,
                 trailers_offered: trailers,
                 sink,
                 hooked,
                 state: Mutex::new(StreamState {
                     body,
+                    started: false,
+                    announced: false,
+                    body_done: false,
+                    over: false,
+                    waiter: None,
                     head: None,
                     head_written: false,
                     declared: None,
@@ -581,6 +598,11 @@ enum Trailing {
 struct StreamState {
     body: BodyReader,
     trailers: Trailing,
+    /// `http.response.start` came.
+    started: bool,
+    /// The response announced trailers, which this request was offered: the
+    /// application's `http.response.trailers` are sent, not dropped.
+    announced: bool,
     head: Option<PendingHead>,
     /// The head went to the front tier: a failure can only abort the stream.
     head_written: bool,
@@ -591,8 +613,17 @@ struct StreamState {
     bodyless: bool,
     /// The client went away (remembered: the channel tells once).
     gone: bool,
-    /// The stream's End or Abort is queued: the front tier frees its place then.
+    /// The stream's End or Abort is queued: the response is complete, a `send()` now
+    /// raises `ClientDisconnected`, and the front tier frees its place.
     ended: bool,
+    /// The last `http.request` went to the application.
+    body_done: bool,
+    /// The response is complete or the client is gone: what the last `receive()` waits
+    /// for before it answers `http.disconnect`.
+    over: bool,
+    /// The future that `receive()` waits on for that; made only when one waits (most
+    /// requests never do).
+    waiter: Option<Py<PyAny>>,
     done: Option<TaskDone>,
     /// The scope the application got, kept for `post_request` (with `--hooks` only).
     scope: Option<Py<PyDict>>,
@@ -604,11 +635,105 @@ struct Hooked {
     recorder: Arc<Recorder>,
 }
 
-/// One request of an ASGI worker, as the glue's task sees it.
+/// What the requests of one worker share with its event loop.
+pub(super) struct LoopParts {
+    event_loop: Py<PyAny>,
+    /// A future done with None: what every `send()` of an http scope returns. A send
+    /// never waits: its frames are queued, and the [`Flusher`] writes them.
+    sent: Py<PyAny>,
+    flusher: Py<Flusher>,
+    /// The glue's `ClientDisconnected` (an `OSError`: www.rst 2.4).
+    disconnected: Py<PyType>,
+}
+
+impl LoopParts {
+    fn new(
+        py: Python<'_>,
+        event_loop: &Bound<'_, PyAny>,
+        glue: &Bound<'_, PyModule>,
+    ) -> PyResult<LoopParts> {
+        let sent = event_loop.call_method0(intern!(py, "create_future"))?;
+        sent.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        let flusher = Flusher {
+            event_loop: event_loop.clone().unbind(),
+            wanted: Mutex::new(None),
+        };
+        Ok(LoopParts {
+            event_loop: event_loop.clone().unbind(),
+            sent: sent.unbind(),
+            flusher: Py::new(py, flusher)?,
+            disconnected: glue
+                .getattr(intern!(py, "ClientDisconnected"))?
+                .cast_into()?
+                .unbind(),
+        })
+    }
+
+    /// A future done with `value`: what `receive()` returns when it has its message.
+    fn ready<'py>(
+        &self,
+        py: Python<'py>,
+        value: Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let future = self
+            .event_loop
+            .bind(py)
+            .call_method0(intern!(py, "create_future"))?;
+        future.call_method1(intern!(py, "set_result"), (value,))?;
+        Ok(future)
+    }
+
+    fn client_disconnected(&self, py: Python<'_>, why: String) -> PyErr {
+        PyErr::from_type(self.disconnected.bind(py).clone(), why)
+    }
+}
+
+/// Writes what the responses queued once per turn of the loop, not once per `send()`:
+/// the responses finished in one turn leave in one write. A `send()` that queues more
+/// than the channel's high-water mark is written at once by its sink.
+#[pyclass(frozen, module = "rwsgi")]
+pub struct Flusher {
+    event_loop: Py<PyAny>,
+    /// A sink of the channel while a flush is asked for: the flush writes the whole
+    /// channel's queue, whichever stream asked.
+    wanted: Mutex<Option<Arc<dyn ResponseSink>>>,
+}
+
+impl Flusher {
+    /// Asks for a flush at the loop's next turn (once, however many ask).
+    fn want(flusher: &Bound<'_, Flusher>, sink: &Arc<dyn ResponseSink>) -> PyResult<()> {
+        {
+            let mut wanted = crate::lock::lock(&flusher.get().wanted);
+            if wanted.is_some() {
+                return Ok(());
+            }
+            *wanted = Some(sink.clone());
+        }
+        let py = flusher.py();
+        let event_loop = flusher.get().event_loop.bind(py);
+        event_loop.call_method1(intern!(py, "call_soon"), (flusher,))?;
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl Flusher {
+    fn __call__(&self, py: Python<'_>) {
+        let sink = crate::lock::lock(&self.wanted).take();
+        if let Some(sink) = sink {
+            // A front tier gone is seen by the reader (the channel's end), not here.
+            let _ = py.detach(|| sink.flush());
+        }
+    }
+}
+
+/// One request of an ASGI worker: its scope, `receive` and `send` (www.rst 2.5), for
+/// the glue's task.
 #[pyclass(frozen, module = "rwsgi")]
 pub struct AsgiStream {
     head: RequestHead,
     scopes: Arc<ScopeMaker>,
+    parts: Arc<LoopParts>,
     pathsend: bool,
     /// The request's `TE: trailers` allows `http.response.trailers`.
     trailers_offered: bool,
@@ -617,9 +742,65 @@ pub struct AsgiStream {
     state: Mutex<StreamState>,
 }
 
+/// A field of an application's message: a mapping, nearly always a dict.
+fn field<'py>(
+    message: &Bound<'py, PyAny>,
+    key: &Bound<'py, PyString>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if let Ok(dict) = message.cast::<PyDict>() {
+        return dict.get_item(key);
+    }
+    match message.get_item(key) {
+        Ok(value) => Ok(Some(value)),
+        Err(err) if err.is_instance_of::<PyKeyError>(message.py()) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// A field's truth, false when it is missing.
+fn flag(message: &Bound<'_, PyAny>, key: &Bound<'_, PyString>) -> PyResult<bool> {
+    field(message, key)?.map_or(Ok(false), |value| value.is_truthy())
+}
+
+/// A message's header list: `()` when it is missing or empty.
+fn header_list<'py>(message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = message.py();
+    match field(message, intern!(py, "headers"))? {
+        Some(headers) if headers.is_truthy()? => Ok(headers),
+        _ => Ok(PyTuple::empty(py).into_any()),
+    }
+}
+
+fn runtime_error(why: impl Into<String>) -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err(why.into())
+}
+
 impl AsgiStream {
     fn state(&self) -> std::sync::MutexGuard<'_, StreamState> {
         crate::lock::lock(&self.state)
+    }
+
+    /// Whether the client went away (the front tier aborted the stream).
+    fn gone(&self, state: &mut StreamState) -> bool {
+        state.gone = state.gone || self.sink.client_gone();
+        state.gone
+    }
+
+    /// The response is complete or the client is gone: a `receive()` waiting for
+    /// `http.disconnect` gets it now, and the next ones at once.
+    fn finish(&self, py: Python<'_>) -> PyResult<()> {
+        let waiter = {
+            let mut state = self.state();
+            state.over = true;
+            state.waiter.take()
+        };
+        if let Some(waiter) = waiter {
+            let waiter = waiter.bind(py);
+            if !waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
+                waiter.call_method1(intern!(py, "set_result"), (disconnect(py)?,))?;
+            }
+        }
+        Ok(())
     }
 
     /// Ends the response: an Abort instead of the End when its body fell short of its
@@ -646,6 +827,168 @@ impl AsgiStream {
         }
         self.sink.head(status, b"", close, &headers)
     }
+
+    /// `http.response.start`: the head, checked, waits for the body (or the file).
+    /// Trailers announced (and offered) keep the response's `Trailer` field, which
+    /// names them (RFC 9110 §6.6.2) and without which HTTP/1.1 sends none.
+    fn start(&self, message: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = message.py();
+        if self.state().started {
+            return Err(runtime_error("http.response.start sent twice"));
+        }
+        let status = response_status(&message.get_item(intern!(py, "status"))?)?;
+        let headers = header_list(message)?;
+        let trailers = self.trailers_offered && flag(message, intern!(py, "trailers"))?;
+        let (mut fields, declared, close) = parse_asgi_response_headers(&headers)?;
+        if trailers {
+            fields.extend(trailer_fields(&headers)?);
+        }
+        let mut state = self.state();
+        state.started = true;
+        state.announced = trailers;
+        state.bodyless |= matches!(status, 204 | 304);
+        state.declared = declared;
+        if trailers {
+            state.trailers = Trailing::Announced;
+        }
+        state.head = Some(PendingHead {
+            status,
+            headers: fields,
+            close,
+        });
+        Ok(())
+    }
+
+    /// `http.response.body`: the chunk is queued; the response ends without
+    /// `more_body` (or with its trailers, when it announced them).
+    fn body(&self, message: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = message.py();
+        let more = flag(message, intern!(py, "more_body"))?;
+        let body = field(message, intern!(py, "body"))?;
+        let chunk = match &body {
+            Some(body) => body
+                .cast::<PyBytes>()
+                .map_err(|_| {
+                    pyo3::exceptions::PyTypeError::new_err("http.response.body: body must be bytes")
+                })?
+                .as_bytes(),
+            None => b"",
+        };
+        let mut state = self.state();
+        if !state.started {
+            return Err(runtime_error(
+                "http.response.body before http.response.start",
+            ));
+        }
+        if !matches!(state.trailers, Trailing::None | Trailing::Announced) {
+            return Err(runtime_error(
+                "http.response.body after the body's last message",
+            ));
+        }
+        self.write_head(&mut state, &[]).map_err(front_gone)?;
+        // Bytes past a declared Content-Length are not sent, as for WSGI.
+        let allowed = within_length(state.declared, state.sent, chunk.len());
+        state.sent += chunk.len() as u64;
+        if allowed > 0 && !state.bodyless {
+            self.sink.body(&chunk[..allowed]).map_err(front_gone)?;
+        }
+        if !more {
+            if let Trailing::Announced = state.trailers {
+                // The response ends with the last trailers message.
+                state.trailers = Trailing::Gathering(Vec::new());
+            } else {
+                self.end(&mut state).map_err(front_gone)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `http.response.trailers` (the ASGI extension): its fields are checked as the
+    /// head's are and gathered; the last (without `more_trailers`) sends them all, and
+    /// ends the response. A HEAD, 204 or 304 response, which has no body, gets none.
+    fn trailers(&self, message: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = message.py();
+        let more = flag(message, intern!(py, "more_trailers"))?;
+        let (fields, _) = parse_asgi_headers(&header_list(message)?)?;
+        let mut state = self.state();
+        let Trailing::Gathering(gathered) = &mut state.trailers else {
+            return Err(runtime_error(
+                "http.response.trailers before the body's last message, or not announced",
+            ));
+        };
+        gathered.extend(fields);
+        if more {
+            return Ok(());
+        }
+        let gathered = std::mem::replace(&mut state.trailers, Trailing::None);
+        if let Trailing::Gathering(fields) = gathered
+            && !state.bodyless
+            && !fields.is_empty()
+        {
+            self.sink.trailers(&fields).map_err(front_gone)?;
+        }
+        self.end(&mut state).map_err(front_gone)
+    }
+
+    /// `http.response.pathsend` (the ASGI extension): the front tier sends the file
+    /// named by the absolute `path` itself, as it does an `X-Sendfile` answer, and under
+    /// the same rules (inside a `--static` or `--internal` directory, no symlink out of
+    /// it, the client's ranges and conditionals, the file's status).
+    fn pathsend(&self, message: &Bound<'_, PyAny>) -> PyResult<()> {
+        use std::os::unix::ffi::OsStrExt;
+        if !self.pathsend {
+            return Err(runtime_error(
+                "http.response.pathsend is not offered: no --static or --internal directory",
+            ));
+        }
+        if !self.state().started {
+            return Err(runtime_error(
+                "http.response.pathsend before http.response.start",
+            ));
+        }
+        let path: std::path::PathBuf =
+            message.get_item(intern!(message.py(), "path"))?.extract()?;
+        let bytes = path.as_os_str().as_bytes();
+        if !path.is_absolute() || bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
+            return Err(PyValueError::new_err(format!(
+                "http.response.pathsend: {path:?} is not an absolute path HTTP can carry"
+            )));
+        }
+        let mut state = self.state();
+        state.ended = true;
+        // An X-Accel-Redirect of the app's would win over the X-Sendfile.
+        if let Some(head) = &mut state.head {
+            head.headers
+                .retain(|(name, _)| !name.eq_ignore_ascii_case(b"x-accel-redirect"));
+        }
+        let target: &[u8] = b"x-sendfile";
+        self.write_head(&mut state, &[(target, bytes.to_vec())])
+            .map_err(front_gone)?;
+        self.sink.end().map_err(front_gone)
+    }
+
+    /// The application failed: the traceback goes to the error log with the request's
+    /// id; the client gets a 500 if no response started, else its stream is aborted.
+    fn fail(&self, py: Python<'_>, error: &PyErr) {
+        log_app_error(py, error, &RequestLabel(&self.head));
+        let mut state = self.state();
+        state.ended = true;
+        // A head not written yet is dropped: the client gets the 500 instead.
+        state.head = None;
+        let _ = if state.started && state.head_written {
+            self.sink
+                .abort("the application failed after sending the response head")
+        } else {
+            send_error_page(&*self.sink, state.bodyless)
+        };
+    }
+}
+
+/// `{"type": "http.disconnect"}`.
+fn disconnect(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let message = PyDict::new(py);
+    message.set_item(intern!(py, "type"), intern!(py, "http.disconnect"))?;
+    Ok(message)
 }
 
 fn front_gone(err: io::Error) -> PyErr {
@@ -678,186 +1021,141 @@ impl AsgiStream {
         Ok(scope)
     }
 
-    /// The next `http.request` body chunk and whether more follows.
-    fn read_body<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyBytes>, bool)> {
-        let (chunk, more) =
-            self.state().body.next().map_err(|err| {
+    /// The application's `receive()`: the body in `http.request` messages of at most
+    /// 64 KiB, then `http.disconnect` once the response is complete or the client is
+    /// gone (waiting for it until then).
+    fn receive<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let mut state = self.state();
+        let gone = self.gone(&mut state);
+        if !state.body_done && !gone {
+            let (chunk, more) = state.body.next().map_err(|err| {
                 pyo3::exceptions::PyOSError::new_err(format!("request body: {err}"))
             })?;
-        Ok((PyBytes::new(py, &chunk), more))
-    }
-
-    /// Whether the client went away (the front tier aborted the stream).
-    fn gone(&self) -> bool {
-        let mut state = self.state();
-        state.gone = state.gone || self.sink.client_gone();
-        state.gone
-    }
-
-    /// Whether `http.response.trailers` is offered to this request.
-    fn trailers_offered(&self) -> bool {
-        self.trailers_offered
-    }
-
-    /// `http.response.start`: the head, checked, waits for the body (or the file).
-    /// `trailers`: the application announced trailers (and they were offered); the
-    /// response's `Trailer` field, which names them (RFC 9110 §6.6.2) and without
-    /// which HTTP/1.1 sends none, is then kept.
-    #[pyo3(signature = (status, headers, trailers = false))]
-    fn start(
-        &self,
-        status: &Bound<'_, PyAny>,
-        headers: &Bound<'_, PyAny>,
-        trailers: bool,
-    ) -> PyResult<()> {
-        let status = response_status(status)?;
-        let (mut fields, declared, close) = parse_asgi_response_headers(headers)?;
-        let trailers = trailers && self.trailers_offered;
-        if trailers {
-            fields.extend(trailer_fields(headers)?);
+            state.body_done = !more;
+            drop(state);
+            let message = PyDict::new(py);
+            message.set_item(intern!(py, "type"), intern!(py, "http.request"))?;
+            message.set_item(intern!(py, "body"), PyBytes::new(py, &chunk))?;
+            message.set_item(intern!(py, "more_body"), more)?;
+            return self.parts.ready(py, message);
         }
-        let headers = fields;
-        let mut state = self.state();
-        state.bodyless |= matches!(status, 204 | 304);
-        state.declared = declared;
-        if trailers {
-            state.trailers = Trailing::Announced;
+        if state.over || gone {
+            drop(state);
+            return self.parts.ready(py, disconnect(py)?);
         }
-        state.head = Some(PendingHead {
-            status,
-            headers,
-            close,
-        });
-        Ok(())
-    }
-
-    /// Writes what is queued on the channel, for every stream: the glue's `Flusher`
-    /// calls it once per turn of the loop, not once per message.
-    fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        let sink = &self.sink;
-        py.detach(|| sink.flush()).map_err(front_gone)
-    }
-
-    /// `http.response.body`: the chunk is queued (the glue flushes); the response ends
-    /// without `more`.
-    fn body(&self, body: &Bound<'_, PyAny>, more: bool) -> PyResult<()> {
-        let chunk = body.cast::<PyBytes>().map_err(|_| {
-            pyo3::exceptions::PyTypeError::new_err("http.response.body: body must be bytes")
-        })?;
-        let chunk = chunk.as_bytes();
-        {
-            let mut state = self.state();
-            if !matches!(state.trailers, Trailing::None | Trailing::Announced) {
-                return Err(pyo3::exceptions::PyRuntimeError::new_err(
-                    "http.response.body after the body's last message",
-                ));
-            }
-            self.write_head(&mut state, &[]).map_err(front_gone)?;
-            // Bytes past a declared Content-Length are not sent, as for WSGI.
-            let allowed = within_length(state.declared, state.sent, chunk.len());
-            state.sent += chunk.len() as u64;
-            if allowed > 0 && !state.bodyless {
-                self.sink.body(&chunk[..allowed]).map_err(front_gone)?;
-            }
-            if !more {
-                if let Trailing::Announced = state.trailers {
-                    // The response ends with the last trailers message.
-                    state.trailers = Trailing::Gathering(Vec::new());
-                } else {
-                    self.end(&mut state).map_err(front_gone)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// `http.response.trailers` (the ASGI extension): its fields are checked as the
-    /// head's are and gathered; the last (without `more`) sends them all, and ends the
-    /// response. A HEAD, 204 or 304 response, which has no body, gets none.
-    fn trailers(&self, headers: &Bound<'_, PyAny>, more: bool) -> PyResult<()> {
-        let (fields, _) = parse_asgi_headers(headers)?;
-        {
-            let mut state = self.state();
-            let Trailing::Gathering(gathered) = &mut state.trailers else {
-                return Err(pyo3::exceptions::PyRuntimeError::new_err(
-                    "http.response.trailers before the body's last message, or not announced",
-                ));
-            };
-            gathered.extend(fields);
-            if more {
-                return Ok(());
-            }
-            let gathered = std::mem::replace(&mut state.trailers, Trailing::None);
-            if let Trailing::Gathering(fields) = gathered
-                && !state.bodyless
-                && !fields.is_empty()
+        // A waiter cancelled with its task (a receive() given up) is not reused.
+        let waiting = state.waiter.take();
+        drop(state);
+        let waiter = match waiting {
+            Some(waiter)
+                if !waiter
+                    .bind(py)
+                    .call_method0(intern!(py, "done"))?
+                    .is_truthy()? =>
             {
-                self.sink.trailers(&fields).map_err(front_gone)?;
+                waiter.into_bound(py)
             }
-            self.end(&mut state).map_err(front_gone)?;
-        }
-        Ok(())
-    }
-
-    /// `http.response.pathsend` (the ASGI extension): the front tier sends the file
-    /// named by the absolute `path` itself, as it does an `X-Sendfile` answer, and under
-    /// the same rules (inside a `--static` or `--internal` directory, no symlink out of
-    /// it, the client's ranges and conditionals, the file's status).
-    fn pathsend(&self, path: std::path::PathBuf) -> PyResult<()> {
-        use std::os::unix::ffi::OsStrExt;
-        if !self.pathsend {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err(
-                "http.response.pathsend is not offered: no --static or --internal directory",
-            ));
-        }
-        let bytes = path.as_os_str().as_bytes();
-        if !path.is_absolute() || bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
-            return Err(PyValueError::new_err(format!(
-                "http.response.pathsend: {path:?} is not an absolute path HTTP can carry"
-            )));
-        }
-        {
-            let mut state = self.state();
-            state.ended = true;
-            // An X-Accel-Redirect of the app's would win over the X-Sendfile.
-            if let Some(head) = &mut state.head {
-                head.headers
-                    .retain(|(name, _)| !name.eq_ignore_ascii_case(b"x-accel-redirect"));
-            }
-            let target: &[u8] = b"x-sendfile";
-            self.write_head(&mut state, &[(target, bytes.to_vec())])
-                .map_err(front_gone)?;
-            self.sink.end().map_err(front_gone)?;
-        }
-        Ok(())
-    }
-
-    /// The application failed: the traceback goes to the error log with the request's
-    /// id; the client gets a 500 if no response started, else its stream is aborted.
-    /// What it queues leaves with the glue's next flush.
-    fn fail(&self, py: Python<'_>, error: &Bound<'_, PyAny>, started: bool) {
-        log_app_error(
-            py,
-            &PyErr::from_value(error.clone()),
-            &RequestLabel(&self.head),
-        );
-        let mut state = self.state();
-        // A head not written yet is dropped: the client gets the 500 instead.
-        state.head = None;
-        let _ = if started && state.head_written {
-            self.sink
-                .abort("the application failed after sending the response head")
-        } else {
-            send_error_page(&*self.sink, state.bodyless)
+            _ => self
+                .parts
+                .event_loop
+                .bind(py)
+                .call_method0(intern!(py, "create_future"))?,
         };
+        self.state().waiter = Some(waiter.clone().unbind());
+        Ok(waiter)
     }
 
-    /// The request's task is over. A stream not ended yet (its client went away, and
-    /// the application stopped there) is aborted: the front tier holds the worker's
-    /// place for it until then. True when something is queued for the glue to flush.
-    fn close(&self, py: Python<'_>) -> bool {
+    /// The application's `send()`: the message checked and queued (the loop's next turn
+    /// writes it). Returns a future already done: a send never waits. After the
+    /// response is complete or the client went away it raises `ClientDisconnected`
+    /// (www.rst 2.4).
+    fn send<'py>(
+        slf: &Bound<'py, Self>,
+        message: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        let kind = message.get_item(intern!(py, "type"))?;
+        let kind = kind.cast::<PyString>()?.to_str()?;
+        {
+            let mut state = this.state();
+            if kind == "http.response.trailers" && state.started && !state.announced {
+                // Not offered (no TE: trailers): dropped, as RFC 9110 §6.5.1 allows.
+                return Ok(this.parts.sent.bind(py).clone());
+            }
+            if state.ended || this.gone(&mut state) {
+                drop(state);
+                let why = format!("{kind}: the response is complete or the client is gone");
+                return Err(this.parts.client_disconnected(py, why));
+            }
+        }
+        let sent = match kind {
+            "http.response.start" => {
+                return this
+                    .start(message)
+                    .map(|()| this.parts.sent.bind(py).clone());
+            }
+            "http.response.body" => this.body(message),
+            "http.response.trailers" => this.trailers(message),
+            "http.response.pathsend" => this.pathsend(message),
+            _ => {
+                return Err(runtime_error(format!(
+                    "unexpected ASGI message {kind:?} on an http scope"
+                )));
+            }
+        };
+        if let Err(err) = sent {
+            if !err.is_instance_of::<PyConnectionError>(py) {
+                return Err(err);
+            }
+            this.finish(py)?;
+            return Err(this
+                .parts
+                .client_disconnected(py, err.value(py).to_string()));
+        }
+        Flusher::want(this.parts.flusher.bind(py), &this.sink)?;
+        if this.state().ended {
+            this.finish(py)?;
+        }
+        Ok(this.parts.sent.bind(py).clone())
+    }
+
+    /// After a client went away: a `receive()` waiting for `http.disconnect` gets it.
+    fn wake_if_gone(&self, py: Python<'_>) -> PyResult<()> {
+        let gone = self.gone(&mut self.state());
+        if gone { self.finish(py) } else { Ok(()) }
+    }
+
+    /// The request's task is over, with the application's `error` if it raised. An
+    /// error is logged and answered (500 or an aborted stream) unless it is only the
+    /// client's going away; an application that returned without completing its
+    /// response is one too. A stream not ended yet (its client went away, and the
+    /// application stopped there) is aborted: the front tier holds the worker's place
+    /// for it until then.
+    #[pyo3(signature = (error))]
+    fn close(&self, py: Python<'_>, error: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let (ended, gone) = {
+            let mut state = self.state();
+            let gone = self.gone(&mut state);
+            (state.ended, gone)
+        };
+        let failure = match error {
+            Some(_) if gone => None,
+            Some(error) if error.is_instance(self.parts.disconnected.bind(py))? => None,
+            Some(error) => Some(PyErr::from_value(error.clone())),
+            None if ended || gone => None,
+            None => Some(runtime_error(
+                "the ASGI application returned without completing the response",
+            )),
+        };
+        let mut queued = false;
+        if let Some(failure) = failure {
+            self.fail(py, &failure);
+            queued = true;
+        }
+        self.finish(py)?;
         let ended = std::mem::replace(&mut self.state().ended, true);
-        let queued = !ended && self.sink.abort("the client went away").is_ok();
+        queued |= !ended && self.sink.abort("the client went away").is_ok();
         let (done, scope) = {
             let mut state = self.state();
             (state.done.take(), state.scope.take())
@@ -865,14 +1163,18 @@ impl AsgiStream {
         if let (Some(hooked), Some(hooks)) = (&self.hooked, hooks::active()) {
             // As for WSGI, after the response has left (written now, not at the loop's
             // next flush); `environ` is the http scope.
-            let _ = self.flush(py);
+            let sink = &self.sink;
+            let _ = py.detach(|| sink.flush());
             let scope = scope.map_or_else(|| PyDict::new(py), |s| s.into_bound(py));
             hooks.post_request(py, hooked.req.bind(py), &scope, &hooked.recorder);
         }
         if let Some(done) = done {
             done(py);
         }
-        queued
+        if queued {
+            Flusher::want(self.parts.flusher.bind(py), &self.sink)?;
+        }
+        Ok(())
     }
 }
 

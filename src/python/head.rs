@@ -257,7 +257,7 @@ pub fn parse_asgi_headers(headers: &Bound<'_, PyAny>) -> PyResult<(Fields, bool)
 /// [`parse_asgi_headers`] with the declared Content-Length (a repeat of the same one
 /// dropped, different ones refused), as for WSGI.
 pub fn parse_asgi_response_headers(headers: &Bound<'_, PyAny>) -> PyResult<ParsedHeaders> {
-    let mut parsed = Vec::new();
+    let mut parsed = Vec::with_capacity(headers.len().unwrap_or(0).min(MAX_RESPONSE_FIELDS));
     let mut checks = FieldChecks::default();
     for item in headers.try_iter()? {
         let item = item?;
@@ -281,14 +281,21 @@ pub fn parse_asgi_response_headers(headers: &Bound<'_, PyAny>) -> PyResult<Parse
     Ok((parsed, checks.content_length, checks.close))
 }
 
-/// `[name, value]` (a list or tuple of two byte strings) as bytes.
+/// `[name, value]` (a list or tuple of two byte strings) as bytes. A tuple or a list,
+/// nearly always what applications send, is indexed; any other iterable goes through
+/// its iterator.
 fn asgi_pair(item: &Bound<'_, PyAny>) -> Option<(Vec<u8>, Vec<u8>)> {
-    use pyo3::types::PyBytes;
+    use pyo3::types::{PyBytes, PyList};
+    let bytes = |part: &Bound<'_, PyAny>| Some(part.cast::<PyBytes>().ok()?.as_bytes().to_vec());
+    if item.is_instance_of::<PyTuple>() || item.is_instance_of::<PyList>() {
+        let pair = item.cast::<pyo3::types::PySequence>().ok()?;
+        return match pair.len() {
+            Ok(2) => Some((bytes(&pair.get_item(0).ok()?)?, bytes(&pair.get_item(1).ok()?)?)),
+            _ => None,
+        };
+    }
     let mut parts = item.try_iter().ok()?;
-    let mut next = || -> Option<Vec<u8>> {
-        let part = parts.next()?.ok()?;
-        Some(part.cast::<PyBytes>().ok()?.as_bytes().to_vec())
-    };
+    let mut next = || bytes(&parts.next()?.ok()?);
     let pair = (next()?, next()?);
     parts.next().is_none().then_some(pair)
 }

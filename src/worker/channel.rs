@@ -1,7 +1,7 @@
 //! The worker's end of its channel: blocking reads of request frames (called with the
 //! GIL released) and buffered writes of response frames.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -19,8 +19,8 @@ use crate::lock::lock;
 use crate::protocol::ring::{RingError, RingMap};
 use crate::protocol::{
     BodyFile, Decoder, Frame, HEADER_LEN, Hello, Kind, MAX_PAYLOAD, ProtocolError, RequestHead,
-    ResponseHead, Trailers, WsAccept, WsClose, WsCredit, WsMessage, encode_frame,
-    encode_frame_header,
+    ResponseHead, StreamMap, StreamSet, Trailers, WsAccept, WsClose, WsCredit, WsMessage,
+    encode_frame, encode_frame_header,
 };
 use crate::python::{ResponseSink, SharedInbox, SocketSink};
 use crate::scoreboard::WorkerSlot;
@@ -84,7 +84,7 @@ pub struct Request {
 /// The requests of a worker serving many streams whose frames are still arriving.
 #[derive(Default)]
 pub struct Incoming {
-    partial: HashMap<u32, Partial>,
+    partial: StreamMap<Partial>,
     /// Retired has come: frames of the streams still open may follow (an asgi worker's
     /// WebSockets, which the front tier closes then), but no request.
     pub retired: bool,
@@ -176,9 +176,9 @@ pub struct Channel {
     retiring: AtomicBool,
     /// Streams of requests being served whose clients went away (Abort frames read by
     /// [`Channel::read_requests`]).
-    gone: Mutex<HashSet<u32>>,
+    gone: Mutex<StreamSet>,
     /// The open WebSockets (an asgi worker's), by stream.
-    sockets: Mutex<HashMap<u32, SharedInbox>>,
+    sockets: Mutex<StreamMap<SharedInbox>>,
     /// WebSockets something arrived for since [`Channel::take_touched`] was last called.
     touched: Mutex<Vec<u32>>,
 }
@@ -220,8 +220,8 @@ impl Channel {
                 buf: Vec::with_capacity(64 * 1024),
             }),
             retiring: AtomicBool::new(false),
-            gone: Mutex::new(HashSet::new()),
-            sockets: Mutex::new(HashMap::new()),
+            gone: Mutex::new(StreamSet::default()),
+            sockets: Mutex::new(StreamMap::default()),
             touched: Mutex::new(Vec::new()),
         }))
     }
@@ -968,7 +968,8 @@ impl ResponseSink for StreamSink {
 
     fn client_gone(&self) -> bool {
         if self.noted_aborts_only {
-            return lock(&self.channel.gone).remove(&self.stream);
+            let mut gone = lock(&self.channel.gone);
+            return !gone.is_empty() && gone.remove(&self.stream);
         }
         self.channel.aborted(self.stream)
     }

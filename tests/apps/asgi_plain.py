@@ -129,3 +129,41 @@ async def blocks_the_loop(scope, receive, send):
         return
     import time
     time.sleep(30)
+
+
+async def gives_up_waiting(scope, receive, send):
+    """Waits for http.disconnect and gives up (the wait is cancelled), waits again in a
+    task of its own while it answers, and writes what that second wait got. Its
+    messages are a mapping that is not a dict, and its headers lists, not tuples."""
+    if scope["type"] != "http":
+        return
+    await receive()  # the (empty) body
+    try:
+        await asyncio.wait_for(receive(), 0.05)  # nothing comes while the response is due
+    except asyncio.TimeoutError:
+        pass
+    waiting = asyncio.ensure_future(receive())
+    await asyncio.sleep(0)  # the second wait begins before the response is complete
+    await send(Message(type="http.response.start", status=200,
+                       headers=[[b"content-type", b"text/plain"]]))
+    await send(Message(type="http.response.body", body=b"answered"))
+    try:
+        message = await asyncio.wait_for(waiting, 5)
+        outcome = message["type"]
+    except BaseException as error:  # the record says what went wrong
+        outcome = type(error).__name__
+    with open(os.environ["ASGI_MARKER"], "a") as marker:
+        marker.write(outcome + "\n")
+
+
+class Message:
+    """A read-only mapping, as an application may send instead of a dict."""
+
+    def __init__(self, **fields):
+        self._fields = fields
+
+    def __getitem__(self, key):
+        return self._fields[key]
+
+    def get(self, key, default=None):
+        return self._fields.get(key, default)

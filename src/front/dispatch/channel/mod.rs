@@ -19,9 +19,7 @@
 //! How the bytes cross (the socket, or the shared-memory rings with the socket for
 //! doorbells) is `transport`'s business; this module sees whole frames.
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -234,30 +232,8 @@ impl Stream {
     }
 }
 
-/// Open streams by id. Ids are a counter the front tier hands out, so they need no
-/// hashing against collisions an attacker could choose (`StreamIds`).
-type OpenStreams = HashMap<u32, Stream, BuildHasherDefault<StreamIds>>;
-
-/// Hashes a stream id to itself, spread over the word (see [`OpenStreams`]).
-#[derive(Default)]
-struct StreamIds(u64);
-
-impl Hasher for StreamIds {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0 << 8 | u64::from(*byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u32(&mut self, id: u32) {
-        // Fibonacci hashing: consecutive ids land far apart in the table's top bits.
-        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
+/// Open streams by id.
+type OpenStreams = crate::protocol::StreamMap<Stream>;
 
 struct Streams {
     open: OpenStreams,
