@@ -99,19 +99,20 @@ server_ticks() {
     echo "$total"
 }
 
+# measure_url calls this around the measured hello run: the CPU time of all the
+# server's processes over it, for cpu_us (per request) once the run is read.
+on_measure() {
+    case $1 in
+        start) ticks_start=$(server_ticks) ;;
+        end) ticks_end=$(server_ticks) ;;
+    esac
+}
+
 # Measures server $1 once with the WebSocket echo client; sets rate (messages/s, empty
 # when the upgrade was refused), client_cpu and server_cpu (percent of one core).
 measure_ws() {
     local name=$1 port url report before after code=0 hz
-    port=$(free_port)
-    url=$(target_url "$name" "$port")
-    start_server "$name" "$port"
-    server_name=$name
-    if ! wait_ready "$url" "$server_pid" "" any; then
-        log "$name did not come up on port $port; its log:"
-        tail -n 30 "$LOGS/$name-$port.log" >&2 || true
-        exit 1
-    fi
+    start_measured "$name"
     rate="" client_cpu="" server_cpu=""
     "$WS_ECHO" 127.0.0.1 "$port" /ws "$CONNECTIONS_WS" "$WARMUP" "$MESSAGE_BYTES" \
         >/dev/null 2>"$LOGS/ws-$name.err" || code=$?
@@ -150,7 +151,9 @@ for sc in "${scenarios[@]}"; do
         for name in $(rotated "$round"); do
             if [[ $sc == hello ]]; then
                 measure_url "$name"
-                note="p99 ${p99:-?}; wrk errors: ${errors:-none}"
+                cpu_us=$(awk -v t="$((ticks_end - ticks_start))" -v hz="$(getconf CLK_TCK)" \
+                    -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+                note="p99 ${p99:-?}; CPU ${cpu_us} us/request (all its processes); wrk errors: ${errors:-none}"
                 value=$rps
             else
                 measure_ws "$name"

@@ -178,10 +178,10 @@ wrk_load() {
         "${WRK_ARGS[@]}" "$@" "$url"
 }
 
-# Measures server $1 once with wrk on its target_url; sets rps, p99, errors and
-# requests.
-measure_url() {
-    local name=$1 port url report
+# Starts server $1 on a free port and waits until its target_url answers (the run
+# ends, with the server's log, if it does not); sets port and url.
+start_measured() {
+    local name=$1
     port=$(free_port)
     url=$(target_url "$name" "$port")
     start_server "$name" "$port"
@@ -191,6 +191,13 @@ measure_url() {
         tail -n 30 "$LOGS/$name-$port.log" >&2 || true
         exit 1
     fi
+}
+
+# Measures server $1 once with wrk on its target_url; sets rps, p99, errors and
+# requests.
+measure_url() {
+    local name=$1 port url report
+    start_measured "$name"
     wrk_load "$WARMUP" "$url" >/dev/null
     # A script may watch the measured run: `on_measure start|end URL` (bench/io.sh,
     # bench/run.sh).
