@@ -290,7 +290,10 @@ fn asgi_pair(item: &Bound<'_, PyAny>) -> Option<(Vec<u8>, Vec<u8>)> {
     if item.is_instance_of::<PyTuple>() || item.is_instance_of::<PyList>() {
         let pair = item.cast::<pyo3::types::PySequence>().ok()?;
         return match pair.len() {
-            Ok(2) => Some((bytes(&pair.get_item(0).ok()?)?, bytes(&pair.get_item(1).ok()?)?)),
+            Ok(2) => Some((
+                bytes(&pair.get_item(0).ok()?)?,
+                bytes(&pair.get_item(1).ok()?)?,
+            )),
             _ => None,
         };
     }
