@@ -337,7 +337,10 @@ async fn dispatch(
             &parts,
             conn,
             &facts,
-            stamp.as_ref(),
+            Added {
+                stamp: stamp.as_ref(),
+                request_id: request_id.id.as_bytes(),
+            },
             stream,
             match websocket.is_some() {
                 true => Payload::WebSocket,
@@ -484,12 +487,21 @@ enum Payload<'a> {
     WebSocket,
 }
 
+/// What the front tier adds to a request's head for the worker.
+struct Added<'a> {
+    /// `X-Request-Start`, when on.
+    stamp: Option<&'a request_start::Stamp>,
+    /// The id `Picked::install` left in the headers, given as it is rather than looked
+    /// up again.
+    request_id: &'a [u8],
+}
+
 /// The frames opening a stream: the head, the body, End; a WebSocket's WsConnect.
 fn encode_request(
     parts: &hyper::http::request::Parts,
     conn: &ConnInfo,
     facts: &ClientFacts,
-    stamp: Option<&request_start::Stamp>,
+    added: Added<'_>,
     stream: u32,
     payload: Payload<'_>,
     out: &mut Queued<'_>,
@@ -508,7 +520,7 @@ fn encode_request(
         .headers
         .iter()
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-        .chain(stamp.map(|stamp| (request_start::NAME, stamp.as_bytes())));
+        .chain(added.stamp.map(|stamp| (request_start::NAME, stamp.as_bytes())));
     let kind = match payload {
         Payload::WebSocket => Kind::WsConnect,
         Payload::Body { .. } => Kind::RequestHead,
@@ -524,11 +536,7 @@ fn encode_request(
         remote_port: conn.remote.map(|a| a.port()),
         server_name: conn.server_name.as_bytes(),
         server_port: conn.server_port.as_bytes(),
-        // `Picked::install` left exactly the request's id in the headers.
-        request_id: parts
-            .headers
-            .get(X_REQUEST_ID)
-            .map_or(&[][..], |id| id.as_bytes()),
+        request_id: added.request_id,
     }
     .encode_as(out.bytes, kind, stream, headers)?;
     let Payload::Body { body, spool } = payload else {
