@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, HeaderValue, RETRY_AFTER,
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderName, HeaderValue, RETRY_AFTER,
     STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
@@ -408,7 +408,7 @@ async fn dispatch(
             out,
         )
     };
-    let backlog = conn.budgets.response();
+    let backlog = conn.budgets.response(parts.version == Version::HTTP_2);
     // A worker that retired between our lease and our write never saw the request, and
     // one that died before it began a request it held queued gives it back: either way
     // it goes to another worker instead of failing.
@@ -618,8 +618,7 @@ fn build_response(
     // Room for the worker's headers and the few the front tier adds, at once.
     headers.reserve(head.headers.len() + 4);
     for (name, value) in head.headers {
-        let name =
-            HeaderName::from_bytes(&name).map_err(|e| RequestError::BadResponse(e.to_string()))?;
+        let name = header_name(&name).map_err(|e| RequestError::BadResponse(e.to_string()))?;
         // The value's bytes stay where the channel's reader put them (no copy).
         let value = HeaderValue::from_maybe_shared(value)
             .map_err(|e| RequestError::BadResponse(e.to_string()))?;
@@ -642,6 +641,17 @@ fn build_response(
         }
     }
     Ok(response)
+}
+
+/// A response field's name. The names applications send most, in the spellings they
+/// send them, are matched as they are: `HeaderName::from_bytes` lowercases a name and
+/// then looks it up among the standard ones, several times the work.
+fn header_name(name: &[u8]) -> Result<HeaderName, hyper::header::InvalidHeaderName> {
+    match name {
+        b"Content-Type" | b"content-type" => Ok(CONTENT_TYPE),
+        b"Content-Length" | b"content-length" => Ok(CONTENT_LENGTH),
+        _ => HeaderName::from_bytes(name),
+    }
 }
 
 fn error_response(

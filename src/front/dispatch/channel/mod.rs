@@ -891,7 +891,7 @@ mod tests {
             };
             let backlog = crate::front::dispatch::budget::Budgets::new(1 << 30)
                 .connection()
-                .response();
+                .response(false);
             let opened = conn.open_stream(hold, &backlog, |id, out| {
                 for chunk in pieces.chunks(piece) {
                     encode_frame(out.bytes, Kind::Body, id, chunk);
@@ -965,7 +965,7 @@ mod ws_tests {
         };
         let backlog = crate::front::dispatch::budget::Budgets::new(1 << 30)
             .connection()
-            .response();
+            .response(false);
         let opened = conn.open_stream(hold, &backlog, |_, _| Ok(()));
         let (id, _events) = opened.unwrap_or_else(|_| panic!("not opened"));
         let message = |size: usize| {
