@@ -370,7 +370,10 @@ async fn dispatch(
         // No body (most GETs): nothing to wait for, no timer to set.
         RequestBody::Memory(Vec::new(), conn.budgets.requests.hold(0))
     } else {
-        buffer_body(incoming, body_limits, conn, index).await?
+        // Boxed: its future (the body's read, its timers, the guard's refusal) would
+        // otherwise make every request's future larger, moved and allocated whole per
+        // request, with a body or without.
+        Box::pin(buffer_body(incoming, body_limits, conn, index)).await?
     };
     declare_length(&mut parts, body.len(), present);
     // `_held` counts the body against the connection's budget until the request is
