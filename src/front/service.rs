@@ -571,7 +571,16 @@ fn encode_request(
     } else {
         path_and_query
     };
-    let remote_addr = facts.addr.map(IpText::new);
+    // The connection's peer, unless a trusted proxy named another client.
+    let other_client;
+    let remote_addr = match facts.addr {
+        Some(ip) if conn.remote.map(|peer| peer.ip()) != Some(ip) => {
+            other_client = IpText::new(ip);
+            other_client.as_bytes()
+        }
+        Some(_) => conn.remote_text.as_ref().map_or(&[][..], IpText::as_bytes),
+        None => &[][..],
+    };
     let headers = parts
         .headers
         .iter()
@@ -588,7 +597,7 @@ fn encode_request(
         raw_uri: raw_uri.as_bytes(),
         path: uri.path().as_bytes(),
         query: uri.query().unwrap_or("").as_bytes(),
-        remote_addr: remote_addr.as_ref().map_or(&[][..], IpText::as_bytes),
+        remote_addr,
         remote_port: conn.remote.map(|a| a.port()),
         server_name: conn.server_name.as_bytes(),
         server_port: conn.server_port.as_bytes(),
