@@ -216,20 +216,15 @@ impl ConnGuard {
         if self.busy() {
             return None;
         }
-        self.idle_since_locked(heads)
+        match self.lock().idle_since {
+            Some((since, begun)) if begun == heads => Some(since),
+            _ => None,
+        }
     }
 
     /// Whether a response is under way.
     fn busy(&self) -> bool {
         self.busy.load(Ordering::Acquire) > 0
-    }
-
-    /// [`ConnGuard::idle_since`] for a connection known not to be busy.
-    fn idle_since_locked(&self, heads: u64) -> Option<Instant> {
-        match self.lock().idle_since {
-            Some((since, begun)) if begun == heads => Some(since),
-            _ => None,
-        }
     }
 
     fn idle(&self, cx: &Context<'_>) -> bool {
