@@ -41,6 +41,7 @@ use tracing::{info, warn};
 use crate::config::{BindAddr, Limits, Settings, WorkerClass};
 use crate::protocol::Scheme;
 use conn::conn_info::ConnInfo;
+use conn::ip_text::IpText;
 use conn::{guard, redirect, stopping, tls};
 use dispatch::{budget, control, memory, pool, shard};
 use observe::access_log::AccessLog;
@@ -441,6 +442,7 @@ async fn accept_loop(
                 };
                 let info = ConnInfo {
                     remote: Some(peer),
+                    remote_text: Some(IpText::new(peer.ip())),
                     server_name,
                     server_port,
                     scheme,
@@ -459,6 +461,7 @@ async fn accept_loop(
                     Connection::Unix(stream),
                     ConnInfo {
                         remote: None,
+                        remote_text: None,
                         server_name: path.into(),
                         server_port: "".into(),
                         scheme,

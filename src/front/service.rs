@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, HeaderValue, RETRY_AFTER,
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderName, HeaderValue, RETRY_AFTER,
     STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
@@ -20,7 +20,7 @@ use super::conn::conn_info::ConnInfo;
 use super::conn::guard::Tracked;
 use super::conn::guard::check::Reject;
 use super::conn::ip_text::IpText;
-use super::conn::proxy::{ClientFacts, client_facts, peer_trusted};
+use super::conn::proxy::{ClientFacts, client_facts, direct, is_proxy_header, peer_trusted};
 use super::dispatch::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
 use super::dispatch::budget::Budgets;
 use super::dispatch::channel::{Event, Failure, Queued, Refused, Returned, StreamHold};
@@ -99,17 +99,18 @@ pub async fn handle(
     let mut observation = shared.metrics.clone().map(Observation::new);
     let (index, busy) = conn.guard.begin();
     let version = request.version();
-    let request_id = request_id::pick(request.headers());
+    let present = Present::of(request.headers());
+    let request_id = request_id::pick(request.headers(), present.request_id);
     let refused_head = conn.guard.refused_head(index);
     // For the error lines: a refcount, not a copy.
     let path_and_query = request.uri().path_and_query().cloned();
     let mut entry = shared.access_log.as_ref().map(|log| {
-        let remote = client_facts(request.headers(), &conn, &shared.trusted).addr;
+        let remote = present.client(request.headers(), &conn, &shared.trusted).addr;
         log.begin(&request, remote, &request_id.id, refused_head.is_some())
     });
     let result = match refused_head {
         Some(reject) => Err(refused(reject)),
-        None => dispatch(&shared, &conn, index, request, &request_id).await,
+        None => dispatch(&shared, &conn, index, request, &request_id, present).await,
     };
     let mut response = match result {
         Ok(response) => response,
@@ -158,11 +159,62 @@ fn refused(reject: Reject) -> RequestError {
     RequestError::Client(status, reject.to_string())
 }
 
+/// Which of the request fields the front tier looks for a request carries, found in
+/// one pass over its field names. Most requests carry none of them, and comparing a
+/// few names costs less than a lookup of each in the header map (which hashes the name
+/// every time).
+#[derive(Clone, Copy, Default)]
+struct Present {
+    request_id: bool,
+    request_start: bool,
+    /// `Forwarded`, `X-Forwarded-For` or `X-Forwarded-Proto`.
+    proxy: bool,
+    expect: bool,
+    content_length: bool,
+    transfer_encoding: bool,
+}
+
+impl Present {
+    fn of(headers: &hyper::HeaderMap) -> Present {
+        let mut present = Present::default();
+        for name in headers.keys() {
+            if name == CONTENT_LENGTH {
+                present.content_length = true;
+            } else if name == TRANSFER_ENCODING {
+                present.transfer_encoding = true;
+            } else if name == EXPECT {
+                present.expect = true;
+            } else if name == X_REQUEST_ID {
+                present.request_id = true;
+            } else if name == request_start::X_REQUEST_START {
+                present.request_start = true;
+            } else if is_proxy_header(name) {
+                present.proxy = true;
+            }
+        }
+        present
+    }
+
+    /// [`client_facts`], without looking for proxy headers a request has none of.
+    fn client(
+        &self,
+        headers: &hyper::HeaderMap,
+        conn: &ConnInfo,
+        trusted: &Trusted,
+    ) -> ClientFacts {
+        match self.proxy {
+            true => client_facts(headers, conn, trusted),
+            false => direct(conn),
+        }
+    }
+}
+
 /// Limits that hold for every protocol (the guard has checked HTTP/1 already).
 fn check_head(
     parts: &hyper::http::request::Parts,
     limits: &Limits,
     websocket: bool,
+    present: Present,
 ) -> Result<(), RequestError> {
     let target = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if target > limits.request_line {
@@ -198,7 +250,8 @@ fn check_head(
             "CONNECT is not supported".into(),
         ));
     }
-    if let Some(expect) = parts.headers.get(EXPECT)
+    if present.expect
+        && let Some(expect) = parts.headers.get(EXPECT)
         && !expect.as_bytes().eq_ignore_ascii_case(b"100-continue")
     {
         return Err(RequestError::Client(
@@ -206,9 +259,10 @@ fn check_head(
             "unknown expectation".into(),
         ));
     }
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
+    let declared = present
+        .content_length
+        .then(|| parts.headers.get(CONTENT_LENGTH))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|length| length > limits.max_body_size) {
@@ -259,9 +313,9 @@ fn authority_as_host(parts: &mut hyper::http::request::Parts) {
 /// chunking or HTTP/2 framing: `Transfer-Encoding` goes, `Content-Length` comes (as nginx
 /// does). Without it an app reads a chunked or length-less HTTP/2 body as empty
 /// (PEP 3333: `CONTENT_LENGTH` says how much `wsgi.input` holds).
-fn declare_length(parts: &mut hyper::http::request::Parts, length: u64) {
-    let chunked = parts.headers.remove(TRANSFER_ENCODING).is_some();
-    if chunked || (length > 0 && !parts.headers.contains_key(CONTENT_LENGTH)) {
+fn declare_length(parts: &mut hyper::http::request::Parts, length: u64, present: Present) {
+    let chunked = present.transfer_encoding && parts.headers.remove(TRANSFER_ENCODING).is_some();
+    if chunked || (length > 0 && !present.content_length) {
         parts
             .headers
             .insert(CONTENT_LENGTH, HeaderValue::from(length));
@@ -274,6 +328,7 @@ async fn dispatch(
     index: u64,
     request: Request<hyper::body::Incoming>,
     request_id: &request_id::Picked,
+    present: Present,
 ) -> Result<Response<ResponseBody>, RequestError> {
     let (mut parts, incoming) = request.into_parts();
     let limits = &shared.limits;
@@ -284,7 +339,7 @@ async fn dispatch(
             return Err(RequestError::Client(status, why.into()));
         }
     };
-    check_head(&parts, limits, websocket.is_some())?;
+    check_head(&parts, limits, websocket.is_some(), present)?;
     authority_as_host(&mut parts);
     request_id.install(&mut parts.headers);
     if let Some(response) = shared
@@ -299,7 +354,8 @@ async fn dispatch(
     }
     // Now, with the head read: a body still to come is part of the wait.
     let stamp = if shared.request_start {
-        request_start::stamp(&mut parts.headers, peer_trusted(conn, &shared.trusted))
+        let trusted = peer_trusted(conn, &shared.trusted);
+        request_start::stamp(&mut parts.headers, trusted, present.request_start)
     } else {
         None
     };
@@ -314,16 +370,19 @@ async fn dispatch(
         // No body (most GETs): nothing to wait for, no timer to set.
         RequestBody::Memory(Vec::new(), conn.budgets.requests.hold(0))
     } else {
-        buffer_body(incoming, body_limits, conn, index).await?
+        // Boxed: its future (the body's read, its timers, the guard's refusal) would
+        // otherwise make every request's future larger, moved and allocated whole per
+        // request, with a body or without.
+        Box::pin(buffer_body(incoming, body_limits, conn, index)).await?
     };
-    declare_length(&mut parts, body.len());
+    declare_length(&mut parts, body.len(), present);
     // `_held` counts the body against the connection's budget until the request is
     // done with it.
     let (body, _held, spool) = match body {
         RequestBody::Memory(bytes, held) => (Some(bytes), Some(held), None),
         RequestBody::File { file, length } => (None, None, Some((file, length))),
     };
-    let facts = client_facts(&parts.headers, conn, &shared.trusted);
+    let facts = present.client(&parts.headers, conn, &shared.trusted);
     let spool_path = spool.as_ref().map(|(file, length)| BodyFile {
         path: Bytes::copy_from_slice(file.path().as_os_str().as_encoded_bytes()),
         length: *length,
@@ -337,7 +396,10 @@ async fn dispatch(
             &parts,
             conn,
             &facts,
-            stamp.as_ref(),
+            Added {
+                stamp: stamp.as_ref(),
+                request_id: request_id.id.as_bytes(),
+            },
             stream,
             match websocket.is_some() {
                 true => Payload::WebSocket,
@@ -349,21 +411,18 @@ async fn dispatch(
             out,
         )
     };
-    let backlog = conn.budgets.response();
+    let backlog = conn.budgets.response(parts.version == Version::HTTP_2);
     // A worker that retired between our lease and our write never saw the request, and
     // one that died before it began a request it held queued gives it back: either way
     // it goes to another worker instead of failing.
     let (worker, stream, events, head) = loop {
-        // A free worker now needs no timer; only a wait for one is bounded.
-        let lease = match shared.pool.try_acquire() {
-            Some(lease) => lease,
-            // At most --queue-timeout, the pool's business.
-            None => shared
-                .pool
-                .acquire()
-                .await
-                .map_err(|_| RequestError::Busy)?,
-        };
+        // A free worker is taken at once; a wait for one lasts --queue-timeout at most,
+        // the pool's business (one look at the workers either way, under one lock).
+        let lease = shared
+            .pool
+            .acquire()
+            .await
+            .map_err(|_| RequestError::Busy)?;
         let worker = lease.conn().clone();
         let hold = StreamHold {
             lease: Box::new(lease),
@@ -484,12 +543,21 @@ enum Payload<'a> {
     WebSocket,
 }
 
+/// What the front tier adds to a request's head for the worker.
+struct Added<'a> {
+    /// `X-Request-Start`, when on.
+    stamp: Option<&'a request_start::Stamp>,
+    /// The id `Picked::install` left in the headers, given as it is rather than looked
+    /// up again.
+    request_id: &'a [u8],
+}
+
 /// The frames opening a stream: the head, the body, End; a WebSocket's WsConnect.
 fn encode_request(
     parts: &hyper::http::request::Parts,
     conn: &ConnInfo,
     facts: &ClientFacts,
-    stamp: Option<&request_start::Stamp>,
+    added: Added<'_>,
     stream: u32,
     payload: Payload<'_>,
     out: &mut Queued<'_>,
@@ -503,12 +571,21 @@ fn encode_request(
     } else {
         path_and_query
     };
-    let remote_addr = facts.addr.map(IpText::new);
+    // The connection's peer, unless a trusted proxy named another client.
+    let other_client;
+    let remote_addr = match facts.addr {
+        Some(ip) if conn.remote.map(|peer| peer.ip()) != Some(ip) => {
+            other_client = IpText::new(ip);
+            other_client.as_bytes()
+        }
+        Some(_) => conn.remote_text.as_ref().map_or(&[][..], IpText::as_bytes),
+        None => &[][..],
+    };
     let headers = parts
         .headers
         .iter()
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-        .chain(stamp.map(|stamp| (request_start::NAME, stamp.as_bytes())));
+        .chain(added.stamp.map(|stamp| (request_start::NAME, stamp.as_bytes())));
     let kind = match payload {
         Payload::WebSocket => Kind::WsConnect,
         Payload::Body { .. } => Kind::RequestHead,
@@ -520,15 +597,11 @@ fn encode_request(
         raw_uri: raw_uri.as_bytes(),
         path: uri.path().as_bytes(),
         query: uri.query().unwrap_or("").as_bytes(),
-        remote_addr: remote_addr.as_ref().map_or(&[][..], IpText::as_bytes),
+        remote_addr,
         remote_port: conn.remote.map(|a| a.port()),
         server_name: conn.server_name.as_bytes(),
         server_port: conn.server_port.as_bytes(),
-        // `Picked::install` left exactly the request's id in the headers.
-        request_id: parts
-            .headers
-            .get(X_REQUEST_ID)
-            .map_or(&[][..], |id| id.as_bytes()),
+        request_id: added.request_id,
     }
     .encode_as(out.bytes, kind, stream, headers)?;
     let Payload::Body { body, spool } = payload else {
@@ -557,8 +630,7 @@ fn build_response(
     // Room for the worker's headers and the few the front tier adds, at once.
     headers.reserve(head.headers.len() + 4);
     for (name, value) in head.headers {
-        let name =
-            HeaderName::from_bytes(&name).map_err(|e| RequestError::BadResponse(e.to_string()))?;
+        let name = header_name(&name).map_err(|e| RequestError::BadResponse(e.to_string()))?;
         // The value's bytes stay where the channel's reader put them (no copy).
         let value = HeaderValue::from_maybe_shared(value)
             .map_err(|e| RequestError::BadResponse(e.to_string()))?;
@@ -581,6 +653,17 @@ fn build_response(
         }
     }
     Ok(response)
+}
+
+/// A response field's name. The names applications send most, in the spellings they
+/// send them, are matched as they are: `HeaderName::from_bytes` lowercases a name and
+/// then looks it up among the standard ones, several times the work.
+fn header_name(name: &[u8]) -> Result<HeaderName, hyper::header::InvalidHeaderName> {
+    match name {
+        b"Content-Type" | b"content-type" => Ok(CONTENT_TYPE),
+        b"Content-Length" | b"content-length" => Ok(CONTENT_LENGTH),
+        _ => HeaderName::from_bytes(name),
+    }
 }
 
 fn error_response(

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::guard::ConnGuard;
+use super::ip_text::IpText;
 use super::stall::Stalls;
 use crate::front::dispatch::budget::ConnBudgets;
 use crate::protocol::Scheme;
@@ -14,6 +15,8 @@ use crate::protocol::Scheme;
 pub struct ConnInfo {
     /// The peer, for a TCP connection.
     pub remote: Option<SocketAddr>,
+    /// The peer's address as text, written once for all the connection's requests.
+    pub remote_text: Option<IpText>,
     /// SERVER_NAME: the listening socket's address (or the socket path).
     pub server_name: Arc<str>,
     /// SERVER_PORT: the listening socket's port (empty for a Unix socket).

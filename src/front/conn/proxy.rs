@@ -28,10 +28,7 @@ pub struct ClientFacts {
 
 /// The client of a request, from the connection and any trusted proxy headers.
 pub fn client_facts(headers: &HeaderMap, conn: &ConnInfo, trusted: &Trusted) -> ClientFacts {
-    let direct = ClientFacts {
-        addr: conn.remote.map(|a| a.ip()),
-        scheme: conn.scheme,
-    };
+    let direct = direct(conn);
     if !peer_trusted(conn, trusted) {
         return direct;
     }
@@ -39,6 +36,20 @@ pub fn client_facts(headers: &HeaderMap, conn: &ConnInfo, trusted: &Trusted) -> 
         addr: addr.or(direct.addr),
         scheme: scheme.unwrap_or(direct.scheme),
     })
+}
+
+/// The client as the connection shows it: what [`client_facts`] finds for a request
+/// without proxy headers, known without looking.
+pub fn direct(conn: &ConnInfo) -> ClientFacts {
+    ClientFacts {
+        addr: conn.remote.map(|a| a.ip()),
+        scheme: conn.scheme,
+    }
+}
+
+/// Whether `name` is one of the proxy headers [`client_facts`] reads.
+pub fn is_proxy_header(name: &HeaderName) -> bool {
+    name == FORWARDED || name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO
 }
 
 /// Whether the connection's peer may speak for the client: an address in

@@ -231,12 +231,14 @@ pub struct ConnBudgets {
 }
 
 impl ConnBudgets {
-    /// The budgets of a new response on this connection.
-    pub fn response(&self) -> Arc<Backlog> {
+    /// The budgets of a new response on this connection; `timed` if the send timeout
+    /// watches it (an HTTP/2 response, see `stall`).
+    pub fn response(&self, timed: bool) -> Arc<Backlog> {
         Arc::new(Backlog {
             memory: Budget::new(u64::MAX, Some(self.responses.clone())),
             spill: Budget::new(self.max_spill, Some(self.spill.clone())),
             since: AtomicU64::new(0),
+            timed,
         })
     }
 }
@@ -253,6 +255,9 @@ pub struct Backlog {
     /// Milliseconds (see [`now_ms`]) when the client last took bytes, or when bytes
     /// began to wait for it.
     since: AtomicU64,
+    /// Whether `since` is kept: only the HTTP/2 send timeout reads it (HTTP/1's is the
+    /// connection guard's), and keeping it reads the clock twice per response.
+    timed: bool,
 }
 
 impl Backlog {
@@ -263,6 +268,9 @@ impl Backlog {
 
     /// The client took bytes, or bytes began to wait for it: the clock starts afresh.
     pub fn moved(&self) {
+        if !self.timed {
+            return;
+        }
         self.since.store(now_ms(), Ordering::Relaxed);
     }
 

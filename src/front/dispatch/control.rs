@@ -219,7 +219,7 @@ pub fn start(
         loop {
             let frame = match &conn.ring {
                 Some(ring) => {
-                    read_ring_frame(&reader, ring, &mut decoder, &mut buf, &conn.outbox_ready).await
+                    read_ring_frame(&reader, ring, &mut decoder, &mut buf, &conn).await
                 }
                 None => read_frame(&reader, &mut decoder, &mut buf).await,
             };

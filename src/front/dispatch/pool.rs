@@ -113,8 +113,9 @@ impl Pace {
     /// short enough.
     fn allows(&self, queued: usize, now: Instant) -> bool {
         let budget = PREFETCH_BUDGET.as_nanos() as u64;
-        now.saturating_duration_since(self.since) < PREFETCH_BUDGET
-            && self.average.saturating_mul(queued as u64) < budget
+        // The average first: it needs no clock arithmetic.
+        self.average.saturating_mul(queued as u64) < budget
+            && now.saturating_duration_since(self.since) < PREFETCH_BUDGET
     }
 
     /// A request ended at `now`; the next one (if any) begins.
@@ -229,13 +230,6 @@ impl Pool {
         // A panic while holding this lock cannot leave the counts half-updated in a way
         // that matters more than stopping service, so poisoning is ignored.
         crate::lock::lock(&self.inner)
-    }
-
-    /// A free slot on the least-loaded worker if there is one now, without waiting (no
-    /// timer, no queue: the common case of [`Pool::acquire`]).
-    pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
-        let mut inner = self.lock();
-        self.take_best(&mut inner, shard::current())
     }
 
     /// A free slot on the least-loaded worker, or one that may prefetch, if any.

@@ -29,7 +29,16 @@ pub struct Picked {
 /// The request's own id if it sent one (visible ASCII, 1 to [`MAX_LENGTH`] bytes),
 /// else a new one. Several ids, or one with spaces, control or non-ASCII bytes, are
 /// replaced: they would be ambiguous, or could forge lines in a log.
-pub fn pick(headers: &HeaderMap) -> Picked {
+///
+/// `carried` says whether the request has an `X-Request-Id` at all (known from a pass
+/// over its field names): without one, the map is not searched.
+pub fn pick(headers: &HeaderMap, carried: bool) -> Picked {
+    if !carried {
+        return Picked {
+            id: generate(),
+            sent: false,
+        };
+    }
     let mut sent = headers.get_all(&X_REQUEST_ID).iter();
     match (sent.next(), sent.next()) {
         (Some(only), None) if is_sane(only.as_bytes()) => Picked {
@@ -142,7 +151,7 @@ mod tests {
     use super::*;
 
     fn assign(headers: &mut HeaderMap) -> HeaderValue {
-        let picked = pick(headers);
+        let picked = pick(headers, headers.contains_key(X_REQUEST_ID));
         picked.install(headers);
         picked.id
     }

@@ -16,7 +16,8 @@ use hyper::header::HeaderName;
 /// The header's name, as the request head on the channel carries it.
 pub const NAME: &[u8] = b"x-request-start";
 
-static X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
+/// The header's name, for the header map.
+pub static X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
 
 /// The value stamped on one request: `t=` and up to 20 digits, on the stack.
 pub struct Stamp {
@@ -34,14 +35,18 @@ impl Stamp {
 /// The stamp for a request with `headers`, now: `None` when a trusted peer
 /// (`peer_trusted`) already set one, which stays. Anyone else's is removed from
 /// `headers`; the stamp goes into the request head beside them (see
-/// `service::encode_request`), without a header map entry of its own.
-pub fn stamp(headers: &mut HeaderMap, peer_trusted: bool) -> Option<Stamp> {
-    if peer_trusted {
-        if headers.contains_key(&X_REQUEST_START) {
-            return None;
+/// `service::encode_request`), without a header map entry of its own. `carried` says
+/// whether `headers` have one at all (known from a pass over their names): without
+/// one, the map is not searched.
+pub fn stamp(headers: &mut HeaderMap, peer_trusted: bool, carried: bool) -> Option<Stamp> {
+    if carried {
+        if peer_trusted {
+            if headers.contains_key(&X_REQUEST_START) {
+                return None;
+            }
+        } else {
+            headers.remove(&X_REQUEST_START);
         }
-    } else {
-        headers.remove(&X_REQUEST_START);
     }
     // A clock before 1970 is no clock to report: 0 rather than nothing. u64 holds
     // microseconds for half a million years.
@@ -71,14 +76,14 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(&X_REQUEST_START, HeaderValue::from_static("t=1"));
         headers.append(&X_REQUEST_START, HeaderValue::from_static("t=2"));
-        assert!(stamp(&mut headers, true).is_none());
+        assert!(stamp(&mut headers, true, true).is_none());
         assert_eq!(headers.get_all(&X_REQUEST_START).iter().count(), 2);
-        let stamped = stamp(&mut headers, false).unwrap();
+        let stamped = stamp(&mut headers, false, true).unwrap();
         assert!(!headers.contains_key(&X_REQUEST_START));
         let text = std::str::from_utf8(stamped.as_bytes()).unwrap();
         let micros: u64 = text.strip_prefix("t=").unwrap().parse().unwrap();
         assert!(micros > 1_700_000_000_000_000, "{micros}");
         // A trusted peer that sent none gets one too.
-        assert!(stamp(&mut headers, true).is_some());
+        assert!(stamp(&mut headers, true, false).is_some());
     }
 }

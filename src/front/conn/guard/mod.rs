@@ -213,13 +213,18 @@ impl ConnGuard {
     /// HTTP/1 connection's reader checks back on its timer instead, which saves waking
     /// the connection's task once more after every response.
     fn idle_since(&self, heads: u64) -> Option<Instant> {
-        if self.busy.load(Ordering::Acquire) > 0 {
+        if self.busy() {
             return None;
         }
         match self.lock().idle_since {
             Some((since, begun)) if begun == heads => Some(since),
             _ => None,
         }
+    }
+
+    /// Whether a response is under way.
+    fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire) > 0
     }
 
     fn idle(&self, cx: &Context<'_>) -> bool {
@@ -357,6 +362,12 @@ pub struct Guarded<S> {
     /// When the current head's first byte arrived.
     read_since: Option<Instant>,
     read_timer: Option<Pin<Box<Sleep>>>,
+    /// The task the read timer wakes (the waker it was last polled with).
+    read_timer_waker: Option<Waker>,
+    /// The read timer was last polled for a check-back (a deadline a keep-alive timeout
+    /// from then, see [`Guarded::read_deadline`]), so it fires no later than a
+    /// check-back set now would.
+    checking_back: bool,
     /// HTTP/2: since when no stream has been open, at which count of requests begun.
     h2_idle_since: Option<(Instant, u64)>,
     /// HTTP/2: the server was told to send GOAWAY for idleness.
@@ -381,6 +392,8 @@ impl<S> Guarded<S> {
             accepted: Instant::now(),
             read_since: None,
             read_timer: None,
+            read_timer_waker: None,
+            checking_back: false,
             h2_idle_since: None,
             h2_goaway: false,
             write_timer: None,
@@ -400,6 +413,7 @@ impl<S> Guarded<S> {
     /// for it finds, when it fires, either a response still under way (and is set
     /// again) or the time the connection became idle.
     fn read_deadline(&mut self) -> Option<Instant> {
+        self.checking_back = false;
         if self.checker.in_head() || (self.mode == Mode::Detect && self.inbuf.len() > self.start) {
             let since = *self.read_since.get_or_insert_with(Instant::now);
             let since = if self.checker.heads() == 0 {
@@ -416,11 +430,38 @@ impl<S> Guarded<S> {
         if self.checker.heads() == 0 {
             return Some(self.accepted + self.timeouts.head);
         }
-        let since = self
-            .guard
-            .idle_since(self.checker.heads())
-            .unwrap_or_else(Instant::now);
+        let idle = self.guard.idle_since(self.checker.heads());
+        self.checking_back = idle.is_none();
+        let since = idle.unwrap_or_else(Instant::now);
         Some(since + self.timeouts.keepalive)
+    }
+
+    /// Whether a read that found nothing may leave the read timer as it is, without
+    /// reading the clock or polling the timer: a response is under way (so the
+    /// deadline would be a check-back a keep-alive timeout from now), and the timer,
+    /// last polled for an earlier check-back by this same task, has not fired. It
+    /// fires no later than the check-back this look would set, and the look it wakes
+    /// sets the next one. hyper looks for more bytes each time it runs (several times
+    /// per request), which read the clock and polled the timer each time.
+    fn timer_checks_back(&mut self, cx: &Context<'_>) -> bool {
+        let armed = self.checking_back
+            && self.read_timer.as_ref().is_some_and(|timer| !timer.is_elapsed())
+            && self
+                .read_timer_waker
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if !armed
+            || self.mode != Mode::Checked
+            || self.checker.in_head()
+            || !self.checker.between_requests()
+            || self.checker.heads() == 0
+            || !self.guard.busy()
+        {
+            return false;
+        }
+        // What `read_deadline` would have done: the next head's time starts afresh.
+        self.read_since = None;
+        true
     }
 
     /// Examines the bytes read into `inbuf` from `from` on.
@@ -532,6 +573,10 @@ impl<S: AsyncRead + Unpin> Guarded<S> {
         };
         loop {
             if timer.as_mut().poll(cx).is_pending() {
+                match &self.read_timer_waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    _ => self.read_timer_waker = Some(cx.waker().clone()),
+                }
                 return false;
             }
             if timer.deadline() >= deadline {
@@ -714,6 +759,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 Poll::Ready(Ok(())) => this.examine(from),
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 Poll::Pending => {
+                    if this.timer_checks_back(cx) {
+                        return Poll::Pending;
+                    }
                     // No deadline while a body is read (the service times it): a timer
                     // still armed wakes the connection once, for nothing, at most.
                     let Some(deadline) = this.read_deadline() else {

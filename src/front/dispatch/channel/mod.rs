@@ -21,7 +21,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -261,8 +261,12 @@ pub struct WorkerConn {
     pub(super) ring: Option<Arc<RingMap>>,
     /// Frames for the worker, written by the channel's writer task (see [`writer`]).
     outbox: Mutex<Outbox>,
-    /// Wakes the writer task when the outbox has something.
+    /// Wakes the writer task when the outbox has something, or when the worker made
+    /// room in a full ring while [`WorkerConn::room_wanted`] says the writer waits for it.
     pub(super) outbox_ready: Notify,
+    /// The writer task waits for room in the worker's full ring: only then does a
+    /// doorbell from the worker wake it (most doorbells say a response is there).
+    pub(super) room_wanted: AtomicBool,
     streams: Mutex<Streams>,
     next_stream: AtomicU32,
     /// Set once the worker retires: its WebSockets close (1012).
@@ -385,6 +389,7 @@ impl WorkerConn {
             ring,
             outbox: Mutex::new(Outbox::default()),
             outbox_ready: Notify::new(),
+            room_wanted: AtomicBool::new(false),
             streams: Mutex::new(Streams {
                 open: OpenStreams::default(),
                 alive: true,
@@ -862,7 +867,7 @@ mod tests {
             };
             let backlog = crate::front::dispatch::budget::Budgets::new(1 << 30)
                 .connection()
-                .response();
+                .response(false);
             let opened = conn.open_stream(hold, &backlog, |id, out| {
                 for chunk in pieces.chunks(piece) {
                     encode_frame(out.bytes, Kind::Body, id, chunk);
@@ -936,7 +941,7 @@ mod ws_tests {
         };
         let backlog = crate::front::dispatch::budget::Budgets::new(1 << 30)
             .connection()
-            .response();
+            .response(false);
         let opened = conn.open_stream(hold, &backlog, |_, _| Ok(()));
         let (id, _events) = opened.unwrap_or_else(|_| panic!("not opened"));
         let message = |size: usize| {

@@ -5,11 +5,11 @@
 //! and the decoder do the judging) nor wait on a worker except through the reactor.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
-use tokio::sync::Notify;
 
 use super::WorkerConn;
 use crate::protocol::ring::RingMap;
@@ -46,10 +46,13 @@ pub(super) async fn push_all(
         // Said in the ring: the worker rings the doorbell once it has made room, and the
         // reader passes the word on. A while later the writer looks again regardless.
         let needed = bytes.len().min(ring.capacity());
+        // Said before the ring is asked, so that the doorbell it leads to finds it said.
+        conn.room_wanted.store(true, Ordering::SeqCst);
         if ring.wait_for_room(needed).map_err(std::io::Error::other)? {
             let _ = tokio::time::timeout(wait, conn.outbox_ready.notified()).await;
             wait = (wait * 2).min(ROOM_WAIT);
         }
+        conn.room_wanted.store(false, Ordering::SeqCst);
     }
     Ok(())
 }
@@ -112,7 +115,8 @@ pub(super) async fn write_all(socket: &UnixStream, mut bytes: &[u8]) -> std::io:
 
 /// [`read_frame`] for a channel with rings: frames come from the worker's ring, and
 /// the reader sleeps on the socket only after saying so in the ring (`park`), so that
-/// a worker rings the doorbell only then. Under load the ring is read again after the
+/// a worker rings the doorbell only then. The reader passes a doorbell on to `conn`'s
+/// writer when it waits for room. Under load the ring is read again after the
 /// shard's other tasks had their turn, often without any wake-up. `Ok(None)` when the
 /// worker closed its socket.
 pub(in crate::front) async fn read_ring_frame(
@@ -120,7 +124,7 @@ pub(in crate::front) async fn read_ring_frame(
     ring: &RingMap,
     decoder: &mut Decoder,
     buf: &mut BytesMut,
-    room: &Notify,
+    conn: &WorkerConn,
 ) -> Result<Option<Frame>, ProtocolError> {
     let ring = ring.to_front();
     let corrupt = |_| ProtocolError::Invalid("a corrupt shared-memory ring");
@@ -151,8 +155,12 @@ pub(in crate::front) async fn read_ring_frame(
                 continue;
             }
             closed = drain_doorbells(reader);
-            // A doorbell may also say that the worker made room in its requests' ring.
-            room.notify_one();
+            // A doorbell may also say that the worker made room in its requests' ring;
+            // the writer is woken for it only when it waits for room (a wake-up of the
+            // writer task per response otherwise, for nothing).
+            if conn.room_wanted.load(Ordering::SeqCst) {
+                conn.outbox_ready.notify_one();
+            }
         }
         yielded = 0;
     }
