@@ -130,7 +130,7 @@ pub struct ServeArgs {
     pub root_path: Option<String>,
 
     /// Threads of the front tier (TLS, HTTP, static files). [default: half the CPU
-    /// cores, at least 2 (1 on one core): the workers need the rest]
+    /// cores, at least 1: the workers need the rest]
     #[arg(long, value_name = "INT")]
     pub front_threads: Option<usize>,
 

@@ -183,12 +183,13 @@ pub fn default_workers(reload: bool) -> Result<usize, ConfigError> {
     }
 }
 
-/// `--front-threads` when none is given: half the cores, at least 2 (1 on one core).
-/// Each front thread runs its own connections and reads its own workers' channels (see
-/// front::dispatch::shard), so two are worth it even on two cores.
+/// `--front-threads` when none is given: half the cores, at least 1. The workers need
+/// the other half: on two cores with two workers, one front thread took 15-25% less CPU
+/// time per request than two on hello, 64 KiB, `Connection: close` and Flask, and
+/// served 7-24% more (bench/README.md); two did better only on 1 MiB uploads (10%) and
+/// beside a program that holds one core busy.
 pub fn default_front_threads() -> usize {
-    let cores = cores();
-    (cores / 2).max(cores.min(2))
+    (cores() / 2).max(1)
 }
 
 /// `--timeout` when none is given: 30 seconds, none (0) under `--reload`, where a
