@@ -105,7 +105,9 @@ pub async fn handle(
     // For the error lines: a refcount, not a copy.
     let path_and_query = request.uri().path_and_query().cloned();
     let mut entry = shared.access_log.as_ref().map(|log| {
-        let remote = present.client(request.headers(), &conn, &shared.trusted).addr;
+        let remote = present
+            .client(request.headers(), &conn, &shared.trusted)
+            .addr;
         log.begin(&request, remote, &request_id.id, refused_head.is_some())
     });
     let result = match refused_head {
@@ -585,7 +587,11 @@ fn encode_request(
         .headers
         .iter()
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-        .chain(added.stamp.map(|stamp| (request_start::NAME, stamp.as_bytes())));
+        .chain(
+            added
+                .stamp
+                .map(|stamp| (request_start::NAME, stamp.as_bytes())),
+        );
     let kind = match payload {
         Payload::WebSocket => Kind::WsConnect,
         Payload::Body { .. } => Kind::RequestHead,

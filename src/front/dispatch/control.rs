@@ -218,9 +218,7 @@ pub fn start(
         debug!("worker {} (pid {}) is ready", id, hello.pid);
         loop {
             let frame = match &conn.ring {
-                Some(ring) => {
-                    read_ring_frame(&reader, ring, &mut decoder, &mut buf, &conn).await
-                }
+                Some(ring) => read_ring_frame(&reader, ring, &mut decoder, &mut buf, &conn).await,
                 None => read_frame(&reader, &mut decoder, &mut buf).await,
             };
             match frame {

@@ -445,7 +445,10 @@ impl<S> Guarded<S> {
     /// per request), which read the clock and polled the timer each time.
     fn timer_checks_back(&mut self, cx: &Context<'_>) -> bool {
         let armed = self.checking_back
-            && self.read_timer.as_ref().is_some_and(|timer| !timer.is_elapsed())
+            && self
+                .read_timer
+                .as_ref()
+                .is_some_and(|timer| !timer.is_elapsed())
             && self
                 .read_timer_waker
                 .as_ref()
