@@ -250,17 +250,15 @@ async def serve(app, fd, poll, state, stop_check, flush):
         if closed.done():
             return
         streams, new_sockets, touched, aborted, open_ = poll()
-        if streams:
-            # The Task itself when the loop makes plain ones: named, it skips formatting
-            # a name of its own (and uvloop's wrapper); an application's task factory
-            # (set in its lifespan) is honoured.
-            if loop.get_task_factory() is None:
-                for stream in streams:
-                    task = Task(handle(app, stream, state, waiting), loop=loop, name="http")
-                    waiting[stream] = task
-            else:
-                for stream in streams:
-                    waiting[stream] = loop.create_task(handle(app, stream, state, waiting))
+        # The Task itself when the loop makes plain ones: named, it skips formatting a
+        # name of its own (and uvloop's wrapper); an application's task factory (set in
+        # its lifespan) is honoured.
+        plain = loop.get_task_factory() is None
+        for stream in streams:
+            coroutine = handle(app, stream, state, waiting)
+            waiting[stream] = (
+                Task(coroutine, loop=loop, name="http") if plain else loop.create_task(coroutine)
+            )
         for socket in new_sockets:
             task = loop.create_task(handle_socket(app, socket, state, sockets))
             tasks.add(task)
