@@ -156,6 +156,17 @@ def test_an_exception_in_the_app_is_a_500_with_its_traceback_logged(serve, app):
     assert "RuntimeError: boom from the" in log, log
 
 
+def test_an_exception_after_a_complete_response_is_logged_and_the_response_kept(serve):
+    server = serve("asgi_plain:fails_after_answering", "-k", "asgi", workers=1)
+    with client(server, False) as c:
+        for _ in range(2):  # the same connection serves on
+            answer = c.get("/")
+            assert (answer.status_code, answer.content) == (200, b"answered")
+    request_id = answer.headers["x-request-id"]
+    log = server.wait_for_log(f"request id {request_id}")
+    assert "RuntimeError: failed after answering" in log, log
+
+
 def test_a_form_post_and_a_background_task(serve, tmp_path):
     server = serve("asgi_frameworks:starlette_app", "-k", "asgi", workers=1)
     marker = tmp_path / "background"

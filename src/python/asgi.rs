@@ -968,19 +968,24 @@ impl AsgiStream {
     }
 
     /// The application failed: the traceback goes to the error log with the request's
-    /// id; the client gets a 500 if no response started, else its stream is aborted.
-    fn fail(&self, py: Python<'_>, error: &PyErr) {
+    /// id; the client gets a 500 if no response started, else its stream is aborted
+    /// (unless the response was complete: its End is queued already). True when it
+    /// queued something to flush.
+    fn fail(&self, py: Python<'_>, error: &PyErr) -> bool {
         log_app_error(py, error, &RequestLabel(&self.head));
         let mut state = self.state();
-        state.ended = true;
+        if std::mem::replace(&mut state.ended, true) {
+            return false;
+        }
         // A head not written yet is dropped: the client gets the 500 instead.
         state.head = None;
-        let _ = if state.started && state.head_written {
+        let queued = if state.started && state.head_written {
             self.sink
                 .abort("the application failed after sending the response head")
         } else {
             send_error_page(&*self.sink, state.bodyless)
         };
+        queued.is_ok()
     }
 }
 
@@ -1148,11 +1153,7 @@ impl AsgiStream {
                 "the ASGI application returned without completing the response",
             )),
         };
-        let mut queued = false;
-        if let Some(failure) = failure {
-            self.fail(py, &failure);
-            queued = true;
-        }
+        let mut queued = failure.is_some_and(|failure| self.fail(py, &failure));
         self.finish(py)?;
         let ended = std::mem::replace(&mut self.state().ended, true);
         queued |= !ended && self.sink.abort("the client went away").is_ok();

@@ -167,3 +167,13 @@ class Message:
 
     def get(self, key, default=None):
         return self._fields.get(key, default)
+
+
+async def fails_after_answering(scope, receive, send):
+    """Sends a whole response, then raises."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"8")]})
+    await send({"type": "http.response.body", "body": b"answered"})
+    raise RuntimeError("failed after answering")
