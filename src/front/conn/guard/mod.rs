@@ -228,12 +228,12 @@ impl ConnGuard {
     }
 
     fn idle(&self, cx: &Context<'_>) -> bool {
-        if self.busy.load(Ordering::Acquire) == 0 {
+        if !self.busy() {
             return true;
         }
         self.lock().idle_waker = Some(cx.waker().clone());
         // A response may have finished between the load and the registration.
-        self.busy.load(Ordering::Acquire) == 0
+        !self.busy()
     }
 }
 
