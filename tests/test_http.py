@@ -248,3 +248,48 @@ def test_ipv6_loopback(serve):
     assert env["HTTP_HOST"] == f"[::1]:{port}"
     assert env["PATH_INFO"] == "/v6"
     assert server.log.count(f"Listening at: http://[::1]:{port}") == 1
+
+
+def _server_side_socket(front: int, client: socket.socket) -> socket.socket:
+    """A duplicate of the front tier's own socket of `client`'s connection (pidfd_getfd,
+    Linux 5.6+), to read the options it set on it."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    local_port = client.getsockname()[1]
+    inode = None
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[2].endswith(f":{local_port:04X}"):
+                inode = fields[9]
+    assert inode, "the connection is not in /proc/net/tcp"
+    for fd in os.listdir(f"/proc/{front}/fd"):
+        try:
+            target = os.readlink(f"/proc/{front}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target == f"socket:[{inode}]":
+            pidfd = libc.syscall(434, front, 0)  # pidfd_open
+            assert pidfd >= 0, os.strerror(ctypes.get_errno())
+            try:
+                dup = libc.syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
+                assert dup >= 0, os.strerror(ctypes.get_errno())
+            finally:
+                os.close(pidfd)
+            return socket.socket(fileno=dup)
+    raise AssertionError(f"no socket:[{inode}] among the front tier's descriptors")
+
+
+def test_accepted_connections_send_without_delay(serve):
+    """Nagle's algorithm is off on every accepted connection (TCP_NODELAY, as nginx's
+    `tcp_nodelay on`): a small response is not held back waiting for an ACK. Set on the
+    listener, which accepted sockets inherit, rather than per connection."""
+    from kit import fronts_of
+    server = serve("wsgi_environ:dump")
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")
+            [front] = fronts_of(server.pid)
+            with _server_side_socket(front, client) as ours:
+                assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -425,6 +425,15 @@ async fn accept_loop(
             .map(server_of),
         Accepting::Unix(..) => None,
     };
+    // Accepted sockets inherit TCP_NODELAY from their listener (Linux copies the
+    // listener's options into each): set once here, not by a system call per
+    // connection, unless setting it on the listener failed.
+    let nodelay_inherited = match &listener {
+        Accepting::Tcp(listener, _) => socket2::SockRef::from(listener)
+            .set_tcp_nodelay(true)
+            .is_ok(),
+        Accepting::Unix(..) => false,
+    };
     loop {
         // Beyond --max-connections, new connections wait in the listen backlog.
         let Ok(permit) = connections.clone().acquire_owned().await else {
@@ -432,7 +441,9 @@ async fn accept_loop(
         };
         let accepted = match &listener {
             Accepting::Tcp(listener, addr) => listener.accept().await.map(|(stream, peer)| {
-                let _ = stream.set_nodelay(true);
+                if !nodelay_inherited {
+                    let _ = stream.set_nodelay(true);
+                }
                 let (server_name, server_port) = match &server {
                     Some(server) => server.clone(),
                     // A wildcard address: the connection's own says which was dialled.
