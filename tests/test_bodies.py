@@ -6,6 +6,7 @@ import io
 import json
 import os
 import socket
+import threading
 
 import pytest
 
@@ -94,7 +95,7 @@ def test_bodies_around_the_spool_threshold(serve, size):
     assert report["CONTENT_TYPE"] == "application/x-test"
 
 
-@pytest.mark.parametrize("size", [1000, 2 * MiB + 3])
+@pytest.mark.parametrize("size", [1000, 64 * 1024, 300_000, MiB, 2 * MiB + 3])
 def test_bare_read_returns_the_whole_body(serve, size):
     server = serve("wsgi_bodies:read_all", workers=1)
     body = os.urandom(size)
@@ -103,12 +104,14 @@ def test_bare_read_returns_the_whole_body(serve, size):
     assert json.loads(data) == {"length": size, "sha256": sha(body), "after_end": ""}
 
 
-def lines_body(spooled: bool) -> bytes:
+def lines_body(where: str) -> bytes:
     """Several lines, an empty one, a long one, and a last line with no newline; padded
-    past the spool threshold when `spooled` (the long lines then cross buffer fills)."""
+    past the spool threshold when `spooled` (the long lines then cross buffer fills),
+    past 64 KiB when `large` (held in memory, which a sync worker reads straight from
+    the ring into a `bytes` object)."""
     lines = [b"first line\n", b"\n", b"second\r\n", b"x" * 300 + b"\n"]
-    if spooled:
-        lines += [bytes([65 + i % 26]) * (150_000 + i) + b"\n" for i in range(10)]
+    long_lines = {"memory": 0, "large": 2, "spooled": 10}[where]
+    lines += [bytes([65 + i % 26]) * (150_000 + i) + b"\n" for i in range(long_lines)]
     lines.append(b"last, unterminated")
     return b"".join(lines)
 
@@ -143,15 +146,16 @@ def expected_pieces(mode, size, body):
     return [p.decode("latin-1") for p in pieces]
 
 
-@pytest.mark.parametrize("spooled", [False, True], ids=["memory", "spooled"])
+@pytest.mark.parametrize("where", ["memory", "large", "spooled"])
 @pytest.mark.parametrize("mode,size", [("read_n", 7), ("read_n", 65536), ("read_negative", -1),
                                        ("readline", -1), ("readline_n", 4),
                                        ("readline_n", 100_000), ("readlines", -1),
                                        ("iter", -1), ("mixed", -1)])
-def test_input_methods(serve, mode, size, spooled):
+def test_input_methods(serve, mode, size, where):
     server = serve("wsgi_bodies:methods", workers=1)
-    body = lines_body(spooled)
-    assert (len(body) > MiB) == spooled
+    body = lines_body(where)
+    assert (len(body) > MiB) == (where == "spooled")
+    assert (len(body) > 64 * 1024) == (where != "memory")
     status, data = post(server.port, f"/?mode={mode}&size={size}", body)
     assert status == 200, data
     pieces = json.loads(data)["pieces"]
@@ -160,7 +164,7 @@ def test_input_methods(serve, mode, size, spooled):
 
 def test_readlines_with_hint(serve):
     server = serve("wsgi_bodies:methods", workers=1)
-    body = lines_body(False)
+    body = lines_body("memory")
     status, data = post(server.port, "/?mode=readlines_hint&size=12", body)
     assert status == 200, data
     pieces = [p.encode("latin-1") for p in json.loads(data)["pieces"]]
@@ -221,3 +225,37 @@ def test_expect_100_continue(serve):
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
     assert body == b"hello world"
+
+
+def test_bodies_around_64_kib_in_a_row_and_at_once_arrive_intact(serve):
+    """Bodies from 64 KiB up to the 1 MiB held in memory are read by a sync worker
+    straight from the ring into the `bytes` object the app gets; requests queued behind
+    one another on one worker (prefetch) and on kept-alive connections each get their
+    own body, byte for byte, read whole or in blocks."""
+    server = serve("wsgi_bodies:digest", workers=1)
+    sizes = [64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 200_000, MiB - 1, MiB]
+    failures = []
+
+    def client(seed):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            for round_ in range(3):
+                size = sizes[(seed + round_) % len(sizes)]
+                body = os.urandom(size)
+                conn.request("POST", "/", body=body,
+                             headers={"Content-Type": "application/x-test"})
+                response = conn.getresponse()
+                report = json.loads(response.read())
+                if response.status != 200 or report["sha256"] != sha(body):
+                    failures.append((seed, size, response.status, report))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+

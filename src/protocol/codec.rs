@@ -20,6 +20,27 @@ pub struct Frame {
     pub payload: Bytes,
 }
 
+/// A frame header's fields, unchecked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The payload's length.
+    pub length: u32,
+    /// The kind's byte ([`Kind::from_u8`] says which, if any).
+    pub kind: u8,
+    pub stream: u32,
+}
+
+impl Header {
+    /// Reads the header that `bytes` begins with; `bytes` holds at least [`HEADER_LEN`].
+    pub fn read(bytes: &[u8]) -> Header {
+        Header {
+            length: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            kind: bytes[4],
+            stream: u32::from_be_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]),
+        }
+    }
+}
+
 /// An incremental frame decoder: feed it any split of the byte stream.
 #[derive(Debug, Default)]
 pub struct Decoder {
@@ -39,18 +60,19 @@ impl Decoder {
         if buf.len() < HEADER_LEN {
             return Ok(None);
         }
-        let length = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let header = Header::read(&buf[..HEADER_LEN]);
+        let length = header.length;
         if length as usize > MAX_PAYLOAD {
             return Err(ProtocolError::FrameTooLarge(length));
         }
-        let kind = Kind::from_u8(buf[4]).ok_or(ProtocolError::UnknownKind(buf[4]))?;
+        let kind = Kind::from_u8(header.kind).ok_or(ProtocolError::UnknownKind(header.kind))?;
         let total = HEADER_LEN + length as usize;
         if buf.len() < total {
             buf.reserve(total - buf.len());
             return Ok(None);
         }
         let flags = buf[5];
-        let stream = u32::from_be_bytes([buf[6], buf[7], buf[8], buf[9]]);
+        let stream = header.stream;
         buf.advance(HEADER_LEN);
         let payload = buf.split_to(length as usize).freeze();
         Ok(Some(Frame {

@@ -61,7 +61,12 @@
 //!    by the same [`Decoder`]. The socket carries only doorbells: a byte (its value means
 //!    nothing) written when the reader of a ring has said it sleeps, and never otherwise,
 //!    so that a busy pair exchanges frames without a system call. The socket still tells
-//!    each side at once when the other is gone (end of file, hang-up).
+//!    each side at once when the other is gone (end of file, hang-up). A reader may take
+//!    a frame out of the ring in pieces, as long as the bytes it takes are the stream's:
+//!    a sync worker, whose request's head announced a `content-length`, reads a Body frame
+//!    of that length (64 KiB or more) by peeking at its header in the ring, skipping the
+//!    header, then copying its payload straight into the `bytes` object the application
+//!    reads, as it arrives; nothing changes for the front tier.
 //!
 //! 7. WebSockets (protocol version 4). RFC 6455 (handshake, framing, masking, pings,
 //!    size limits, permessage-deflate) stays in the front tier; only what ASGI speaks
@@ -116,7 +121,7 @@ pub mod ring;
 mod stream_ids;
 mod websocket;
 
-pub use codec::{Decoder, Frame, HEADER_LEN, encode_frame, encode_frame_header};
+pub use codec::{Decoder, Frame, HEADER_LEN, Header, encode_frame, encode_frame_header};
 pub use fields::{FieldReader, FieldWriter};
 pub use messages::{BodyFile, Hello, RequestHead, RequestHeadRef, ResponseHead, Scheme, Trailers};
 pub use stream_ids::{StreamMap, StreamSet};

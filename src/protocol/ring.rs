@@ -505,30 +505,84 @@ impl Ring<'_> {
     /// store of the read position), returns how many. Never reads outside the data area,
     /// whatever the header says, and grows `out` by at most `max` bytes.
     pub fn pop_into(&self, out: &mut BytesMut, max: usize) -> Result<usize, RingError> {
-        let read = self.local.read.load(Ordering::Relaxed);
-        let write = self.shared.write.0.load(Ordering::Acquire);
-        let n = used(write, read, self.capacity)?.min(max);
+        let n = self.pending()?.min(max);
         if n == 0 {
             return Ok(0);
         }
         out.reserve(n);
-        let start = self.offset(read);
-        let first = n.min(self.capacity - start);
-        // SAFETY: the source ranges [start, start + first) and [0, n - first) lie in the
-        // data area (n <= capacity, start < capacity). `out` has room for `n` more bytes
-        // (reserved above), which we fill before extending its length. The bytes are read
-        // once, by copy, and never trusted: a producer scribbling concurrently can only
-        // change which bytes we get, and the frame decoder checks those.
+        // SAFETY: `out` has room for `n` more bytes (reserved above), which `copy_out`
+        // fills before its length is extended.
         unsafe {
-            let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-            ptr::copy_nonoverlapping(self.data.as_ptr().add(start), dst, first);
-            ptr::copy_nonoverlapping(self.data.as_ptr(), dst.add(first), n - first);
+            self.copy_out(0, out.spare_capacity_mut().as_mut_ptr().cast::<u8>(), n);
             out.set_len(out.len() + n);
         }
-        let read = read.wrapping_add(n as u64);
+        self.consume(n);
+        Ok(n)
+    }
+
+    /// Like [`Ring::pop_into`], into `out` (as much as it takes, uninitialised or
+    /// not): for a payload read straight to where it is wanted.
+    pub fn pop_to(&self, out: &mut [std::mem::MaybeUninit<u8>]) -> Result<usize, RingError> {
+        let n = self.pending()?.min(out.len());
+        // SAFETY: `out` is valid for writes of `out.len() >= n` bytes.
+        unsafe { self.copy_out(0, out.as_mut_ptr().cast::<u8>(), n) };
+        self.consume(n);
+        Ok(n)
+    }
+
+    /// Consumes `n` unread bytes without copying them (ones already [`Ring::peek`]ed);
+    /// false, consuming nothing, when fewer have arrived.
+    pub fn skip(&self, n: usize) -> Result<bool, RingError> {
+        if self.pending()? < n {
+            return Ok(false);
+        }
+        self.consume(n);
+        Ok(true)
+    }
+
+    /// Copies the `out.len()` bytes that follow the first `skip` unread ones, without
+    /// consuming anything; false (nothing copied) when fewer have arrived.
+    pub fn peek(&self, skip: usize, out: &mut [u8]) -> Result<bool, RingError> {
+        if self.pending()? < skip.saturating_add(out.len()) {
+            return Ok(false);
+        }
+        // SAFETY: `out` is valid for writes of its length, and that many bytes lie
+        // within the unread ones after `skip` (checked above).
+        unsafe { self.copy_out(skip, out.as_mut_ptr(), out.len()) };
+        Ok(true)
+    }
+
+    /// Copies `n` unread bytes, from `skip` bytes past the read position, to `dst`.
+    ///
+    /// # Safety
+    /// `dst` is valid for writes of `n` bytes, and `skip + n` bytes are unread.
+    unsafe fn copy_out(&self, skip: usize, dst: *mut u8, n: usize) {
+        let read = self.local.read.load(Ordering::Relaxed);
+        let start = self.offset(read.wrapping_add(skip as u64));
+        let first = n.min(self.capacity - start);
+        // SAFETY: the source ranges [start, start + first) and [0, n - first) lie in the
+        // data area (n <= capacity, start < capacity); the caller vouches for `dst`. The
+        // bytes are read once, by copy, and never trusted: a producer scribbling
+        // concurrently can only change which bytes we get, and the frame decoder checks
+        // those.
+        unsafe {
+            ptr::copy_nonoverlapping(self.data.as_ptr().add(start), dst, first);
+            ptr::copy_nonoverlapping(self.data.as_ptr(), dst.add(first), n - first);
+        }
+    }
+
+    /// Gives `n` read bytes' room back to the producer.
+    fn consume(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let read = self
+            .local
+            .read
+            .load(Ordering::Relaxed)
+            .wrapping_add(n as u64);
         self.local.read.store(read, Ordering::Relaxed);
         self.shared.read.0.store(read, Ordering::Release);
-        Ok(n)
     }
 
     /// After consuming: whether the producer waits for room (its `waiting` flag swapped

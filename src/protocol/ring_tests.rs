@@ -106,6 +106,40 @@ fn pops_split_at_any_point_give_the_same_stream() {
 }
 
 #[test]
+fn peeks_skips_and_pops_into_slices_across_the_wrap_give_the_same_stream() {
+    let (map, _fd) = RingMap::create(4096).unwrap();
+    let ring = map.to_worker();
+    for start in [0, 1, 3990, 4000, 4095] {
+        advance(ring, start);
+        let message = pattern(start as u64, 3000);
+        assert!(ring.push(&message).unwrap());
+        // Peeks read without consuming, at any offset; past the end they read nothing.
+        let mut peeked = [0u8; 10];
+        assert!(ring.peek(95, &mut peeked).unwrap());
+        assert_eq!(peeked, message[95..105]);
+        assert!(ring.peek(2990, &mut peeked).unwrap());
+        assert!(!ring.peek(2991, &mut peeked).unwrap());
+        assert_eq!(ring.pending().unwrap(), 3000);
+        // A skip consumes without copying; then slices take the rest in pieces.
+        assert!(ring.skip(10).unwrap());
+        assert!(!ring.skip(3000).unwrap());
+        let mut out = vec![std::mem::MaybeUninit::new(0u8); 2990];
+        let mut filled = 0;
+        for piece in [1, 700, 1500] {
+            let n = ring.pop_to(&mut out[filled..filled + piece]).unwrap();
+            assert_eq!(n, piece);
+            filled += n;
+        }
+        assert_eq!(ring.pop_to(&mut out[filled..]).unwrap(), 2990 - filled);
+        assert_eq!(ring.pop_to(&mut out[..]).unwrap(), 0);
+        // SAFETY: every element was initialised (to 0, then by the pops).
+        let out: Vec<u8> = out.iter().map(|b| unsafe { b.assume_init() }).collect();
+        assert_eq!(out, message[10..], "from {start}");
+        assert_eq!(ring.free().unwrap(), 4096);
+    }
+}
+
+#[test]
 fn push_is_all_or_nothing_when_full() {
     let (map, _fd) = RingMap::create(4096).unwrap();
     let ring = map.to_front();

@@ -250,6 +250,7 @@ impl AsgiApp {
         };
         let body = match body {
             Body::Memory(bytes) => BodyReader::Memory(bytes),
+            Body::Python(body) => BodyReader::Memory(Bytes::from_owner(body)),
             Body::File { file, length } => BodyReader::File(file, length),
         };
         Bound::new(

@@ -3,6 +3,8 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
+use std::mem::MaybeUninit;
+use std::ptr::NonNull;
 
 use bytes::Bytes;
 use pyo3::prelude::*;
@@ -10,7 +12,65 @@ use pyo3::types::PyBytes;
 
 enum Source {
     Memory(Bytes),
+    /// A `bytes` object the channel's reader filled: a read of all of it returns it.
+    Python(BodyBytes),
     File(BufReader<File>),
+}
+
+/// A request body of known length read straight into a new `bytes` object, without
+/// the GIL, by the worker's channel reader (from the shared-memory ring): the object
+/// the application's `read()` then returns, with no further copy, where the bytes were
+/// copied twice more (into the read buffer, then into a `bytes` per read).
+pub struct BodyBytes {
+    object: Py<PyBytes>,
+    data: NonNull<u8>,
+    length: usize,
+}
+
+// SAFETY: `data` points into the bytes object `object` owns, which lives as long as
+// this; only this value writes it (through `&mut`), before the application sees it.
+unsafe impl Send for BodyBytes {}
+// SAFETY: shared references only read `data`.
+unsafe impl Sync for BodyBytes {}
+
+impl BodyBytes {
+    /// A `bytes` object of `length` bytes, not yet filled (the GIL is taken for the
+    /// allocation); None if Python could not make it.
+    pub fn new(length: usize) -> Option<BodyBytes> {
+        Python::attach(|py| {
+            let size = pyo3::ffi::Py_ssize_t::try_from(length).ok()?;
+            // SAFETY: with a null pointer, PyBytes_FromStringAndSize makes a new bytes
+            // object of `size` bytes left as they are (or returns null, an exception set).
+            let raw = unsafe { pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size) };
+            // SAFETY: a non-null result is a new reference to a bytes object.
+            let object = unsafe { Bound::from_owned_ptr_or_err(py, raw) }
+                .ok()?
+                .cast_into::<PyBytes>()
+                .ok()?;
+            // SAFETY: `object` is a bytes object; its buffer holds `length` bytes.
+            let data = NonNull::new(unsafe { pyo3::ffi::PyBytes_AsString(object.as_ptr()) })?;
+            Some(BodyBytes {
+                object: object.unbind(),
+                data: data.cast(),
+                length,
+            })
+        })
+    }
+
+    /// Its bytes, to be filled, all of them, before the application is given it.
+    pub fn to_fill(&mut self) -> &mut [MaybeUninit<u8>] {
+        // SAFETY: `data` is valid for `length` bytes, written only through this
+        // exclusive borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.data.as_ptr().cast(), self.length) }
+    }
+}
+
+impl AsRef<[u8]> for BodyBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `data` is valid for `length` bytes, all filled (see `to_fill`) before
+        // anything reads them.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr(), self.length) }
+    }
 }
 
 /// The `wsgi.input` stream: read, readline, readlines and iteration (PEP 3333).
@@ -27,6 +87,16 @@ impl WsgiInput {
         let length = bytes.len() as u64;
         WsgiInput {
             source: Source::Memory(bytes),
+            position: 0,
+            length,
+        }
+    }
+
+    /// A body read into a `bytes` object.
+    pub fn python(body: BodyBytes) -> WsgiInput {
+        let length = body.length as u64;
+        WsgiInput {
+            source: Source::Python(body),
             position: 0,
             length,
         }
@@ -57,6 +127,9 @@ impl WsgiInput {
         let start = self.position as usize;
         let bytes = match &mut self.source {
             Source::Memory(bytes) => PyBytes::new(py, &bytes[start..start + n]),
+            // All of it at once (the common `read()`): the object itself.
+            Source::Python(body) if start == 0 && n == body.length => body.object.bind(py).clone(),
+            Source::Python(body) => PyBytes::new(py, &body.as_ref()[start..start + n]),
             Source::File(reader) => PyBytes::new_with(py, n, |buf| {
                 reader
                     .read_exact(buf)
@@ -70,25 +143,20 @@ impl WsgiInput {
     /// The length of the next line (through `\n`), at most `limit` bytes.
     fn line_length(&mut self, limit: usize) -> PyResult<usize> {
         let start = self.position as usize;
-        match &mut self.source {
-            Source::Memory(bytes) => {
-                let window = &bytes[start..start + limit];
-                Ok(window
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(limit, |i| i + 1))
-            }
+        let window = match &mut self.source {
+            Source::Memory(bytes) => &bytes[start..start + limit],
+            Source::Python(body) => &AsRef::<[u8]>::as_ref(&*body)[start..start + limit],
             Source::File(reader) => {
                 let buffered = reader
                     .fill_buf()
                     .map_err(|e| pyo3::exceptions::PyIOError::new_err(e.to_string()))?;
-                let window = &buffered[..buffered.len().min(limit)];
-                Ok(window
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(window.len(), |i| i + 1))
+                &buffered[..buffered.len().min(limit)]
             }
-        }
+        };
+        Ok(window
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(window.len(), |i| i + 1))
     }
 }
 

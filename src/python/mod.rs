@@ -29,7 +29,7 @@ use tracing::error;
 pub use abort::{install_abort_handler, install_dump_handler};
 pub use asgi::{AsgiApp, AsgiStream};
 pub use asgi_ws::{AsgiSocket, Inbox, SharedInbox, SocketSink};
-pub use input::WsgiInput;
+pub use input::{BodyBytes, WsgiInput};
 pub use response::{Outcome, ResponseSink, format_traceback, send_error_page};
 
 use crate::config::{Settings, WorkerClass};
@@ -191,6 +191,8 @@ pub struct App {
 pub enum Body {
     /// In memory.
     Memory(bytes::Bytes),
+    /// Read straight into a `bytes` object (a sync worker's large body).
+    Python(BodyBytes),
     /// In a spool file written by the front tier.
     File { file: std::fs::File, length: u64 },
 }
@@ -282,6 +284,7 @@ impl App {
         let req = hooks.and_then(|hooks| hooks.pre_request(py, head));
         let input = match body {
             Body::Memory(bytes) => WsgiInput::memory(bytes),
+            Body::Python(body) => WsgiInput::python(body),
             Body::File { file, length } => WsgiInput::file(file, length),
         };
         let label = RequestLabel(head);

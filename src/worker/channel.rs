@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -18,11 +19,11 @@ use nix::sys::socket::{MsgFlags, recv};
 use crate::lock::lock;
 use crate::protocol::ring::{RingError, RingMap};
 use crate::protocol::{
-    BodyFile, Decoder, Frame, HEADER_LEN, Hello, Kind, MAX_PAYLOAD, ProtocolError, RequestHead,
-    ResponseHead, StreamMap, StreamSet, Trailers, WsAccept, WsClose, WsCredit, WsMessage,
-    encode_frame, encode_frame_header,
+    BodyFile, Decoder, Frame, HEADER_LEN, Header, Hello, Kind, MAX_PAYLOAD, ProtocolError,
+    RequestHead, ResponseHead, StreamMap, StreamSet, Trailers, WsAccept, WsClose, WsCredit,
+    WsMessage, encode_frame, encode_frame_header,
 };
-use crate::python::{ResponseSink, SharedInbox, SocketSink};
+use crate::python::{BodyBytes, ResponseSink, SharedInbox, SocketSink};
 use crate::scoreboard::WorkerSlot;
 
 /// Why the channel cannot be used any more.
@@ -65,6 +66,9 @@ impl ChannelError {
 pub enum Body {
     /// The bytes.
     Memory(Bytes),
+    /// Read from the ring straight into a `bytes` object (a sync worker's body of at
+    /// least [`DIRECT_BODY`] in one frame: see [`Channel::next_request`]).
+    Python(BodyBytes),
     /// The front tier's spool file.
     File { path: PathBuf, length: u64 },
 }
@@ -101,6 +105,8 @@ struct Partial {
     head: RequestHead,
     chunks: Vec<Bytes>,
     file: Option<BodyFile>,
+    /// The body, read straight into a `bytes` object.
+    direct: Option<BodyBytes>,
 }
 
 impl Partial {
@@ -111,7 +117,29 @@ impl Partial {
             head: RequestHead::decode(frame.payload)?,
             chunks: Vec::new(),
             file: None,
+            direct: None,
         })
+    }
+
+    /// Whether a Body frame of `length` bytes for `stream` is this request's whole body
+    /// (its Content-Length), not begun yet: then it may be read straight into a `bytes`
+    /// object.
+    fn whole_body_in(&self, stream: u32, length: usize) -> bool {
+        stream == self.stream
+            && self.chunks.is_empty()
+            && self.file.is_none()
+            && self.direct.is_none()
+            && self.content_length() == Some(length)
+    }
+
+    /// The Content-Length the front tier sent with the head (it buffers bodies whole).
+    fn content_length(&self) -> Option<usize> {
+        let (_, value) = self
+            .head
+            .headers
+            .iter()
+            .find(|(name, _)| &name[..] == b"content-length")?;
+        std::str::from_utf8(value).ok()?.parse().ok()
     }
 
     /// A Body or BodyFile frame of the request.
@@ -125,8 +153,9 @@ impl Partial {
 
     /// The whole request, once its End frame has come.
     fn finish(self) -> Request {
-        let body = match self.file {
-            Some(file) => {
+        let body = match (self.file, self.direct) {
+            (_, Some(direct)) => Body::Python(direct),
+            (Some(file), None) => {
                 use std::os::unix::ffi::OsStrExt;
                 let path = PathBuf::from(std::ffi::OsStr::from_bytes(&file.path));
                 Body::File {
@@ -134,10 +163,10 @@ impl Partial {
                     length: file.length,
                 }
             }
-            None if self.chunks.len() == 1 => {
+            (None, None) if self.chunks.len() == 1 => {
                 Body::Memory(self.chunks.into_iter().next().unwrap_or_default())
             }
-            None => Body::Memory(self.chunks.concat().into()),
+            (None, None) => Body::Memory(self.chunks.concat().into()),
         };
         Request {
             stream: self.stream,
@@ -258,10 +287,27 @@ impl Channel {
     pub fn next_request(&self, stop: &AtomicBool) -> Result<Option<Request>, ChannelError> {
         let mut reader = lock(&self.reader);
         let mut current: Option<Partial> = None;
+        // A large Body frame that is not a whole body of the request under way is read
+        // as a frame.
+        let mut as_frame = false;
         loop {
             let idle = current.is_none() && !self.retiring.load(Ordering::Relaxed);
-            let frame = match reader.next_frame(stop, idle)? {
+            let frame = match reader.next_frame(stop, idle, !as_frame)? {
                 Wait::Frame(frame) => frame,
+                Wait::LargeBody { stream, length } => {
+                    let whole = current
+                        .as_mut()
+                        .filter(|partial| partial.whole_body_in(stream, length))
+                        .and_then(|partial| Some((partial, BodyBytes::new(length)?)));
+                    match whole {
+                        Some((partial, mut body)) => {
+                            reader.read_body_into(body.to_fill())?;
+                            partial.direct = Some(body);
+                        }
+                        _ => as_frame = true,
+                    }
+                    continue;
+                }
                 Wait::Closed => return Ok(None),
                 Wait::Stopping => {
                     self.retire();
@@ -269,6 +315,7 @@ impl Channel {
                     continue;
                 }
             };
+            as_frame = false;
             let ours = current.as_ref().is_some_and(|p| p.stream == frame.stream);
             match frame.kind {
                 Kind::RequestHead if current.is_none() => current = Some(Partial::new(frame)?),
@@ -311,8 +358,10 @@ impl Channel {
         let mut incoming = Incoming::default();
         loop {
             let idle = !self.retiring.load(Ordering::Relaxed);
-            let frame = match reader.next_frame(stop, idle)? {
+            let frame = match reader.next_frame(stop, idle, false)? {
                 Wait::Frame(frame) => frame,
+                // Not asked for: read on.
+                Wait::LargeBody { .. } => continue,
                 Wait::Closed => return Ok(()),
                 Wait::Stopping => {
                     self.retire();
@@ -525,9 +574,29 @@ impl Channel {
     }
 }
 
+/// What a pull from the ring gave.
+enum Pulled {
+    /// Whether it moved any bytes onto the read buffer.
+    Bytes(bool),
+    /// A large Body frame is next, left in the ring.
+    LargeBody { stream: u32, length: usize },
+}
+
+/// Request bodies from this size on, sent in one Body frame, are read by a sync worker
+/// from the ring straight into the `bytes` object the application gets (see
+/// [`BodyBytes`]); smaller ones are not worth a second path.
+const DIRECT_BODY: usize = 64 * 1024;
+
 /// What one wait on the channel gave.
 enum Wait {
     Frame(Frame),
+    /// The next frame is a Body frame of at least [`DIRECT_BODY`] bytes, all of it still
+    /// in the ring (asked for with `direct`): [`Reader::read_body_into`] reads it, or
+    /// asking again without `direct` reads it as a frame.
+    LargeBody {
+        stream: u32,
+        length: usize,
+    },
     /// The front tier closed the channel.
     Closed,
     /// Told to stop while idle (and Retire not sent yet).
@@ -536,7 +605,12 @@ enum Wait {
 
 impl Reader {
     /// The next frame, the end of the channel, or word that it is time to retire.
-    fn next_frame(&mut self, stop: &AtomicBool, idle: bool) -> Result<Wait, ChannelError> {
+    fn next_frame(
+        &mut self,
+        stop: &AtomicBool,
+        idle: bool,
+        direct: bool,
+    ) -> Result<Wait, ChannelError> {
         if let Some(frame) = self.pending.pop_front() {
             return Ok(Wait::Frame(frame));
         }
@@ -545,7 +619,16 @@ impl Reader {
                 return Ok(Wait::Frame(frame));
             }
             if self.ring.is_some() {
-                if self.pull_ring()? {
+                let pulled = match direct {
+                    true => match self.pull_ring_to_large_body()? {
+                        Pulled::LargeBody { stream, length } => {
+                            return Ok(Wait::LargeBody { stream, length });
+                        }
+                        Pulled::Bytes(pulled) => pulled,
+                    },
+                    false => self.pull_ring()?,
+                };
+                if pulled {
                     self.room_made()?;
                     continue;
                 }
@@ -595,6 +678,89 @@ impl Reader {
         };
         let ring = ring.to_worker();
         Ok(ring.pop_into(&mut self.buf, ring.capacity())? > 0)
+    }
+
+    /// [`Reader::pull_ring`] up to a large Body frame: the frames before it are moved
+    /// onto `buf`, and once `buf` holds nothing more, that frame is announced, left in
+    /// the ring for [`Reader::read_body_into`].
+    fn pull_ring_to_large_body(&mut self) -> Result<Pulled, ChannelError> {
+        let Some(map) = &self.ring else {
+            return Ok(Pulled::Bytes(false));
+        };
+        let ring = map.to_worker();
+        let pending = ring.pending()?;
+        // Where the next frame begins in the ring: after the rest of one begun in `buf`
+        // (a header cut short there: wherever, all is moved as usual).
+        let mut next = match self.buf.len() {
+            0 => 0,
+            held if held >= HEADER_LEN => {
+                let begun = Header::read(&self.buf).length as usize;
+                (HEADER_LEN + begun).saturating_sub(held)
+            }
+            _ => pending,
+        };
+        let mut header = [0u8; HEADER_LEN];
+        while next < pending && ring.peek(next, &mut header)? {
+            let Header {
+                length,
+                kind,
+                stream,
+            } = Header::read(&header);
+            let length = length as usize;
+            if kind == Kind::Body as u8 && (DIRECT_BODY..=MAX_PAYLOAD).contains(&length) {
+                if next == 0 && self.buf.is_empty() {
+                    return Ok(Pulled::LargeBody { stream, length });
+                }
+                break;
+            }
+            next = next.saturating_add(HEADER_LEN + length);
+        }
+        // A frame cut short at the end: it is moved whole as it comes.
+        let take = if next >= pending || !ring.peek(next, &mut header)? {
+            pending
+        } else {
+            next
+        };
+        Ok(Pulled::Bytes(ring.pop_into(&mut self.buf, take)? > 0))
+    }
+
+    /// Reads the large Body frame announced by [`Wait::LargeBody`] straight from the
+    /// ring into `into` (its payload's length), waiting for the rest as the front tier
+    /// pushes it.
+    fn read_body_into(&mut self, into: &mut [MaybeUninit<u8>]) -> Result<(), ChannelError> {
+        let Some(map) = self.ring.clone() else {
+            return Err(ProtocolError::Invalid("a body read from a ring, with none").into());
+        };
+        let ring = map.to_worker();
+        if !ring.skip(HEADER_LEN)? {
+            return Err(ProtocolError::Invalid("a large body's header gone").into());
+        }
+        let mut filled = 0;
+        while filled < into.len() {
+            let got = ring.pop_to(&mut into[filled..])?;
+            if got > 0 {
+                filled += got;
+                self.room_made()?;
+                continue;
+            }
+            if ring.park()? {
+                let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+                let woken = poll(&mut fds, STOP_CHECK_MS);
+                ring.unpark();
+                match woken {
+                    Ok(0) | Err(Errno::EINTR) => {}
+                    Ok(_) => {
+                        if drain_doorbells(&self.socket, &mut self.scratch)? && ring.pending()? == 0
+                        {
+                            // The front tier went away mid-body.
+                            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+                        }
+                    }
+                    Err(err) => return Err(io::Error::from(err).into()),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sleeps on the socket until the front tier rings (or [`STOP_CHECK`] passes),

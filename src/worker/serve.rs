@@ -61,6 +61,7 @@ pub(super) fn open_body(
 ) -> std::io::Result<Option<python::Body>> {
     match body {
         Body::Memory(bytes) => Ok(Some(python::Body::Memory(bytes))),
+        Body::Python(body) => Ok(Some(python::Body::Python(body))),
         Body::File { path, length } => match std::fs::File::open(&path) {
             Ok(file) => Ok(Some(python::Body::File { file, length })),
             Err(err) => {
