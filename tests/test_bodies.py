@@ -227,12 +227,13 @@ def test_expect_100_continue(serve):
     assert body == b"hello world"
 
 
-def test_bodies_around_64_kib_in_a_row_and_at_once_arrive_intact(serve):
-    """Bodies from 64 KiB up to the 1 MiB held in memory are read by a sync worker
-    straight from the ring into the `bytes` object the app gets; requests queued behind
-    one another on one worker (prefetch) and on kept-alive connections each get their
-    own body, byte for byte, read whole or in blocks."""
-    server = serve("wsgi_bodies:digest", workers=1)
+@pytest.mark.parametrize("threads", [1, 4], ids=["sync", "gthread"])
+def test_bodies_around_64_kib_in_a_row_and_at_once_arrive_intact(serve, threads):
+    """Bodies from 64 KiB up to the 1 MiB held in memory are read by a sync or gthread
+    worker straight from the ring into the `bytes` object the app gets; requests queued
+    behind one another on one worker (prefetch) or served side by side by its threads,
+    on kept-alive connections, each get their own body, byte for byte."""
+    server = serve("wsgi_bodies:digest", "--threads", str(threads), workers=1)
     sizes = [64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 200_000, MiB - 1, MiB]
     failures = []
 

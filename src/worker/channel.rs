@@ -66,8 +66,8 @@ impl ChannelError {
 pub enum Body {
     /// The bytes.
     Memory(Bytes),
-    /// Read from the ring straight into a `bytes` object (a sync worker's body of at
-    /// least [`DIRECT_BODY`] in one frame: see [`Channel::next_request`]).
+    /// Read from the ring straight into a `bytes` object (a sync or gthread worker's
+    /// body of at least [`DIRECT_BODY`] in one frame: see [`Reader::read_whole_body`]).
     Python(BodyBytes),
     /// The front tier's spool file.
     File { path: PathBuf, length: u64 },
@@ -295,17 +295,7 @@ impl Channel {
             let frame = match reader.next_frame(stop, idle, !as_frame)? {
                 Wait::Frame(frame) => frame,
                 Wait::LargeBody { stream, length } => {
-                    let whole = current
-                        .as_mut()
-                        .filter(|partial| partial.whole_body_in(stream, length))
-                        .and_then(|partial| Some((partial, BodyBytes::new(length)?)));
-                    match whole {
-                        Some((partial, mut body)) => {
-                            reader.read_body_into(body.to_fill())?;
-                            partial.direct = Some(body);
-                        }
-                        _ => as_frame = true,
-                    }
+                    as_frame = !reader.read_whole_body(current.as_mut(), stream, length)?;
                     continue;
                 }
                 Wait::Closed => return Ok(None),
@@ -356,12 +346,17 @@ impl Channel {
     ) -> Result<(), ChannelError> {
         let mut reader = lock(&self.reader);
         let mut incoming = Incoming::default();
+        // As in next_request.
+        let mut as_frame = false;
         loop {
             let idle = !self.retiring.load(Ordering::Relaxed);
-            let frame = match reader.next_frame(stop, idle, false)? {
+            let frame = match reader.next_frame(stop, idle, !as_frame)? {
                 Wait::Frame(frame) => frame,
-                // Not asked for: read on.
-                Wait::LargeBody { .. } => continue,
+                Wait::LargeBody { stream, length } => {
+                    let partial = incoming.partial.get_mut(&stream);
+                    as_frame = !reader.read_whole_body(partial, stream, length)?;
+                    continue;
+                }
                 Wait::Closed => return Ok(()),
                 Wait::Stopping => {
                     self.retire();
@@ -369,6 +364,7 @@ impl Channel {
                     continue;
                 }
             };
+            as_frame = false;
             if self.take(&mut incoming, frame, &mut deliver)? {
                 return Ok(());
             }
@@ -582,8 +578,8 @@ enum Pulled {
     LargeBody { stream: u32, length: usize },
 }
 
-/// Request bodies from this size on, sent in one Body frame, are read by a sync worker
-/// from the ring straight into the `bytes` object the application gets (see
+/// Request bodies from this size on, sent in one Body frame, are read by a sync or
+/// gthread worker from the ring straight into the `bytes` object the application gets (see
 /// [`BodyBytes`]); smaller ones are not worth a second path.
 const DIRECT_BODY: usize = 64 * 1024;
 
@@ -722,6 +718,26 @@ impl Reader {
             next
         };
         Ok(Pulled::Bytes(ring.pop_into(&mut self.buf, take)? > 0))
+    }
+
+    /// The large Body frame announced by [`Wait::LargeBody`], when it is the whole body
+    /// of `partial`, read straight into a new `bytes` object; false (nothing read) when
+    /// it is not, or Python could not make the object: then it is read as a frame.
+    fn read_whole_body(
+        &mut self,
+        partial: Option<&mut Partial>,
+        stream: u32,
+        length: usize,
+    ) -> Result<bool, ChannelError> {
+        let whole = partial
+            .filter(|partial| partial.whole_body_in(stream, length))
+            .and_then(|partial| Some((partial, BodyBytes::new(length)?)));
+        let Some((partial, mut body)) = whole else {
+            return Ok(false);
+        };
+        self.read_body_into(body.to_fill())?;
+        partial.direct = Some(body);
+        Ok(true)
     }
 
     /// Reads the large Body frame announced by [`Wait::LargeBody`] straight from the
