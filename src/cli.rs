@@ -341,7 +341,7 @@ pub struct ServeArgs {
     /// gthread worker (suffixes k, m, g), through which requests and responses pass
     /// without a system call while both sides are busy; each worker costs twice this
     /// plus 4 KiB of shared memory. 0: the worker's Unix socket carries every frame.
-    #[arg(long, value_name = "SIZE", default_value = "1m")]
+    #[arg(long, value_name = "SIZE", default_value = "2m")]
     pub ring_size: String,
 
     /// Most open client connections per front tier; more wait in the listen backlog.

@@ -83,8 +83,9 @@ use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
-/// Default bytes of each ring's data area.
-pub const DEFAULT_CAPACITY: usize = 1 << 20;
+/// Default bytes of each ring's data area (`--ring-size`): a whole request body the
+/// front tier holds in memory (1 MiB) fits with room to spare, so that it goes in at once.
+pub const DEFAULT_CAPACITY: usize = 2 << 20;
 
 /// The smallest data area: one page.
 pub const MIN_CAPACITY: usize = 4096;
