@@ -836,8 +836,8 @@ impl<S: AsyncWrite + SendFile + Unpin> Guarded<S> {
     }
 
     /// Writes `bufs`, in which `found` are bytes of a mapped file: the slices before
-    /// them with `writev`, else those with sendfile(2). A short write is fine: hyper
-    /// writes the rest next.
+    /// them (a response head) held back to share a packet with the file's first bytes,
+    /// else those with sendfile(2). A short write is fine: hyper writes the rest next.
     fn write_with_file(
         &mut self,
         cx: &mut Context<'_>,
@@ -845,7 +845,7 @@ impl<S: AsyncWrite + SendFile + Unpin> Guarded<S> {
         found: FileSlices,
     ) -> Poll<io::Result<usize>> {
         if found.index > 0 {
-            return Pin::new(&mut self.io).poll_write_vectored(cx, &bufs[..found.index]);
+            return self.io.poll_write_more(cx, &bufs[..found.index]);
         }
         self.io
             .poll_send_file(cx, &found.file, found.offset, found.len)
