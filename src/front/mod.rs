@@ -42,6 +42,7 @@ use crate::config::{BindAddr, Limits, Settings, WorkerClass};
 use crate::protocol::Scheme;
 use conn::conn_info::ConnInfo;
 use conn::ip_text::IpText;
+use conn::mapped::SendFile;
 use conn::{guard, redirect, stopping, tls};
 use dispatch::{budget, control, memory, pool, shard};
 use observe::access_log::AccessLog;
@@ -540,7 +541,7 @@ fn move_to<T, S>(
     conn: Conn,
 ) where
     T: Send + 'static,
-    S: AsyncRead + AsyncWrite + tls::Peek + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + tls::Peek + SendFile + Unpin + Send + 'static,
 {
     let moved = stream.map(|stream| {
         shard.spawn(async move {
@@ -585,7 +586,7 @@ struct Conn {
 /// Serves an accepted connection, after the TLS handshake when the listeners are TLS.
 async fn serve_accepted<S>(stream: S, tls: Option<Arc<tls::Tls>>, conn: Conn)
 where
-    S: AsyncRead + AsyncWrite + tls::Peek + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + tls::Peek + SendFile + Unpin + Send + 'static,
 {
     let Some(tls) = tls else {
         return serve_connection(stream, false, conn).await;
@@ -603,7 +604,7 @@ where
 /// (the guard then keeps only its send timeout).
 async fn serve_connection<S>(stream: S, alpn_h2: bool, conn: Conn)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + SendFile + Unpin + Send + 'static,
 {
     let Conn {
         builders,
@@ -627,7 +628,7 @@ where
     let stream = guard::Guarded::new(stream, info.guard.clone(), check, timeouts);
     let (stream, builder) = match alpn_h2 {
         true => (stream.pass_through(), &builders.h2),
-        false => (stream, &builders.any),
+        false => (stream.send_files(), &builders.any),
     };
     let guard = info.guard.clone();
     let stalls = info.stalls.clone();

@@ -20,6 +20,7 @@ use super::conn::conn_info::ConnInfo;
 use super::conn::guard::Tracked;
 use super::conn::guard::check::Reject;
 use super::conn::ip_text::IpText;
+use super::conn::mapped::MappedFiles;
 use super::conn::proxy::{ClientFacts, client_facts, direct, is_proxy_header, peer_trusted};
 use super::dispatch::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
 use super::dispatch::budget::Budgets;
@@ -351,7 +352,10 @@ async fn dispatch(
     {
         return Ok(with_kind(response, RouteKind::Health));
     }
-    if let Some(response) = shared.files.serve_static(&parts) {
+    if let Some(response) = shared
+        .files
+        .serve_static(&parts, mapped_files(conn, &parts))
+    {
         return Ok(with_kind(response, RouteKind::Static));
     }
     // Now, with the head read: a body still to come is part of the wait.
@@ -495,12 +499,27 @@ async fn dispatch(
     let body = WorkerBody::new(events, worker, stream);
     let response = build_response(head, ResponseBody::Worker(body), parts.version)?;
     if let Some(target) = Target::of(&shared.files, response.headers()) {
-        return Ok(target.serve(&shared.files, &parts, response));
+        let mapped = mapped_files(conn, &parts);
+        return Ok(target.serve(&shared.files, &parts, response, mapped));
     }
     Ok(match &shared.compression {
         Some(compression) => compression.apply(&parts, response),
         None => response,
     })
+}
+
+/// Where a file response to `request` maps its pieces for the connection to send with
+/// sendfile(2): on a plain connection's HTTP/1 requests only. h2 copies the start of
+/// each DATA frame from the body's bytes, which must not be a mapping (see
+/// `conn::mapped`): HTTP/2 file bodies are read as before, as TLS ones are.
+fn mapped_files<'c>(
+    conn: &'c ConnInfo,
+    request: &hyper::http::request::Parts,
+) -> Option<&'c Arc<MappedFiles>> {
+    if !matches!(request.version, Version::HTTP_10 | Version::HTTP_11) {
+        return None;
+    }
+    conn.guard.mapped_files()
 }
 
 /// Reads a request's body (see `body::buffer`), or the refusal the guard made meanwhile.

@@ -11,12 +11,15 @@
 //! With no `--static` or `--internal` directory configured the headers are left alone,
 //! for a proxy in front of rwsgi to act on, as gunicorn leaves them.
 
+use std::sync::Arc;
+
 use hyper::header::{HeaderName, VARY};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Response, StatusCode};
 use tracing::debug;
 
 use super::static_files::Files;
+use crate::front::conn::mapped::MappedFiles;
 use crate::front::dispatch::body::ResponseBody;
 
 const X_ACCEL_REDIRECT: HeaderName = HeaderName::from_static("x-accel-redirect");
@@ -53,14 +56,15 @@ impl Target {
         files: &Files,
         request: &Parts,
         app_response: Response<ResponseBody>,
+        mapped: Option<&Arc<MappedFiles>>,
     ) -> Response<ResponseBody> {
         let (app, app_body) = app_response.into_parts();
         // Dropping the app's body tells its worker to stop; the slot is freed when the
         // worker ends the stream.
         drop(app_body);
         let mut response = match &self {
-            Target::Uri(uri) => files.serve_internal_uri(uri, request),
-            Target::Path(path) => files.serve_internal_path(path, request),
+            Target::Uri(uri) => files.serve_internal_uri(uri, request, mapped),
+            Target::Path(path) => files.serve_internal_path(path, request, mapped),
         };
         debug!(
             "internal redirect to {} answered {}",

@@ -22,6 +22,8 @@
 //!   is told to send GOAWAY ([`ConnGuard::h2_idle`]), as nginx's `keepalive_timeout`
 //!   does for HTTP/2; and a connection still idle `keepalive_timeout` after that (a
 //!   client that never answers the GOAWAY's PING) is closed.
+//! - On a plain HTTP/1 connection, slices of a write that are mapped file ranges
+//!   ([`super::mapped`]) go out with sendfile(2) from the file, not from memory.
 
 pub mod check;
 #[cfg(any(test, fuzzing))]
@@ -44,6 +46,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
+use super::mapped::{FileSlices, MappedFiles, SendFile};
 use super::signal::Signal;
 use check::{Checker, Limits, Refused, Reject};
 
@@ -81,6 +84,8 @@ pub struct ConnGuard {
     /// Set when the WebSocket an upgrade began has ended: the connection's task waits
     /// for it, so that the connection keeps its place (`--max-connections`) meanwhile.
     session_over: Signal,
+    /// File ranges of responses, mapped for the guard to send with sendfile(2).
+    mapped: Arc<MappedFiles>,
 }
 
 #[derive(Default)]
@@ -160,6 +165,12 @@ impl ConnGuard {
         }
         // The 101 is marked before its response is returned, so before it finished.
         Some(self.lock().upgraded)
+    }
+
+    /// Where a file response on this connection maps its file for the guard to send
+    /// with sendfile(2): None unless the socket can (plain, not TLS).
+    pub fn mapped_files(&self) -> Option<&Arc<MappedFiles>> {
+        self.mapped.enabled().then_some(&self.mapped)
     }
 
     /// Whether a request has begun on this connection.
@@ -813,14 +824,46 @@ impl<S: AsyncWrite + Unpin> Guarded<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+impl<S: AsyncWrite + SendFile + Unpin> Guarded<S> {
+    /// Lets the responses on this connection send their files with sendfile(2) (see
+    /// [`super::mapped`]), if its socket can: plain and written vectored (hyper then
+    /// hands over body chunks untouched).
+    pub fn send_files(self) -> Guarded<S> {
+        if S::CAN_SEND_FILES && self.io.is_write_vectored() {
+            self.guard.mapped.enable();
+        }
+        self
+    }
+
+    /// Writes `bufs`, in which `found` are bytes of a mapped file: the slices before
+    /// them (a response head) held back to share a packet with the file's first bytes,
+    /// else those with sendfile(2). A short write is fine: hyper writes the rest next.
+    fn write_with_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+        found: FileSlices,
+    ) -> Poll<io::Result<usize>> {
+        if found.index > 0 {
+            return self.io.poll_write_more(cx, &bufs[..found.index]);
+        }
+        self.io
+            .poll_send_file(cx, &found.file, found.offset, found.len)
+    }
+}
+
+impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_write(cx, data);
+        let bufs = [io::IoSlice::new(data)];
+        let polled = match this.guard.mapped.find(&bufs) {
+            Some(found) => this.write_with_file(cx, &bufs, found),
+            None => Pin::new(&mut this.io).poll_write(cx, data),
+        };
         this.timed(cx, polled)
     }
 
@@ -830,7 +873,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        let polled = match this.guard.mapped.find(bufs) {
+            Some(found) => this.write_with_file(cx, bufs, found),
+            None => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
+        };
         this.timed(cx, polled)
     }
 

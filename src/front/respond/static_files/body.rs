@@ -1,7 +1,9 @@
 //! The body of a file response: pieces of one open file, with literal bytes between them
 //! (the part headers of a `multipart/byteranges` body). What the page cache holds is
 //! read in place; a read that would wait for the disk goes to a blocking thread, so that
-//! it never holds up the connections that share the thread.
+//! it never holds up the connections that share the thread. On a plain HTTP/1
+//! connection a large piece is not read at all: it is mapped, and the connection sends
+//! it from the file with sendfile(2) (see [`crate::front::conn::mapped`]).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -14,11 +16,19 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
+use tracing::debug;
+
+use crate::front::conn::mapped::MappedFiles;
 
 /// The most read from the file at once.
 const CHUNK: u64 = 256 * 1024;
 /// Reads up to this size are done in place whatever the page cache holds.
 pub const INLINE_READ: usize = 64 * 1024;
+/// File pieces from this size on are mapped and sent with sendfile(2) where the
+/// connection can; smaller ones cost less read (one copy of a few pages).
+const MAPPED_FROM: u64 = 64 * 1024;
+/// The most of a file mapped at once (address space only: nothing is read into it).
+const MAP_WINDOW: u64 = 64 * 1024 * 1024;
 
 /// One piece of the body.
 pub enum Segment {
@@ -31,8 +41,8 @@ pub enum Segment {
 /// Where a file's bytes come from.
 #[derive(Debug)]
 pub enum Source {
-    /// The open file, read piece by piece.
-    File(File),
+    /// The open file, read piece by piece (or mapped).
+    File(Arc<File>),
     /// The whole file, already in memory (a small file read recently).
     Memory(Bytes),
 }
@@ -43,11 +53,16 @@ pub struct FileBody {
     segments: VecDeque<Segment>,
     reading: Option<JoinHandle<io::Result<Bytes>>>,
     remaining: u64,
+    /// Where large pieces are mapped for the connection to send, when it can.
+    mapped: Option<Arc<MappedFiles>>,
+    /// What is left of the current piece's mapping, handed out a chunk at a time.
+    window: Bytes,
 }
 
 impl FileBody {
-    /// A body of these pieces of `file`.
-    pub fn new(file: Source, segments: Vec<Segment>) -> FileBody {
+    /// A body of these pieces of `file`; `mapped`: where the connection finds the
+    /// pieces to send with sendfile(2), if it can.
+    pub fn new(file: Source, segments: Vec<Segment>, mapped: Option<Arc<MappedFiles>>) -> FileBody {
         let remaining = segments
             .iter()
             .map(|s| match s {
@@ -60,7 +75,37 @@ impl FileBody {
             segments: segments.into(),
             reading: None,
             remaining,
+            mapped,
+            window: Bytes::new(),
         }
+    }
+
+    /// The next chunk of the file piece at `offset`, `length` long, as bytes of a
+    /// mapping, if the piece is large and the connection sends mapped files. None: read
+    /// it (a mapping that fails is not tried again for this body).
+    fn mapped_chunk(&mut self, offset: u64, length: u64) -> Option<Bytes> {
+        if self.window.is_empty() {
+            let mapped = self.mapped.as_ref()?;
+            let Source::File(file) = &*self.file else {
+                return None;
+            };
+            if length < MAPPED_FROM {
+                return None;
+            }
+            // The window ends with the piece (or earlier): a chunk never spans two.
+            let len = usize::try_from(length.min(MAP_WINDOW)).ok()?;
+            match mapped.map(file, offset, len) {
+                Ok(window) => self.window = window,
+                Err(err) => {
+                    debug!("cannot map a file to send it, reading it instead: {err}");
+                    self.mapped = None;
+                    return None;
+                }
+            }
+        }
+        // Chunks as reads make: the access log counts a body as it is handed over.
+        let chunk = self.window.len().min(CHUNK as usize);
+        Some(self.window.split_to(chunk))
     }
 }
 
@@ -121,6 +166,9 @@ impl Body for FileBody {
                     this.segments.pop_front();
                 }
                 Some(&Segment::File { offset, length }) => {
+                    if let Some(chunk) = this.mapped_chunk(offset, length) {
+                        return Poll::Ready(Some(this.deliver(Ok(chunk))));
+                    }
                     let want = length.min(CHUNK) as usize;
                     if want <= INLINE_READ || matches!(*this.file, Source::Memory(_)) {
                         // A small read from the page cache costs less than a trip to a
@@ -245,26 +293,31 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn pieces_in_order() {
+    /// A file of 600 000 bytes that are not all alike, and its content.
+    fn numbered_file() -> (Source, Vec<u8>) {
         let mut file = tempfile::tempfile().unwrap();
         let content: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
         file.write_all(&content).unwrap();
-        let body = FileBody::new(
-            Source::File(file),
-            vec![
-                Segment::Bytes(Bytes::from_static(b"<")),
-                Segment::File {
-                    offset: 10,
-                    length: 500_000,
-                },
-                Segment::Bytes(Bytes::from_static(b">")),
-                Segment::File {
-                    offset: 0,
-                    length: 0,
-                },
-            ],
-        );
+        (Source::File(Arc::new(file)), content)
+    }
+
+    /// "<", 500 000 bytes of the file from 10, ">", then `length` bytes from `offset`.
+    fn bracketed(offset: u64, length: u64) -> Vec<Segment> {
+        vec![
+            Segment::Bytes(Bytes::from_static(b"<")),
+            Segment::File {
+                offset: 10,
+                length: 500_000,
+            },
+            Segment::Bytes(Bytes::from_static(b">")),
+            Segment::File { offset, length },
+        ]
+    }
+
+    #[tokio::test]
+    async fn pieces_in_order() {
+        let (file, content) = numbered_file();
+        let body = FileBody::new(file, bracketed(0, 0), None);
         assert_eq!(body.size_hint().exact(), Some(500_002));
         let all = body.collect().await.unwrap().to_bytes();
         assert_eq!(all.len(), 500_002);
@@ -273,15 +326,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn large_pieces_are_mapped_small_ones_read_and_all_unmapped_after() {
+        let (file, content) = numbered_file();
+        let mapped = Arc::new(MappedFiles::default());
+        mapped.enable();
+        let mut body = FileBody::new(file, bracketed(7, 100), Some(mapped.clone()));
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        let is_mapped = |b: &Bytes| mapped.find(&[std::io::IoSlice::new(b)]).is_some();
+        // "<", the large piece in two chunks, ">", the small piece.
+        assert_eq!(frames.len(), 5);
+        assert!(is_mapped(&frames[1]) && is_mapped(&frames[2]));
+        assert!(!is_mapped(&frames[4]));
+        assert_eq!(frames[1].len() + frames[2].len(), 500_000);
+        assert!(frames[1..3].concat() == content[10..500_010]);
+        assert!(frames[4] == content[7..107]);
+        drop(frames);
+        drop(body);
+        assert!(mapped.is_empty(), "a mapping outlived its bytes");
+    }
+
+    #[tokio::test]
     async fn a_shrunk_file_is_an_error() {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(b"short").unwrap();
         let body = FileBody::new(
-            Source::File(file),
+            Source::File(Arc::new(file)),
             vec![Segment::File {
                 offset: 0,
                 length: 100,
             }],
+            None,
         );
         assert!(body.collect().await.is_err());
     }

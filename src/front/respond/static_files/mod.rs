@@ -18,6 +18,7 @@ mod range;
 mod resolve;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::header::{
@@ -33,6 +34,7 @@ use self::conditional::{Validators, Verdict};
 use self::range::{ByteRange, Ranges};
 use self::resolve::{Directory, LookupCache, Opened, Resolved};
 use crate::config::{FileSettings, Mount};
+use crate::front::conn::mapped::MappedFiles;
 use crate::front::dispatch::body::ResponseBody;
 use crate::front::respond::encoding::{Accepted, vary_on_accept_encoding};
 
@@ -103,8 +105,13 @@ impl Files {
     }
 
     /// The answer to a request under a `--static` prefix (the longest that matches), or
-    /// None when no prefix matches and the request belongs to the app.
-    pub fn serve_static(&self, request: &Parts) -> Option<Response<ResponseBody>> {
+    /// None when no prefix matches and the request belongs to the app. `mapped`: where
+    /// the connection finds file pieces to send with sendfile(2), if it can.
+    pub fn serve_static(
+        &self,
+        request: &Parts,
+        mapped: Option<&Arc<MappedFiles>>,
+    ) -> Option<Response<ResponseBody>> {
         let path = request.uri.path();
         let (mount, rest) = self
             .statics
@@ -127,7 +134,7 @@ impl Files {
             debug!("refused static path {path:?}");
             Outcome::NotFound
         };
-        let mut response = respond(outcome, head);
+        let mut response = respond(outcome, head, mapped);
         if response.status() == StatusCode::MOVED_PERMANENTLY {
             let location = match request.uri.query() {
                 Some(query) => format!("{path}/?{query}"),
@@ -149,7 +156,12 @@ impl Files {
 
     /// The file an X-Accel-Redirect names: a URL path under a `--internal` or `--static`
     /// prefix, answered under the client's original request headers.
-    pub fn serve_internal_uri(&self, target: &str, request: &Parts) -> Response<ResponseBody> {
+    pub fn serve_internal_uri(
+        &self,
+        target: &str,
+        request: &Parts,
+        mapped: Option<&Arc<MappedFiles>>,
+    ) -> Response<ResponseBody> {
         let head = request.method == Method::HEAD;
         let path = target.split('?').next().unwrap_or("");
         let found = self
@@ -184,19 +196,24 @@ impl Files {
                 }
             },
         };
-        respond(outcome, head)
+        respond(outcome, head, mapped)
     }
 
     /// The file an X-Sendfile names: an absolute path inside a `--internal` or `--static`
     /// directory, answered under the client's original request headers.
-    pub fn serve_internal_path(&self, target: &[u8], request: &Parts) -> Response<ResponseBody> {
+    pub fn serve_internal_path(
+        &self,
+        target: &[u8],
+        request: &Parts,
+        mapped: Option<&Arc<MappedFiles>>,
+    ) -> Response<ResponseBody> {
         let head = request.method == Method::HEAD;
         let path = resolve::os_path(target);
         let roots: Vec<&Path> = self.targets.iter().map(|m| m.root.as_path()).collect();
         let outcome = self.find(&request.headers, head, |accepted| {
             resolve::under_any_root(&roots, &path, accepted, &self.lookups)
         });
-        respond(outcome, head)
+        respond(outcome, head, mapped)
     }
 
     /// Runs a lookup, then weighs the request's conditionals.
@@ -259,7 +276,11 @@ fn is_file_answer(status: StatusCode) -> bool {
 }
 
 /// The one place outcomes become responses.
-fn respond(outcome: Outcome, head: bool) -> Response<ResponseBody> {
+fn respond(
+    outcome: Outcome,
+    head: bool,
+    mapped: Option<&Arc<MappedFiles>>,
+) -> Response<ResponseBody> {
     let (opened, validators, ranges) = match outcome {
         Outcome::Send {
             opened,
@@ -348,7 +369,7 @@ fn respond(outcome: Outcome, head: bool) -> Response<ResponseBody> {
     let body = if head {
         ResponseBody::empty()
     } else {
-        ResponseBody::boxed(FileBody::new(opened.source, segments))
+        ResponseBody::boxed(FileBody::new(opened.source, segments, mapped.cloned()))
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;

@@ -416,7 +416,7 @@ impl Beneath<'_> {
             encoding = Some(coding);
         }
         Resolved::File(Opened {
-            source: Source::File(file),
+            source: Source::File(Arc::new(file)),
             length: meta.len(),
             modified: meta.modified().ok(),
             content_type: content_type(&path),
