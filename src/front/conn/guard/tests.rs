@@ -306,3 +306,69 @@ fn bytes_after_an_upgrade_request_wait_for_its_answer() {
     ok(b"POST / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nContent-Length: 2\r\n\r\nhiGET / HTTP/1.1\r\nHost: a\r\n\r\n");
     ok(b"GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
 }
+
+/// A temporary file holding `content`.
+fn file_of(content: &[u8]) -> std::sync::Arc<std::fs::File> {
+    use std::io::Write;
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(content).unwrap();
+    std::sync::Arc::new(file)
+}
+
+#[tokio::test]
+async fn the_guard_sends_mapped_slices_from_the_file_and_the_rest_as_written() {
+    use std::io::{self, IoSlice};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    use super::{ConnGuard, Guarded, Timeouts};
+
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let file = file_of(&content);
+    let (socket, mut peer) = UnixStream::pair().unwrap();
+    let guard = Arc::new(ConnGuard::default());
+    let limits = Limits {
+        request_line: 8192,
+        fields: 100,
+        field_size: 8192,
+    };
+    let wait = Duration::from_secs(10);
+    let timeouts = Timeouts {
+        head: wait,
+        keepalive: wait,
+        send: wait,
+    };
+    let mut guarded = Guarded::new(socket, guard.clone(), limits, timeouts).send_files();
+    let files = guard.mapped_files().unwrap().clone();
+    let mapped = files.map(&file, 1000, 200_000).unwrap();
+    let mut expected = b"head:".to_vec();
+    expected.extend_from_slice(&content[1000..201_000]);
+    expected.extend_from_slice(b":tail");
+    let length = expected.len();
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0; length];
+        peer.read_exact(&mut got).await.unwrap();
+        (got, peer)
+    });
+    let mut bufs = [
+        IoSlice::new(b"head:"),
+        IoSlice::new(&mapped[..100_000]),
+        IoSlice::new(&mapped[100_000..]),
+        IoSlice::new(b":tail"),
+    ];
+    let mut slices = &mut bufs[..];
+    while !slices.is_empty() {
+        let n = guarded.write_vectored(slices).await.unwrap();
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    let (got, _peer) = reader.await.unwrap();
+    assert!(got == expected, "the bytes sent differ");
+    // Cut short (once what was sent is read: the socket refers to the page cache
+    // until then): the next send of the mapping fails as the file ends, where
+    // writing the memory of the mapping would have faulted.
+    file.set_len(100_000).unwrap();
+    let failed = guarded.write(&mapped[150_000..]).await.unwrap_err();
+    assert_eq!(failed.kind(), io::ErrorKind::UnexpectedEof);
+}
