@@ -759,21 +759,9 @@ impl Reader {
                 self.room_made()?;
                 continue;
             }
-            if ring.park()? {
-                let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
-                let woken = poll(&mut fds, STOP_CHECK_MS);
-                ring.unpark();
-                match woken {
-                    Ok(0) | Err(Errno::EINTR) => {}
-                    Ok(_) => {
-                        if drain_doorbells(&self.socket, &mut self.scratch)? && ring.pending()? == 0
-                        {
-                            // The front tier went away mid-body.
-                            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-                        }
-                    }
-                    Err(err) => return Err(io::Error::from(err).into()),
-                }
+            if self.wait_for_doorbell()? && ring.pending()? == 0 {
+                // The front tier went away mid-body.
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }
         }
         Ok(())
@@ -783,6 +771,13 @@ impl Reader {
     /// having said so in the ring first. True once the front tier has closed the channel
     /// and left nothing more in the ring.
     fn sleep_on_ring(&mut self) -> Result<bool, ChannelError> {
+        Ok(self.wait_for_doorbell()? && !self.pull_ring()?)
+    }
+
+    /// Says in the requests' ring that the worker sleeps, then sleeps on the socket
+    /// until the front tier rings (or [`STOP_CHECK`] passes) and reads the doorbells;
+    /// true if the front tier has closed its end (what its ring holds is still there).
+    fn wait_for_doorbell(&mut self) -> Result<bool, ChannelError> {
         let Some(ring) = &self.ring else {
             return Ok(false);
         };
@@ -794,7 +789,7 @@ impl Reader {
         ring.to_worker().unpark();
         match woken {
             Ok(0) | Err(Errno::EINTR) => Ok(false),
-            Ok(_) => self.closed_and_empty(),
+            Ok(_) => Ok(drain_doorbells(&self.socket, &mut self.scratch)?),
             Err(err) => Err(io::Error::from(err).into()),
         }
     }
