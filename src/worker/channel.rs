@@ -16,6 +16,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{MsgFlags, recv};
 
+use super::spin::Spin;
 use crate::lock::lock;
 use crate::protocol::ring::{RingError, RingMap};
 use crate::protocol::{
@@ -188,6 +189,8 @@ struct Reader {
     pending: VecDeque<Frame>,
     /// Where reads land before they are appended to `buf` (zeroed once, not per read).
     scratch: Box<[u8]>,
+    /// Whether to look at the ring a while before sleeping.
+    spin: Spin,
 }
 
 struct Writer {
@@ -242,6 +245,7 @@ impl Channel {
                 decoder: Decoder::new(),
                 pending: VecDeque::new(),
                 scratch: vec![0; READ_SIZE].into_boxed_slice(),
+                spin: Spin::new(),
             }),
             writer: Mutex::new(Writer {
                 socket: writer,
@@ -625,6 +629,7 @@ impl Reader {
                     false => self.pull_ring()?,
                 };
                 if pulled {
+                    self.spin.done();
                     self.room_made()?;
                     continue;
                 }
@@ -756,6 +761,7 @@ impl Reader {
             let got = ring.pop_to(&mut into[filled..])?;
             if got > 0 {
                 filled += got;
+                self.spin.done();
                 self.room_made()?;
                 continue;
             }
@@ -781,6 +787,12 @@ impl Reader {
         let Some(ring) = &self.ring else {
             return Ok(false);
         };
+        if self
+            .spin
+            .look(|| Ok::<_, RingError>(ring.to_worker().pending()? > 0))?
+        {
+            return Ok(false);
+        }
         if !ring.to_worker().park()? {
             return Ok(false);
         }

@@ -13,6 +13,7 @@ mod channel;
 mod gevent;
 mod memory;
 mod serve;
+mod spin;
 mod sync;
 mod threads;
 
