@@ -116,6 +116,23 @@ def test_a_changed_file_gets_a_new_etag(serve, tmp_path):
     assert resp.getheader("ETag") != first.getheader("ETag")
 
 
+def test_a_changed_index_page_is_served_fresh_at_once(serve, tmp_path):
+    # Index pages are kept in memory like small files; each answer checks the
+    # index.html itself, not its directory.
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.html").write_text("one")
+    server = serve("static_apps:counting", "--static", f"/s={tmp_path}", workers=1)
+    for _ in range(3):
+        resp, body = get(server, "/s/docs/")
+        assert resp.status == 200 and body == b"one"
+    (tmp_path / "docs" / "index.html").write_text("two!")
+    resp, body = get(server, "/s/docs/")
+    assert resp.status == 200 and body == b"two!"
+    (tmp_path / "docs" / "index.html").unlink()
+    resp, _ = get(server, "/s/docs/")
+    assert resp.status == 404
+
+
 def test_precompressed_sibling_added_or_removed_is_seen_within_a_second(serve, tmp_path):
     (tmp_path / "f.txt").write_text("plain text " * 20)
     server = serve("static_apps:counting", "--static", f"/s={tmp_path}", workers=1)

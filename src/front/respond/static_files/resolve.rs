@@ -131,8 +131,8 @@ pub struct LookupCache {
 struct SmallFile {
     /// Whether the path named a directory whose index.html this is.
     index: bool,
-    /// The file's identity when it was read: (device, inode, size, modification time).
-    identity: (u64, u64, u64, Option<SystemTime>),
+    /// The file's identity when it was read.
+    identity: Identity,
     bytes: Bytes,
     modified: Option<SystemTime>,
     content_type: HeaderValue,
@@ -231,9 +231,18 @@ pub fn under_any_root(
     }
 }
 
-/// What tells one version of a file from another.
-fn identity(meta: &Metadata) -> (u64, u64, u64, Option<SystemTime>) {
-    (meta.dev(), meta.ino(), meta.len(), meta.modified().ok())
+/// What tells one version of a file from another: device, inode, size, modification
+/// time (seconds, nanoseconds).
+type Identity = (u64, u64, u64, i64, i64);
+
+fn identity(meta: &Metadata) -> Identity {
+    (
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    )
 }
 
 fn open_root(root: &Path) -> nix::Result<OwnedFd> {
@@ -297,6 +306,25 @@ impl Beneath<'_> {
     }
 
     /// A regular file at `path`, or why not.
+    /// The identity of the file at `path` (under the root, following symlinks as its
+    /// open did), by one `fstatat` relative to the root's descriptor: the path's walk
+    /// starts there, not at `/`. Only ever compared with the identity of a file opened
+    /// under the root, so a symlink leading elsewhere meanwhile is a mismatch.
+    fn identity_of(&self, path: &Path) -> Option<Identity> {
+        let path = match path.as_os_str().is_empty() {
+            true => Path::new("."),
+            false => path,
+        };
+        let stat = nix::sys::stat::fstatat(&*self.root, path, nix::fcntl::AtFlags::empty()).ok()?;
+        Some((
+            stat.st_dev as u64,
+            stat.st_ino as u64,
+            u64::try_from(stat.st_size).ok()?,
+            stat.st_mtime as i64,
+            stat.st_mtime_nsec as i64,
+        ))
+    }
+
     fn regular(&self, path: &Path) -> Result<(File, Metadata), Resolved> {
         match self.file(path)? {
             (file, meta) if meta.is_file() => Ok((file, meta)),
@@ -307,10 +335,14 @@ impl Beneath<'_> {
     fn open(&self, path: PathBuf, directory: Directory, accepted: Option<&Accepted>) -> Resolved {
         let key = self.shown.join(&path);
         // Kept no longer than FRESH either: a sibling added since must be found.
-        if let Some(small) = fresh(&self.cache.small, &key) {
-            let index = directory == Directory::Index;
-            let now = std::fs::metadata(&key).ok().map(|meta| identity(&meta));
-            if small.index == index && now == Some(small.identity) {
+        if let Some(small) = fresh(&self.cache.small, &key)
+            && small.index == (directory == Directory::Index)
+        {
+            let file: std::borrow::Cow<'_, Path> = match small.index {
+                true => path.join("index.html").into(),
+                false => path.as_path().into(),
+            };
+            if self.identity_of(&file) == Some(small.identity) {
                 return Resolved::File(Opened {
                     length: small.bytes.len() as u64,
                     source: Source::Memory(small.bytes),
