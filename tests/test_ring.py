@@ -1,16 +1,22 @@
 """The hop through shared-memory rings (`--ring-size`, issue 14): the same answers as over
 the socket, bodies far larger than the rings in both directions, the flag's checks, and
-a worker that scribbles on its rings costs its own request only, never the front tier."""
+a worker that scribbles on its rings costs its own request only, never the front tier;
+a worker that looked at its ring while requests came close together sleeps once they stop."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
 
 from conftest import BINARY
+from kit import wait_workers
 
 TIMEOUT = 20
 
@@ -37,8 +43,7 @@ def test_big_bodies_both_ways_through_small_rings(serve, ring_size):
 def test_gthread_worker_over_rings_serves_many_at_once(serve):
     server = serve("ring_apps:echo", "--ring-size", "4k", "--threads", "4", workers=1)
     with httpx.Client(timeout=TIMEOUT, limits=httpx.Limits(max_connections=8)) as client:
-        import concurrent.futures
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        with ThreadPoolExecutor(8) as pool:
             sizes = [i * 40_000 for i in range(16)]
             answers = list(pool.map(
                 lambda n: client.post(f"{server.url}/?n={n}", content=pattern(n)), sizes))
@@ -73,3 +78,28 @@ def test_a_worker_scribbling_on_its_rings_costs_only_its_request(serve):
         again = client.get(f"{server.url}/pid")
         assert again.status_code == 200 and again.text != first
     assert server.proc.poll() is None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_a_worker_sleeps_once_requests_stop_coming(serve, threads):
+    # Under load a worker looks at its ring for a moment before it sleeps (requests
+    # then come close together); once they stop it must sleep, not keep looking.
+    server = serve("basic:hello", "--threads", threads, workers=1)
+    [worker] = wait_workers(server, 1)
+
+    def burst(_):
+        with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+            return all(client.get("/").status_code == 200 for _ in range(200))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(burst, range(8)))
+    before = cpu_seconds(worker)
+    time.sleep(2)
+    idle = cpu_seconds(worker) - before
+    assert idle < 0.2, f"the worker used {idle:.2f} s of CPU in 2 s without requests"
