@@ -305,7 +305,6 @@ impl Beneath<'_> {
         }
     }
 
-    /// A regular file at `path`, or why not.
     /// The identity of the file at `path` (under the root, following symlinks as its
     /// open did), by one `fstatat` relative to the root's descriptor: the path's walk
     /// starts there, not at `/`. Only ever compared with the identity of a file opened
@@ -325,6 +324,7 @@ impl Beneath<'_> {
         ))
     }
 
+    /// A regular file at `path`, or why not.
     fn regular(&self, path: &Path) -> Result<(File, Metadata), Resolved> {
         match self.file(path)? {
             (file, meta) if meta.is_file() => Ok((file, meta)),
