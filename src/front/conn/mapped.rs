@@ -372,11 +372,12 @@ fn send_more(socket: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    fn file_of(content: &[u8]) -> Arc<File> {
+    /// A temporary file holding `content` (the guard's tests send from it too).
+    pub(in crate::front::conn) fn file_of(content: &[u8]) -> Arc<File> {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(content).unwrap();
         Arc::new(file)

@@ -307,14 +307,6 @@ fn bytes_after_an_upgrade_request_wait_for_its_answer() {
     ok(b"GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
 }
 
-/// A temporary file holding `content`.
-fn file_of(content: &[u8]) -> std::sync::Arc<std::fs::File> {
-    use std::io::Write;
-    let mut file = tempfile::tempfile().unwrap();
-    file.write_all(content).unwrap();
-    std::sync::Arc::new(file)
-}
-
 #[tokio::test]
 async fn the_guard_sends_mapped_slices_from_the_file_and_the_rest_as_written() {
     use std::io::{self, IoSlice};
@@ -324,6 +316,7 @@ async fn the_guard_sends_mapped_slices_from_the_file_and_the_rest_as_written() {
     use tokio::net::UnixStream;
 
     use super::{ConnGuard, Guarded, Timeouts};
+    use crate::front::conn::mapped::tests::file_of;
 
     let content: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
     let file = file_of(&content);
