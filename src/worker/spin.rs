@@ -97,36 +97,45 @@ impl Spin {
 mod tests {
     use super::*;
 
+    /// Asks `spin` to look, with a ring that answers `arrived`: whether something came,
+    /// and how many times the ring was looked at.
+    fn look(spin: &mut Spin, arrived: bool) -> (bool, u32) {
+        let mut looks = 0;
+        let came = spin
+            .look(|| {
+                looks += 1;
+                Ok::<_, ()>(arrived)
+            })
+            .unwrap();
+        (came, looks)
+    }
+
+    /// Ends idle waits that began `ago` until `done` says so; how many it took (a score
+    /// that never gets there fails the test rather than hang it).
+    fn waits_until(spin: &mut Spin, ago: Duration, done: impl Fn(&Spin) -> bool) -> u32 {
+        for waits in 1..=1000 {
+            spin.began = Some(Instant::now() - ago);
+            spin.done();
+            if done(spin) {
+                return waits;
+            }
+        }
+        panic!("the score stopped at {} after 1000 waits", spin.score);
+    }
+
     #[test]
     fn a_worker_looks_only_after_waits_that_would_have_paid() {
         let mut spin = Spin::new();
-        let mut looked = 0;
         // A fresh worker sleeps at once.
-        assert!(
-            !spin
-                .look(|| Ok::<_, ()>({
-                    looked += 1;
-                    true
-                }))
-                .unwrap()
-        );
-        assert_eq!(looked, 0);
+        assert_eq!(look(&mut spin, true), (false, 0));
         // Waits that end at once (as under load) raise the score until it looks.
-        let mut waits = 0;
-        while spin.score < THRESHOLD {
-            spin.began = Some(Instant::now());
-            spin.done();
-            waits += 1;
-        }
+        let waits = waits_until(&mut spin, Duration::ZERO, |spin| spin.score >= THRESHOLD);
         assert!(waits > 1, "one short wait alone does not make it look");
-        assert!(spin.look(|| Ok::<_, ()>(true)).unwrap());
+        assert_eq!(look(&mut spin, true), (true, 1));
         spin.done();
         // Long waits bring it back to sleeping at once.
-        while spin.score >= THRESHOLD {
-            spin.began = Some(Instant::now() - WINDOW * 4);
-            spin.done();
-        }
-        assert!(!spin.look(|| Ok::<_, ()>(true)).unwrap());
+        waits_until(&mut spin, WINDOW * 4, |spin| spin.score < THRESHOLD);
+        assert_eq!(look(&mut spin, true), (false, 0));
     }
 
     #[test]
@@ -134,15 +143,8 @@ mod tests {
         let mut spin = Spin::new();
         spin.score = SCALE;
         let start = Instant::now();
-        let mut looks = 0;
-        assert!(
-            !spin
-                .look(|| Ok::<_, ()>({
-                    looks += 1;
-                    false
-                }))
-                .unwrap()
-        );
+        let (came, looks) = look(&mut spin, false);
+        assert!(!came);
         assert!(start.elapsed() >= WINDOW);
         assert!(looks >= 1);
         // The wait then ends long after: it did not pay.
