@@ -252,11 +252,10 @@ def test_bodies_around_64_kib_in_a_row_and_at_once_arrive_intact(serve, threads)
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(8)]
-    for thread in threads:
+    clients = [threading.Thread(target=client, args=(seed,)) for seed in range(8)]
+    for thread in clients:
         thread.start()
-    for thread in threads:
+    for thread in clients:
         thread.join(60)
-    assert not any(thread.is_alive() for thread in threads)
+    assert not any(thread.is_alive() for thread in clients)
     assert failures == []
-

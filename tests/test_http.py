@@ -1,6 +1,7 @@
 """HTTP transport: keep-alive, pipelining, many clients at once, HTTP/2 with prior
 knowledge on the same port, Unix sockets and IPv6."""
 import asyncio
+import ctypes
 import hashlib
 import http.client
 import json
@@ -14,6 +15,7 @@ import threading
 import httpx
 import pytest
 
+from kit import fronts_of
 from rawhttp import read_until_closed
 
 TIMEOUT = 5
@@ -253,7 +255,6 @@ def test_ipv6_loopback(serve):
 def _server_side_socket(front: int, client: socket.socket) -> socket.socket:
     """A duplicate of the front tier's own socket of `client`'s connection (pidfd_getfd,
     Linux 5.6+), to read the options it set on it."""
-    import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     local_port = client.getsockname()[1]
     inode = None
@@ -284,7 +285,6 @@ def test_accepted_connections_send_without_delay(serve):
     """Nagle's algorithm is off on every accepted connection (TCP_NODELAY, as nginx's
     `tcp_nodelay on`): a small response is not held back waiting for an ACK. Set on the
     listener, which accepted sockets inherit, rather than per connection."""
-    from kit import fronts_of
     server = serve("wsgi_environ:dump")
     for _ in range(2):
         with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as client:
