@@ -62,10 +62,10 @@
 //! sleeps calls [`Ring::park`]: true means sleep until the socket is readable, false
 //! means bytes arrived meanwhile. After waking it drains the doorbell bytes and calls
 //! [`Ring::unpark`]. The worker parks right before its `poll(2)`, after looking at the
-//! ring for up to 50 µs more while requests have been coming close together (yielding its
-//! core between looks: `worker::spin`), which spares the doorbell and both wake-ups for
-//! most requests under load; the front tier's reader
-//! task, finding its ring empty, first lets the shard's other tasks run once (a worker
+//! ring for up to 50 µs more while requests have been coming close together (yielding
+//! its core between looks: `worker::spin`), which spares the doorbell and both wake-ups
+//! for most requests under load; the front tier's reader task, finding its ring empty,
+//! first lets the shard's other tasks run once (a worker
 //! about to answer often does meanwhile), then parks and waits for the doorbell on the
 //! socket with tokio. Neither side uses `waiting` yet: a producer short of room waits a
 //! little and looks again (rooms run short only while a slow client holds a response
