@@ -14,6 +14,15 @@ def read_until_closed(sock: socket.socket) -> bytes:
     return data
 
 
+def read_until(sock: socket.socket, marker: bytes, data: bytes = b"") -> bytes:
+    """What the server sends, after `data`, until `marker` has come (all of it read)."""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before {marker!r}: {data[-300:]!r}"
+        data += chunk
+    return data
+
+
 class Response:
     def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes):
         self.status = status

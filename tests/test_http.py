@@ -9,14 +9,16 @@ import os
 import random
 import socket
 import stat
+import struct
 import subprocess
 import threading
+import time
 
 import httpx
 import pytest
 
 from kit import fronts_of
-from rawhttp import read_until_closed
+from rawhttp import read_until, read_until_closed
 
 TIMEOUT = 5
 
@@ -66,6 +68,49 @@ def test_connection_close_is_honoured(serve):
     assert status == b"HTTP/1.1 200 OK"
     assert headers.get("connection", "").lower() == "close"
     assert json.loads(body)["environ"]["PATH_INFO"] == "/bye"
+
+
+def _segments_received(sock: socket.socket) -> int:
+    """The TCP segments `sock` has received (tcp_info's tcpi_segs_in, Linux 4.2+)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return struct.unpack_from("I", info, 140)[0]
+
+
+@pytest.mark.parametrize("request_line, headers", [
+    ("GET /last HTTP/1.1", "Connection: close\r\n"),
+    ("GET /last HTTP/1.1", "Connection: keep-alive, Close\r\n"),
+    ("GET /last HTTP/1.0", ""),
+])
+def test_a_last_response_leaves_in_the_segment_that_closes_the_connection(
+        serve, request_line, headers):
+    """A response after which the server closes the connection shares its segment with
+    the FIN: the client receives the SYN-ACK, the ACK of its request, and the response
+    with the FIN, three segments, not four."""
+    server = serve("wsgi_environ:dump")
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+            sock.sendall(f"{request_line}\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
+            [(status, _, body)] = parse_responses(read_until_closed(sock))
+            assert status.endswith(b" 200 OK")
+            assert json.loads(body)["environ"]["PATH_INFO"] == "/last"
+            assert _segments_received(sock) == 3
+
+
+def test_a_last_response_streamed_is_not_held_back(serve):
+    """Held back for the FIN, a streamed last response's first chunk is pushed out when
+    the connection waits for the next one: it arrives at once, not after the 200 ms the
+    kernel would hold it (the fastest of three tries, for a noisy machine)."""
+    server = serve("wsgi_responses:stream", workers=1)
+    firsts = []
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"GET /?delay=0.5 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Connection: close\r\n\r\n")
+            start = time.monotonic()
+            read_until(sock, b"first\n")
+            firsts.append(time.monotonic() - start)
+            assert b"second\n" in read_until_closed(sock)
+    assert min(firsts) < 0.1, f"first chunks after {firsts}"
 
 
 def test_pipelined_requests_are_answered_in_order(serve):
@@ -256,12 +301,15 @@ def _server_side_socket(front: int, client: socket.socket) -> socket.socket:
     """A duplicate of the front tier's own socket of `client`'s connection (pidfd_getfd,
     Linux 5.6+), to read the options it set on it."""
     libc = ctypes.CDLL(None, use_errno=True)
-    local_port = client.getsockname()[1]
+    local_port, server_port = client.getsockname()[1], client.getpeername()[1]
     inode = None
     with open("/proc/net/tcp") as table:
         for line in table.readlines()[1:]:
             fields = line.split()
-            if fields[2].endswith(f":{local_port:04X}"):
+            # The server's end: an earlier connection from the same client port may
+            # linger in TIME_WAIT, with no socket (inode 0).
+            if (fields[1].endswith(f":{server_port:04X}")
+                    and fields[2].endswith(f":{local_port:04X}") and fields[9] != "0"):
                 inode = fields[9]
     assert inode, "the connection is not in /proc/net/tcp"
     for fd in os.listdir(f"/proc/{front}/fd"):

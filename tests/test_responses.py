@@ -9,6 +9,8 @@ import uuid
 
 import pytest
 
+from rawhttp import read_until
+
 TIMEOUT = 5
 
 
@@ -205,17 +207,10 @@ def test_streamed_chunk_arrives_before_the_generator_ends(serve):
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(get("/?delay=1.5"))
         start = time.monotonic()
-        data = b""
-        while b"first\n" not in data:
-            chunk = sock.recv(65536)
-            assert chunk, data
-            data += chunk
+        data = read_until(sock, b"first\n")
         first = time.monotonic() - start
         assert b"second" not in data
-        while b"second\n" not in data:
-            chunk = sock.recv(65536)
-            assert chunk, data
-            data += chunk
+        read_until(sock, b"second\n", data)
         second = time.monotonic() - start
     # The generator sleeps 1.5 s between its chunks: the first must not wait for it.
     assert first < 1.0, f"first chunk after {first:.2f}s"

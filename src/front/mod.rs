@@ -646,7 +646,12 @@ where
     tokio::select! {
         // In order: no random pick each time the task runs.
         biased;
-        served = watch.serve(connection, || guard.begun(), guard.h2_idle()) => {
+        served = watch.serve(
+            connection,
+            || guard.begun(),
+            guard.h2_idle(),
+            || guard.last_response().push(),
+        ) => {
             if let Err(err) = served {
                 tracing::debug!("connection ended with an error: {err}");
             }

@@ -20,6 +20,7 @@ use super::conn::conn_info::ConnInfo;
 use super::conn::guard::Tracked;
 use super::conn::guard::check::Reject;
 use super::conn::ip_text::IpText;
+use super::conn::last;
 use super::conn::mapped::MappedFiles;
 use super::conn::proxy::{ClientFacts, client_facts, direct, is_proxy_header, peer_trusted};
 use super::dispatch::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
@@ -111,6 +112,7 @@ pub async fn handle(
             .addr;
         log.begin(&request, remote, &request_id.id, refused_head.is_some())
     });
+    let last = request_ends_connection(version, request.headers(), &present);
     let result = match refused_head {
         Some(reject) => Err(refused(reject)),
         None => dispatch(&shared, &conn, index, request, &request_id, present).await,
@@ -142,6 +144,9 @@ pub async fn handle(
         .headers_mut()
         .entry(X_REQUEST_ID)
         .or_insert(request_id.id);
+    if last || response_ends_connection(version, &response) {
+        conn.guard.last_response().mark();
+    }
     if let Some(entry) = &mut entry {
         entry.respond(&response);
     }
@@ -155,6 +160,39 @@ pub async fn handle(
         observed.keep(Box::new(std::mem::take(&mut observers)));
     }
     Ok(response.map(|body| Tracked::new(body, observers, busy)))
+}
+
+/// Whether hyper closes the connection after answering a request of `version` with
+/// these fields (RFC 9112 §9.3): HTTP/1.1 when its `Connection` says `close`, HTTP/1.0
+/// unless it says `keep-alive`.
+fn request_ends_connection(
+    version: Version,
+    headers: &hyper::HeaderMap,
+    present: &Present,
+) -> bool {
+    let says = |token| {
+        present.connection
+            && headers
+                .get_all(CONNECTION)
+                .iter()
+                .any(|value| last::names_token(value.as_bytes(), token))
+    };
+    match version {
+        Version::HTTP_11 => says("close"),
+        Version::HTTP_10 => !says("keep-alive") || says("close"),
+        _ => false,
+    }
+}
+
+/// Whether hyper closes the HTTP/1 connection after `response` because it says so. A
+/// 101 never counts: the connection goes on, upgraded.
+fn response_ends_connection(version: Version, response: &Response<ResponseBody>) -> bool {
+    version != Version::HTTP_2
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        && response
+            .headers()
+            .get(CONNECTION)
+            .is_some_and(|value| last::names_token(value.as_bytes(), "close"))
 }
 
 fn refused(reject: Reject) -> RequestError {
@@ -175,6 +213,7 @@ struct Present {
     expect: bool,
     content_length: bool,
     transfer_encoding: bool,
+    connection: bool,
 }
 
 impl Present {
@@ -187,6 +226,8 @@ impl Present {
                 present.transfer_encoding = true;
             } else if name == EXPECT {
                 present.expect = true;
+            } else if name == CONNECTION {
+                present.connection = true;
             } else if name == X_REQUEST_ID {
                 present.request_id = true;
             } else if name == request_start::X_REQUEST_START {

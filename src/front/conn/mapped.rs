@@ -37,7 +37,7 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -243,6 +243,11 @@ pub trait SendFile {
         Poll::Ready(Err(io::Error::from(io::ErrorKind::Unsupported)))
     }
 
+    /// The socket's descriptor if it is a TCP socket's (see [`super::last`]).
+    fn tcp_fd(&self) -> Option<RawFd> {
+        None
+    }
+
     /// Writes `bufs`, which more bytes follow at once (a file's): the kernel may hold
     /// them back to fill a packet with what follows (`MSG_MORE`: they go at the latest
     /// with the next send that says no more).
@@ -274,9 +279,13 @@ fn poll_ready_send(
 
 /// A tokio socket sends a file when it is writable, as its own writes do.
 macro_rules! socket_sends_files {
-    ($($socket:ty),*) => {$(
+    ($($socket:ty: tcp $tcp:expr),*) => {$(
         impl SendFile for $socket {
             const CAN_SEND_FILES: bool = true;
+
+            fn tcp_fd(&self) -> Option<RawFd> {
+                $tcp.then(|| self.as_raw_fd())
+            }
 
             fn poll_send_file(
                 &self,
@@ -307,7 +316,7 @@ macro_rules! socket_sends_files {
     )*};
 }
 
-socket_sends_files!(TcpStream, UnixStream);
+socket_sends_files!(TcpStream: tcp true, UnixStream: tcp false);
 
 /// TLS encrypts in the front tier: its records are written, not its files sent.
 impl<S> SendFile for tokio_rustls::server::TlsStream<S> {}

@@ -144,10 +144,16 @@ where
         let connection = (service.builder)
             .serve_connection(TokioIo::new(stream), handler)
             .into_owned();
-        // Its HTTP/1 connections are closed by hyper's own timers, never as idle here.
+        // Its HTTP/1 connections are closed by hyper's own timers, never as idle here;
+        // its socket is not guarded, so it never holds a response back.
         let idle = std::future::pending();
         if let Err(err) = watch
-            .serve(Box::pin(connection), || begun.load(Ordering::Relaxed), idle)
+            .serve(
+                Box::pin(connection),
+                || begun.load(Ordering::Relaxed),
+                idle,
+                || (),
+            )
             .await
         {
             debug!("redirect connection ended with an error: {err}");

@@ -14,7 +14,7 @@ use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulConnection;
@@ -98,12 +98,14 @@ impl Watch {
     /// too, and served until it has.
     ///
     /// The connection comes boxed: the task serving it then stays small, and the
-    /// connection's state takes only the room it needs.
+    /// connection's state takes only the room it needs. Each time it waits, `waiting`
+    /// runs first (it pushes out what its socket holds back: see [`super::last`]).
     pub async fn serve<C: GracefulConnection>(
         mut self,
         mut connection: Pin<Box<C>>,
         begun: impl Fn() -> bool,
         idle: impl Future<Output = ()>,
+        waiting: impl Fn(),
     ) -> Result<(), C::Error> {
         let begun_stop = self.begun;
         let mut stop = pin!(self.stopping.wait_for(|stopping| *stopping));
@@ -114,7 +116,7 @@ impl Watch {
         // request.
         let mut registered = false;
         let stopping = poll_fn(|cx| {
-            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            if let Poll::Ready(result) = poll_waiting(&mut connection, cx, &waiting) {
                 return Poll::Ready(Err(result));
             }
             if !registered || begun_stop.load(Ordering::Acquire) {
@@ -137,14 +139,14 @@ impl Watch {
         };
         if !stopping {
             connection.as_mut().graceful_shutdown();
-            return connection.await;
+            return poll_fn(|cx| poll_waiting(&mut connection, cx, &waiting)).await;
         }
         if !begun() {
             let mut grace = pin!(tokio::time::sleep(FIRST_REQUEST_GRACE));
             // Polled by hand: a request begins inside the connection's own poll, so it
             // is checked right after it.
             let ended = poll_fn(|cx| {
-                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                if let Poll::Ready(result) = poll_waiting(&mut connection, cx, &waiting) {
                     return Poll::Ready(Some(result));
                 }
                 if begun() || grace.as_mut().poll(cx).is_ready() {
@@ -158,6 +160,19 @@ impl Watch {
             }
         }
         connection.as_mut().graceful_shutdown();
-        connection.await
+        poll_fn(|cx| poll_waiting(&mut connection, cx, &waiting)).await
     }
+}
+
+/// Polls `connection`; if it waits, runs `waiting` first.
+fn poll_waiting<F: Future>(
+    connection: &mut Pin<Box<F>>,
+    cx: &mut Context<'_>,
+    waiting: &impl Fn(),
+) -> Poll<F::Output> {
+    let polled = connection.as_mut().poll(cx);
+    if polled.is_pending() {
+        waiting();
+    }
+    polled
 }

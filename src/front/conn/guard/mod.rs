@@ -33,6 +33,7 @@ mod tests;
 
 use std::io;
 use std::mem::MaybeUninit;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +47,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
+use super::last::LastResponse;
 use super::mapped::{FileSlices, MappedFiles, SendFile};
 use super::signal::Signal;
 use check::{Checker, Limits, Refused, Reject};
@@ -86,6 +88,9 @@ pub struct ConnGuard {
     session_over: Signal,
     /// File ranges of responses, mapped for the guard to send with sendfile(2).
     mapped: Arc<MappedFiles>,
+    /// Whether the response under way is the connection's last, and what of it the
+    /// socket holds back to send with the FIN.
+    last: LastResponse,
 }
 
 #[derive(Default)]
@@ -171,6 +176,11 @@ impl ConnGuard {
     /// with sendfile(2): None unless the socket can (plain, not TLS).
     pub fn mapped_files(&self) -> Option<&Arc<MappedFiles>> {
         self.mapped.enabled().then_some(&self.mapped)
+    }
+
+    /// The connection's last response (see [`super::last`]).
+    pub fn last_response(&self) -> &LastResponse {
+        &self.last
     }
 
     /// Whether a request has begun on this connection.
@@ -850,6 +860,33 @@ impl<S: AsyncWrite + SendFile + Unpin> Guarded<S> {
         self.io
             .poll_send_file(cx, &found.file, found.offset, found.len)
     }
+
+    /// The socket to write the connection's last response to with `MSG_MORE` (see
+    /// [`super::last`]): None unless the response under way is the last and the socket
+    /// is TCP's.
+    fn last_socket(&self) -> Option<RawFd> {
+        match self.guard.last.is_last() {
+            true => self.io.tcp_fd(),
+            false => None,
+        }
+    }
+
+    /// Writes `bufs` of the connection's last response to socket `fd`, which holds them
+    /// back for the FIN the shutdown that follows sends.
+    fn write_last(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+        fd: RawFd,
+    ) -> Poll<io::Result<usize>> {
+        let polled = self.io.poll_write_more(cx, bufs);
+        if let Poll::Ready(Ok(written)) = polled
+            && written > 0
+        {
+            self.guard.last.holding(fd);
+        }
+        polled
+    }
 }
 
 impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for Guarded<S> {
@@ -862,7 +899,10 @@ impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for Guarded<S> {
         let bufs = [io::IoSlice::new(data)];
         let polled = match this.guard.mapped.find(&bufs) {
             Some(found) => this.write_with_file(cx, &bufs, found),
-            None => Pin::new(&mut this.io).poll_write(cx, data),
+            None => match this.last_socket() {
+                Some(fd) => this.write_last(cx, &bufs, fd),
+                None => Pin::new(&mut this.io).poll_write(cx, data),
+            },
         };
         this.timed(cx, polled)
     }
@@ -875,7 +915,10 @@ impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for Guarded<S> {
         let this = self.get_mut();
         let polled = match this.guard.mapped.find(bufs) {
             Some(found) => this.write_with_file(cx, bufs, found),
-            None => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
+            None => match this.last_socket() {
+                Some(fd) => this.write_last(cx, bufs, fd),
+                None => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
+            },
         };
         this.timed(cx, polled)
     }
@@ -891,6 +934,11 @@ impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for Guarded<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_shutdown(cx);
+        if polled.is_ready() {
+            this.guard.last.shut();
+        }
+        polled
     }
 }
