@@ -365,6 +365,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub queue_timeout: f64,
 
+    /// Run the workers under Linux's normal scheduling policy rather than SCHED_BATCH.
+    /// A batch worker woken by a request does not preempt the process running on its
+    /// CPU (the front tier, most often) but runs when that one waits or its time slice
+    /// ends: the front tier serves many connections per turn and a worker takes several
+    /// requests per wake-up. Same CPU share, nice value and limits; its children
+    /// inherit the policy. [default: batch]
+    #[arg(long)]
+    pub no_batch_scheduling: bool,
+
     /// Peers trusted to set X-Forwarded-For, X-Forwarded-Proto and Forwarded:
     /// comma-separated addresses or networks (CIDR), or `*`.
     #[arg(

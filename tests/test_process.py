@@ -14,8 +14,10 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import BINARY, alive, children_of
-from kit import Background, eventually, get, wait_workers, worker_pids
+from kit import Background, eventually, fronts_of, get, wait_workers, worker_pids
 from rawhttp import read_until_closed
 
 SLEEP_BODY = b"x" * 200_000 + b"END"  # what proc_apps answers on /sleep
@@ -310,3 +312,25 @@ def test_one_worker_death_at_boot_is_not_fatal(serve):
     eventually(lambda: (answer(server.port, "/") or (0,))[0] == 200, timeout=10,
                what=f"a new worker\n{server.log}")
     assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize("flags, policy", [
+    ((), os.SCHED_BATCH),
+    (("--threads", "4"), os.SCHED_BATCH),
+    (("--no-batch-scheduling",), os.SCHED_OTHER),
+])
+def test_workers_run_under_batch_scheduling_unless_told_otherwise(serve, flags, policy):
+    """Workers are SCHED_BATCH (a doorbell does not make them preempt the front tier),
+    a replaced one too; the master and the front tier keep the normal policy."""
+    server = serve("wsgi_environ:dump", *flags, workers=2)
+    assert get(server.port, "/")[0] == 200
+    workers = wait_workers(server, 2)
+    assert [os.sched_getscheduler(pid) for pid in workers] == [policy, policy]
+    [front] = fronts_of(server.pid)
+    assert os.sched_getscheduler(server.pid) == os.SCHED_OTHER
+    assert os.sched_getscheduler(front) == os.SCHED_OTHER
+    os.kill(workers[0], signal.SIGKILL)
+    replaced = eventually(lambda: (set(worker_pids(server)) - set(workers)) or None,
+                          what="a new worker")
+    [new] = replaced
+    eventually(lambda: os.sched_getscheduler(new) == policy, what="the new worker's policy")

@@ -114,6 +114,8 @@ pub struct Settings {
     pub max_queue: usize,
     /// `--prefetch`: requests a sync worker may hold queued behind the one it runs.
     pub prefetch: usize,
+    /// Workers run under SCHED_BATCH (not `--no-batch-scheduling`).
+    pub batch_scheduling: bool,
     /// Static files and internal redirects (`--static`, `--internal`).
     pub files: FileSettings,
     /// Compression of app responses (`--compress`), when on.
@@ -363,6 +365,7 @@ impl Settings {
             }),
             max_queue: args.max_queue,
             prefetch: args.prefetch,
+            batch_scheduling: !args.no_batch_scheduling,
             limits,
             forwarded_allow,
             tls,

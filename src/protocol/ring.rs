@@ -479,6 +479,12 @@ impl Ring<'_> {
         self.shared.write.0.store(write, Ordering::Release);
     }
 
+    /// Whether the consumer says it sleeps, without changing its flag: a hint (the
+    /// consumer may park or wake the next moment; its bytes are not trusted anyway).
+    pub fn consumer_parked(&self) -> bool {
+        self.shared.parked.0.load(Ordering::Relaxed) != 0
+    }
+
     /// After push: whether the consumer said it sleeps (its `parked` flag, atomically
     /// swapped to 0): then, and only then, the caller rings the doorbell (one byte on the
     /// channel's Unix socket).

@@ -108,6 +108,9 @@ impl Failure for WorkerError {
 /// Runs a worker on its end of the channel until told to stop. `slot` is its slot of
 /// the shared scoreboard, where it shows signs of life.
 pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> Result<(), WorkerError> {
+    if settings.batch_scheduling {
+        schedule_as_batch();
+    }
     let app = App::boot(settings, id)?;
     install_signals().map_err(WorkerError::Signals)?;
     // Not fatal: without it a timed-out worker is killed without a traceback.
@@ -181,4 +184,17 @@ pub fn run(settings: &Settings, channel: OwnedFd, id: u32, slot: usize) -> Resul
         unsafe { libc::_exit(0) }
     }
     Ok(())
+}
+
+/// Puts this worker under SCHED_BATCH (see `--no-batch-scheduling`): woken by the front
+/// tier's doorbell, it no longer preempts the front tier in the middle of its turn.
+/// Not fatal: the worker then runs under the normal policy.
+fn schedule_as_batch() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads `param`, valid for the call; pid 0 is this
+    // process, and SCHED_BATCH takes priority 0.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        let err = std::io::Error::last_os_error();
+        warn!("cannot run the worker under SCHED_BATCH (it runs under the normal policy): {err}");
+    }
 }

@@ -232,14 +232,16 @@ impl Pool {
         crate::lock::lock(&self.inner)
     }
 
-    /// A free slot on the least-loaded worker, or one that may prefetch, if any.
+    /// A free slot on the least-loaded worker, or one that may prefetch, if any. Among
+    /// the least loaded, one still awake goes first: it needs no doorbell (a system call
+    /// and a wake-up), and the others sleep on while the load is light.
     fn take_best(self: &Arc<Self>, inner: &mut Inner, here: usize) -> Option<Lease> {
         let best = inner
             .workers
             .iter()
             .enumerate()
             .filter(|(_, s)| s.free > 0)
-            .max_by_key(|(_, s)| (s.free, s.conn.shard == here))
+            .max_by_key(|(_, s)| (s.free, !s.conn.asleep(), s.conn.shard == here))
             .map(|(index, _)| index);
         let now = Instant::now();
         let best = best.or_else(|| {
@@ -467,6 +469,34 @@ mod tests {
             pace.ended(now);
         }
         (pace, now)
+    }
+
+    /// A worker with one slot and rings, and the rings (its end too, in this test).
+    fn ringed_worker(pool: &Arc<Pool>, id: u32) -> Arc<crate::protocol::ring::RingMap> {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let socket = Arc::new(tokio::net::UnixStream::from_std(ours).unwrap());
+        let (rings, _fd) = crate::protocol::ring::RingMap::create(4096).unwrap();
+        let rings = Arc::new(rings);
+        let conn = WorkerConn::new(id, 4000 + id, 0, true, socket, Some(rings.clone()));
+        pool.add(conn, 1);
+        rings
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_free_worker_still_awake_gets_the_request_before_a_sleeping_one() {
+        let pool = Pool::new(16, Duration::from_secs(1), 1, 0);
+        let first = ringed_worker(&pool, 1);
+        let second = ringed_worker(&pool, 2);
+        for (asleep, awake, id) in [(&first, &second, 2), (&second, &first, 1)] {
+            assert!(asleep.to_worker().park().unwrap());
+            awake.to_worker().unpark();
+            let lease = pool.acquire().await.unwrap_or_else(|_| panic!("no lease"));
+            assert_eq!(lease.conn().id, id);
+            // The sleeping one takes what the awake one cannot.
+            let other = pool.acquire().await.unwrap_or_else(|_| panic!("no lease"));
+            assert_eq!(other.conn().id, 3 - id);
+        }
     }
 
     #[test]

@@ -499,6 +499,14 @@ impl WorkerConn {
         outbox.closed || (outbox.bytes.is_empty() && !outbox.writing)
     }
 
+    /// Whether the worker sleeps until a doorbell (its ring's `parked` flag): a request
+    /// given to a worker still awake costs no doorbell. A hint; false without rings.
+    pub fn asleep(&self) -> bool {
+        self.ring
+            .as_ref()
+            .is_some_and(|ring| ring.to_worker().consumer_parked())
+    }
+
     /// Watches for the worker's retirement (its WebSockets then close).
     pub fn retiring(&self) -> tokio::sync::watch::Receiver<bool> {
         self.retiring.subscribe()
