@@ -43,7 +43,10 @@
 //!
 //! `parked` is 1 while the consumer sleeps (or is about to) until a doorbell; `waiting`
 //! is 1 while the producer sleeps until there is room. Whoever finds the flag at 1 swaps
-//! it to 0 and rings the doorbell.
+//! it to 0 and rings the doorbell. The front tier also reads a worker's `parked` without
+//! changing it ([`Ring::consumer_parked`]), to give a request to a free worker still
+//! awake before a sleeping one: a hint only (a lie costs a doorbell or a wake-up, never
+//! a request).
 //!
 //! # Why the mapping is safe to share
 //!
