@@ -144,7 +144,10 @@ pub async fn handle(
         .headers_mut()
         .entry(X_REQUEST_ID)
         .or_insert(request_id.id);
-    if last || response_ends_connection(version, &response) {
+    // A 101 never counts: the connection goes on, upgraded.
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS
+        && (last || response_ends_connection(version, &response))
+    {
         conn.guard.last_response().mark();
     }
     if let Some(entry) = &mut entry {
@@ -184,11 +187,9 @@ fn request_ends_connection(
     }
 }
 
-/// Whether hyper closes the HTTP/1 connection after `response` because it says so. A
-/// 101 never counts: the connection goes on, upgraded.
+/// Whether hyper closes the HTTP/1 connection after `response` because it says so.
 fn response_ends_connection(version: Version, response: &Response<ResponseBody>) -> bool {
     version != Version::HTTP_2
-        && response.status() != StatusCode::SWITCHING_PROTOCOLS
         && response
             .headers()
             .get(CONNECTION)
