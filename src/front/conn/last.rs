@@ -11,8 +11,9 @@
 //! The kernel holds such bytes until something pushes them; nothing else would. So the
 //! connection's task, each time it is about to wait (a streamed body whose next chunk
 //! has not come), pushes what is held first ([`LastResponse::push`]): setting
-//! `TCP_NODELAY`, already set, sends a socket's queue at once. A response is never
-//! delayed; at worst it costs that one system call more.
+//! `TCP_NODELAY`, already set, sends a socket's queue at once; so does the guard when
+//! a connection ends without a shutdown (an error). A response is never delayed; at
+//! worst it costs that one system call more.
 
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -61,15 +62,16 @@ impl LastResponse {
     }
 
     /// Sends what the socket holds back, if it does. Called by the connection's task
-    /// each time it is about to wait, while it owns the connection (and so the socket).
+    /// each time it is about to wait, while it owns the connection (and so the socket),
+    /// and by the guard as it drops, before the socket it owns closes.
     pub fn push(&self) {
         let fd = self.held.swap(NONE, Ordering::Relaxed);
         if fd == NONE {
             return;
         }
         // SAFETY: `fd` is the socket of this connection, recorded by its guard on a
-        // write; the caller owns the connection, which owns the socket, so it is open
-        // for the call (and not reused for another file until it is closed).
+        // write; the callers own the connection or the guard, which own the socket, so
+        // it is open for the call (and not reused for another file until it is closed).
         let socket = unsafe { BorrowedFd::borrow_raw(fd) };
         if let Err(err) = socket2::SockRef::from(&socket).set_tcp_nodelay(true) {
             // The connection is failing anyway: its next write or its close says so.

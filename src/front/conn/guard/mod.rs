@@ -889,6 +889,15 @@ impl<S: AsyncWrite + SendFile + Unpin> Guarded<S> {
     }
 }
 
+impl<S> Drop for Guarded<S> {
+    /// A connection ended without the shutdown hyper would make (an error): what its
+    /// socket held back for the FIN goes now, before the socket closes (a close with
+    /// unread input resets the connection, and would discard it).
+    fn drop(&mut self) {
+        self.guard.last.push();
+    }
+}
+
 impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         self: Pin<&mut Self>,

@@ -307,33 +307,37 @@ fn bytes_after_an_upgrade_request_wait_for_its_answer() {
     ok(b"GET / HTTP/1.0\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
 }
 
+/// `socket` guarded with roomy limits and timeouts.
+fn guarded<S>(socket: S, guard: std::sync::Arc<super::ConnGuard>) -> super::Guarded<S> {
+    let limits = Limits {
+        request_line: 8192,
+        fields: 100,
+        field_size: 8192,
+    };
+    let wait = std::time::Duration::from_secs(10);
+    let timeouts = super::Timeouts {
+        head: wait,
+        keepalive: wait,
+        send: wait,
+    };
+    super::Guarded::new(socket, guard, limits, timeouts)
+}
+
 #[tokio::test]
 async fn the_guard_sends_mapped_slices_from_the_file_and_the_rest_as_written() {
     use std::io::{self, IoSlice};
     use std::sync::Arc;
-    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixStream;
 
-    use super::{ConnGuard, Guarded, Timeouts};
+    use super::ConnGuard;
     use crate::front::conn::mapped::tests::file_of;
 
     let content: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
     let file = file_of(&content);
     let (socket, mut peer) = UnixStream::pair().unwrap();
     let guard = Arc::new(ConnGuard::default());
-    let limits = Limits {
-        request_line: 8192,
-        fields: 100,
-        field_size: 8192,
-    };
-    let wait = Duration::from_secs(10);
-    let timeouts = Timeouts {
-        head: wait,
-        keepalive: wait,
-        send: wait,
-    };
-    let mut guarded = Guarded::new(socket, guard.clone(), limits, timeouts).send_files();
+    let mut guarded = guarded(socket, guard.clone()).send_files();
     let files = guard.mapped_files().unwrap().clone();
     let mapped = files.map(&file, 1000, 200_000).unwrap();
     let mut expected = b"head:".to_vec();
@@ -364,4 +368,33 @@ async fn the_guard_sends_mapped_slices_from_the_file_and_the_rest_as_written() {
     file.set_len(100_000).unwrap();
     let failed = guarded.write(&mapped[150_000..]).await.unwrap_err();
     assert_eq!(failed.kind(), io::ErrorKind::UnexpectedEof);
+}
+
+#[tokio::test]
+async fn a_last_response_held_for_the_fin_goes_out_when_the_guard_drops_without_a_shutdown() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    use super::ConnGuard;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (ours, _) = listener.accept().unwrap();
+    ours.set_nodelay(true).unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let socket = tokio::net::TcpStream::from_std(ours).unwrap();
+    // Input never read: closing the socket then resets the connection, which discards
+    // whatever the socket still held back.
+    peer.write_all(b"unread").unwrap();
+    let guard = Arc::new(ConnGuard::default());
+    guard.last_response().mark();
+    let mut guarded = guarded(socket, guard);
+    guarded.write_all(b"the last response").await.unwrap();
+    drop(guarded);
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut got = [0; 64];
+    let read = peer.read(&mut got).expect("the response before the reset");
+    assert_eq!(&got[..read], b"the last response");
 }
