@@ -20,7 +20,6 @@ use super::conn::conn_info::ConnInfo;
 use super::conn::guard::Tracked;
 use super::conn::guard::check::Reject;
 use super::conn::ip_text::IpText;
-use super::conn::last;
 use super::conn::mapped::MappedFiles;
 use super::conn::proxy::{ClientFacts, client_facts, direct, is_proxy_header, peer_trusted};
 use super::dispatch::body::{self, BodyError, BodyLimits, RequestBody, ResponseBody, WorkerBody};
@@ -178,11 +177,11 @@ fn request_ends_connection(
             && headers
                 .get_all(CONNECTION)
                 .iter()
-                .any(|value| last::names_token(value.as_bytes(), token))
+                .any(|value| ws::has_token(value.as_bytes(), token))
     };
     match version {
-        Version::HTTP_11 => says("close"),
-        Version::HTTP_10 => !says("keep-alive") || says("close"),
+        Version::HTTP_11 => says(b"close"),
+        Version::HTTP_10 => !says(b"keep-alive") || says(b"close"),
         _ => false,
     }
 }
@@ -193,7 +192,7 @@ fn response_ends_connection(version: Version, response: &Response<ResponseBody>)
         && response
             .headers()
             .get(CONNECTION)
-            .is_some_and(|value| last::names_token(value.as_bytes(), "close"))
+            .is_some_and(|value| ws::has_token(value.as_bytes(), b"close"))
 }
 
 fn refused(reject: Reject) -> RequestError {

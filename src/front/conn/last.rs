@@ -80,27 +80,9 @@ impl LastResponse {
     }
 }
 
-/// Whether a `Connection` header's value holds the token `token` (case-insensitive,
-/// in a comma-separated list), as hyper reads it.
-pub fn names_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_connection_header_names_its_tokens_in_any_case_and_place() {
-        assert!(names_token(b"close", "close"));
-        assert!(names_token(b"Keep-Alive, CLOSE", "close"));
-        assert!(names_token(b" upgrade ,close ", "close"));
-        assert!(!names_token(b"closed", "close"));
-        assert!(!names_token(b"keep-alive", "close"));
-        assert!(!names_token(b"", "close"));
-    }
 
     #[test]
     fn a_push_sends_what_the_socket_held_back() {

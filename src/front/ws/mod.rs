@@ -119,8 +119,9 @@ pub fn check(parts: &hyper::http::request::Parts) -> Check {
     })
 }
 
-/// Whether a comma-separated header value holds `token` (any case).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
+/// Whether a comma-separated header value holds `token` (any case): `Upgrade` and
+/// `Connection` here, `Connection` for the service too (as hyper reads it).
+pub(in crate::front) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
@@ -238,6 +239,16 @@ pub fn accepted(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_value_names_its_tokens_in_any_case_and_place() {
+        assert!(has_token(b"close", b"close"));
+        assert!(has_token(b"Keep-Alive, CLOSE", b"close"));
+        assert!(has_token(b" upgrade ,close ", b"close"));
+        assert!(!has_token(b"closed", b"close"));
+        assert!(!has_token(b"keep-alive", b"close"));
+        assert!(!has_token(b"", b"close"));
+    }
 
     #[test]
     fn the_accept_key_is_rfc_6455s_example() {

@@ -861,14 +861,22 @@ impl<S: AsyncWrite + SendFile + Unpin> Guarded<S> {
             .poll_send_file(cx, &found.file, found.offset, found.len)
     }
 
-    /// The socket to write the connection's last response to with `MSG_MORE` (see
-    /// [`super::last`]): None unless the response under way is the last and the socket
-    /// is TCP's.
-    fn last_socket(&self) -> Option<RawFd> {
-        match self.guard.last.is_last() {
-            true => self.io.tcp_fd(),
-            false => None,
+    /// Writes `bufs` the guard's own way, if it has one for them: mapped file slices
+    /// with sendfile(2), the connection's last response on a TCP socket with
+    /// `MSG_MORE` (see [`super::last`]). None: a plain write will do.
+    fn write_own_way(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Option<Poll<io::Result<usize>>> {
+        if let Some(found) = self.guard.mapped.find(bufs) {
+            return Some(self.write_with_file(cx, bufs, found));
         }
+        if !self.guard.last.is_last() {
+            return None;
+        }
+        let fd = self.io.tcp_fd()?;
+        Some(self.write_last(cx, bufs, fd))
     }
 
     /// Writes `bufs` of the connection's last response to socket `fd`, which holds them
@@ -906,12 +914,9 @@ impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for Guarded<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let bufs = [io::IoSlice::new(data)];
-        let polled = match this.guard.mapped.find(&bufs) {
-            Some(found) => this.write_with_file(cx, &bufs, found),
-            None => match this.last_socket() {
-                Some(fd) => this.write_last(cx, &bufs, fd),
-                None => Pin::new(&mut this.io).poll_write(cx, data),
-            },
+        let polled = match this.write_own_way(cx, &bufs) {
+            Some(polled) => polled,
+            None => Pin::new(&mut this.io).poll_write(cx, data),
         };
         this.timed(cx, polled)
     }
@@ -922,12 +927,9 @@ impl<S: AsyncWrite + SendFile + Unpin> AsyncWrite for Guarded<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = match this.guard.mapped.find(bufs) {
-            Some(found) => this.write_with_file(cx, bufs, found),
-            None => match this.last_socket() {
-                Some(fd) => this.write_last(cx, bufs, fd),
-                None => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
-            },
+        let polled = match this.write_own_way(cx, bufs) {
+            Some(polled) => polled,
+            None => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
         };
         this.timed(cx, polled)
     }
