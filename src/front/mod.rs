@@ -29,9 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::header::HeaderValue;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
@@ -43,6 +43,7 @@ use crate::protocol::Scheme;
 use conn::conn_info::ConnInfo;
 use conn::ip_text::IpText;
 use conn::mapped::SendFile;
+use conn::served::{self, Served};
 use conn::{guard, redirect, stopping, tls};
 use dispatch::{budget, control, memory, pool, shard};
 use observe::access_log::AccessLog;
@@ -327,55 +328,39 @@ fn hsts_value(seconds: u64) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("max-age=0"))
 }
 
-/// The connection builders of one listener: any protocol (cleartext, or TLS without
-/// ALPN h2), and HTTP/2 only (TLS with ALPN h2), with the same limits.
-struct Builders {
-    any: auto::Builder<TokioExecutor>,
-    h2: auto::Builder<TokioExecutor>,
-}
-
-impl Builders {
-    fn new(limits: &Limits, websockets: bool) -> Builders {
-        let mut any = http_builder(limits);
-        if websockets {
-            // RFC 8441 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL, so that a client may open
-            // a WebSocket on an HTTP/2 stream.
-            any.http2().enable_connect_protocol();
-        }
-        let h2 = any.clone().http2_only();
-        Builders { any, h2 }
-    }
-}
-
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// The connection builders of one listener (see [`served`]): HTTP/1, and HTTP/2 for
+/// prior knowledge or TLS with ALPN h2, with the same limits.
+fn builders(limits: &Limits, websockets: bool) -> served::Builders {
+    let mut h1 = http1::Builder::new();
     // The guard enforces the head timeout and the header limits of HTTP/1 before
     // hyper parses; hyper's header bound stays as a second line. hyper's own head
     // timer is off: the guard's times every head already, and hyper's would arm and
     // disarm a timer for each request.
-    builder.http1().keep_alive(true).header_read_timeout(None);
+    h1.keep_alive(true).header_read_timeout(None);
     // hyper's own bound (100) keeps its header arrays on the stack; a set bound, even
     // the same, costs two allocations and their filling per request.
     if limits.fields > HYPER_MAX_HEADERS {
-        builder
-            .http1()
-            .max_headers(limits.fields.saturating_add(8).min(MAX_H1_HEADERS));
+        h1.max_headers(limits.fields.saturating_add(8).min(MAX_H1_HEADERS));
     }
     let header_list = limits
         .field_size
         .saturating_add(32)
         .saturating_mul(limits.fields)
         .min(H2_MAX_HEADER_LIST) as u32;
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(header_list)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
         .keep_alive_interval(limits.keepalive)
         .keep_alive_timeout(limits.send_timeout);
-    builder
+    if websockets {
+        // RFC 8441 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL, so that a client may open
+        // a WebSocket on an HTTP/2 stream.
+        h2.enable_connect_protocol();
+    }
+    served::Builders { h1, h2 }
 }
 
 /// SERVER_NAME and SERVER_PORT of a connection to `local`.
@@ -411,7 +396,7 @@ async fn accept_loop(
     tls: Option<Arc<tls::Tls>>,
     spread: Arc<shard::Spread>,
 ) {
-    let builders = Arc::new(Builders::new(&shared.limits, shared.websockets.is_some()));
+    let builders = Arc::new(builders(&shared.limits, shared.websockets.is_some()));
     let scheme = match tls {
         Some(_) => Scheme::Https,
         None => Scheme::Http,
@@ -507,12 +492,8 @@ async fn accept_loop(
         };
         let tls = tls.clone();
         match (connection, elsewhere) {
-            (Connection::Tcp(stream), None) => {
-                drop(tokio::spawn(serve_accepted(stream, tls, conn)))
-            }
-            (Connection::Unix(stream), None) => {
-                drop(tokio::spawn(serve_accepted(stream, tls, conn)))
-            }
+            (Connection::Tcp(stream), None) => serve_here(stream, tls, conn),
+            (Connection::Unix(stream), None) => serve_here(stream, tls, conn),
             (Connection::Tcp(stream), Some(shard)) => move_to(
                 shard,
                 stream.into_std(),
@@ -531,6 +512,20 @@ async fn accept_loop(
     }
 }
 
+/// Serves an accepted connection on this shard, after the TLS handshake when the
+/// listeners are TLS. Each case has a task of its own: a task takes the room of its
+/// largest state, moved whole when it is spawned, and the handshake's is several
+/// kilobytes that a plain connection does not need.
+fn serve_here<S>(stream: S, tls: Option<Arc<tls::Tls>>, conn: Conn)
+where
+    S: AsyncRead + AsyncWrite + tls::Peek + SendFile + Unpin + Send + 'static,
+{
+    drop(match tls {
+        None => tokio::spawn(serve_connection(stream, false, conn)),
+        Some(tls) => tokio::spawn(serve_tls(stream, tls, conn)),
+    });
+}
+
 /// Serves an accepted connection on another shard (see [`shard::Spread`]): it leaves
 /// this shard's reactor (`stream`, from `into_std`) and joins that one's (`adopt`).
 fn move_to<T, S>(
@@ -544,9 +539,11 @@ fn move_to<T, S>(
     S: AsyncRead + AsyncWrite + tls::Peek + SendFile + Unpin + Send + 'static,
 {
     let moved = stream.map(|stream| {
+        // Joining that shard's reactor needs its thread: a task there does it, which
+        // spawns the connection's own.
         shard.spawn(async move {
             match adopt(stream) {
-                Ok(stream) => serve_accepted(stream, tls, conn).await,
+                Ok(stream) => serve_here(stream, tls, conn),
                 Err(err) => warn!("cannot serve a connection on another front thread: {err}"),
             }
         })
@@ -573,7 +570,7 @@ fn accept_failure_to_log() -> bool {
 
 /// What one accepted connection is served with.
 struct Conn {
-    builders: Arc<Builders>,
+    builders: Arc<served::Builders>,
     watch: stopping::Watch,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
@@ -583,14 +580,11 @@ struct Conn {
     _spread: shard::SpreadSlot,
 }
 
-/// Serves an accepted connection, after the TLS handshake when the listeners are TLS.
-async fn serve_accepted<S>(stream: S, tls: Option<Arc<tls::Tls>>, conn: Conn)
+/// Serves a connection after its TLS handshake.
+async fn serve_tls<S>(stream: S, tls: Arc<tls::Tls>, conn: Conn)
 where
     S: AsyncRead + AsyncWrite + tls::Peek + SendFile + Unpin + Send + 'static,
 {
-    let Some(tls) = tls else {
-        return serve_connection(stream, false, conn).await;
-    };
     // A client that connects and says nothing is closed after the head timeout.
     let timeout = conn.shared.limits.header_timeout;
     if let Some(stream) = tls.accept(stream, conn.info.remote, timeout).await {
@@ -604,7 +598,7 @@ where
 /// (the guard then keeps only its send timeout).
 async fn serve_connection<S>(stream: S, alpn_h2: bool, conn: Conn)
 where
-    S: AsyncRead + AsyncWrite + SendFile + Unpin + Send + 'static,
+    S: served::Stream,
 {
     let Conn {
         builders,
@@ -626,9 +620,9 @@ where
         send: limits.send_timeout,
     };
     let stream = guard::Guarded::new(stream, info.guard.clone(), check, timeouts);
-    let (stream, builder) = match alpn_h2 {
-        true => (stream.pass_through(), &builders.h2),
-        false => (stream.send_files(), &builders.any),
+    let stream = match alpn_h2 {
+        true => stream.pass_through(),
+        false => stream.send_files(),
     };
     let guard = info.guard.clone();
     let stalls = info.stalls.clone();
@@ -636,11 +630,7 @@ where
     // this one is kilobytes; boxed, it lives only while a request does.
     let service =
         service_fn(move |request| Box::pin(service::handle(shared.clone(), info.clone(), request)));
-    let connection = Box::pin(
-        builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned(),
-    );
+    let connection = Box::pin(Served::new(stream, service, alpn_h2, builders));
     // An HTTP/2 response stalled by flow control for --send-timeout drops the
     // connection (see `stall`).
     tokio::select! {

@@ -11,6 +11,7 @@ pub(super) mod last;
 pub(super) mod mapped;
 pub(super) mod proxy;
 pub(super) mod redirect;
+pub(super) mod served;
 mod signal;
 mod stall;
 pub(super) mod stopping;

@@ -100,7 +100,7 @@ impl Watch {
     /// The connection comes boxed: the task serving it then stays small, and the
     /// connection's state takes only the room it needs. Each time it waits, `waiting`
     /// runs first (it pushes out what its socket holds back: see [`super::last`]).
-    pub async fn serve<C: GracefulConnection>(
+    pub async fn serve<C: Graceful>(
         mut self,
         mut connection: Pin<Box<C>>,
         begun: impl Fn() -> bool,
@@ -161,6 +161,22 @@ impl Watch {
         }
         connection.as_mut().graceful_shutdown();
         poll_fn(|cx| poll_waiting(&mut connection, cx, &waiting)).await
+    }
+}
+
+/// A connection that can be told to finish what it serves and end.
+pub trait Graceful: Future<Output = Result<(), Self::Error>> {
+    type Error;
+
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+/// hyper-util's connections (the `--redirect-http` listeners').
+impl<C: GracefulConnection> Graceful for C {
+    type Error = C::Error;
+
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        GracefulConnection::graceful_shutdown(self)
     }
 }
 

@@ -764,41 +764,70 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 }
                 continue;
             }
-            if this.start > 0 && this.start == this.released {
-                // Keep the held bytes only.
-                this.inbuf.drain(..this.start);
-                this.released -= this.start;
-                let drained = this.start;
-                this.unexamined = this.unexamined.map(|at| at.saturating_sub(drained));
-                this.start = 0;
+            if let Some(polled) = this.poll_fill(cx) {
+                return polled;
             }
-            let from = this.inbuf.len();
-            let (polled, filled) = this.read_more(cx);
-            match polled {
-                Poll::Ready(Ok(())) if filled == 0 => {
-                    // End of input; a partly received head is dropped with it.
-                    this.inbuf.truncate(this.released);
-                    return Poll::Ready(Ok(()));
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> Guarded<S> {
+    /// Reads until it is known whether the client speaks HTTP/2 with prior knowledge
+    /// (its first bytes are the preface): true, or false for HTTP/1. The bytes stay in
+    /// the guard for the server chosen to read. A connection that ends or times out
+    /// first is HTTP/1's to close (its next read finds the end).
+    pub fn poll_detect(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            if self.mode != Mode::Detect {
+                return Poll::Ready(Ok(self.mode == Mode::Through));
+            }
+            if let Some(polled) = self.poll_fill(cx) {
+                return polled.map_ok(|()| false);
+            }
+        }
+    }
+
+    /// Reads more from the client and examines it: None when bytes arrived (look again
+    /// at what the guard holds), else what the read of hyper returns: the end of input,
+    /// an error, a wait (the read deadline set), or the end after a timeout.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        if self.start > 0 && self.start == self.released {
+            // Keep the held bytes only.
+            self.inbuf.drain(..self.start);
+            self.released -= self.start;
+            let drained = self.start;
+            self.unexamined = self.unexamined.map(|at| at.saturating_sub(drained));
+            self.start = 0;
+        }
+        let from = self.inbuf.len();
+        let (polled, filled) = self.read_more(cx);
+        match polled {
+            Poll::Ready(Ok(())) if filled == 0 => {
+                // End of input; a partly received head is dropped with it.
+                self.inbuf.truncate(self.released);
+                Some(Poll::Ready(Ok(())))
+            }
+            Poll::Ready(Ok(())) => {
+                self.examine(from);
+                None
+            }
+            Poll::Ready(Err(err)) => Some(Poll::Ready(Err(err))),
+            Poll::Pending => {
+                if self.timer_checks_back(cx) {
+                    return Some(Poll::Pending);
                 }
-                Poll::Ready(Ok(())) => this.examine(from),
-                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Pending => {
-                    if this.timer_checks_back(cx) {
-                        return Poll::Pending;
-                    }
-                    // No deadline while a body is read (the service times it): a timer
-                    // still armed wakes the connection once, for nothing, at most.
-                    let Some(deadline) = this.read_deadline() else {
-                        return Poll::Pending;
-                    };
-                    if this.read_timer_passed(deadline, cx) {
-                        debug!("closing a connection: request head or keep-alive timeout");
-                        this.inbuf.truncate(this.released);
-                        this.mode = Mode::Ended;
-                        return Poll::Ready(Ok(()));
-                    }
-                    return Poll::Pending;
+                // No deadline while a body is read (the service times it): a timer
+                // still armed wakes the connection once, for nothing, at most.
+                let Some(deadline) = self.read_deadline() else {
+                    return Some(Poll::Pending);
+                };
+                if self.read_timer_passed(deadline, cx) {
+                    debug!("closing a connection: request head or keep-alive timeout");
+                    self.inbuf.truncate(self.released);
+                    self.mode = Mode::Ended;
+                    return Some(Poll::Ready(Ok(())));
                 }
+                Some(Poll::Pending)
             }
         }
     }

@@ -398,3 +398,47 @@ async fn a_last_response_held_for_the_fin_goes_out_when_the_guard_drops_without_
     let read = peer.read(&mut got).expect("the response before the reset");
     assert_eq!(&got[..read], b"the last response");
 }
+
+#[tokio::test]
+async fn the_guard_tells_http2_prior_knowledge_from_http1_and_keeps_the_bytes_it_read() {
+    use std::future::poll_fn;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    use super::ConnGuard;
+
+    const SETTINGS: &[u8] = b"\0\0\0\x04\0\0\0\0\0";
+    let http1: &[&[u8]] = &[b"GET / HTTP/1.1\r\n", b"Host: a\r\n\r\n"];
+    let http2: &[&[u8]] = &[b"PRI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\n", SETTINGS];
+    // The preface's first bytes, then a difference: HTTP/1 after all.
+    let almost: &[&[u8]] = &[b"PRI * HTTP/2", b".1\r\nHost: a\r\n\r\n"];
+    // What the reader gets: "PRI * HTTP/2.1" is no HTTP/1 request line either, so it
+    // is refused and the reader gets the stand-in in its place (then nothing, ever).
+    for (pieces, h2, expected) in [
+        (http1, false, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
+        (http2, true, [super::H2_PREFACE, SETTINGS].concat()),
+        (almost, false, super::STAND_IN.to_vec()),
+        (&[][..], false, Vec::new()),
+    ] {
+        let (socket, mut peer) = UnixStream::pair().unwrap();
+        let mut guarded = guarded(socket, Arc::new(ConnGuard::default()));
+        let sender = tokio::spawn(async move {
+            for piece in pieces {
+                peer.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // The end of input follows what was sent.
+        });
+        let detected = poll_fn(|cx| guarded.poll_detect(cx)).await.unwrap();
+        assert_eq!(detected, h2, "{pieces:?}");
+        sender.await.unwrap();
+        let mut got = vec![0; expected.len()];
+        guarded.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected, "{pieces:?}");
+        if pieces != almost {
+            assert_eq!(guarded.read(&mut [0; 16]).await.unwrap(), 0, "{pieces:?}");
+        }
+    }
+}
