@@ -310,8 +310,19 @@ done
 # ---------------------------------------------------------------- the tables
 fmt_med() { local m; m=$(median <<<"$1"); [[ -z $1 ]] && echo "-" || echo "$m"; }
 
+# The CPU time one request costs a server: the sum of its sides' medians (empty without
+# figures).
+cpu_per_request() {
+    local side total=""
+    for side in ${sides[$1]:-}; do
+        total=$(awk -v t="${total:-0}" -v m="$(fmt_med "${cpu_runs[$1/$side]:-}")" 'BEGIN {print t + m}')
+    done
+    echo "$total"
+}
+
 echo "Ratios of medians (first server / second), ${ROUNDS} round(s); 'apart' = (max - min) / median of each server's rounds"
-printf '%-17s %-34s %7s %9s %-8s %8s %8s %-8s %s\n' scenario servers "req/s" target "" "p99" target "" "rounds apart"
+echo "'CPU': the second server's CPU time per request / the first's (all sides; above 1: the first spends less)"
+printf '%-17s %-34s %7s %9s %-8s %8s %8s %-8s %6s  %s\n' scenario servers "req/s" target "" "p99" target "" CPU "rounds apart"
 for sc in "${scenarios[@]}"; do
     scenario "$sc"
     a=${servers[0]} b=${servers[1]}
@@ -322,8 +333,10 @@ for sc in "${scenarios[@]}"; do
         read -r p pok < <(awk -v x="${med_p99[$sc/$a]:-0}" -v y="${med_p99[$sc/$b]:-0}" -v t="$p99_target" \
             'BEGIN {if (y > 0) printf "%.2fx %s\n", x / y, (x / y <= t ? "met" : "NOT-met"); else print "n/a n/a"}')
     fi
-    printf '%-17s %-34s %7s %9s %-8s %8s %8s %-8s %s\n' "$sc" "$a / $b" "$r" ">= ${target}x" "${ok//-/ }" \
-        "${p:--}" "${p99_target:+<= ${p99_target}x}" "${pok//-/ }" "$a ${spread[$sc/$a]}%, $b ${spread[$sc/$b]}%"
+    cpu=$(awk -v x="$(cpu_per_request "$sc/$a")" -v y="$(cpu_per_request "$sc/$b")" \
+        'BEGIN {if (x > 0 && y > 0) printf "%.2fx", y / x; else print "-"}')
+    printf '%-17s %-34s %7s %9s %-8s %8s %8s %-8s %6s  %s\n' "$sc" "$a / $b" "$r" ">= ${target}x" "${ok//-/ }" \
+        "${p:--}" "${p99_target:+<= ${p99_target}x}" "${pok//-/ }" "$cpu" "$a ${spread[$sc/$a]}%, $b ${spread[$sc/$b]}%"
 done
 
 echo
