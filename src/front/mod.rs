@@ -32,7 +32,6 @@ use hyper::header::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -42,7 +41,6 @@ use crate::config::{BindAddr, Limits, Settings, WorkerClass};
 use crate::protocol::Scheme;
 use conn::conn_info::ConnInfo;
 use conn::ip_text::IpText;
-use conn::mapped::SendFile;
 use conn::served::{self, Served};
 use conn::{guard, redirect, stopping, tls};
 use dispatch::{budget, control, memory, pool, shard};
@@ -518,7 +516,7 @@ async fn accept_loop(
 /// kilobytes that a plain connection does not need.
 fn serve_here<S>(stream: S, tls: Option<Arc<tls::Tls>>, conn: Conn)
 where
-    S: AsyncRead + AsyncWrite + tls::Peek + SendFile + Unpin + Send + 'static,
+    S: served::Stream + tls::Peek,
 {
     drop(match tls {
         None => tokio::spawn(serve_connection(stream, false, conn)),
@@ -536,21 +534,34 @@ fn move_to<T, S>(
     conn: Conn,
 ) where
     T: Send + 'static,
-    S: AsyncRead + AsyncWrite + tls::Peek + SendFile + Unpin + Send + 'static,
+    S: served::Stream + tls::Peek,
 {
+    // The connection's task joins that shard's reactor, on its thread; as on this
+    // shard, a plain connection's task has no room for a TLS handshake.
     let moved = stream.map(|stream| {
-        // Joining that shard's reactor needs its thread: a task there does it, which
-        // spawns the connection's own.
-        shard.spawn(async move {
-            match adopt(stream) {
-                Ok(stream) => serve_here(stream, tls, conn),
-                Err(err) => warn!("cannot serve a connection on another front thread: {err}"),
-            }
+        drop(match tls {
+            None => shard.spawn(async move {
+                if let Some(stream) = adopted(adopt, stream) {
+                    serve_connection(stream, false, conn).await
+                }
+            }),
+            Some(tls) => shard.spawn(async move {
+                if let Some(stream) = adopted(adopt, stream) {
+                    serve_tls(stream, tls, conn).await
+                }
+            }),
         })
     });
     if let Err(err) = moved {
         warn!("cannot move a connection to another front thread: {err}");
     }
+}
+
+/// `stream` joined to the current shard's reactor by `adopt`, or None (logged).
+fn adopted<T, S>(adopt: fn(T) -> std::io::Result<S>, stream: T) -> Option<S> {
+    adopt(stream)
+        .inspect_err(|err| warn!("cannot serve a connection on another front thread: {err}"))
+        .ok()
 }
 
 /// Whether to log an accept failure now: once a second at most for the whole front
@@ -583,7 +594,7 @@ struct Conn {
 /// Serves a connection after its TLS handshake.
 async fn serve_tls<S>(stream: S, tls: Arc<tls::Tls>, conn: Conn)
 where
-    S: AsyncRead + AsyncWrite + tls::Peek + SendFile + Unpin + Send + 'static,
+    S: served::Stream + tls::Peek,
 {
     // A client that connects and says nothing is closed after the head timeout.
     let timeout = conn.shared.limits.header_timeout;

@@ -64,11 +64,11 @@ pub struct Builders {
 // more allocation, to spare a few hundred bytes while the first bytes arrive.
 #[allow(clippy::large_enum_variant)]
 pub enum Served<S, Svc: HttpService<Incoming>> {
-    /// Until the guard knows the protocol; `cancelled` by a graceful shutdown.
+    /// Until the guard knows the protocol. `parts` is None once a graceful shutdown
+    /// has closed the connection.
     Detecting {
         parts: Option<(Guarded<S>, Svc)>,
         builders: Arc<Builders>,
-        cancelled: bool,
     },
     H1(http1::UpgradeableConnection<TokioIo<Guarded<S>>, Svc>),
     /// Boxed: its state is twice the size of HTTP/1's, which every connection would
@@ -88,7 +88,6 @@ impl<S: Stream, Svc: Service> Served<S, Svc> {
         Served::Detecting {
             parts: Some((stream, service)),
             builders,
-            cancelled: false,
         }
     }
 }
@@ -102,14 +101,7 @@ impl<S: Stream, Svc: Service> Future for Served<S, Svc> {
             match this {
                 Served::H1(conn) => return Pin::new(conn).poll(cx).map_err(Error::from),
                 Served::H2(conn) => return Pin::new(&mut **conn).poll(cx).map_err(Error::from),
-                Served::Detecting {
-                    parts,
-                    builders,
-                    cancelled,
-                } => {
-                    if *cancelled {
-                        return Poll::Ready(Ok(()));
-                    }
+                Served::Detecting { parts, builders } => {
                     let Some((stream, _)) = parts else {
                         return Poll::Ready(Ok(()));
                     };
@@ -140,7 +132,7 @@ impl<S: Stream, Svc: Service> Graceful for Served<S, Svc> {
     /// A connection still silent is closed; one being served finishes its requests.
     fn graceful_shutdown(self: Pin<&mut Self>) {
         match self.get_mut() {
-            Served::Detecting { cancelled, .. } => *cancelled = true,
+            Served::Detecting { parts, .. } => *parts = None,
             Served::H1(conn) => Pin::new(conn).graceful_shutdown(),
             Served::H2(conn) => Pin::new(&mut **conn).graceful_shutdown(),
         }
