@@ -247,8 +247,12 @@ rounds() {
     local -A runs=() p99_runs=()
     local round name error_count=0
     printf '%-12s %-5s %-16s %12s %10s  %s\n' case round server "requests/s" "p99" "wrk errors"
+    local -a order
     for round in $(seq "$ROUNDS"); do
-        for name in "$@"; do
+        # Each round starts with the next server (A B, B A, A B, ...): whichever runs
+        # first in a round meets a machine the other has not warmed or left sockets in.
+        order=("${@:$(((round - 1) % $# + 1))}" "${@:1:$(((round - 1) % $#))}")
+        for name in "${order[@]}"; do
             run_note=""
             measure_url "$name"
             if declare -F on_run >/dev/null; then on_run "$label" "$name"; fi
