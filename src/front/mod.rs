@@ -641,7 +641,7 @@ where
     // this one is kilobytes; boxed, it lives only while a request does.
     let service =
         service_fn(move |request| Box::pin(service::handle(shared.clone(), info.clone(), request)));
-    let connection = Box::pin(Served::new(stream, service, alpn_h2, builders));
+    let connection = Box::pin(Served::new(stream, service, builders));
     // An HTTP/2 response stalled by flow control for --send-timeout drops the
     // connection (see `stall`).
     tokio::select! {

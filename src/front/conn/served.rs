@@ -77,14 +77,10 @@ pub enum Served<S, Svc: HttpService<Incoming>> {
 }
 
 impl<S: Stream, Svc: Service> Served<S, Svc> {
-    /// Serves `stream` with `service`: as HTTP/2 at once when it negotiated h2 by ALPN
-    /// (`alpn_h2`), else by what its first bytes say.
-    pub fn new(stream: Guarded<S>, service: Svc, alpn_h2: bool, builders: Arc<Builders>) -> Self {
-        if alpn_h2 {
-            return Served::H2(Box::new(
-                builders.h2.serve_connection(TokioIo::new(stream), service),
-            ));
-        }
+    /// Serves `stream` with `service`: by what its first bytes say, or as HTTP/2 at the
+    /// first poll, before any read, when it negotiated h2 by ALPN (its guard then passes
+    /// everything through, which [`Guarded::poll_detect`] tells at once).
+    pub fn new(stream: Guarded<S>, service: Svc, builders: Arc<Builders>) -> Self {
         Served::Detecting {
             parts: Some((stream, service)),
             builders,
